@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Sets up a fresh Debian machine and runs kvsketch's whole test suite:
+# formatting, native Release, ASan+UBSan, aarch64 under QEMU (NEON and SVE2)
+# and armv7 under QEMU. Prints every test runner's summary and the time each
+# stage took; exits non-zero on the first failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+declare -a STAGES=()
+stage() {  # stage NAME COMMAND...
+  local name=$1; shift
+  local t0=$SECONDS
+  echo "::: stage ${name}"
+  if ! "$@"; then
+    echo "::: stage ${name} FAILED after $((SECONDS - t0)) s"
+    exit 1
+  fi
+  STAGES+=("$(printf '%-22s %5d s' "$name" $((SECONDS - t0)))")
+}
+
+show_targets() {  # which SIMD targets the last ctest run exercised
+  grep -ah "exercised targets\|^chosen:" "build/$1/Testing/Temporary/LastTest.log" |
+    sort -u | sed "s/^/  [$2] /" || true
+}
+
+format_check() {
+  local files
+  files=$(git ls-files '*.h' '*.cc' '*.c' '*.hpp' '*.cpp' 2>/dev/null ||
+    find arch engine tests bench -name '*.h' -o -name '*.cc' -o -name '*.c')
+  # shellcheck disable=SC2086
+  clang-format-14 --dry-run -Werror $files
+  echo "format: $(echo "$files" | wc -w) files clean"
+}
+
+native() {  # native PRESET
+  cmake --preset "$1" >/dev/null
+  cmake --build --preset "$1"
+  ctest --preset "$1"
+  show_targets "$1" "$1"
+}
+
+cross_aarch64() {
+  cmake --preset aarch64 >/dev/null
+  cmake --build --preset aarch64
+  ctest --preset aarch64-neon
+  show_targets aarch64 "qemu-aarch64 -cpu cortex-a72"
+  ctest --preset aarch64-sve
+  show_targets aarch64 "qemu-aarch64 -cpu max"
+}
+
+cross_armv7() {
+  cmake --preset armv7 >/dev/null
+  cmake --build --preset armv7
+  ctest --preset armv7
+  show_targets armv7 "qemu-arm"
+}
+
+T0=$SECONDS
+stage install-deps bash toolchains/install-deps.sh
+stage format format_check
+stage native-release native release
+stage native-asan-ubsan native asan
+stage aarch64-qemu cross_aarch64
+stage armv7-qemu cross_armv7
+
+echo "::: stage timings"
+printf '  %s\n' "${STAGES[@]}"
+echo "  total                  $((SECONDS - T0)) s"
+echo "::: all stages passed"
