@@ -4,9 +4,10 @@
 
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "arch/dot.cc"
-#include "arch/rows-inl.h"
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
 #include "hwy/highway.h"
+// Must follow highway.h: per-target helpers.
+#include "arch/rows-inl.h"
 
 HWY_BEFORE_NAMESPACE();
 namespace kvsketch {

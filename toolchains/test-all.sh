@@ -7,15 +7,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 declare -a STAGES=()
-stage() {  # stage NAME COMMAND...
-  local name=$1; shift
+CURRENT=""
+# Any failing command ends the script (set -e); say which stage it was.
+trap 'echo "::: stage ${CURRENT} FAILED"' ERR
+stage() {  # stage NAME COMMAND...  (not called in an `if`, so -e applies)
+  CURRENT=$1; shift
   local t0=$SECONDS
-  echo "::: stage ${name}"
-  if ! "$@"; then
-    echo "::: stage ${name} FAILED after $((SECONDS - t0)) s"
-    exit 1
-  fi
-  STAGES+=("$(printf '%-22s %5d s' "$name" $((SECONDS - t0)))")
+  echo "::: stage ${CURRENT}"
+  "$@"
+  STAGES+=("$(printf '%-22s %5d s' "$CURRENT" $((SECONDS - t0)))")
 }
 
 show_targets() {  # which SIMD targets the last ctest run exercised
