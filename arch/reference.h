@@ -20,3 +20,34 @@ inline void MatVec(const float* K, size_t rows, size_t d, size_t stride,
 
 }  // namespace ref
 }  // namespace kvsketch
+
+#include <cmath>
+#include <vector>
+
+namespace kvsketch {
+namespace ref {
+
+// Attention partial in double over f32 rows (callers convert stored f16/bf16
+// rows to f32 first): m = max s_i, Z = sum e^(s_i - m), N = sum e^(s_i-m) v_i.
+inline void Attend(const float* K, size_t k_stride, size_t dk, const float* V,
+                   size_t v_stride, size_t dv, size_t n, const float* logw,
+                   const float* q, double scale, double* m, double* Z,
+                   double* N) {
+  std::vector<double> s(n);
+  double mx = -INFINITY;
+  for (size_t i = 0; i < n; ++i) {
+    s[i] = scale * Dot(K + i * k_stride, q, dk) + (logw ? logw[i] : 0.0);
+    mx = s[i] > mx ? s[i] : mx;
+  }
+  *m = mx;
+  *Z = 0;
+  for (size_t c = 0; c < dv; ++c) N[c] = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const double p = std::exp(s[i] - mx);
+    *Z += p;
+    for (size_t c = 0; c < dv; ++c) N[c] += p * V[i * v_stride + c];
+  }
+}
+
+}  // namespace ref
+}  // namespace kvsketch

@@ -20,7 +20,8 @@ void ForEachTarget(const char* what, const F& body) {
     hwy::SetSupportedTargetsForTest(t);
     const char* name = hwy::TargetName(t);
     names += names.empty() ? name : std::string(" ") + name;
-    INFO("target " << name);
+    const std::string target_name = name;
+    INFO("target " << target_name);
     body(name);
   }
   hwy::SetSupportedTargetsForTest(0);  // back to the real CPU
@@ -29,7 +30,7 @@ void ForEachTarget(const char* what, const F& body) {
     // reported as supported and dispatch uses the static baseline target.
     // Run once on that target rather than testing nothing.
     names = std::string(ChosenTargetName()) + " (static baseline)";
-    INFO("target " << names);
+    INFO("target " << names);  // std::string: printed by value
     body(ChosenTargetName());
   }
   std::printf("exercised targets [%s]: %s\n", what, names.c_str());

@@ -1,0 +1,44 @@
+// Decode attention over retained rows: the hot path. One pass over K and V
+// (online softmax over tiles of rows), returning the partial (m, Z, N):
+//   s_i = scale * <k_i, q> + logw_i,  m = max_i s_i,
+//   Z = sum_i exp(s_i - m),           N = sum_i exp(s_i - m) * v_i.
+// The true denominator is e^m * Z and the true numerator e^m * N.
+#pragma once
+
+#include <cstddef>
+
+#include "arch/types.h"
+
+namespace kvsketch {
+
+inline constexpr size_t kMaxGroup = 16;  // queries per KV head (GQA)
+inline constexpr size_t kMaxHeadDim = 512;
+
+// G queries that share one KV head, answered reading each K/V row once.
+//  K, V: row views (same rows; f32/f16/bf16; padding lanes zero).
+//  q: [G][K.stride] f32, padding lanes zero. logw: [rows] or nullptr (= 0).
+//  m, z: [G]; N: [G][V.stride] (padding lanes written as zero).
+//  scores: [G][rows] raw s_i, or nullptr; for heavy-hitter statistics
+//  (weight of row i for query g = exp(scores[g][i] - m[g]) / z[g]).
+// Requires G <= kMaxGroup, K.cols and V.cols <= kMaxHeadDim.
+void AttendGroup(const RowsView& K, const RowsView& V, const float* logw,
+                 const float* q, size_t G, float scale, float* m, float* z,
+                 float* N, float* scores = nullptr);
+
+inline void Attend(const RowsView& K, const RowsView& V, const float* logw,
+                   const float* q, float scale, float* m, float* z, float* N,
+                   float* scores = nullptr) {
+  AttendGroup(K, V, logw, q, 1, scale, m, z, N, scores);
+}
+
+// Merges partial 2 into partial 1 exactly: (m1, z1, N1) <- (m1,z1,N1) (+)
+// (m2,z2,N2). Empty partials have m = -inf and z = 0.
+void MergePartials(float* m1, float* z1, float* N1, float m2, float z2,
+                   const float* N2, size_t dv);
+
+// y[i] = exp(x[i]) with the vector exp used by the kernels (Highway's
+// contrib Exp: max error 1 ulp, i.e. relative error <= 1.2e-7, for
+// x in [-87, 88]); exposed for tests and benchmarks.
+void ExpArray(const float* x, float* y, size_t n);
+
+}  // namespace kvsketch

@@ -1,0 +1,29 @@
+// Element types of stored rows and small shared definitions for arch/.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace kvsketch {
+
+// Storage type of retained keys/values. Arithmetic is always f32.
+enum class Storage : uint8_t { kF32 = 0, kF16 = 1, kBF16 = 2 };
+
+inline constexpr size_t StorageBytes(Storage s) {
+  return s == Storage::kF32 ? 4 : 2;
+}
+inline constexpr const char* StorageName(Storage s) {
+  return s == Storage::kF32 ? "f32" : (s == Storage::kF16 ? "f16" : "bf16");
+}
+
+// A row-major matrix view: `rows` rows of `cols` valid elements, `stride`
+// elements apart (stride % kRowAlignFloats == 0, padding lanes zero).
+struct RowsView {
+  const void* data = nullptr;
+  size_t rows = 0;
+  size_t cols = 0;
+  size_t stride = 0;
+  Storage type = Storage::kF32;
+};
+
+}  // namespace kvsketch

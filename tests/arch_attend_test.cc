@@ -1,0 +1,184 @@
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "arch/attend.h"
+#include "arch/convert.h"
+#include "arch/reference.h"
+#include "arch/targets.h"
+#include "doctest/doctest.h"
+#include "tests/all_targets.h"
+
+namespace kvsketch {
+namespace {
+
+struct Rows {
+  size_t n, d, stride;
+  Storage type;
+  std::vector<float> f32;      // the values as stored, converted back to f32
+  std::vector<uint16_t> half;  // storage for f16/bf16
+  RowsView View() const {
+    RowsView v;
+    v.data = type == Storage::kF32 ? static_cast<const void*>(f32.data())
+                                   : static_cast<const void*>(half.data());
+    v.rows = n;
+    v.cols = d;
+    v.stride = stride;
+    v.type = type;
+    return v;
+  }
+};
+
+Rows MakeRows(size_t n, size_t d, Storage type, std::mt19937& rng,
+              float sigma) {
+  Rows r{n, d, PaddedCols(d), type, {}, {}};
+  std::normal_distribution<float> g(0.0f, sigma);
+  r.f32.assign(n * r.stride, 0.0f);
+  r.half.assign(n * r.stride, 0);
+  for (size_t i = 0; i < n; ++i) {
+    for (size_t c = 0; c < d; ++c) {
+      const float x = g(rng);
+      const size_t at = i * r.stride + c;
+      if (type == Storage::kF16) {
+        r.half[at] = F32ToF16Bits(x);
+        r.f32[at] = F16BitsToF32(r.half[at]);
+      } else if (type == Storage::kBF16) {
+        r.half[at] = F32ToBF16Bits(x);
+        r.f32[at] = BF16BitsToF32(r.half[at]);
+      } else {
+        r.f32[at] = x;
+      }
+    }
+  }
+  return r;
+}
+
+TEST_CASE("Attend matches the double reference (f32/f16/bf16, G=1..5)") {
+  test::ForEachTarget("AttendGroup", [](const char*) {
+    for (Storage type : {Storage::kF32, Storage::kF16, Storage::kBF16}) {
+      for (size_t d : {4u, 8u, 12u, 20u, 64u, 128u}) {
+        for (size_t n : {1u, 5u, 16u, 17u, 100u, 333u}) {
+          for (size_t G : {1u, 2u, 5u}) {
+            std::mt19937 rng(unsigned(d * 1000 + n * 10 + G));
+            const Rows K = MakeRows(n, d, type, rng, 1.0f);
+            const Rows V = MakeRows(n, d, type, rng, 3.0f);
+            const Rows Q = MakeRows(G, d, Storage::kF32, rng, 1.0f);
+            std::vector<float> logw(n);
+            for (size_t i = 0; i < n; ++i) logw[i] = float(i % 3) * 0.5f;
+            const float scale = 1.0f / std::sqrt(float(d));
+            std::vector<float> m(G), z(G), N(G * V.stride, -1.0f),
+                scores(G * n);
+            AttendGroup(K.View(), V.View(), logw.data(), Q.f32.data(), G, scale,
+                        m.data(), z.data(), N.data(), scores.data());
+            for (size_t g = 0; g < G; ++g) {
+              double rm, rz;
+              std::vector<double> rn(d);
+              ref::Attend(K.f32.data(), K.stride, d, V.f32.data(), V.stride, d,
+                          n, logw.data(), Q.f32.data() + g * Q.stride, scale,
+                          &rm, &rz, rn.data());
+              INFO(std::string(StorageName(type))
+                   << " d=" << d << " n=" << n << " G=" << G << " g=" << g);
+              CHECK(test::Near(m[g], rm, 1e-5, 1e-5));
+              // Compare the full denominator e^m Z in log space.
+              CHECK(test::Near(m[g] + std::log(z[g]), rm + std::log(rz), 0,
+                               1e-5 * (1 + std::fabs(rm))));
+              double norm = 0;
+              for (size_t c = 0; c < d; ++c) norm += rn[c] * rn[c] / (rz * rz);
+              for (size_t c = 0; c < d; ++c) {
+                // The output N/Z does not depend on the shift m.
+                const double got = double(N[g * V.stride + c]) / z[g];
+                CHECK(test::Near(got, rn[c] / rz, 1e-4,
+                                 1e-5 * std::sqrt(norm) + 1e-6));
+              }
+              for (size_t c = d; c < V.stride; ++c) {
+                CHECK(N[g * V.stride + c] == 0.0f);  // padding stays zero
+              }
+              for (size_t i = 0; i < n; ++i) {
+                const double s =
+                    scale * ref::Dot(K.f32.data() + i * K.stride,
+                                     Q.f32.data() + g * Q.stride, d) +
+                    logw[i];
+                CHECK(test::Near(scores[g * n + i], s, 1e-5, 1e-5));
+              }
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+TEST_CASE("MergePartials of two halves equals attending the concatenation") {
+  test::ForEachTarget("MergePartials", [](const char*) {
+    std::mt19937 rng(5);
+    const size_t d = 24, n = 200;
+    const Rows K = MakeRows(n, d, Storage::kF32, rng, 2.0f);
+    const Rows V = MakeRows(n, d, Storage::kF32, rng, 1.0f);
+    const Rows Q = MakeRows(1, d, Storage::kF32, rng, 2.0f);
+    float m, z, m1, z1, m2, z2;
+    std::vector<float> N(K.stride), N1(K.stride), N2(K.stride);
+    Attend(K.View(), V.View(), nullptr, Q.f32.data(), 0.3f, &m, &z, N.data());
+    for (size_t split : {0u, 1u, 77u, 199u, 200u}) {
+      RowsView k1 = K.View(), v1 = V.View(), k2 = K.View(), v2 = V.View();
+      k1.rows = v1.rows = split;
+      k2.rows = v2.rows = n - split;
+      k2.data = K.f32.data() + split * K.stride;
+      v2.data = V.f32.data() + split * V.stride;
+      Attend(k1, v1, nullptr, Q.f32.data(), 0.3f, &m1, &z1, N1.data());
+      Attend(k2, v2, nullptr, Q.f32.data(), 0.3f, &m2, &z2, N2.data());
+      MergePartials(&m1, &z1, N1.data(), m2, z2, N2.data(), d);
+      INFO("split=" << split);
+      CHECK(m1 == doctest::Approx(m).epsilon(1e-6));
+      CHECK(z1 == doctest::Approx(z).epsilon(1e-5));
+      for (size_t c = 0; c < d; ++c) {
+        CHECK(test::Near(N1[c], N[c], 1e-5, 1e-5));
+      }
+    }
+  });
+}
+
+TEST_CASE("vector exp: max relative error over [-87, 88] below 2e-7") {
+  test::ForEachTarget("ExpArray", [](const char*) {
+    const size_t n = 100003;  // not a multiple of any vector length
+    std::vector<float> x(n), y(n);
+    for (size_t i = 0; i < n; ++i) x[i] = -87.0f + 175.0f * float(i) / n;
+    ExpArray(x.data(), y.data(), n);
+    double worst = 0;
+    for (size_t i = 0; i < n; ++i) {
+      const double want = std::exp(double(x[i]));
+      worst = std::max(worst, std::fabs(y[i] - want) / want);
+    }
+    MESSAGE("exp max relative error " << worst);
+    CHECK(worst < 2e-7);
+  });
+}
+
+TEST_CASE("f16/bf16 row conversion matches the scalar conversions") {
+  test::ForEachTarget("ConvertRow", [](const char*) {
+    std::mt19937 rng(11);
+    std::normal_distribution<float> g(0.0f, 10.0f);
+    for (size_t n : {1u, 7u, 16u, 33u, 1000u}) {
+      std::vector<float> src(n), back(n);
+      for (auto& x : src) x = g(rng);
+      src[0] = 1e-6f;  // an f16 subnormal
+      std::vector<uint16_t> h(n);
+      for (Storage t : {Storage::kF16, Storage::kBF16}) {
+        ConvertRow(src.data(), t, h.data(), n);
+        ConvertRowToF32(t, h.data(), back.data(), n);
+        for (size_t i = 0; i < n; ++i) {
+          const uint16_t want =
+              t == Storage::kF16 ? F32ToF16Bits(src[i]) : F32ToBF16Bits(src[i]);
+          const float wantf =
+              t == Storage::kF16 ? F16BitsToF32(want) : BF16BitsToF32(want);
+          INFO(std::string(StorageName(t)) << " i=" << i << " x=" << src[i]);
+          CHECK(h[i] == want);
+          CHECK(back[i] == wantf);
+        }
+      }
+    }
+  });
+}
+
+}  // namespace
+}  // namespace kvsketch
