@@ -51,3 +51,28 @@ inline void Attend(const float* K, size_t k_stride, size_t dk, const float* V,
 
 }  // namespace ref
 }  // namespace kvsketch
+
+namespace kvsketch {
+namespace ref {
+
+// exp(y) - sum_{l<=t} y^l / l! in long double (reference for the residual).
+inline double TaylorResidual(double y, int t) {
+  long double e = std::exp((long double)y), term = 1, poly = 0;
+  for (int l = 0; l <= t; ++l) {
+    poly += term;
+    term *= (long double)y / (l + 1);
+  }
+  if (std::fabs(y) < 1) {  // tail series
+    long double tail = 0, tt = 1;
+    for (int l = 1; l <= t + 1; ++l) tt *= (long double)y / l;
+    for (int l = t + 1; l < t + 40; ++l) {
+      tail += tt;
+      tt *= (long double)y / (l + 1);
+    }
+    return double(tail);
+  }
+  return double(e - poly);
+}
+
+}  // namespace ref
+}  // namespace kvsketch

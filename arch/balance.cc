@@ -1,0 +1,255 @@
+#include "arch/balance.h"
+
+#include <cmath>
+
+#include "arch/random.h"   // CounterUniform
+#include "arch/targets.h"  // RoundUp
+#include "hwy/base.h"
+
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "arch/balance.cc"
+#include "hwy/foreach_target.h"  // IWYU pragma: keep
+#include "hwy/highway.h"
+// Must follow highway.h: per-target helpers.
+#include "arch/rows-inl.h"
+#include "hwy/contrib/math/math-inl.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace kvsketch {
+namespace HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+// C = A A^T. A is transposed into At [cols][ms] (ms = GramStride(m), zero
+// columns past m) so the micro-kernel is a broadcast-FMA outer product:
+// 4 rows of A x 2 vectors of At columns = 8 accumulators, no horizontal sums.
+// Only blocks on or above the diagonal are computed, then mirrored.
+void GramSymImpl(const float* HWY_RESTRICT A, size_t m, size_t cols,
+                 size_t stride, float* HWY_RESTRICT C, float* HWY_RESTRICT At) {
+  const hn::CappedTag<float, 16> d;
+  const size_t N = hn::Lanes(d);
+  const size_t ms = GramStride(m);
+  for (size_t k = 0; k < cols; ++k) {
+    float* row = At + k * ms;
+    for (size_t i = 0; i < m; ++i) row[i] = A[i * stride + k];
+    for (size_t i = m; i < ms; ++i) row[i] = 0.0f;
+  }
+  for (size_t i0 = 0; i0 < m; i0 += 4) {
+    // Rows past m repeat row m-1; their results land in padding rows of C.
+    const float* a0 = A + HWY_MIN(i0 + 0, m - 1) * stride;
+    const float* a1 = A + HWY_MIN(i0 + 1, m - 1) * stride;
+    const float* a2 = A + HWY_MIN(i0 + 2, m - 1) * stride;
+    const float* a3 = A + HWY_MIN(i0 + 3, m - 1) * stride;
+    for (size_t j = i0 / (2 * N) * (2 * N); j < ms; j += 2 * N) {
+      auto c00 = hn::Zero(d), c01 = hn::Zero(d), c10 = hn::Zero(d),
+           c11 = hn::Zero(d), c20 = hn::Zero(d), c21 = hn::Zero(d),
+           c30 = hn::Zero(d), c31 = hn::Zero(d);
+      const float* bt = At + j;
+      for (size_t k = 0; k < cols; ++k, bt += ms) {
+        const auto b0 = hn::LoadU(d, bt);
+        const auto b1 = hn::LoadU(d, bt + N);
+        auto x = hn::Set(d, a0[k]);
+        c00 = hn::MulAdd(x, b0, c00);
+        c01 = hn::MulAdd(x, b1, c01);
+        x = hn::Set(d, a1[k]);
+        c10 = hn::MulAdd(x, b0, c10);
+        c11 = hn::MulAdd(x, b1, c11);
+        x = hn::Set(d, a2[k]);
+        c20 = hn::MulAdd(x, b0, c20);
+        c21 = hn::MulAdd(x, b1, c21);
+        x = hn::Set(d, a3[k]);
+        c30 = hn::MulAdd(x, b0, c30);
+        c31 = hn::MulAdd(x, b1, c31);
+      }
+      float* c = C + i0 * ms + j;
+      hn::StoreU(c00, d, c);
+      hn::StoreU(c01, d, c + N);
+      hn::StoreU(c10, d, c + ms);
+      hn::StoreU(c11, d, c + ms + N);
+      hn::StoreU(c20, d, c + 2 * ms);
+      hn::StoreU(c21, d, c + 2 * ms + N);
+      hn::StoreU(c30, d, c + 3 * ms);
+      hn::StoreU(c31, d, c + 3 * ms + N);
+    }
+  }
+  // Mirror: entries left of the computed blocks (j < i) come from (j, i).
+  for (size_t i = 0; i < m; ++i) {
+    const size_t computed_from = (i / 4 * 4) / (2 * N) * (2 * N);
+    for (size_t j = 0; j < computed_from; ++j) C[i * ms + j] = C[j * ms + i];
+  }
+}
+
+// exp(y) - sum_{l<=t} y^l/l!: for |y| < 1 by the tail of the series (no
+// cancellation), otherwise directly.
+template <class D, class V>
+HWY_INLINE V TaylorResidual(D d, V y, int t) {
+  // Tail: y^(t+1)/(t+1)! * (1 + y/(t+2) + y^2/((t+2)(t+3)) + ...), 12 terms.
+  auto tail = hn::Set(d, 1.0f);
+  for (int l = t + 13; l >= t + 2; --l) {
+    tail = hn::MulAdd(hn::Mul(y, hn::Set(d, 1.0f / float(l))), tail,
+                      hn::Set(d, 1.0f));
+  }
+  auto lead = hn::Set(d, 1.0f);
+  float fact = 1.0f;
+  for (int l = 1; l <= t + 1; ++l) {
+    lead = hn::Mul(lead, y);
+    fact *= float(l);
+  }
+  const auto small = hn::Mul(hn::Mul(lead, hn::Set(d, 1.0f / fact)), tail);
+  // Direct: exp(y) - polynomial (Horner).
+  auto poly = hn::Set(d, 1.0f);
+  for (int l = t; l >= 1; --l) {
+    poly = hn::MulAdd(hn::Mul(y, hn::Set(d, 1.0f / float(l))), poly,
+                      hn::Set(d, 1.0f));
+  }
+  const auto big = hn::Sub(hn::Exp(d, hn::Min(y, hn::Set(d, 80.0f))), poly);
+  return hn::IfThenElse(hn::Lt(hn::Abs(y), hn::Set(d, 1.0f)), small, big);
+}
+
+float BuildBalanceKernelImpl(const float* HWY_RESTRICT K, size_t k_stride,
+                             size_t dk, const float* HWY_RESTRICT V,
+                             size_t v_stride, size_t dv,
+                             const float* HWY_RESTRICT w, size_t m,
+                             const BalanceParams& p, float* HWY_RESTRICT G,
+                             float* HWY_RESTRICT scratch) {
+  const hn::CappedTag<float, 16> d;
+  const size_t N = hn::Lanes(d);
+  const size_t ms = GramStride(m);
+  const size_t rows = RoundUp(m, 4);
+  float* Kc = scratch;            // [m][k_stride]
+  float* Gv = Kc + m * k_stride;  // [rows][ms] value Gram
+  float* Gt = Gv + rows * ms;     // transposed operand for GramSym
+  float* wpad = Gt + GramScratchFloats(m, HWY_MAX(k_stride, v_stride));  // [ms]
+  for (size_t i = 0; i < ms; ++i) wpad[i] = i < m ? (w ? w[i] : 1.0f) : 0.0f;
+  // 1. Centre the keys (the kernel of centred keys balances the same sums:
+  // exp(<k,q>) = exp(<mu,q>) exp(<k-mu,q>) and exp(<mu,q>) is common).
+  for (size_t c = 0; c < k_stride; ++c) {
+    double mean = 0.0;
+    if (p.centre_keys && c < dk) {
+      for (size_t i = 0; i < m; ++i) mean += K[i * k_stride + c];
+      mean /= double(m);
+    }
+    for (size_t i = 0; i < m; ++i) {
+      Kc[i * k_stride + c] = K[i * k_stride + c] - float(mean);
+    }
+  }
+  // 2. Gram products (key Gram goes straight into G, transformed in place).
+  GramSymImpl(Kc, m, dk, k_stride, G, Gt);
+  GramSymImpl(V, m, dv, v_stride, Gv, Gt);
+  // 3. Point kernel, rows j <= i (whole vectors; lanes past i are unused).
+  const float a = p.scale * p.tau;
+  float shift = 0.0f;
+  if (p.kind == KernelKind::kExp) {
+    shift = -INFINITY;
+    for (size_t i = 0; i < m; ++i) shift = HWY_MAX(shift, a * G[i * ms + i]);
+  }
+  const auto va = hn::Set(d, a);
+  const auto vshift = hn::Set(d, shift);
+  const auto vc = hn::Set(d, p.value_offset);
+  float max_diag = 0.0f;
+  for (size_t i = 0; i < m; ++i) {
+    const auto wi = hn::Set(d, wpad[i]);
+    float* g = G + i * ms;
+    const float* gv = Gv + i * ms;
+    for (size_t j = 0; j <= i; j += N) {
+      const auto x = hn::Mul(va, hn::LoadU(d, g + j));
+      const auto kap = p.kind == KernelKind::kExp
+                           ? hn::Exp(d, hn::Sub(x, vshift))
+                           : TaylorResidual(d, x, p.taylor_degree);
+      const auto wij = hn::Mul(wi, hn::LoadU(d, wpad + j));
+      const auto val = hn::MulAdd(wij, hn::LoadU(d, gv + j), vc);
+      hn::StoreU(hn::Mul(kap, val), d, g + j);
+    }
+    max_diag = HWY_MAX(max_diag, g[i]);
+  }
+  return max_diag;
+}
+
+void BalanceWalkImpl(const float* HWY_RESTRICT G, size_t m, float max_diag,
+                     float gamma, uint64_t seed, uint64_t stream,
+                     int8_t* HWY_RESTRICT eta, float* HWY_RESTRICT signs) {
+  const hn::CappedTag<float, 16> d;
+  const size_t N = hn::Lanes(d);
+  const size_t ms = GramStride(m);
+  for (size_t i = 0; i < ms; ++i) signs[i] = 0.0f;
+  const float step = max_diag > 0.0f ? gamma / max_diag : 0.0f;
+  for (size_t i = 0; i < m; ++i) {
+    float s = 1.0f;
+    if (i > 0) {
+      // sum_{j<i} G_ij eta_j: signs past i are still zero.
+      const float g = DotPadded(d, G + i * ms, signs, RoundUp(i, N));
+      const float prob = HWY_MIN(1.0f, HWY_MAX(0.0f, 0.5f - step * g));
+      s = CounterUniform(seed, stream, i) < prob ? 1.0f : -1.0f;
+    }
+    signs[i] = s;
+    eta[i] = s > 0 ? 1 : -1;
+  }
+}
+
+}  // namespace HWY_NAMESPACE
+}  // namespace kvsketch
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+namespace kvsketch {
+size_t GramStride(size_t m) { return RoundUp(m, 32); }
+size_t GramScratchFloats(size_t m, size_t cols) {
+  return RoundUp(cols, 4) * GramStride(m);
+}
+size_t BalanceScratchFloats(size_t m, size_t k_stride, size_t v_stride) {
+  const size_t rows = RoundUp(m, 4);
+  const size_t widest = k_stride > v_stride ? k_stride : v_stride;
+  return m * k_stride                    // centred keys
+         + 2 * rows * GramStride(m)      // key Gram, value Gram
+         + GramScratchFloats(m, widest)  // transposed operand
+         + GramStride(m) + 64;           // walk signs (+ alignment slack)
+}
+
+HWY_EXPORT(GramSymImpl);
+HWY_EXPORT(BuildBalanceKernelImpl);
+HWY_EXPORT(BalanceWalkImpl);
+
+void GramSym(const float* A, size_t m, size_t cols, size_t stride, float* C,
+             float* scratch) {
+  HWY_ASSERT(m >= 1 && stride >= cols);
+  HWY_DYNAMIC_DISPATCH(GramSymImpl)(A, m, cols, stride, C, scratch);
+}
+
+float BuildBalanceKernel(const float* K, size_t k_stride, size_t dk,
+                         const float* V, size_t v_stride, size_t dv,
+                         const float* w, size_t m, const BalanceParams& p,
+                         float* G, float* scratch) {
+  HWY_ASSERT(m >= 1);
+  return HWY_DYNAMIC_DISPATCH(BuildBalanceKernelImpl)(
+      K, k_stride, dk, V, v_stride, dv, w, m, p, G, scratch);
+}
+
+void BalanceWalk(const float* G, size_t m, float max_diag, float gamma,
+                 uint64_t seed, uint64_t stream, int8_t* eta) {
+  // The walk's float signs live on the stack for m <= 1024 (blocks are small).
+  HWY_ALIGN float signs[1024 + 64];
+  HWY_ASSERT(GramStride(m) <= 1024);
+  HWY_DYNAMIC_DISPATCH(BalanceWalkImpl)
+  (G, m, max_diag, gamma, seed, stream, eta, signs);
+}
+
+size_t Balance(const float* K, size_t k_stride, size_t dk, const float* V,
+               size_t v_stride, size_t dv, const float* w, size_t m,
+               const BalanceParams& p, float* scratch, int8_t* eta,
+               uint32_t* kept) {
+  const size_t rows = RoundUp(m, 4);
+  float* G = scratch;
+  const float max_diag = BuildBalanceKernel(K, k_stride, dk, V, v_stride, dv, w,
+                                            m, p, G, G + rows * GramStride(m));
+  BalanceWalk(G, m, max_diag, p.gamma, p.seed, p.stream, eta);
+  size_t plus = 0;
+  for (size_t i = 0; i < m; ++i) plus += eta[i] > 0;
+  const int8_t keep = plus <= m - plus ? 1 : -1;
+  size_t n = 0;
+  for (size_t i = 0; i < m; ++i) {
+    if (eta[i] == keep) kept[n++] = uint32_t(i);
+  }
+  return n;
+}
+
+}  // namespace kvsketch
+#endif  // HWY_ONCE
