@@ -24,9 +24,11 @@ namespace hn = hwy::HWY_NAMESPACE;
 // Rows per online-softmax tile: scores of a tile are computed, then its max,
 // then exp of the whole tile with vector Exp, then the value accumulation.
 constexpr size_t kTile = 16;
-// Rows ahead to prefetch (a few tiles); sequential streams are also caught by
-// the hardware prefetcher, this mainly helps when K and V are far apart.
-constexpr size_t kPrefetchRows = 32;
+// Software prefetch distance per stream (K and V), in bytes. The hardware
+// prefetcher alone left cold attend at ~0.75 of the read bandwidth on the
+// development machine (AMD EPYC, AVX3); prefetching every line of the tile
+// ~2 KiB ahead brought it to 0.75-1.0 (noisy VM) (see `kvsketch speed`).
+constexpr size_t kPrefetchBytes = 2048;
 
 template <class D, typename TK>
 HWY_INLINE float DotRow(D d, const TK* HWY_RESTRICT k,
@@ -57,6 +59,74 @@ HWY_INLINE float ExpTileSum(float* HWY_RESTRICT x, size_t n) {
   return hn::GetLane(hn::SumOfLanes(d, sum));
 }
 
+// Scores of `rows` rows against one query. For the usual head dimensions
+// (kcols <= 8 vectors) the query stays in registers, so each row costs only
+// its own loads; otherwise a generic loop.
+template <class D, typename TK>
+HWY_INLINE void ScoreTile(D d, const TK* HWY_RESTRICT K, size_t k_stride,
+                          size_t kcols, const float* HWY_RESTRICT q,
+                          const float* HWY_RESTRICT bias, size_t rows,
+                          float* HWY_RESTRICT s) {
+  const size_t N = hn::Lanes(d);
+  if (kcols > 8 * N) {
+    for (size_t r = 0; r < rows; ++r) {
+      s[r] = DotRow(d, K + r * k_stride, q, kcols) + (bias ? bias[r] : 0.0f);
+    }
+    return;
+  }
+  const auto z = hn::Zero(d);
+  const auto q0 = hn::LoadU(d, q);
+  const auto q1 = kcols > 1 * N ? hn::LoadU(d, q + 1 * N) : z;
+  const auto q2 = kcols > 2 * N ? hn::LoadU(d, q + 2 * N) : z;
+  const auto q3 = kcols > 3 * N ? hn::LoadU(d, q + 3 * N) : z;
+  const auto q4 = kcols > 4 * N ? hn::LoadU(d, q + 4 * N) : z;
+  const auto q5 = kcols > 5 * N ? hn::LoadU(d, q + 5 * N) : z;
+  const auto q6 = kcols > 6 * N ? hn::LoadU(d, q + 6 * N) : z;
+  const auto q7 = kcols > 7 * N ? hn::LoadU(d, q + 7 * N) : z;
+  for (size_t r = 0; r < rows; ++r) {
+    const TK* HWY_RESTRICT k = K + r * k_stride;
+    auto a0 = hn::Mul(LoadF32(d, k), q0);
+    auto a1 = z;
+    if (kcols > 1 * N) a1 = hn::Mul(LoadF32(d, k + 1 * N), q1);
+    if (kcols > 2 * N) a0 = hn::MulAdd(LoadF32(d, k + 2 * N), q2, a0);
+    if (kcols > 3 * N) a1 = hn::MulAdd(LoadF32(d, k + 3 * N), q3, a1);
+    if (kcols > 4 * N) a0 = hn::MulAdd(LoadF32(d, k + 4 * N), q4, a0);
+    if (kcols > 5 * N) a1 = hn::MulAdd(LoadF32(d, k + 5 * N), q5, a1);
+    if (kcols > 6 * N) a0 = hn::MulAdd(LoadF32(d, k + 6 * N), q6, a0);
+    if (kcols > 7 * N) a1 = hn::MulAdd(LoadF32(d, k + 7 * N), q7, a1);
+    s[r] = hn::GetLane(hn::SumOfLanes(d, hn::Add(a0, a1))) +
+           (bias ? bias[r] : 0.0f);
+  }
+}
+
+// acc[0, vcols) += sum_r p[r] * V[r]: the accumulator stays in registers for
+// the whole tile (two vectors at a time), V rows come from L1.
+template <class D, typename TV>
+HWY_INLINE void AccumulateTile(D d, const TV* HWY_RESTRICT V, size_t v_stride,
+                               size_t vcols, const float* HWY_RESTRICT p,
+                               size_t rows, float* HWY_RESTRICT acc) {
+  const size_t N = hn::Lanes(d);
+  size_t c = 0;
+  for (; c + 2 * N <= vcols; c += 2 * N) {
+    auto a0 = hn::LoadU(d, acc + c);
+    auto a1 = hn::LoadU(d, acc + c + N);
+    for (size_t r = 0; r < rows; ++r) {
+      const auto pr = hn::Set(d, p[r]);
+      a0 = hn::MulAdd(pr, LoadF32(d, V + r * v_stride + c), a0);
+      a1 = hn::MulAdd(pr, LoadF32(d, V + r * v_stride + c + N), a1);
+    }
+    hn::StoreU(a0, d, acc + c);
+    hn::StoreU(a1, d, acc + c + N);
+  }
+  if (c < vcols) {
+    auto a0 = hn::LoadU(d, acc + c);
+    for (size_t r = 0; r < rows; ++r) {
+      a0 = hn::MulAdd(hn::Set(d, p[r]), LoadF32(d, V + r * v_stride + c), a0);
+    }
+    hn::StoreU(a0, d, acc + c);
+  }
+}
+
 template <class DK, class DV, typename TK, typename TV>
 void AttendT(DK dk, DV dv, const TK* HWY_RESTRICT K, size_t k_stride,
              size_t kcols, const TV* HWY_RESTRICT V, size_t v_stride,
@@ -65,52 +135,46 @@ void AttendT(DK dk, DV dv, const TK* HWY_RESTRICT K, size_t k_stride,
              float* HWY_RESTRICT z, float* HWY_RESTRICT acc,
              float* HWY_RESTRICT scores) {
   const size_t NV = hn::Lanes(dv);
-  HWY_ALIGN float s[kMaxGroup][kTile];
+  HWY_ALIGN float s[kTile];
+  const size_t pf_rows = RoundUp(
+      HWY_MAX(size_t{1}, kPrefetchBytes / (k_stride * sizeof(TK))), kTile);
   for (size_t r0 = 0; r0 < n; r0 += kTile) {
     const size_t rows = HWY_MIN(kTile, n - r0);
-    // 1. Scores of the tile for every query of the group.
-    for (size_t r = 0; r < rows; ++r) {
-      const TK* krow = K + (r0 + r) * k_stride;
-      if (r0 + r + kPrefetchRows < n) {
-        hwy::Prefetch(krow + kPrefetchRows * k_stride);
-        hwy::Prefetch(V + (r0 + r + kPrefetchRows) * v_stride);
-      }
-      const float bias = logw ? logw[r0 + r] : 0.0f;
-      for (size_t g = 0; g < G; ++g) {
-        s[g][r] = DotRow(dk, krow, qs + g * k_stride, kcols) + bias;
-      }
+    const TK* kt = K + r0 * k_stride;
+    const TV* vt = V + r0 * v_stride;
+    if (r0 + kTile + pf_rows <= n) {
+      // Every cache line of the tile kPrefetchRows ahead (K and V).
+      const char* kp = reinterpret_cast<const char*>(kt + pf_rows * k_stride);
+      const char* vp = reinterpret_cast<const char*>(vt + pf_rows * v_stride);
+      const size_t kb = kTile * k_stride * sizeof(TK);
+      const size_t vb = kTile * v_stride * sizeof(TV);
+      for (size_t off = 0; off < kb; off += 64) hwy::Prefetch(kp + off);
+      for (size_t off = 0; off < vb; off += 64) hwy::Prefetch(vp + off);
     }
-    // 2. Online softmax bookkeeping per query.
+    // The tile's K and V rows are read from memory once; the G queries of
+    // the group re-read them from L1.
     for (size_t g = 0; g < G; ++g) {
+      ScoreTile(dk, kt, k_stride, kcols, qs + g * k_stride,
+                logw ? logw + r0 : nullptr, rows, s);
       if (scores) {
-        for (size_t r = 0; r < rows; ++r) scores[g * n + r0 + r] = s[g][r];
+        for (size_t r = 0; r < rows; ++r) scores[g * n + r0 + r] = s[r];
       }
-      float mt = s[g][0];
-      for (size_t r = 1; r < rows; ++r) mt = HWY_MAX(mt, s[g][r]);
+      // Online softmax: rescale what was accumulated when the max grows.
+      float mt = s[0];
+      for (size_t r = 1; r < rows; ++r) mt = HWY_MAX(mt, s[r]);
+      float* a = acc + g * v_stride;
       if (mt > m[g]) {
         const float f = std::exp(m[g] - mt);  // 0 on the first tile
         z[g] *= f;
-        float* a = acc + g * v_stride;
         const auto vf = hn::Set(dv, f);
         for (size_t c = 0; c < vcols; c += NV) {
           hn::StoreU(hn::Mul(hn::LoadU(dv, a + c), vf), dv, a + c);
         }
         m[g] = mt;
       }
-      for (size_t r = 0; r < rows; ++r) s[g][r] -= m[g];
-      z[g] += ExpTileSum(s[g], rows);
-    }
-    // 3. Value accumulation: each V row is read once for all G queries.
-    for (size_t r = 0; r < rows; ++r) {
-      const TV* vrow = V + (r0 + r) * v_stride;
-      for (size_t c = 0; c < vcols; c += NV) {
-        const auto v = LoadF32(dv, vrow + c);
-        for (size_t g = 0; g < G; ++g) {
-          float* a = acc + g * v_stride + c;
-          hn::StoreU(hn::MulAdd(hn::Set(dv, s[g][r]), v, hn::LoadU(dv, a)), dv,
-                     a);
-        }
-      }
+      for (size_t r = 0; r < rows; ++r) s[r] -= m[g];
+      z[g] += ExpTileSum(s, rows);
+      AccumulateTile(dv, vt, v_stride, vcols, s, rows, a);
     }
   }
 }

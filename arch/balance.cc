@@ -19,46 +19,79 @@ namespace kvsketch {
 namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
-// C = A A^T. A is transposed into At [cols][ms] (ms = GramStride(m), zero
-// columns past m) so the micro-kernel is a broadcast-FMA outer product:
-// 4 rows of A x 2 vectors of At columns = 8 accumulators, no horizontal sums.
-// Only blocks on or above the diagonal are computed, then mirrored.
-void GramSymImpl(const float* HWY_RESTRICT A, size_t m, size_t cols,
-                 size_t stride, float* HWY_RESTRICT C, float* HWY_RESTRICT At) {
+// Rows of A per micro-kernel step: 8 where there are 32 vector registers
+// (16 accumulators + operands), 4 on x86 targets with 16.
+#if HWY_TARGET == HWY_AVX2 || HWY_TARGET == HWY_SSE4 || HWY_TARGET == HWY_SSSE3
+constexpr size_t kGramRows = 4;
+#else
+constexpr size_t kGramRows = 8;
+#endif
+
+// Lower triangle of C = A A^T (C[i][j] for j <= i; whole 2N-column blocks, so
+// some entries right of the diagonal are written too). A is transposed into
+// At [cols][ms] (ms = GramStride(m), zero columns past m) so the micro-kernel
+// is a broadcast-FMA outer product: kGramRows rows x 2 vectors of columns,
+// no horizontal sums. The walk and the point kernel only read j <= i.
+void GramLowerImpl(const float* HWY_RESTRICT A, size_t m, size_t cols,
+                   size_t stride, float* HWY_RESTRICT C,
+                   float* HWY_RESTRICT At) {
   const hn::CappedTag<float, 16> d;
   const size_t N = hn::Lanes(d);
   const size_t ms = GramStride(m);
-  for (size_t k = 0; k < cols; ++k) {
-    float* row = At + k * ms;
-    for (size_t i = 0; i < m; ++i) row[i] = A[i * stride + k];
-    for (size_t i = m; i < ms; ++i) row[i] = 0.0f;
+  // Transpose in panels of 16 rows: reads stay within 16 rows (L1), writes
+  // are runs of 16 contiguous floats.
+  for (size_t i0 = 0; i0 < ms; i0 += 16) {
+    const size_t iend = HWY_MIN(i0 + 16, m);
+    for (size_t k = 0; k < cols; ++k) {
+      float* row = At + k * ms + i0;
+      size_t i = i0;
+      for (; i < iend; ++i) row[i - i0] = A[i * stride + k];
+      for (; i < i0 + 16; ++i) row[i - i0] = 0.0f;
+    }
   }
-  for (size_t i0 = 0; i0 < m; i0 += 4) {
+  constexpr size_t R = kGramRows;
+  for (size_t i0 = 0; i0 < m; i0 += R) {
     // Rows past m repeat row m-1; their results land in padding rows of C.
-    const float* a0 = A + HWY_MIN(i0 + 0, m - 1) * stride;
-    const float* a1 = A + HWY_MIN(i0 + 1, m - 1) * stride;
-    const float* a2 = A + HWY_MIN(i0 + 2, m - 1) * stride;
-    const float* a3 = A + HWY_MIN(i0 + 3, m - 1) * stride;
-    for (size_t j = i0 / (2 * N) * (2 * N); j < ms; j += 2 * N) {
+    const float* a[R];
+    for (size_t r = 0; r < R; ++r) a[r] = A + HWY_MIN(i0 + r, m - 1) * stride;
+    const size_t jend = RoundUp(HWY_MIN(i0 + R, m), 2 * N);
+    for (size_t j = 0; j < jend; j += 2 * N) {
       auto c00 = hn::Zero(d), c01 = hn::Zero(d), c10 = hn::Zero(d),
            c11 = hn::Zero(d), c20 = hn::Zero(d), c21 = hn::Zero(d),
            c30 = hn::Zero(d), c31 = hn::Zero(d);
+      auto c40 = hn::Zero(d), c41 = hn::Zero(d), c50 = hn::Zero(d),
+           c51 = hn::Zero(d), c60 = hn::Zero(d), c61 = hn::Zero(d),
+           c70 = hn::Zero(d), c71 = hn::Zero(d);
       const float* bt = At + j;
       for (size_t k = 0; k < cols; ++k, bt += ms) {
         const auto b0 = hn::LoadU(d, bt);
         const auto b1 = hn::LoadU(d, bt + N);
-        auto x = hn::Set(d, a0[k]);
+        auto x = hn::Set(d, a[0][k]);
         c00 = hn::MulAdd(x, b0, c00);
         c01 = hn::MulAdd(x, b1, c01);
-        x = hn::Set(d, a1[k]);
+        x = hn::Set(d, a[1][k]);
         c10 = hn::MulAdd(x, b0, c10);
         c11 = hn::MulAdd(x, b1, c11);
-        x = hn::Set(d, a2[k]);
+        x = hn::Set(d, a[2][k]);
         c20 = hn::MulAdd(x, b0, c20);
         c21 = hn::MulAdd(x, b1, c21);
-        x = hn::Set(d, a3[k]);
+        x = hn::Set(d, a[3][k]);
         c30 = hn::MulAdd(x, b0, c30);
         c31 = hn::MulAdd(x, b1, c31);
+        if (R == 8) {
+          x = hn::Set(d, a[R == 8 ? 4 : 0][k]);
+          c40 = hn::MulAdd(x, b0, c40);
+          c41 = hn::MulAdd(x, b1, c41);
+          x = hn::Set(d, a[R == 8 ? 5 : 0][k]);
+          c50 = hn::MulAdd(x, b0, c50);
+          c51 = hn::MulAdd(x, b1, c51);
+          x = hn::Set(d, a[R == 8 ? 6 : 0][k]);
+          c60 = hn::MulAdd(x, b0, c60);
+          c61 = hn::MulAdd(x, b1, c61);
+          x = hn::Set(d, a[R == 8 ? 7 : 0][k]);
+          c70 = hn::MulAdd(x, b0, c70);
+          c71 = hn::MulAdd(x, b1, c71);
+        }
       }
       float* c = C + i0 * ms + j;
       hn::StoreU(c00, d, c);
@@ -69,12 +102,17 @@ void GramSymImpl(const float* HWY_RESTRICT A, size_t m, size_t cols,
       hn::StoreU(c21, d, c + 2 * ms + N);
       hn::StoreU(c30, d, c + 3 * ms);
       hn::StoreU(c31, d, c + 3 * ms + N);
+      if (R == 8) {
+        hn::StoreU(c40, d, c + 4 * ms);
+        hn::StoreU(c41, d, c + 4 * ms + N);
+        hn::StoreU(c50, d, c + 5 * ms);
+        hn::StoreU(c51, d, c + 5 * ms + N);
+        hn::StoreU(c60, d, c + 6 * ms);
+        hn::StoreU(c61, d, c + 6 * ms + N);
+        hn::StoreU(c70, d, c + 7 * ms);
+        hn::StoreU(c71, d, c + 7 * ms + N);
+      }
     }
-  }
-  // Mirror: entries left of the computed blocks (j < i) come from (j, i).
-  for (size_t i = 0; i < m; ++i) {
-    const size_t computed_from = (i / 4 * 4) / (2 * N) * (2 * N);
-    for (size_t j = 0; j < computed_from; ++j) C[i * ms + j] = C[j * ms + i];
   }
 }
 
@@ -114,7 +152,7 @@ float BuildBalanceKernelImpl(const float* HWY_RESTRICT K, size_t k_stride,
   const hn::CappedTag<float, 16> d;
   const size_t N = hn::Lanes(d);
   const size_t ms = GramStride(m);
-  const size_t rows = RoundUp(m, 4);
+  const size_t rows = GramRows(m);
   float* Kc = scratch;            // [m][k_stride]
   float* Gv = Kc + m * k_stride;  // [rows][ms] value Gram
   float* Gt = Gv + rows * ms;     // transposed operand for GramSym
@@ -133,8 +171,8 @@ float BuildBalanceKernelImpl(const float* HWY_RESTRICT K, size_t k_stride,
     }
   }
   // 2. Gram products (key Gram goes straight into G, transformed in place).
-  GramSymImpl(Kc, m, dk, k_stride, G, Gt);
-  GramSymImpl(V, m, dv, v_stride, Gv, Gt);
+  GramLowerImpl(Kc, m, dk, k_stride, G, Gt);
+  GramLowerImpl(V, m, dv, v_stride, Gv, Gt);
   // 3. Point kernel, rows j <= i (whole vectors; lanes past i are unused).
   const float a = p.scale * p.tau;
   float shift = 0.0f;
@@ -192,11 +230,12 @@ HWY_AFTER_NAMESPACE();
 #if HWY_ONCE
 namespace kvsketch {
 size_t GramStride(size_t m) { return RoundUp(m, 32); }
+size_t GramRows(size_t m) { return RoundUp(m, 8); }
 size_t GramScratchFloats(size_t m, size_t cols) {
   return RoundUp(cols, 4) * GramStride(m);
 }
 size_t BalanceScratchFloats(size_t m, size_t k_stride, size_t v_stride) {
-  const size_t rows = RoundUp(m, 4);
+  const size_t rows = GramRows(m);
   const size_t widest = k_stride > v_stride ? k_stride : v_stride;
   return m * k_stride                    // centred keys
          + 2 * rows * GramStride(m)      // key Gram, value Gram
@@ -204,14 +243,14 @@ size_t BalanceScratchFloats(size_t m, size_t k_stride, size_t v_stride) {
          + GramStride(m) + 64;           // walk signs (+ alignment slack)
 }
 
-HWY_EXPORT(GramSymImpl);
+HWY_EXPORT(GramLowerImpl);
 HWY_EXPORT(BuildBalanceKernelImpl);
 HWY_EXPORT(BalanceWalkImpl);
 
-void GramSym(const float* A, size_t m, size_t cols, size_t stride, float* C,
-             float* scratch) {
+void GramLower(const float* A, size_t m, size_t cols, size_t stride, float* C,
+               float* scratch) {
   HWY_ASSERT(m >= 1 && stride >= cols);
-  HWY_DYNAMIC_DISPATCH(GramSymImpl)(A, m, cols, stride, C, scratch);
+  HWY_DYNAMIC_DISPATCH(GramLowerImpl)(A, m, cols, stride, C, scratch);
 }
 
 float BuildBalanceKernel(const float* K, size_t k_stride, size_t dk,
@@ -236,7 +275,7 @@ size_t Balance(const float* K, size_t k_stride, size_t dk, const float* V,
                size_t v_stride, size_t dv, const float* w, size_t m,
                const BalanceParams& p, float* scratch, int8_t* eta,
                uint32_t* kept) {
-  const size_t rows = RoundUp(m, 4);
+  const size_t rows = GramRows(m);
   float* G = scratch;
   const float max_diag = BuildBalanceKernel(K, k_stride, dk, V, v_stride, dv, w,
                                             m, p, G, G + rows * GramStride(m));

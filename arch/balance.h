@@ -24,25 +24,29 @@ struct BalanceParams {
   uint64_t stream = 0;
 };
 
-// Rows of the m x m Gram/kernel matrices are GramStride(m) floats apart.
+// The m x m Gram/kernel matrices have GramRows(m) rows (padding rows are
+// scratch) of GramStride(m) floats.
 size_t GramStride(size_t m);
+size_t GramRows(size_t m);
 
-// Floats of scratch that GramSym needs for m rows of `cols` columns.
+// Floats of scratch that GramLower needs for m rows of `cols` columns.
 size_t GramScratchFloats(size_t m, size_t cols);
 
-// C = A A^T for A [m][stride] f32 (cols valid, padding zero); C is
-// [RoundUp(m,4)][GramStride(m)], full symmetric result in rows/cols < m.
-void GramSym(const float* A, size_t m, size_t cols, size_t stride, float* C,
-             float* scratch);
+// Lower triangle of C = A A^T: C[i][j] = <a_i, a_j> for j <= i < m. A
+// [m][stride] f32 (cols valid); C [GramRows(m)][GramStride(m)]; entries with
+// j > i are unspecified (the symmetric upper half is never needed).
+void GramLower(const float* A, size_t m, size_t cols, size_t stride, float* C,
+               float* scratch);
 
 // Floats of scratch Balance needs (centred keys, two Grams, walk state).
 size_t BalanceScratchFloats(size_t m, size_t k_stride, size_t v_stride);
 
 // Builds G_ij = kappa(scale * <k~_i, k~_j>) * (w_i w_j <v_i, v_j> + c) for
-// j <= i into G [m][GramStride(m)] (k~ = centred keys when requested) and
-// returns max_j G_jj. For kExp the kernel is divided by exp(max_j tau*scale*
-// |k~_j|^2) to avoid overflow: the walk only uses ratios G_ij / max G_jj.
-// K [m][k_stride], V [m][v_stride] f32; w [m] linear weights or nullptr (1).
+// j <= i into G [GramRows(m)][GramStride(m)] (k~ = centred keys when requested)
+// and returns max_j G_jj. For kExp the kernel is divided by exp(max_j
+// tau*scale* |k~_j|^2) to avoid overflow: the walk only uses ratios G_ij / max
+// G_jj. K [m][k_stride], V [m][v_stride] f32; w [m] linear weights or nullptr
+// (1).
 float BuildBalanceKernel(const float* K, size_t k_stride, size_t dk,
                          const float* V, size_t v_stride, size_t dv,
                          const float* w, size_t m, const BalanceParams& p,
