@@ -4,8 +4,10 @@
 
 #include "CLI/CLI.hpp"
 #include "arch/targets.h"  // GetTargetInfo
+#include "engine/cli/bench.h"
 #include "engine/cli/speed.h"
 #include "fmt/core.h"
+#include "kvsketch/error.h"
 #include "kvsketch/kvsketch.h"
 
 namespace kvsketch {
@@ -15,6 +17,46 @@ std::string Join(const std::vector<std::string>& v) {
   std::string s;
   for (const auto& x : v) s += (s.empty() ? "" : " ") + x;
   return s;
+}
+
+// "4096", "64KiB", "4MiB", "1GiB", "4KB" -> bytes.
+size_t ParseBytes(const std::string& text) {
+  size_t pos = 0;
+  double value = 0;
+  try {
+    value = std::stod(text, &pos);
+  } catch (...) {
+    throw Error("budget '" + text + "' is not a number with an optional unit");
+  }
+  const std::string unit = text.substr(pos);
+  double mult = 1;
+  if (unit.empty() || unit == "B") {
+  } else if (unit == "KiB" || unit == "K" || unit == "k") {
+    mult = 1024.0;
+  } else if (unit == "MiB" || unit == "M") {
+    mult = 1048576.0;
+  } else if (unit == "GiB" || unit == "G") {
+    mult = 1073741824.0;
+  } else if (unit == "KB" || unit == "kB") {
+    mult = 1e3;
+  } else if (unit == "MB") {
+    mult = 1e6;
+  } else if (unit == "GB") {
+    mult = 1e9;
+  } else {
+    throw Error("budget '" + text + "': unknown unit '" + unit + "'");
+  }
+  if (!(value > 0) || value * mult > 1e15) {
+    throw Error("budget '" + text + "' must be positive and below 1 PB");
+  }
+  return size_t(value * mult);
+}
+
+Storage ParseStorage(const std::string& s) {
+  if (s == "f32") return Storage::kF32;
+  if (s == "f16") return Storage::kF16;
+  if (s == "bf16") return Storage::kBF16;
+  throw Error("storage '" + s + "' is not f32, f16 or bf16");
 }
 
 int RunTargets() {
@@ -49,7 +91,79 @@ int main(int argc, char** argv) {
                     "64..1024)");
   speed->add_option("--reps", speed_opt.reps, "repetitions (median)")
       ->check(CLI::PositiveNumber);
+  kvsketch::BenchOptions bench_opt;
+  std::string budget_bytes_text, storage = "f32";
+  auto* bench = app.add_subcommand(
+      "bench", "accuracy, memory and speed of the sketches under a budget");
+  bench->add_option("--trace", bench_opt.trace,
+                    "trace directory or folder of traces (docs/DESIGN.md)");
+  bench
+      ->add_option("--synthetic", bench_opt.synthetic,
+                   "built-in workload: default, d128, long")
+      ->capture_default_str();
+  bench->add_option("--length", bench_opt.length, "synthetic length override");
+  bench->add_option("--method", bench_opt.methods, "methods (comma-separated)")
+      ->delimiter(',')
+      ->capture_default_str();
+  bench
+      ->add_option("--budget-tokens", bench_opt.budgets,
+                   "budgets in tokens per KV head (comma-separated)")
+      ->delimiter(',')
+      ->capture_default_str();
+  bench->add_option("--budget", budget_bytes_text,
+                    "budget in bytes per KV head, e.g. 4096, 64KiB, 4MiB");
+  bench->add_option("--sinks", bench_opt.base.sinks, "exact first tokens")
+      ->capture_default_str();
+  bench
+      ->add_option("--window", bench_opt.base.window,
+                   "exact recent tokens (-1: method default)")
+      ->capture_default_str();
+  bench
+      ->add_option("--window-share", bench_opt.base.window_share,
+                   "default window as a share of the budget")
+      ->capture_default_str();
+  bench->add_option("--storage", storage, "f32, f16 or bf16")
+      ->capture_default_str();
+  bench
+      ->add_option("--block", bench_opt.base.block,
+                   "balance: items per halving")
+      ->capture_default_str();
+  bench->add_option("--tau", bench_opt.base.tau, "balance: kernel temperature")
+      ->capture_default_str();
+  bench->add_option("--gamma", bench_opt.base.gamma, "balance: walk step")
+      ->capture_default_str();
+  bench
+      ->add_option("--value-offset", bench_opt.base.value_offset,
+                   "balance: denominator weight in the kernel")
+      ->capture_default_str();
+  bench->add_option("--degree", bench_opt.base.degree, "taylor/hashed: degree")
+      ->capture_default_str();
+  bench
+      ->add_option("--hash-bits", bench_opt.base.hash_bits,
+                   "hashed: SimHash bits")
+      ->capture_default_str();
+  bench->add_option("--seed", bench_opt.base.seed, "random seed")
+      ->capture_default_str();
+  bench->add_option("--threads", bench_opt.threads, "threads (0 = all cores)")
+      ->capture_default_str();
+  bench
+      ->add_option("--eval-max", bench_opt.eval_max,
+                   "max evaluated positions per head")
+      ->capture_default_str();
+  bench->add_flag("--json", bench_opt.json, "one JSON object per line");
   CLI11_PARSE(app, argc, argv);
+  try {
+    if (bench->parsed()) {
+      if (!budget_bytes_text.empty()) {
+        bench_opt.budget_bytes = kvsketch::ParseBytes(budget_bytes_text);
+      }
+      bench_opt.base.storage = kvsketch::ParseStorage(storage);
+      return kvsketch::RunBench(bench_opt);
+    }
+  } catch (const kvsketch::Error& e) {
+    std::fprintf(stderr, "kvsketch: %s\n", e.what());
+    return 2;
+  }
   if (targets->parsed()) return kvsketch::RunTargets();
   if (speed->parsed()) return kvsketch::RunSpeed(speed_opt);
   return 0;

@@ -1,0 +1,53 @@
+// The budget arena: one aligned allocation, carved into named components with
+// byte accounting. Nothing is allocated after creation; pages that are never
+// written are never touched (no memset of the whole block).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "hwy/aligned_allocator.h"
+
+namespace kvsketch {
+
+class Arena {
+ public:
+  static constexpr size_t kAlign = 64;  // cache line; also the widest vector
+
+  // Allocates `capacity` bytes (rounded up to kAlign), or uses a caller
+  // buffer of that size (must be kAlign-aligned and outlive the arena).
+  explicit Arena(size_t capacity, void* external = nullptr);
+  Arena(const Arena&) = delete;
+  Arena& operator=(const Arena&) = delete;
+
+  // Carves `bytes` (aligned to kAlign) for component `name`. Throws
+  // BudgetError naming the component and the numbers when it does not fit.
+  void* Carve(const std::string& name, size_t bytes);
+  template <typename T>
+  T* CarveArray(const std::string& name, size_t count) {
+    return static_cast<T*>(Carve(name, count * sizeof(T)));
+  }
+
+  size_t capacity() const { return capacity_; }
+  size_t used() const { return used_; }  // accounted bytes (incl. alignment)
+
+  struct Component {
+    std::string name;
+    size_t bytes;
+  };
+  const std::vector<Component>& components() const { return components_; }
+
+  // Bytes `n` occupies once carved (alignment included).
+  static size_t Aligned(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
+
+ private:
+  hwy::AlignedFreeUniquePtr<uint8_t[]> owned_;
+  uint8_t* base_ = nullptr;
+  size_t capacity_ = 0;
+  size_t used_ = 0;
+  std::vector<Component> components_;
+};
+
+}  // namespace kvsketch

@@ -1,0 +1,335 @@
+#include "engine/cli/bench.h"
+
+#include <tbb/global_control.h>
+#include <tbb/parallel_for.h>
+#include <tbb/task_arena.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <memory>
+#include <vector>
+
+#include "arch/targets.h"
+#include "engine/budget/arena.h"
+#include "engine/cli/machine.h"
+#include "engine/io/synthetic.h"
+#include "engine/io/trace.h"
+#include "fmt/core.h"
+#include "kvsketch/error.h"
+
+namespace kvsketch {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// One (trace, layer, KV head) stream.
+struct Unit {
+  const Trace* trace;
+  size_t layer, head;
+};
+
+struct Result {
+  std::vector<double> errors;
+  size_t bytes = 0, retained = 0, budget_bytes = 0;
+  double append_s = 0, attend_s = 0;
+  size_t appends = 0, queries = 0;
+  std::string error;  // set when the sketch could not be built / failed
+};
+
+// Exact causal attention outputs in double precision at the positions.
+std::vector<double> ExactOutputs(const Trace& t, size_t l, size_t kvh,
+                                 const std::vector<size_t>& pos) {
+  const size_t G = t.group(), dk = t.dk, dv = t.dv;
+  std::vector<double> out(pos.size() * G * dv);
+  std::vector<double> s(t.seq);
+  for (size_t pi = 0; pi < pos.size(); ++pi) {
+    const size_t j = pos[pi];
+    for (size_t g = 0; g < G; ++g) {
+      const float* q = t.Q(l, kvh * G + g, j);
+      double mx = -INFINITY;
+      for (size_t i = 0; i <= j; ++i) {
+        const float* k = t.K(l, kvh, i);
+        double dot = 0;
+        for (size_t c = 0; c < dk; ++c) dot += double(q[c]) * k[c];
+        s[i] = dot * t.scale;
+        mx = std::max(mx, s[i]);
+      }
+      double z = 0;
+      double* o = out.data() + (pi * G + g) * dv;
+      for (size_t c = 0; c < dv; ++c) o[c] = 0;
+      for (size_t i = 0; i <= j; ++i) {
+        const double p = std::exp(s[i] - mx);
+        z += p;
+        const float* v = t.V(l, kvh, i);
+        for (size_t c = 0; c < dv; ++c) o[c] += p * v[c];
+      }
+      for (size_t c = 0; c < dv; ++c) o[c] /= z;
+    }
+  }
+  return out;
+}
+
+std::vector<size_t> EvalPositions(size_t seq, size_t budget, size_t max) {
+  std::vector<size_t> pos;
+  if (budget >= seq) return pos;
+  const size_t count = seq - budget;
+  const size_t stride = std::max<size_t>(1, (count + max - 1) / max);
+  for (size_t j = seq - 1 + 1; j-- > budget;) {
+    if ((seq - 1 - j) % stride == 0) pos.push_back(j);
+  }
+  std::reverse(pos.begin(), pos.end());
+  return pos;
+}
+
+Result RunUnit(const Unit& u, const SketchConfig& base, size_t budget_tokens,
+               size_t budget_bytes, const std::vector<size_t>& pos,
+               const std::vector<double>& exact) {
+  const Trace& t = *u.trace;
+  Result r;
+  SketchConfig c = base;
+  c.dk = t.dk;
+  c.dv = t.dv;
+  c.scale = t.scale;
+  c.max_group = t.group();
+  c.budget_bytes = budget_bytes
+                       ? budget_bytes
+                       : BudgetBytesForTokens(budget_tokens, t.dk, t.dv);
+  // The reference keeps everything: give it the whole sequence.
+  if (c.method == Method::kExact) {
+    c.budget_bytes =
+        BudgetBytesForTokens(t.seq, t.dk, t.dv) * StorageBytes(c.storage) / 4;
+  }
+  c.stream = (uint64_t(u.layer) << 32) | u.head;
+  r.budget_bytes = c.budget_bytes;
+  const size_t G = t.group(), dv = t.dv;
+  try {
+    Arena arena(c.budget_bytes);
+    std::unique_ptr<Sketch> sk = Sketch::Create(c, arena);
+    std::vector<float> ws(WorkspaceFloats(c));
+    std::vector<float> q(G * t.dk), out(G * dv);
+    size_t next = 0;
+    for (size_t j = 0; j < t.seq; ++j) {
+      auto t0 = Clock::now();
+      sk->Append(t.K(u.layer, u.head, j), t.V(u.layer, u.head, j), ws.data());
+      auto t1 = Clock::now();
+      for (size_t g = 0; g < G; ++g) {
+        const float* src = t.Q(u.layer, u.head * G + g, j);
+        std::copy(src, src + t.dk, q.begin() + g * t.dk);
+      }
+      sk->Attend(q.data(), G, out.data(), ws.data());
+      auto t2 = Clock::now();
+      r.append_s += std::chrono::duration<double>(t1 - t0).count();
+      r.attend_s += std::chrono::duration<double>(t2 - t1).count();
+      ++r.appends;
+      r.queries += G;
+      if (next < pos.size() && pos[next] == j) {
+        for (size_t g = 0; g < G; ++g) {
+          const double* y = exact.data() + (next * G + g) * dv;
+          double num = 0, den = 0;
+          for (size_t c2 = 0; c2 < dv; ++c2) {
+            const double e = out[g * dv + c2] - y[c2];
+            num += e * e;
+            den += y[c2] * y[c2];
+          }
+          r.errors.push_back(std::sqrt(num / std::max(den, 1e-300)));
+        }
+        ++next;
+      }
+    }
+    r.bytes = sk->bytes();
+    r.retained = sk->retained();
+  } catch (const Error& e) {
+    r.error = e.what();
+  }
+  return r;
+}
+
+double Quantile(std::vector<double> v, double q) {
+  if (v.empty()) return NAN;
+  std::sort(v.begin(), v.end());
+  const size_t i =
+      std::min(v.size() - 1, size_t(q * double(v.size() - 1) + 0.5));
+  return v[i];
+}
+
+void PrintNorms(const std::vector<Trace>& traces, bool json) {
+  double ks = 0, qs = 0, vs = 0, kmax = 0, qmax = 0, vmax = 0;
+  size_t kn = 0, qn = 0;
+  float scale = traces[0].scale;
+  for (const Trace& t : traces) {
+    for (size_t l = 0; l < t.layers; ++l) {
+      for (size_t i = 0; i < t.n_kv_heads * t.seq; ++i) {
+        double a = 0, b = 0;
+        for (size_t c = 0; c < t.dk; ++c)
+          a += double(t.k[l][i * t.dk + c]) * t.k[l][i * t.dk + c];
+        for (size_t c = 0; c < t.dv; ++c)
+          b += double(t.v[l][i * t.dv + c]) * t.v[l][i * t.dv + c];
+        ks += std::sqrt(a);
+        vs += std::sqrt(b);
+        kmax = std::max(kmax, std::sqrt(a));
+        vmax = std::max(vmax, std::sqrt(b));
+        ++kn;
+      }
+      for (size_t i = 0; i < t.n_heads * t.seq; ++i) {
+        double a = 0;
+        for (size_t c = 0; c < t.dk; ++c)
+          a += double(t.q[l][i * t.dk + c]) * t.q[l][i * t.dk + c];
+        qs += std::sqrt(a);
+        qmax = std::max(qmax, std::sqrt(a));
+        ++qn;
+      }
+    }
+  }
+  const double range = scale * kmax * qmax;
+  if (json) {
+    fmt::print(
+        "{{\"norms\":{{\"key_mean\":{:.4f},\"key_max\":{:.4f},\"query_mean\":{:"
+        ".4f},"
+        "\"query_max\":{:.4f},\"value_mean\":{:.4f},\"value_max\":{:.4f},"
+        "\"scale\":{:.6f},\"logit_range\":{:.4f}}}}}\n",
+        ks / kn, kmax, qs / qn, qmax, vs / kn, vmax, scale, range);
+  } else {
+    fmt::print(
+        "norms: |k| mean {:.2f} max {:.2f} | |q| mean {:.2f} max {:.2f} | "
+        "|v| mean {:.2f} max {:.2f} | logit range beta*max|k|*max|q| = "
+        "{:.1f}\n\n",
+        ks / kn, kmax, qs / qn, qmax, vs / kn, vmax, range);
+  }
+}
+
+}  // namespace
+
+int RunBench(const BenchOptions& opt) {
+  std::vector<Trace> traces;
+  std::string source;
+  if (!opt.trace.empty()) {
+    for (const std::string& dir : FindTraceDirs(opt.trace))
+      traces.push_back(LoadTrace(dir));
+    source = opt.trace + " (" + std::to_string(traces.size()) + " traces)";
+  } else {
+    traces.push_back(
+        MakeSynthetic(SyntheticByName(opt.synthetic, opt.length, 0)));
+    source = traces[0].name;
+  }
+  for (const Trace& t : traces) {
+    if (t.dk != traces[0].dk || t.dv != traces[0].dv) {
+      throw Error("all traces of a set must share head dimensions");
+    }
+  }
+  std::vector<Unit> units;
+  for (const Trace& t : traces)
+    for (size_t l = 0; l < t.layers; ++l)
+      for (size_t h = 0; h < t.n_kv_heads; ++h) units.push_back({&t, l, h});
+  std::vector<Method> methods;
+  for (const auto& m : opt.methods) methods.push_back(ParseMethod(m));
+  std::vector<size_t> budgets = opt.budgets;
+  if (opt.budget_bytes) budgets = {0};
+
+  const int threads =
+      opt.threads > 0 ? opt.threads : int(tbb::info::default_concurrency());
+  tbb::task_arena pool(threads);
+  if (!opt.json) {
+    const Trace& t0 = traces[0];
+    fmt::print(
+        "## kvsketch bench\n\nmachine: {} | SIMD: {} | threads: {} | workload: "
+        "{} | "
+        "d_k={} d_v={} heads={}/{} (q/kv) layers={} seq={} | sinks={} "
+        "seed={}\n",
+        CpuModel(), ChosenTargetName(), threads, source, t0.dk, t0.dv,
+        t0.n_heads, t0.n_kv_heads, t0.layers, t0.seq, opt.base.sinks,
+        opt.base.seed);
+  }
+  PrintNorms(traces, opt.json);
+  if (!opt.json) {
+    fmt::print(
+        "| method | budget tokens | budget B/head | used B/head | retained | "
+        "mean err | p50 err | p95 err | append ns/tok | attend ns/query | "
+        "positions |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|\n");
+  }
+  for (size_t budget : budgets) {
+    // Exact references per unit at the positions this budget evaluates.
+    const size_t eval_from =
+        opt.budget_bytes
+            ? opt.budget_bytes / ((traces[0].dk + traces[0].dv) * 4)
+            : budget;
+    std::vector<std::vector<size_t>> pos(units.size());
+    std::vector<std::vector<double>> exact(units.size());
+    pool.execute([&] {
+      tbb::parallel_for(size_t(0), units.size(), [&](size_t i) {
+        pos[i] = EvalPositions(units[i].trace->seq, eval_from, opt.eval_max);
+        exact[i] = ExactOutputs(*units[i].trace, units[i].layer, units[i].head,
+                                pos[i]);
+      });
+    });
+    for (Method m : methods) {
+      SketchConfig base = opt.base;
+      base.method = m;
+      std::vector<Result> res(units.size());
+      pool.execute([&] {
+        tbb::parallel_for(size_t(0), units.size(), [&](size_t i) {
+          res[i] = RunUnit(units[i], base, budget, opt.budget_bytes, pos[i],
+                           exact[i]);
+        });
+      });
+      std::vector<double> all;
+      size_t used = 0, retained = 0, positions = 0, appends = 0, queries = 0;
+      double as = 0, qs = 0;
+      std::string failure;
+      for (const Result& r : res) {
+        if (!r.error.empty() && failure.empty()) failure = r.error;
+        all.insert(all.end(), r.errors.begin(), r.errors.end());
+        used = std::max(used, r.bytes);
+        retained += r.retained;
+        appends += r.appends;
+        queries += r.queries;
+        as += r.append_s;
+        qs += r.attend_s;
+      }
+      positions = all.size();
+      const size_t bb = res[0].budget_bytes;
+      double mean = 0;
+      for (double e : all) mean += e;
+      mean = all.empty() ? NAN : mean / double(all.size());
+      const double p50 = Quantile(all, 0.5), p95 = Quantile(all, 0.95);
+      const double ans = appends ? as / appends * 1e9 : 0;
+      const double qns = queries ? qs / queries * 1e9 : 0;
+      const double ret = double(retained) / double(units.size());
+      if (opt.json) {
+        fmt::print(
+            "{{\"method\":\"{}\",\"budget_tokens\":{},\"budget_bytes\":{},"
+            "\"bytes_used\":{},\"retained\":{:.1f},\"mean_rel_err\":{:.6g},"
+            "\"p50_rel_err\":{:.6g},\"p95_rel_err\":{:.6g},"
+            "\"append_ns_per_token\":{:.1f},\"attend_ns_per_query\":{:.1f},"
+            "\"positions\":{}{}}}\n",
+            MethodName(m), budget, bb, used, ret, mean, p50, p95, ans, qns,
+            positions, failure.empty() ? "" : ",\"error\":\"" + failure + "\"");
+      } else if (!failure.empty()) {
+        fmt::print("| {} | {} | {} | - | - | failed: {} | | | | | |\n",
+                   MethodName(m), budget, bb, failure);
+      } else {
+        fmt::print(
+            "| {} | {} | {} | {} | {:.1f} | {:.4f} | {:.4f} | {:.4f} | {:.0f} "
+            "| "
+            "{:.0f} | {} |\n",
+            MethodName(m), budget, bb, used, ret, mean, p50, p95, ans, qns,
+            positions);
+      }
+      std::fflush(stdout);
+    }
+  }
+  if (!opt.json) {
+    fmt::print(
+        "\nerror: relative L2 error of each query head's output vs exact "
+        "causal "
+        "attention (double precision), at positions j >= budget; bytes are per "
+        "KV head (state only; per-thread scratch is separate); peak RSS {:.1f} "
+        "MiB\n",
+        PeakRssBytes() / 1048576.0);
+  }
+  return 0;
+}
+
+}  // namespace kvsketch

@@ -1,0 +1,30 @@
+// `kvsketch bench`: accuracy, memory and speed of the sketches on traces or
+// the built-in synthetic workload.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "engine/sketch/sketch.h"
+
+namespace kvsketch {
+
+struct BenchOptions {
+  std::string trace;                  // trace dir or folder of traces
+  std::string synthetic = "default";  // used when trace is empty
+  size_t length = 0;                  // synthetic length override
+  std::vector<std::string> methods = {"exact",   "window", "uniform",
+                                      "balance", "taylor", "hashed"};
+  std::vector<size_t> budgets = {32, 64, 128};  // tokens
+  size_t budget_bytes = 0;  // alternative to budgets: bytes per head
+  size_t eval_max = 512;    // max evaluated positions per head (stride)
+  int threads = 0;          // 0 = all cores
+  bool json = false;
+  bool quiet = false;
+  SketchConfig base;  // sinks, window, method parameters, seed
+};
+
+int RunBench(const BenchOptions& opt);
+
+}  // namespace kvsketch

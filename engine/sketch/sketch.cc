@@ -1,0 +1,281 @@
+#include "engine/sketch/sketch.h"
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "arch/attend.h"   // AttendGroup, MergePartials
+#include "arch/convert.h"  // ConvertRow
+#include "arch/targets.h"  // PaddedCols
+#include "engine/sketch/methods.h"
+#include "hwy/base.h"  // HWY_MIN
+#include "kvsketch/error.h"
+
+namespace kvsketch {
+
+const char* MethodName(Method m) {
+  switch (m) {
+    case Method::kExact:
+      return "exact";
+    case Method::kWindow:
+      return "window";
+    case Method::kUniform:
+      return "uniform";
+    case Method::kBalance:
+      return "balance";
+    case Method::kTaylor:
+      return "taylor";
+    case Method::kHashed:
+      return "hashed";
+  }
+  return "?";
+}
+
+Method ParseMethod(const std::string& name) {
+  for (Method m : {Method::kExact, Method::kWindow, Method::kUniform,
+                   Method::kBalance, Method::kTaylor, Method::kHashed}) {
+    if (name == MethodName(m)) return m;
+  }
+  throw Error("unknown method '" + name +
+              "' (known: exact, window, uniform, balance, taylor, hashed)");
+}
+
+// ---------------------------------------------------------------- Rows
+
+RowsView Sketch::Rows::KView(size_t begin, size_t n) const {
+  RowsView r;
+  r.data = k + begin * ks * eb;
+  r.rows = n;
+  r.cols = dk;
+  r.stride = ks;
+  r.type = type;
+  return r;
+}
+
+RowsView Sketch::Rows::VView(size_t begin, size_t n) const {
+  RowsView r;
+  r.data = v + begin * vs * eb;
+  r.rows = n;
+  r.cols = dv;
+  r.stride = vs;
+  r.type = type;
+  return r;
+}
+
+void Sketch::Rows::Put(size_t i, const float* kr, const float* vr) const {
+  ConvertRow(kr, type, k + i * ks * eb, ks);
+  ConvertRow(vr, type, v + i * vs * eb, vs);
+}
+
+void Sketch::Rows::Get(size_t i, float* kr, float* vr) const {
+  ConvertRowToF32(type, k + i * ks * eb, kr, ks);
+  ConvertRowToF32(type, v + i * vs * eb, vr, vs);
+}
+
+void Sketch::Rows::Move(size_t dst, size_t src) const {
+  if (dst == src) return;
+  std::memcpy(k + dst * ks * eb, k + src * ks * eb, ks * eb);
+  std::memcpy(v + dst * vs * eb, v + src * vs * eb, vs * eb);
+}
+
+size_t Sketch::RowBytes(const SketchConfig& c) {
+  return (PaddedCols(c.dk) + PaddedCols(c.dv)) * StorageBytes(c.storage);
+}
+
+Sketch::Rows Sketch::CarveRows(const std::string& what, size_t cap) {
+  Rows r;
+  r.cap = cap;
+  r.dk = cfg_.dk;
+  r.dv = cfg_.dv;
+  r.ks = ks_;
+  r.vs = vs_;
+  r.eb = StorageBytes(cfg_.storage);
+  r.type = cfg_.storage;
+  if (cap == 0) return r;
+  r.k = arena_.CarveArray<uint8_t>(what + " keys", cap * ks_ * r.eb);
+  r.v = arena_.CarveArray<uint8_t>(what + " values", cap * vs_ * r.eb);
+  return r;
+}
+
+// ---------------------------------------------------------------- Sketch
+
+Sketch::Sketch(const SketchConfig& c, Arena& arena, size_t window)
+    : cfg_(c),
+      arena_(arena),
+      ks_(PaddedCols(c.dk)),
+      vs_(PaddedCols(c.dv)),
+      bytes_at_start_(arena.used()) {
+  sinks_ = CarveRows("sinks", c.sinks);
+  window_ = CarveRows("window", window);
+  window_cap_ = window;
+}
+
+size_t Sketch::RemainingBytes() const {
+  const size_t spent = arena_.used() - bytes_at_start_;
+  return cfg_.budget_bytes > spent ? cfg_.budget_bytes - spent : 0;
+}
+
+size_t Sketch::CommonWorkspaceFloats(const SketchConfig& c) {
+  const size_t ks = PaddedCols(c.dk), vs = PaddedCols(c.dv);
+  const size_t G = kMaxGroup;
+  // qpad, three partial sets (m, z, N), eviction rows.
+  return G * ks + 3 * (2 * G + G * vs) + ks + vs + 64;
+}
+
+size_t Sketch::retained() const {
+  return sinks_used_ + window_used_ + CompressedRetained();
+}
+
+std::string Sketch::Describe() const {
+  return std::string(MethodName(cfg_.method)) +
+         " sinks=" + std::to_string(cfg_.sinks) +
+         " window=" + std::to_string(window_cap_) + " " +
+         StorageName(cfg_.storage);
+}
+
+static double Norm(const float* x, size_t n) {
+  double s = 0;
+  for (size_t i = 0; i < n; ++i) s += double(x[i]) * x[i];
+  return std::sqrt(s);
+}
+
+void Sketch::Append(const float* k, const float* v, float* ws) {
+  // Work on padded f32 copies (zero padding is the kernels' contract).
+  float* kp = ws;
+  float* vp = ws + ks_;
+  std::memset(kp, 0, (ks_ + vs_) * sizeof(float));
+  std::memcpy(kp, k, cfg_.dk * sizeof(float));
+  std::memcpy(vp, v, cfg_.dv * sizeof(float));
+  float* rest = ws + ks_ + vs_;
+  if (sinks_used_ < sinks_.cap) {
+    sinks_.Put(sinks_used_++, kp, vp);
+  } else if (window_cap_ == 0) {
+    Evict(kp, vp, rest);  // straight to the compressed region
+  } else {
+    if (window_used_ == window_cap_) {
+      // The oldest window row leaves: hand it to the compressed region
+      // first (it may throw, e.g. `exact` when full: nothing changed yet).
+      float* ko = rest;
+      float* vo = rest + ks_;
+      window_.Get(window_head_, ko, vo);
+      Evict(ko, vo, rest + ks_ + vs_);
+      window_.Put(window_head_, kp, vp);
+      window_head_ = (window_head_ + 1) % window_cap_;
+    } else {
+      window_.Put((window_head_ + window_used_) % window_cap_, kp, vp);
+      ++window_used_;
+    }
+  }
+  key_norm_sum_ += Norm(k, cfg_.dk);
+  ++tokens_;
+}
+
+void Sketch::AppendBlock(const float* K, const float* V, size_t n, float* ws) {
+  for (size_t i = 0; i < n; ++i) Append(K + i * cfg_.dk, V + i * cfg_.dv, ws);
+}
+
+void Sketch::AttendRange(const Rows& rows, size_t begin, size_t n,
+                         const float* qp, size_t G, float* m, float* z,
+                         float* N, float* m2, float* z2, float* N2) const {
+  if (n == 0) return;
+  AttendGroup(rows.KView(begin, n), rows.VView(begin, n), nullptr, qp, G,
+              cfg_.scale, m2, z2, N2);
+  for (size_t g = 0; g < G; ++g) {
+    MergePartials(m + g, z + g, N + g * vs_, m2[g], z2[g], N2 + g * vs_, vs_);
+  }
+}
+
+void Sketch::Attend(const float* q, size_t G, float* out, float* ws) {
+  if (G == 0 || G > kMaxGroup) {
+    throw Error("attend: group size " + std::to_string(G) + " not in [1, " +
+                std::to_string(kMaxGroup) + "]");
+  }
+  float* qp = ws;
+  float* m = qp + G * ks_;
+  float* z = m + G;
+  float* N = z + G;
+  float* m2 = N + G * vs_;
+  float* z2 = m2 + G;
+  float* N2 = z2 + G;
+  float* rest = N2 + G * vs_;
+  for (size_t g = 0; g < G; ++g) {
+    std::memset(qp + g * ks_, 0, ks_ * sizeof(float));
+    std::memcpy(qp + g * ks_, q + g * cfg_.dk, cfg_.dk * sizeof(float));
+    query_norm_sum_ += Norm(q + g * cfg_.dk, cfg_.dk);
+    m[g] = -std::numeric_limits<float>::infinity();
+    z[g] = 0.0f;
+    std::memset(N + g * vs_, 0, vs_ * sizeof(float));
+  }
+  queries_ += G;
+  AttendRange(sinks_, 0, sinks_used_, qp, G, m, z, N, m2, z2, N2);
+  // The window ring as (up to) two contiguous segments.
+  const size_t first = HWY_MIN(window_used_, window_cap_ - window_head_);
+  AttendRange(window_, window_head_, first, qp, G, m, z, N, m2, z2, N2);
+  AttendRange(window_, 0, window_used_ - first, qp, G, m, z, N, m2, z2, N2);
+  AttendCompressed(qp, G, m2, z2, N2, rest);
+  for (size_t g = 0; g < G; ++g) {
+    MergePartials(m + g, z + g, N + g * vs_, m2[g], z2[g], N2 + g * vs_, vs_);
+    const float inv = z[g] > 0.0f ? 1.0f / z[g] : 0.0f;
+    for (size_t c = 0; c < cfg_.dv; ++c)
+      out[g * cfg_.dv + c] = N[g * vs_ + c] * inv;
+  }
+}
+
+// ---------------------------------------------------------------- factory
+
+size_t WorkspaceFloats(const SketchConfig& c) {
+  const size_t ks = PaddedCols(c.dk), vs = PaddedCols(c.dv);
+  size_t extra = 0;
+  switch (c.method) {
+    case Method::kBalance:
+      extra = BalanceWorkspaceFloats(c);
+      break;
+    case Method::kTaylor:
+      extra = TaylorWorkspaceFloats(c);
+      break;
+    case Method::kHashed:
+      extra = HashedWorkspaceFloats(c);
+      break;
+    default:
+      break;
+  }
+  // Append: padded token + evicted row; Attend: queries and partials.
+  const size_t common =
+      HWY_MAX(2 * (ks + vs), Sketch::CommonWorkspaceFloats(c));
+  return common + extra;
+}
+
+std::unique_ptr<Sketch> Sketch::Create(const SketchConfig& c, Arena& arena) {
+  if (c.dk == 0 || c.dv == 0 || c.dk > kMaxHeadDim || c.dv > kMaxHeadDim) {
+    throw Error(
+        "head dimensions must be in [1, " + std::to_string(kMaxHeadDim) +
+        "], got dk=" + std::to_string(c.dk) + " dv=" + std::to_string(c.dv));
+  }
+  if (!(c.scale > 0.0f) || !std::isfinite(c.scale)) {
+    throw Error("score scale must be positive and finite");
+  }
+  if (c.max_group == 0 || c.max_group > kMaxGroup) {
+    throw Error("group size must be in [1, " + std::to_string(kMaxGroup) + "]");
+  }
+  const size_t row = RowBytes(c);
+  const size_t rows = c.budget_bytes / row;
+  const size_t token_bytes = BudgetBytesForTokens(1, c.dk, c.dv);
+  if (c.method != Method::kExact && rows < c.sinks + 2) {
+    throw BudgetError(std::string(MethodName(c.method)) + ": budget of " +
+                      std::to_string(c.budget_bytes) + " bytes (" +
+                      std::to_string(c.budget_bytes / token_bytes) +
+                      " tokens) cannot hold " + std::to_string(c.sinks) +
+                      " sinks plus a window of at least 2 tokens");
+  }
+  const size_t before = arena.used();
+  std::unique_ptr<Sketch> s = MakeMethod(c, arena, rows);
+  s->bytes_ = arena.used() - before;
+  if (s->bytes_ > c.budget_bytes) {  // layout bug guard: never exceed
+    throw BudgetError(std::string(MethodName(c.method)) + ": layout used " +
+                      std::to_string(s->bytes_) + " bytes > budget " +
+                      std::to_string(c.budget_bytes));
+  }
+  return s;
+}
+
+}  // namespace kvsketch

@@ -1,0 +1,136 @@
+// Per-KV-head sketches: a stream of (k, v) tokens in, attention answers out,
+// from a state that never exceeds a fixed byte budget.
+//
+// Every sketch keeps the first `sinks` tokens and the last `window` tokens
+// verbatim; a token leaving the window goes to the method's compressed
+// region (Evict). Attend merges the partials (m, Z, N) of all regions.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "arch/types.h"  // Storage, RowsView
+#include "engine/budget/arena.h"
+
+namespace kvsketch {
+
+enum class Method : uint8_t {
+  kExact,
+  kWindow,
+  kUniform,
+  kBalance,
+  kTaylor,
+  kHashed
+};
+const char* MethodName(Method m);
+Method ParseMethod(const std::string& name);  // throws Error on unknown names
+
+struct SketchConfig {
+  Method method = Method::kBalance;
+  size_t dk = 0, dv = 0;
+  float scale = 0.0f;       // score scale (usually 1/sqrt(dk))
+  size_t budget_bytes = 0;  // all state of this head
+  size_t sinks = 4;
+  // Recent window in tokens; -1 = method default (all of the budget for
+  // `window`, a share of it for the compressed methods).
+  long window = -1;
+  float window_share = 0.5f;  // default window = share of the token budget
+  Storage storage = Storage::kF32;
+  uint64_t seed = 0;
+  uint64_t stream = 0;   // (layer, head) key for the counter-based generator
+  size_t max_group = 1;  // query heads answered per Attend call
+
+  // balance / coreset halving
+  size_t block = 64;             // max items per halving (the Gram is block^2)
+  float tau = 1.0f;              // kernel temperature on top of the q/k scale
+  bool tau_from_queries = true;  // tau *= mean|q| / mean|k| seen so far
+  float gamma = 4.0f;            // walk step
+  float value_offset = 1.0f;     // c = value_offset * mean |v|^2 (denominator)
+  bool centre_keys = true;
+
+  // taylor / hashed
+  int degree = 1;              // Taylor degree t (<= 2)
+  size_t hash_bits = 3;        // SimHash bits for hashed cells
+  size_t recentre_every = 64;  // taylor: evictions between centre updates
+};
+
+// Floats of per-thread scratch a sketch of this configuration needs.
+size_t WorkspaceFloats(const SketchConfig& c);
+
+class Sketch {
+ public:
+  // Carves all state from `arena`; throws BudgetError when it cannot fit.
+  static std::unique_ptr<Sketch> Create(const SketchConfig& c, Arena& arena);
+  virtual ~Sketch() = default;
+  Sketch(const Sketch&) = delete;
+  Sketch& operator=(const Sketch&) = delete;
+
+  // One token (k [dk], v [dv]); `ws` has WorkspaceFloats() floats.
+  void Append(const float* k, const float* v, float* ws);
+  // n tokens, rows of dk / dv floats; identical to n Append calls.
+  void AppendBlock(const float* K, const float* V, size_t n, float* ws);
+  // G queries of this KV head's group: q [G][dk] -> out [G][dv].
+  void Attend(const float* q, size_t G, float* out, float* ws);
+
+  const SketchConfig& config() const { return cfg_; }
+  size_t tokens() const { return tokens_; }
+  size_t bytes() const { return bytes_; }  // accounted state bytes
+  size_t retained() const;                 // tokens/items held verbatim
+  size_t window() const { return window_cap_; }
+  virtual std::string Describe() const;
+  // Scratch floats every sketch needs (queries, partials, evicted rows).
+  static size_t CommonWorkspaceFloats(const SketchConfig& c);
+
+ protected:
+  Sketch(const SketchConfig& c, Arena& arena, size_t window);
+  // Bytes left for the compressed region after sinks and window.
+  size_t RemainingBytes() const;
+  // A token leaves the window (k, v: f32 rows padded to ks/vs with zeros).
+  virtual void Evict(const float* k, const float* v, float* ws) = 0;
+  // Partial of the compressed region for padded, unscaled queries qp
+  // [G][ks]; m/z [G], N [G][vs]. Empty region: z = 0, m = -inf.
+  virtual void AttendCompressed(const float* qp, size_t G, float* m, float* z,
+                                float* N, float* ws) = 0;
+  virtual size_t CompressedRetained() const = 0;
+
+  // Row storage in the configured type: K [cap][ks], V [cap][vs].
+  struct Rows {
+    uint8_t* k = nullptr;
+    uint8_t* v = nullptr;
+    size_t cap = 0, dk = 0, dv = 0, ks = 0, vs = 0, eb = 4;
+    Storage type = Storage::kF32;
+    RowsView KView(size_t begin, size_t n) const;
+    RowsView VView(size_t begin, size_t n) const;
+    void Put(size_t i, const float* kr, const float* vr) const;
+    void Get(size_t i, float* kr, float* vr) const;  // f32, padded
+    void Move(size_t dst, size_t src) const;
+  };
+  Rows CarveRows(const std::string& what, size_t cap);
+  static size_t RowBytes(const SketchConfig& c);
+
+  SketchConfig cfg_;
+  Arena& arena_;
+  size_t ks_, vs_;
+  size_t bytes_at_start_;
+  size_t bytes_ = 0;
+  uint64_t tokens_ = 0;
+  // Running sums of key / query norms (for the kernel temperature).
+  double key_norm_sum_ = 0, query_norm_sum_ = 0;
+  uint64_t queries_ = 0;
+
+ private:
+  void AttendRange(const Rows& rows, size_t begin, size_t n, const float* qp,
+                   size_t G, float* m, float* z, float* N, float* m2, float* z2,
+                   float* N2) const;
+  Rows sinks_, window_;
+  size_t sinks_used_ = 0, window_cap_ = 0, window_used_ = 0, window_head_ = 0;
+};
+
+// Token budget -> bytes: B * (dk + dv) * 4 (the bytes of B fp32 tokens).
+inline size_t BudgetBytesForTokens(size_t tokens, size_t dk, size_t dv) {
+  return tokens * (dk + dv) * 4;
+}
+
+}  // namespace kvsketch

@@ -1,0 +1,66 @@
+// `uniform`: sinks + window + a reservoir sample of the evicted tokens, each
+// with weight n_old / m so numerator and denominator stay unbiased.
+#include <cmath>
+#include <limits>
+
+#include "arch/attend.h"
+#include "arch/random.h"
+#include "engine/sketch/methods.h"
+
+namespace kvsketch {
+namespace {
+
+class Uniform final : public Sketch {
+ public:
+  Uniform(const SketchConfig& c, Arena& a, size_t rows)
+      : Sketch(c, a, DefaultWindow(c, rows)) {
+    const size_t row = RowBytes(c);  // 2 carves: up to 2 * kAlign of padding
+    pool_ = CarveRows("reservoir",
+                      RemainingBytes() > 2 * Arena::kAlign
+                          ? (RemainingBytes() - 2 * Arena::kAlign) / row
+                          : 0);
+  }
+
+ protected:
+  void Evict(const float* k, const float* v, float*) override {
+    ++evicted_;
+    if (count_ < pool_.cap) {
+      pool_.Put(count_++, k, v);
+      return;
+    }
+    if (pool_.cap == 0) return;
+    const uint64_t j = CounterHash(cfg_.seed, cfg_.stream, evicted_) % evicted_;
+    if (j < pool_.cap) pool_.Put(size_t(j), k, v);
+  }
+
+  void AttendCompressed(const float* qp, size_t G, float* m, float* z, float* N,
+                        float*) override {
+    if (count_ == 0) {
+      for (size_t g = 0; g < G; ++g) {
+        m[g] = -std::numeric_limits<float>::infinity();
+        z[g] = 0.0f;
+      }
+      return;
+    }
+    AttendGroup(pool_.KView(0, count_), pool_.VView(0, count_), nullptr, qp, G,
+                cfg_.scale, m, z, N);
+    // Every sampled token stands for evicted / count tokens.
+    const float logw = float(std::log(double(evicted_) / double(count_)));
+    for (size_t g = 0; g < G; ++g) m[g] += logw;
+  }
+  size_t CompressedRetained() const override { return count_; }
+
+ private:
+  Rows pool_;
+  size_t count_ = 0;
+  uint64_t evicted_ = 0;
+};
+
+}  // namespace
+
+std::unique_ptr<Sketch> MakeUniform(const SketchConfig& c, Arena& a,
+                                    size_t rows) {
+  return std::unique_ptr<Sketch>(new Uniform(c, a, rows));
+}
+
+}  // namespace kvsketch
