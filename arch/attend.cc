@@ -15,6 +15,8 @@
 #include "arch/load-inl.h"
 #include "arch/rows-inl.h"
 #include "hwy/contrib/math/math-inl.h"
+// Must follow math-inl.h.
+#include "arch/taylor-inl.h"
 
 HWY_BEFORE_NAMESPACE();
 namespace kvsketch {
@@ -179,6 +181,81 @@ void AttendT(DK dk, DV dv, const TK* HWY_RESTRICT K, size_t k_stride,
   }
 }
 
+// Residual sums of a Taylor-split attention (see ResidualAccumulate).
+template <class DK, class DV, typename TK, typename TV>
+void ResidualT(DK dk, DV dv, const TK* HWY_RESTRICT K, size_t k_stride,
+               size_t kcols, const TV* HWY_RESTRICT V, size_t v_stride,
+               size_t vcols, size_t n, const float* HWY_RESTRICT logw,
+               const float* HWY_RESTRICT qs, float shift,
+               const float* HWY_RESTRICT shifts, float ref, int degree,
+               float* HWY_RESTRICT N, float* HWY_RESTRICT Z) {
+  const hn::CappedTag<float, 16> d;
+  const size_t L = hn::Lanes(d);
+  HWY_ALIGN float s[kTile];
+  HWY_ALIGN float bias[kTile];
+  float zsum = 0.0f;
+  for (size_t r0 = 0; r0 < n; r0 += kTile) {
+    const size_t rows = HWY_MIN(kTile, n - r0);
+    ScoreTile(dk, K + r0 * k_stride, k_stride, kcols, qs, nullptr, rows, s);
+    for (size_t r = 0; r < rows; ++r) {
+      const float sh = shifts ? shifts[r0 + r] : shift;
+      s[r] -= sh;                                         // x_j
+      bias[r] = (logw ? logw[r0 + r] : 0.0f) + sh - ref;  // log factor
+    }
+    for (size_t r = rows; r < kTile; ++r) {
+      s[r] = 0.0f;
+      bias[r] = -INFINITY;
+    }
+    for (size_t i = 0; i < kTile; i += L) {
+      const auto fac = hn::Exp(d, hn::LoadU(d, bias + i));
+      const auto res = TaylorResidual(d, hn::LoadU(d, s + i), degree);
+      // A zero factor (skipped rows, padding) must not meet an infinite
+      // residual: 0 * inf would be NaN.
+      const auto w =
+          hn::IfThenZeroElse(hn::Eq(fac, hn::Zero(d)), hn::Mul(fac, res));
+      hn::StoreU(w, d, s + i);
+    }
+    for (size_t r = 0; r < rows; ++r) zsum += s[r];
+    AccumulateTile(dv, V + r0 * v_stride, v_stride, vcols, s, rows, N);
+  }
+  *Z += zsum;
+}
+
+template <typename TK, typename TV>
+void ResidualTyped(const RowsView& K, const RowsView& V, const float* logw,
+                   const float* q, float scale, float shift,
+                   const float* shifts, float ref, int degree, float* N,
+                   float* Z) {
+  HWY_ALIGN float qs[kMaxHeadDim];
+  for (size_t c = 0; c < K.stride; ++c) qs[c] = q[c] * scale;
+  const TK* kp = static_cast<const TK*>(K.data);
+  const TV* vp = static_cast<const TV*>(V.data);
+  WithRowTag(K.stride, [&](auto dk) {
+    WithRowTag(V.stride, [&](auto dv) {
+      ResidualT(dk, dv, kp, K.stride, RoundUp(K.cols, hn::Lanes(dk)), vp,
+                V.stride, RoundUp(V.cols, hn::Lanes(dv)), K.rows, logw, qs,
+                shift, shifts, ref, degree, N, Z);
+    });
+  });
+}
+
+void ResidualAccumulateImpl(const RowsView& K, const RowsView& V,
+                            const float* logw, const float* q, float scale,
+                            float shift, const float* shifts, float ref,
+                            int degree, float* N, float* Z) {
+  switch (K.type) {
+    case Storage::kF32:
+      return ResidualTyped<float, float>(K, V, logw, q, scale, shift, shifts,
+                                         ref, degree, N, Z);
+    case Storage::kF16:
+      return ResidualTyped<hwy::float16_t, hwy::float16_t>(
+          K, V, logw, q, scale, shift, shifts, ref, degree, N, Z);
+    case Storage::kBF16:
+      return ResidualTyped<hwy::bfloat16_t, hwy::bfloat16_t>(
+          K, V, logw, q, scale, shift, shifts, ref, degree, N, Z);
+  }
+}
+
 template <typename TK, typename TV>
 void AttendTyped(const RowsView& K, const RowsView& V, const float* logw,
                  const float* q, size_t G, float scale, float* m, float* z,
@@ -240,6 +317,18 @@ HWY_AFTER_NAMESPACE();
 namespace kvsketch {
 HWY_EXPORT(AttendGroupImpl);
 HWY_EXPORT(ExpArrayImpl);
+HWY_EXPORT(ResidualAccumulateImpl);
+
+void ResidualAccumulate(const RowsView& K, const RowsView& V, const float* logw,
+                        const float* q, float scale, float shift,
+                        const float* shifts, float ref, int degree, float* N,
+                        float* Z) {
+  HWY_ASSERT(K.cols <= kMaxHeadDim && V.cols <= kMaxHeadDim);
+  HWY_ASSERT(K.rows == V.rows && K.type == V.type);
+  HWY_ASSERT(degree >= 0 && degree <= 2);
+  HWY_DYNAMIC_DISPATCH(ResidualAccumulateImpl)
+  (K, V, logw, q, scale, shift, shifts, ref, degree, N, Z);
+}
 
 void AttendGroup(const RowsView& K, const RowsView& V, const float* logw,
                  const float* q, size_t G, float scale, float* m, float* z,

@@ -31,6 +31,16 @@ inline void Attend(const RowsView& K, const RowsView& V, const float* logw,
   AttendGroup(K, V, logw, q, 1, scale, m, z, N, scores);
 }
 
+// Residual part of a Taylor-split attention: for rows j with
+//   x_j = scale * <k_j, q> - shift_j   (shift_j = shifts[j], or `shift`),
+//   w_j = exp(logw_j + shift_j - ref) * (exp(x_j) - sum_{l<=degree} x_j^l/l!)
+// adds sum_j w_j v_j to N [V.stride] and sum_j w_j to *Z. Rows whose factor
+// exp(logw_j + shift_j - ref) underflows to 0 contribute exactly 0.
+void ResidualAccumulate(const RowsView& K, const RowsView& V, const float* logw,
+                        const float* q, float scale, float shift,
+                        const float* shifts, float ref, int degree, float* N,
+                        float* Z);
+
 // Merges partial 2 into partial 1 exactly: (m1, z1, N1) <- (m1,z1,N1) (+)
 // (m2,z2,N2). Empty partials have m = -inf and z = 0.
 void MergePartials(float* m1, float* z1, float* N1, float m2, float z2,

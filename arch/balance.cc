@@ -12,6 +12,7 @@
 #include "hwy/highway.h"
 // Must follow highway.h: per-target helpers.
 #include "arch/rows-inl.h"
+#include "arch/taylor-inl.h"
 #include "hwy/contrib/math/math-inl.h"
 
 HWY_BEFORE_NAMESPACE();
@@ -114,33 +115,6 @@ void GramLowerImpl(const float* HWY_RESTRICT A, size_t m, size_t cols,
       }
     }
   }
-}
-
-// exp(y) - sum_{l<=t} y^l/l!: for |y| < 1 by the tail of the series (no
-// cancellation), otherwise directly.
-template <class D, class V>
-HWY_INLINE V TaylorResidual(D d, V y, int t) {
-  // Tail: y^(t+1)/(t+1)! * (1 + y/(t+2) + y^2/((t+2)(t+3)) + ...), 12 terms.
-  auto tail = hn::Set(d, 1.0f);
-  for (int l = t + 13; l >= t + 2; --l) {
-    tail = hn::MulAdd(hn::Mul(y, hn::Set(d, 1.0f / float(l))), tail,
-                      hn::Set(d, 1.0f));
-  }
-  auto lead = hn::Set(d, 1.0f);
-  float fact = 1.0f;
-  for (int l = 1; l <= t + 1; ++l) {
-    lead = hn::Mul(lead, y);
-    fact *= float(l);
-  }
-  const auto small = hn::Mul(hn::Mul(lead, hn::Set(d, 1.0f / fact)), tail);
-  // Direct: exp(y) - polynomial (Horner).
-  auto poly = hn::Set(d, 1.0f);
-  for (int l = t; l >= 1; --l) {
-    poly = hn::MulAdd(hn::Mul(y, hn::Set(d, 1.0f / float(l))), poly,
-                      hn::Set(d, 1.0f));
-  }
-  const auto big = hn::Sub(hn::Exp(d, hn::Min(y, hn::Set(d, 80.0f))), poly);
-  return hn::IfThenElse(hn::Lt(hn::Abs(y), hn::Set(d, 1.0f)), small, big);
 }
 
 float BuildBalanceKernelImpl(const float* HWY_RESTRICT K, size_t k_stride,

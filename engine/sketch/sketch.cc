@@ -42,7 +42,7 @@ Method ParseMethod(const std::string& name) {
 
 // ---------------------------------------------------------------- Rows
 
-RowsView Sketch::Rows::KView(size_t begin, size_t n) const {
+RowsView RowStore::KView(size_t begin, size_t n) const {
   RowsView r;
   r.data = k + begin * ks * eb;
   r.rows = n;
@@ -52,7 +52,7 @@ RowsView Sketch::Rows::KView(size_t begin, size_t n) const {
   return r;
 }
 
-RowsView Sketch::Rows::VView(size_t begin, size_t n) const {
+RowsView RowStore::VView(size_t begin, size_t n) const {
   RowsView r;
   r.data = v + begin * vs * eb;
   r.rows = n;
@@ -62,17 +62,17 @@ RowsView Sketch::Rows::VView(size_t begin, size_t n) const {
   return r;
 }
 
-void Sketch::Rows::Put(size_t i, const float* kr, const float* vr) const {
+void RowStore::Put(size_t i, const float* kr, const float* vr) const {
   ConvertRow(kr, type, k + i * ks * eb, ks);
   ConvertRow(vr, type, v + i * vs * eb, vs);
 }
 
-void Sketch::Rows::Get(size_t i, float* kr, float* vr) const {
+void RowStore::Get(size_t i, float* kr, float* vr) const {
   ConvertRowToF32(type, k + i * ks * eb, kr, ks);
   ConvertRowToF32(type, v + i * vs * eb, vr, vs);
 }
 
-void Sketch::Rows::Move(size_t dst, size_t src) const {
+void RowStore::Move(size_t dst, size_t src) const {
   if (dst == src) return;
   std::memcpy(k + dst * ks * eb, k + src * ks * eb, ks * eb);
   std::memcpy(v + dst * vs * eb, v + src * vs * eb, vs * eb);
@@ -82,7 +82,7 @@ size_t Sketch::RowBytes(const SketchConfig& c) {
   return (PaddedCols(c.dk) + PaddedCols(c.dv)) * StorageBytes(c.storage);
 }
 
-Sketch::Rows Sketch::CarveRows(const std::string& what, size_t cap) {
+RowStore Sketch::CarveRows(const std::string& what, size_t cap) {
   Rows r;
   r.cap = cap;
   r.dk = cfg_.dk;
@@ -120,6 +120,13 @@ size_t Sketch::CommonWorkspaceFloats(const SketchConfig& c) {
   const size_t G = kMaxGroup;
   // qpad, three partial sets (m, z, N), eviction rows.
   return G * ks + 3 * (2 * G + G * vs) + ks + vs + 64;
+}
+
+float Sketch::QueryKeyRatio() const {
+  if (!cfg_.tau_from_queries || queries_ == 0 || key_norm_sum_ <= 0)
+    return 1.0f;
+  return float((query_norm_sum_ / double(queries_)) /
+               (key_norm_sum_ / double(tokens_)));
 }
 
 size_t Sketch::retained() const {

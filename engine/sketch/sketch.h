@@ -13,6 +13,7 @@
 
 #include "arch/types.h"  // Storage, RowsView
 #include "engine/budget/arena.h"
+#include "engine/sketch/rows.h"
 
 namespace kvsketch {
 
@@ -95,19 +96,11 @@ class Sketch {
                                 float* N, float* ws) = 0;
   virtual size_t CompressedRetained() const = 0;
 
-  // Row storage in the configured type: K [cap][ks], V [cap][vs].
-  struct Rows {
-    uint8_t* k = nullptr;
-    uint8_t* v = nullptr;
-    size_t cap = 0, dk = 0, dv = 0, ks = 0, vs = 0, eb = 4;
-    Storage type = Storage::kF32;
-    RowsView KView(size_t begin, size_t n) const;
-    RowsView VView(size_t begin, size_t n) const;
-    void Put(size_t i, const float* kr, const float* vr) const;
-    void Get(size_t i, float* kr, float* vr) const;  // f32, padded
-    void Move(size_t dst, size_t src) const;
-  };
+  using Rows = RowStore;
   Rows CarveRows(const std::string& what, size_t cap);
+  // mean |q| / mean |k| seen so far (1 before any query): the rescaling of
+  // algorithms.md 3.2 that matches a key kernel's diagonal to the queries.
+  float QueryKeyRatio() const;
   static size_t RowBytes(const SketchConfig& c);
 
   SketchConfig cfg_;

@@ -1,0 +1,123 @@
+#include "engine/sketch/coreset.h"
+
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "arch/targets.h"  // PaddedCols
+#include "hwy/base.h"      // HWY_MIN
+
+namespace kvsketch {
+
+size_t Coreset::Capacity(size_t bytes, size_t row_bytes, size_t tags) {
+  const size_t slack = 5 * Arena::kAlign + tags * kMaxLevels * 4;
+  return bytes > slack ? (bytes - slack) / ItemBytes(row_bytes) : 0;
+}
+
+size_t Coreset::WorkspaceFloats(size_t block, size_t ks, size_t vs) {
+  return block * (4 + ks + vs) + BalanceScratchFloats(block, ks, vs) + 64;
+}
+
+void Coreset::Init(const RowStore& rows, Arena& arena, size_t block,
+                   size_t tags) {
+  tags_ = tags < 1 ? 1 : tags;
+  rows_ = rows;
+  block_ = block < 2 ? 2 : block;
+  const size_t n = rows.cap ? rows.cap : 1;
+  logw_ = arena.CarveArray<float>("coreset log-weights", n);
+  level_ = arena.CarveArray<uint8_t>("coreset levels", n);
+  tag_ = arena.CarveArray<uint16_t>("coreset tags", n);
+  counts_ =
+      arena.CarveArray<uint32_t>("coreset group counts", tags_ * kMaxLevels);
+}
+
+void Coreset::Insert(const float* k, const float* v, uint16_t tag) {
+  rows_.Put(count_, k, v);
+  logw_[count_] = 0.0f;
+  level_[count_] = 0;
+  tag_[count_] = tag;
+  ++count_;
+}
+
+void Coreset::Compact(const CompactKernel& kern, const float* centres,
+                      float* ws) {
+  // Cheapest group: least 2^level / (items halved).
+  const size_t mmax = HWY_MIN(block_, rows_.cap);
+  uint32_t* counts = counts_;  // [tags_][kMaxLevels]
+  std::memset(counts, 0, tags_ * kMaxLevels * sizeof(uint32_t));
+  for (size_t i = 0; i < count_; ++i)
+    ++counts[tag_[i] * kMaxLevels + level_[i]];
+  int best_level = -1;
+  uint16_t best_tag = 0;
+  double best_cost = 0;
+  for (size_t t = 0; t < tags_; ++t) {
+    for (int l = 0; l < kMaxLevels; ++l) {
+      const size_t m = counts[t * kMaxLevels + l];
+      if (m < 2) continue;
+      const double cost = std::ldexp(1.0, l) / double(HWY_MIN(m, mmax));
+      if (best_level < 0 || cost < best_cost) {
+        best_level = l;
+        best_tag = uint16_t(t);
+        best_cost = cost;
+      }
+    }
+  }
+  const bool mixed = best_level < 0;  // every group is a single item
+  const size_t ks = rows_.ks, vs = rows_.vs;
+  uint32_t* idx = reinterpret_cast<uint32_t*>(ws);
+  float* K = ws + mmax;
+  float* V = K + mmax * ks;
+  float* w = V + mmax * vs;
+  int8_t* eta = reinterpret_cast<int8_t*>(w + mmax);
+  uint32_t* kept = reinterpret_cast<uint32_t*>(w + 2 * mmax);
+  float* scratch = w + 3 * mmax;
+  size_t m = 0;
+  for (size_t i = 0; i < count_ && m < mmax; ++i) {
+    if (mixed || (level_[i] == best_level && tag_[i] == best_tag)) {
+      idx[m++] = uint32_t(i);
+    }
+  }
+  double vnorm2 = 0;
+  for (size_t j = 0; j < m; ++j) {
+    rows_.Get(idx[j], K + j * ks, V + j * vs);
+    if (centres) {
+      const float* c = centres + size_t(tag_[idx[j]]) * ks;
+      for (size_t x = 0; x < rows_.dk; ++x) K[j * ks + x] -= c[x];
+    }
+    w[j] = mixed ? std::exp(logw_[idx[j]]) : 1.0f;
+    for (size_t x = 0; x < rows_.dv; ++x) {
+      vnorm2 += double(V[j * vs + x]) * V[j * vs + x];
+    }
+  }
+  BalanceParams p;
+  p.scale = kern.scale;
+  p.tau = kern.tau;
+  p.kind = kern.kind;
+  p.taylor_degree = kern.degree;
+  p.value_offset = float(kern.value_offset * vnorm2 / double(m));
+  p.gamma = kern.gamma;
+  p.centre_keys = centres ? false : kern.centre_keys;
+  p.seed = kern.seed;
+  p.stream = kern.stream * 0x9E3779B97F4A7C15ull + compactions_++;
+  const size_t n_kept = Balance(K, ks, rows_.dk, V, vs, rows_.dv,
+                                mixed ? w : nullptr, m, p, scratch, eta, kept);
+  // Kept items double their weight; the other candidates leave the pool.
+  for (size_t j = 0; j < m; ++j) level_[idx[j]] |= 0x80;
+  for (size_t j = 0; j < n_kept; ++j) {
+    const uint32_t i = idx[kept[j]];
+    level_[i] = uint8_t(HWY_MIN((level_[i] & 0x7F) + 1, kMaxLevels - 1));
+    logw_[i] += float(M_LN2);
+  }
+  size_t out = 0;
+  for (size_t i = 0; i < count_; ++i) {
+    if (level_[i] & 0x80) continue;
+    rows_.Move(out, i);
+    logw_[out] = logw_[i];
+    level_[out] = level_[i];
+    tag_[out] = tag_[i];
+    ++out;
+  }
+  count_ = out;
+}
+
+}  // namespace kvsketch

@@ -1,0 +1,70 @@
+// A pool of weighted items (rows + log-weight + level + tag) compacted by
+// kernel halving: the shared compressed region of balance, taylor, hashed.
+//
+// Compaction policy: items are grouped by (tag, level); a group of m items of
+// weight 2^l costs ~2^l of additive error when halved (independent of m up to
+// logs, the discrepancy guarantee) and frees m/2 slots, so the group with the
+// least 2^l / m is halved (at most `block` of its oldest items). This keeps
+// working forever under a fixed budget, KLL-style: young, large levels are
+// halved, old coarse levels are left alone.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "arch/balance.h"  // BalanceParams, KernelKind
+#include "engine/budget/arena.h"
+#include "engine/sketch/rows.h"
+
+namespace kvsketch {
+
+struct CompactKernel {
+  float scale = 1.0f;
+  float tau = 1.0f;
+  KernelKind kind = KernelKind::kExp;
+  int degree = 1;
+  float gamma = 4.0f;
+  float value_offset = 1.0f;  // c = value_offset * mean |v|^2
+  bool centre_keys = true;    // block mean (ignored when centres are given)
+  uint64_t seed = 0, stream = 0;
+};
+
+class Coreset {
+ public:
+  static constexpr int kMaxLevels = 32;  // weights up to 2^31
+  // Bytes of one item (row + log-weight + level + tag).
+  static size_t ItemBytes(size_t row_bytes) { return row_bytes + 4 + 1 + 2; }
+  // Items that fit in `bytes` with `tags` item groups (cells; 1 for a plain
+  // coreset), carve alignment and the group-count table included.
+  static size_t Capacity(size_t bytes, size_t row_bytes, size_t tags = 1);
+  static size_t WorkspaceFloats(size_t block, size_t ks, size_t vs);
+
+  // `rows` was carved by the caller (its cap is the capacity); tags are in
+  // [0, tags).
+  void Init(const RowStore& rows, Arena& arena, size_t block, size_t tags = 1);
+
+  size_t count() const { return count_; }
+  size_t cap() const { return rows_.cap; }
+  bool full() const { return count_ == rows_.cap; }
+  const RowStore& rows() const { return rows_; }
+  const float* logw() const { return logw_; }
+  const uint16_t* tags() const { return tag_; }
+
+  void Insert(const float* k, const float* v, uint16_t tag);
+  // Halves one (tag, level) group. `centres` (per tag, [tags][ks]) recentres
+  // keys before the kernel (taylor/hashed residual kernels), else the
+  // kernel's own block-mean centring applies. Frees at least one slot.
+  void Compact(const CompactKernel& kern, const float* centres, float* ws);
+
+ private:
+  RowStore rows_;
+  float* logw_ = nullptr;
+  uint8_t* level_ = nullptr;
+  uint16_t* tag_ = nullptr;
+  uint32_t* counts_ = nullptr;  // per (tag, level), scratch of Compact
+  size_t count_ = 0, block_ = 0, tags_ = 1;
+  uint64_t compactions_ = 0;
+};
+
+}  // namespace kvsketch
