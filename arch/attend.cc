@@ -325,7 +325,7 @@ void ResidualAccumulate(const RowsView& K, const RowsView& V, const float* logw,
                         float* Z) {
   HWY_ASSERT(K.cols <= kMaxHeadDim && V.cols <= kMaxHeadDim);
   HWY_ASSERT(K.rows == V.rows && K.type == V.type);
-  HWY_ASSERT(degree >= 0 && degree <= 2);
+  HWY_ASSERT(degree >= -1 && degree <= 2);
   HWY_DYNAMIC_DISPATCH(ResidualAccumulateImpl)
   (K, V, logw, q, scale, shift, shifts, ref, degree, N, Z);
 }

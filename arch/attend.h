@@ -36,6 +36,7 @@ inline void Attend(const RowsView& K, const RowsView& V, const float* logw,
 //   w_j = exp(logw_j + shift_j - ref) * (exp(x_j) - sum_{l<=degree} x_j^l/l!)
 // adds sum_j w_j v_j to N [V.stride] and sum_j w_j to *Z. Rows whose factor
 // exp(logw_j + shift_j - ref) underflows to 0 contribute exactly 0.
+// degree -1 subtracts nothing (plain exp), for tokens held verbatim.
 void ResidualAccumulate(const RowsView& K, const RowsView& V, const float* logw,
                         const float* q, float scale, float shift,
                         const float* shifts, float ref, int degree, float* N,

@@ -18,8 +18,10 @@ namespace hn = hwy::HWY_NAMESPACE;
 
 // exp(y) - sum_{l<=t} y^l/l!: for |y| < 1 by the tail of the series (no
 // cancellation), otherwise directly.
+// t < 0 means the plain exponential (nothing subtracted).
 template <class D, class V>
 HWY_INLINE V TaylorResidual(D d, V y, int t) {
+  if (t < 0) return hn::Exp(d, hn::Min(y, hn::Set(d, 80.0f)));
   // Tail: y^(t+1)/(t+1)! * (1 + y/(t+2) + y^2/((t+2)(t+3)) + ...), 12 terms.
   auto tail = hn::Set(d, 1.0f);
   for (int l = t + 13; l >= t + 2; --l) {

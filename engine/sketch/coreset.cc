@@ -23,6 +23,7 @@ void Coreset::Init(const RowStore& rows, Arena& arena, size_t block,
   tags_ = tags < 1 ? 1 : tags;
   rows_ = rows;
   block_ = block < 2 ? 2 : block;
+  if (rows.cap == 0) return;  // no room: the caller never inserts
   const size_t n = rows.cap ? rows.cap : 1;
   logw_ = arena.CarveArray<float>("coreset log-weights", n);
   level_ = arena.CarveArray<uint8_t>("coreset levels", n);

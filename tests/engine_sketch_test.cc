@@ -1,0 +1,272 @@
+#include <cmath>
+#include <cstring>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "doctest/doctest.h"
+#include "engine/budget/arena.h"
+#include "engine/io/synthetic.h"
+#include "engine/sketch/sketch.h"
+#include "kvsketch/error.h"
+
+namespace kvsketch {
+namespace {
+
+const Method kCompressed[] = {Method::kUniform, Method::kBalance,
+                              Method::kTaylor, Method::kHashed};
+const Method kAll[] = {Method::kExact,   Method::kWindow, Method::kUniform,
+                       Method::kBalance, Method::kTaylor, Method::kHashed};
+
+// Exact causal attention of query q over tokens 0..j in double precision.
+std::vector<double> Reference(const Trace& t, size_t h, size_t qh, size_t j) {
+  std::vector<double> s(j + 1), out(t.dv, 0.0);
+  double mx = -INFINITY;
+  for (size_t i = 0; i <= j; ++i) {
+    double dot = 0;
+    for (size_t c = 0; c < t.dk; ++c)
+      dot += double(t.Q(0, qh, j)[c]) * t.K(0, h, i)[c];
+    s[i] = dot * t.scale;
+    mx = std::max(mx, s[i]);
+  }
+  double z = 0;
+  for (size_t i = 0; i <= j; ++i) {
+    const double p = std::exp(s[i] - mx);
+    z += p;
+    for (size_t c = 0; c < t.dv; ++c) out[c] += p * t.V(0, h, i)[c];
+  }
+  for (auto& x : out) x /= z;
+  return out;
+}
+
+SketchConfig Config(Method m, const Trace& t, size_t budget_tokens) {
+  SketchConfig c;
+  c.method = m;
+  c.dk = t.dk;
+  c.dv = t.dv;
+  c.scale = t.scale;
+  c.max_group = t.group();
+  c.budget_bytes = BudgetBytesForTokens(budget_tokens, t.dk, t.dv);
+  c.seed = 7;
+  c.stream = 3;
+  c.block = 32;
+  return c;
+}
+
+struct Run {
+  std::unique_ptr<Arena> arena;
+  std::unique_ptr<Sketch> sketch;
+  std::vector<float> ws;
+  explicit Run(const SketchConfig& c)
+      : arena(new Arena(c.budget_bytes)),
+        sketch(Sketch::Create(c, *arena)),
+        ws(WorkspaceFloats(c)) {}
+};
+
+// Streams head 0 of `t`; returns the outputs of query heads of group 0 at
+// every position >= from (flattened).
+std::vector<float> Stream(const SketchConfig& c, const Trace& t, size_t from,
+                          bool blocks = false) {
+  Run r(c);
+  const size_t G = t.group();
+  std::vector<float> q(G * t.dk), out(G * t.dv), all;
+  size_t j = 0;
+  while (j < t.seq) {
+    // Block mode: append up to 7 tokens at once, then answer the last one
+    // (positions in between are answered token by token below).
+    size_t n = blocks ? std::min<size_t>(7, t.seq - j) : 1;
+    if (blocks && j < from) n = std::min(n, from - j);
+    if (blocks && j >= from) n = 1;
+    r.sketch->AppendBlock(t.K(0, 0, j), t.V(0, 0, j), n, r.ws.data());
+    j += n;
+    if (j - 1 >= from) {
+      for (size_t g = 0; g < G; ++g) {
+        std::memcpy(q.data() + g * t.dk, t.Q(0, g, j - 1),
+                    t.dk * sizeof(float));
+      }
+      r.sketch->Attend(q.data(), G, out.data(), r.ws.data());
+      all.insert(all.end(), out.begin(), out.end());
+    }
+  }
+  return all;
+}
+
+double MeanError(const std::vector<float>& outs, const Trace& t, size_t from) {
+  const size_t G = t.group();
+  double sum = 0;
+  size_t n = 0;
+  for (size_t j = from; j < t.seq; ++j) {
+    for (size_t g = 0; g < G; ++g) {
+      const auto ref = Reference(t, 0, g, j);
+      double num = 0, den = 0;
+      for (size_t c = 0; c < t.dv; ++c) {
+        const double e = outs[((j - from) * G + g) * t.dv + c] - ref[c];
+        num += e * e;
+        den += ref[c] * ref[c];
+      }
+      sum += std::sqrt(num / den);
+      ++n;
+    }
+  }
+  return sum / double(n);
+}
+
+Trace SmallSynthetic(size_t seq, size_t d = 16) {
+  SyntheticSpec s;
+  s.d = d;
+  s.seq = seq;
+  s.n_kv_heads = 1;
+  s.group = 2;
+  s.seed = 5;
+  return MakeSynthetic(s);
+}
+
+TEST_CASE("exact equals a double-precision reference to 1e-5") {
+  const Trace t = SmallSynthetic(300);
+  SketchConfig c = Config(Method::kExact, t, 300);
+  const auto outs = Stream(c, t, 0);
+  double worst = 0;
+  for (size_t j = 0; j < t.seq; ++j) {
+    for (size_t g = 0; g < t.group(); ++g) {
+      const auto ref = Reference(t, 0, g, j);
+      double num = 0, den = 0;
+      for (size_t x = 0; x < t.dv; ++x) {
+        const double e = outs[(j * t.group() + g) * t.dv + x] - ref[x];
+        num += e * e;
+        den += ref[x] * ref[x];
+      }
+      worst = std::max(worst, std::sqrt(num / den));
+    }
+  }
+  MESSAGE("exact: worst relative error " << worst);
+  CHECK(worst < 1e-5);
+}
+
+TEST_CASE("exact rejects a token beyond its budget and keeps its state") {
+  const Trace t = SmallSynthetic(40);
+  SketchConfig c = Config(Method::kExact, t, 20);
+  Run r(c);
+  for (size_t j = 0; j < 20; ++j)
+    r.sketch->Append(t.K(0, 0, j), t.V(0, 0, j), r.ws.data());
+  std::vector<float> before(t.dv * 2), after(t.dv * 2), q(2 * t.dk);
+  std::memcpy(q.data(), t.Q(0, 0, 19), t.dk * 4);
+  std::memcpy(q.data() + t.dk, t.Q(0, 1, 19), t.dk * 4);
+  r.sketch->Attend(q.data(), 2, before.data(), r.ws.data());
+  CHECK_THROWS_AS(r.sketch->Append(t.K(0, 0, 20), t.V(0, 0, 20), r.ws.data()),
+                  BudgetError);
+  r.sketch->Attend(q.data(), 2, after.data(), r.ws.data());
+  CHECK(before == after);
+  CHECK(r.sketch->tokens() == 20);
+}
+
+TEST_CASE("a budget too small for sinks + window is rejected clearly") {
+  const Trace t = SmallSynthetic(10);
+  for (Method m : kCompressed) {
+    SketchConfig c = Config(m, t, 3);  // 4 sinks do not fit in 3 tokens
+    Arena arena(c.budget_bytes);
+    try {
+      Sketch::Create(c, arena);
+      FAIL("no error for method " << MethodName(m));
+    } catch (const BudgetError& e) {
+      const std::string what = e.what();
+      CHECK(what.find("sinks") != std::string::npos);
+      CHECK(what.find(MethodName(m)) != std::string::npos);
+    }
+  }
+}
+
+TEST_CASE("budgets hold over a 100K-token stream; error stays bounded") {
+  SyntheticSpec s;
+  s.d = 8;
+  s.seq = 100000;
+  s.n_kv_heads = 1;
+  s.group = 1;
+  const Trace t = MakeSynthetic(s);
+  for (Method m : kAll) {
+    if (m == Method::kExact) continue;
+    SketchConfig c = Config(m, t, 64);
+    Run r(c);
+    const size_t used = r.arena->used();
+    CHECK(used <= c.budget_bytes);
+    CHECK(r.sketch->bytes() <= c.budget_bytes);
+    std::vector<float> out(t.dv);
+    for (size_t j = 0; j < t.seq; ++j) {
+      r.sketch->Append(t.K(0, 0, j), t.V(0, 0, j), r.ws.data());
+      if (j % 997 == 0)
+        r.sketch->Attend(t.Q(0, 0, j), 1, out.data(), r.ws.data());
+    }
+    INFO(std::string(MethodName(m)));
+    CHECK(r.arena->used() == used);  // nothing carved after creation
+    CHECK(r.sketch->tokens() == t.seq);
+    CHECK(r.sketch->retained() <= 64);
+    for (float x : out) CHECK(std::isfinite(x));
+  }
+}
+
+TEST_CASE("token-by-token and block appends give identical answers") {
+  const Trace t = SmallSynthetic(400);
+  for (Method m : kAll) {
+    SketchConfig c = Config(m, t, m == Method::kExact ? 400 : 48);
+    const auto a = Stream(c, t, 100, false);
+    const auto b = Stream(c, t, 100, true);
+    INFO(std::string(MethodName(m)));
+    REQUIRE(a.size() == b.size());
+    CHECK(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0);
+  }
+}
+
+TEST_CASE("fixed seeds give bit-identical results; seeds matter") {
+  const Trace t = SmallSynthetic(600);
+  for (Method m : kCompressed) {
+    SketchConfig c = Config(m, t, 40);
+    const auto a = Stream(c, t, 200);
+    const auto b = Stream(c, t, 200);
+    INFO(std::string(MethodName(m)));
+    CHECK(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0);
+    c.seed = 8;
+    const auto d = Stream(c, t, 200);
+    if (m == Method::kUniform || m == Method::kBalance) CHECK(a != d);
+  }
+}
+
+TEST_CASE("compressed methods beat window when answers need old tokens") {
+  // Synthetic queries retrieve topics from anywhere in the past (docs).
+  const Trace t = SmallSynthetic(1200, 16);
+  const size_t from = 600;
+  const double window =
+      MeanError(Stream(Config(Method::kWindow, t, 64), t, from), t, from);
+  for (Method m : kCompressed) {
+    const double err = MeanError(Stream(Config(m, t, 64), t, from), t, from);
+    MESSAGE(std::string(MethodName(m))
+            << " " << err << " vs window " << window);
+    CHECK(err < 0.9 * window);
+  }
+}
+
+TEST_CASE("error falls as the budget grows") {
+  const Trace t = SmallSynthetic(1000, 16);
+  for (Method m : kCompressed) {
+    const double e32 = MeanError(Stream(Config(m, t, 32), t, 500), t, 500);
+    const double e256 = MeanError(Stream(Config(m, t, 256), t, 500), t, 500);
+    INFO(std::string(MethodName(m)) << " 32: " << e32 << " 256: " << e256);
+    CHECK(e256 < e32);
+  }
+}
+
+TEST_CASE("arena accounting and errors") {
+  Arena a(1000);
+  CHECK(a.capacity() == 960);  // rounded down to whole cache lines
+  a.Carve("x", 10);
+  CHECK(a.used() == 64);
+  try {
+    a.Carve("big thing", 2000);
+    FAIL("no error");
+  } catch (const BudgetError& e) {
+    CHECK(std::string(e.what()).find("big thing") != std::string::npos);
+  }
+  CHECK(a.used() == 64);
+}
+
+}  // namespace
+}  // namespace kvsketch
