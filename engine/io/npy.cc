@@ -1,5 +1,7 @@
 #include "engine/io/npy.h"
 
+#include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <fstream>
 #include <sstream>
@@ -84,7 +86,10 @@ NpyArray ParseNpy(const std::string& b, const std::string& what) {
       if (!num.empty()) {
         const size_t dim = std::stoull(num);
         a.shape.push_back(dim);
-        if (dim != 0 && total > (size_t(1) << 40) / dim) {
+        // At most 2^40 elements, and what fits size_t on 32-bit boards.
+        const uint64_t limit =
+            std::min<uint64_t>(uint64_t(1) << 40, SIZE_MAX / 8);
+        if (dim != 0 && uint64_t(total) > limit / dim) {
           throw Error(what + ": npy array too large");
         }
         total *= dim;

@@ -1,10 +1,22 @@
-// `balance`: sinks + window + a coreset of weighted items compacted by the
-// kernelised self-balancing walk (BalanceKV's halving, merge-and-reduce in
-// the stream; the compaction policy is in coreset.h). The kernel is
-// exp(tau' * scale * <k~_i, k~_j>) * (<v_i, v_j> + c) on block-centred keys,
-// with tau' = tau * mean|q| / mean|k| (the rescaling corollary: the kernel's
-// diagonal then matches what the queries see) and c = value_offset * mean
-// |v|^2 (balances the denominator together with the numerator).
+// `balance`: sinks + one pool of weighted items that holds both the recent
+// window and the coreset (BalanceKV's halving by the kernelised
+// self-balancing walk, merge-and-reduce in the stream; compaction policy in
+// coreset.h).
+//
+// The newest `protect_` items of the pool are the recent window: they are
+// never halved. When the pool is full, a group of the older items is halved;
+// when nothing old is left to halve, the oldest item is dropped (window
+// behaviour). The split between window and coreset adapts to the queries
+// (in the spirit of ARC balancing recency against frequency): the window's
+// share of the pool follows the moving average of the share of attention
+// mass the window receives. A head that attends to recent tokens ends up
+// with a window; a head that retrieves old context ends up with a coreset.
+//
+// Kernel: exp(tau' * scale * <k~_i, k~_j>) * (<v_i, v_j> + c) on
+// block-centred keys, tau' = tau * mean|q| / mean|k| (the rescaling corollary
+// of algorithms.md 3.2: the kernel's diagonal matches what queries see) and
+// c = value_offset * mean |v|^2 (balances the denominator too).
+#include <cmath>
 #include <limits>
 
 #include "arch/attend.h"
@@ -18,39 +30,76 @@ namespace {
 class BalanceSketch final : public Sketch {
  public:
   BalanceSketch(const SketchConfig& c, Arena& a, size_t rows)
-      : Sketch(c, a, DefaultWindow(c, rows)) {
+      : Sketch(c, a, 0) {
     const size_t cap = Coreset::Capacity(RemainingBytes(), RowBytes(c));
-    coreset_.Init(CarveRows("coreset", cap), a, c.block);
+    coreset_.Init(CarveRows("pool", cap), a, c.block);
+    const size_t w = DefaultWindow(c, rows);
+    protect_ = w < cap ? w : cap;
+    window_share_ = cap ? double(protect_) / double(cap) : 1.0;
+    adaptive_ = c.window < 0;  // an explicit --window is kept fixed
   }
 
   std::string Describe() const override {
-    return Sketch::Describe() + " coreset=" + std::to_string(coreset_.cap()) +
+    return Sketch::Describe() + " pool=" + std::to_string(coreset_.cap()) +
+           " window=" + std::to_string(protect_) +
+           (adaptive_ ? " (adaptive)" : "") +
            " block=" + std::to_string(cfg_.block);
   }
 
  protected:
   void Evict(const float* k, const float* v, float* ws) override {
-    if (coreset_.cap() < 2) return;  // no room for a coreset: like window
-    if (coreset_.full()) coreset_.Compact(Kernel(), nullptr, ws);
+    if (coreset_.cap() == 0) return;
+    if (coreset_.full()) {
+      if (!coreset_.Compact(Kernel(), nullptr, ws, protect_)) {
+        coreset_.ReplaceOldest(k, v, 0);
+        return;
+      }
+    }
     coreset_.Insert(k, v, 0);
   }
 
   void AttendCompressed(const float* qp, size_t G, float* m, float* z, float* N,
-                        float*) override {
-    if (coreset_.count() == 0) {
+                        float* ws) override {
+    const size_t n = coreset_.count();
+    if (n == 0) {
       for (size_t g = 0; g < G; ++g) {
         m[g] = -std::numeric_limits<float>::infinity();
         z[g] = 0.0f;
       }
       return;
     }
-    const size_t n = coreset_.count();
+    float* scores = adaptive_ ? ws : nullptr;  // [G][n]
     AttendGroup(coreset_.rows().KView(0, n), coreset_.rows().VView(0, n),
-                coreset_.logw(), qp, G, cfg_.scale, m, z, N);
+                coreset_.logw(), qp, G, cfg_.scale, m, z, N, scores);
+    if (adaptive_ && coreset_.full()) Adapt(scores, m, G);
   }
   size_t CompressedRetained() const override { return coreset_.count(); }
 
  private:
+  // Memory follows attention mass: the window gets the share of the pool
+  // equal to the share of the pool's attention mass it receives (moving
+  // average over queries); the coreset's estimate of old mass is unbiased,
+  // so even a small coreset reports when old tokens start to matter.
+  void Adapt(const float* scores, const float* m, size_t G) {
+    const size_t n = coreset_.count();
+    const uint32_t* seq = coreset_.seq();
+    const uint32_t last = coreset_.last_seq();
+    const size_t w = protect_ < n ? protect_ : n;
+    const uint32_t win_lo = last > w ? uint32_t(last - w) : 0;
+    for (size_t g = 0; g < G; ++g) {
+      double win_mass = 0, core_mass = 0;
+      for (size_t i = 0; i < n; ++i) {
+        const double p = std::exp(double(scores[g * n + i]) - m[g]);
+        (seq[i] > win_lo ? win_mass : core_mass) += p;
+      }
+      const double share = win_mass / (win_mass + core_mass);
+      window_share_ += 0.02 * (share - window_share_);
+    }
+    const double target = window_share_ * double(coreset_.cap());
+    protect_ =
+        size_t(std::fmax(2.0, std::fmin(double(coreset_.cap()), target)));
+  }
+
   CompactKernel Kernel() const {
     CompactKernel k;
     k.scale = cfg_.scale;
@@ -65,12 +114,20 @@ class BalanceSketch final : public Sketch {
   }
 
   Coreset coreset_;
+  size_t protect_ = 0;  // newest pool items that form the recent window
+  bool adaptive_ = true;
+  double window_share_ = 0.5;  // moving average of the window's mass share
 };
 
 }  // namespace
 
 size_t BalanceWorkspaceFloats(const SketchConfig& c) {
-  return Coreset::WorkspaceFloats(c.block, PaddedCols(c.dk), PaddedCols(c.dv));
+  const size_t ks = PaddedCols(c.dk), vs = PaddedCols(c.dv);
+  // Attend: scores of every pool item for every query of the group.
+  const size_t items = c.budget_bytes / ((ks + vs) * StorageBytes(c.storage));
+  const size_t attend = c.max_group * items;
+  const size_t compact = Coreset::WorkspaceFloats(c.block, ks, vs);
+  return (attend > compact ? attend : compact) + 64;
 }
 
 std::unique_ptr<Sketch> MakeBalance(const SketchConfig& c, Arena& a,

@@ -10,8 +10,8 @@
 namespace kvsketch {
 
 size_t Coreset::Capacity(size_t bytes, size_t row_bytes, size_t tags) {
-  const size_t slack = 5 * Arena::kAlign + tags * kMaxLevels * 4;
-  return bytes > slack ? (bytes - slack) / ItemBytes(row_bytes) : 0;
+  const size_t slack = 6 * Arena::kAlign + tags * kMaxLevels * 4;
+  return bytes > slack ? (bytes - slack) / ItemBytes(row_bytes, tags) : 0;
 }
 
 size_t Coreset::WorkspaceFloats(size_t block, size_t ks, size_t vs) {
@@ -27,7 +27,8 @@ void Coreset::Init(const RowStore& rows, Arena& arena, size_t block,
   const size_t n = rows.cap ? rows.cap : 1;
   logw_ = arena.CarveArray<float>("coreset log-weights", n);
   level_ = arena.CarveArray<uint8_t>("coreset levels", n);
-  tag_ = arena.CarveArray<uint16_t>("coreset tags", n);
+  if (tags_ > 1) tag_ = arena.CarveArray<uint16_t>("coreset tags", n);
+  seq_ = arena.CarveArray<uint32_t>("coreset sequence numbers", n);
   counts_ =
       arena.CarveArray<uint32_t>("coreset group counts", tags_ * kMaxLevels);
 }
@@ -36,18 +37,39 @@ void Coreset::Insert(const float* k, const float* v, uint16_t tag) {
   rows_.Put(count_, k, v);
   logw_[count_] = 0.0f;
   level_[count_] = 0;
-  tag_[count_] = tag;
+  if (tag_) tag_[count_] = tag;
+  seq_[count_] = next_seq_++;
   ++count_;
 }
 
-void Coreset::Compact(const CompactKernel& kern, const float* centres,
-                      float* ws) {
+void Coreset::ReplaceOldest(const float* k, const float* v, uint16_t tag) {
+  size_t oldest = 0;
+  for (size_t i = 1; i < count_; ++i) {
+    if (seq_[i] < seq_[oldest]) oldest = i;
+  }
+  rows_.Put(oldest, k, v);
+  logw_[oldest] = 0.0f;
+  level_[oldest] = 0;
+  if (tag_) tag_[oldest] = tag;
+  seq_[oldest] = next_seq_++;
+}
+
+bool Coreset::Compact(const CompactKernel& kern, const float* centres,
+                      float* ws, size_t protect) {
+  // Items with seq > newest_allowed are protected (the recent window).
+  const uint32_t newest_allowed =
+      protect >= last_seq() ? 0 : uint32_t(last_seq() - protect);
+  auto allowed = [&](size_t i) { return seq_[i] <= newest_allowed; };
+  size_t n_allowed = 0;
+  for (size_t i = 0; i < count_; ++i) n_allowed += allowed(i);
+  if (n_allowed < 2) return false;
   // Cheapest group: least 2^level / (items halved).
   const size_t mmax = HWY_MIN(block_, rows_.cap);
   uint32_t* counts = counts_;  // [tags_][kMaxLevels]
   std::memset(counts, 0, tags_ * kMaxLevels * sizeof(uint32_t));
-  for (size_t i = 0; i < count_; ++i)
-    ++counts[tag_[i] * kMaxLevels + level_[i]];
+  for (size_t i = 0; i < count_; ++i) {
+    if (allowed(i)) ++counts[tag(i) * kMaxLevels + level_[i]];
+  }
   int best_level = -1;
   uint16_t best_tag = 0;
   double best_cost = 0;
@@ -74,7 +96,8 @@ void Coreset::Compact(const CompactKernel& kern, const float* centres,
   float* scratch = w + 3 * mmax;
   size_t m = 0;
   for (size_t i = 0; i < count_ && m < mmax; ++i) {
-    if (mixed || (level_[i] == best_level && tag_[i] == best_tag)) {
+    if (!allowed(i)) continue;
+    if (mixed || (level_[i] == best_level && tag(i) == best_tag)) {
       idx[m++] = uint32_t(i);
     }
   }
@@ -82,7 +105,7 @@ void Coreset::Compact(const CompactKernel& kern, const float* centres,
   for (size_t j = 0; j < m; ++j) {
     rows_.Get(idx[j], K + j * ks, V + j * vs);
     if (centres) {
-      const float* c = centres + size_t(tag_[idx[j]]) * ks;
+      const float* c = centres + size_t(tag(idx[j])) * ks;
       for (size_t x = 0; x < rows_.dk; ++x) K[j * ks + x] -= c[x];
     }
     w[j] = mixed ? std::exp(logw_[idx[j]]) : 1.0f;
@@ -115,10 +138,12 @@ void Coreset::Compact(const CompactKernel& kern, const float* centres,
     rows_.Move(out, i);
     logw_[out] = logw_[i];
     level_[out] = level_[i];
-    tag_[out] = tag_[i];
+    if (tag_) tag_[out] = tag_[i];
+    seq_[out] = seq_[i];
     ++out;
   }
   count_ = out;
+  return true;
 }
 
 }  // namespace kvsketch

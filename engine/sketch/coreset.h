@@ -33,8 +33,11 @@ struct CompactKernel {
 class Coreset {
  public:
   static constexpr int kMaxLevels = 32;  // weights up to 2^31
-  // Bytes of one item (row + log-weight + level + tag).
-  static size_t ItemBytes(size_t row_bytes) { return row_bytes + 4 + 1 + 2; }
+  // Bytes of one item: row, log-weight, level, sequence number, and a tag
+  // when there are several groups (cells).
+  static size_t ItemBytes(size_t row_bytes, size_t tags) {
+    return row_bytes + 4 + 1 + 4 + (tags > 1 ? 2 : 0);
+  }
   // Items that fit in `bytes` with `tags` item groups (cells; 1 for a plain
   // coreset), carve alignment and the group-count table included.
   static size_t Capacity(size_t bytes, size_t row_bytes, size_t tags = 1);
@@ -49,19 +52,31 @@ class Coreset {
   bool full() const { return count_ == rows_.cap; }
   const RowStore& rows() const { return rows_; }
   const float* logw() const { return logw_; }
-  const uint16_t* tags() const { return tag_; }
+  uint16_t tag(size_t i) const { return tag_ ? tag_[i] : 0; }
+  // Insertion number of each item (1, 2, ...): the newest have the largest.
+  const uint32_t* seq() const { return seq_; }
+  uint32_t last_seq() const { return next_seq_ - 1; }
 
+  // Appends an item (requires !full()).
   void Insert(const float* k, const float* v, uint16_t tag);
-  // Halves one (tag, level) group. `centres` (per tag, [tags][ks]) recentres
-  // keys before the kernel (taylor/hashed residual kernels), else the
-  // kernel's own block-mean centring applies. Frees at least one slot.
-  void Compact(const CompactKernel& kern, const float* centres, float* ws);
+  // Overwrites the oldest item with a new one (window behaviour when nothing
+  // may be compacted); requires full().
+  void ReplaceOldest(const float* k, const float* v, uint16_t tag);
+  // Halves one (tag, level) group among the items that are not among the
+  // `protect` newest. `centres` (per tag, [tags][ks]) recentres keys before
+  // the kernel (taylor/hashed residual kernels), else the kernel's own
+  // block-mean centring applies. Returns false (and changes nothing) when
+  // fewer than two items may be compacted; otherwise frees at least one slot.
+  bool Compact(const CompactKernel& kern, const float* centres, float* ws,
+               size_t protect = 0);
 
  private:
   RowStore rows_;
   float* logw_ = nullptr;
   uint8_t* level_ = nullptr;
   uint16_t* tag_ = nullptr;
+  uint32_t* seq_ = nullptr;
+  uint32_t next_seq_ = 1;
   uint32_t* counts_ = nullptr;  // per (tag, level), scratch of Compact
   size_t count_ = 0, block_ = 0, tags_ = 1;
   uint64_t compactions_ = 0;

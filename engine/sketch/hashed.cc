@@ -160,9 +160,8 @@ class HashedSketch final : public Sketch {
         for (size_t c = 0; c < vs_; ++c) out[c] += f * part[c];
         Z += f * pz;
       }
-      const uint16_t* tags = coreset_.tags();
       for (size_t j = 0; j < n; ++j) {
-        const size_t a = tags[j];
+        const size_t a = coreset_.tag(j);
         const bool verbatim = !compacted_[a];
         shift_a[j] = verbatim ? -INFINITY : cell_m[a];
         shift_b[j] = verbatim ? cell_m[a] : -INFINITY;
@@ -227,8 +226,7 @@ class HashedSketch final : public Sketch {
   // A cell is verbatim while the coreset holds every token routed to it.
   void MarkCompacted() {
     size_t in_pool[kMaxCells] = {0};
-    const uint16_t* tags = coreset_.tags();
-    for (size_t j = 0; j < coreset_.count(); ++j) ++in_pool[tags[j]];
+    for (size_t j = 0; j < coreset_.count(); ++j) ++in_pool[coreset_.tag(j)];
     for (size_t a = 0; a < used_cells_; ++a) {
       if (in_pool[a] != cells_[a].count()) compacted_[a] = 1;
     }
