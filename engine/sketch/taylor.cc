@@ -1,16 +1,21 @@
-// `taylor`: the seed paper's high-temperature construction. Every token that
-// leaves the window is added exactly to Taylor moments of degree t <= 2
-// around a centre c,
-//   M = sum_i w_i phi(k_i - c) v_i^T,  z = sum_i w_i phi(k_i - c),
-// so that e^{s<c,q>} psi(q)^T M is the degree-t part of the numerator of ALL
-// evicted tokens; the remainder e^{s<c,q>} sum_i r_t(s<k_i - c, q>) v_i is
-// estimated by a coreset compacted with the residual kernel
-// r_t(tau' s <k_i - c, k_j - c>) (<v_i, v_j> + c0).
+// `taylor`: the seed paper's high-temperature construction on top of one
+// pool that holds the recent window and the residual coreset.
 //
-// The centre is the running mean of the evicted keys, kept valid by exact
-// recentring (moments.h). Residual items keep raw keys, so they follow the
-// centre automatically. The degree is lowered (2 -> 1 -> 0)
-// until the moments take at most 40 % of the compressed region's bytes.
+// Tokens enter the pool verbatim (the recent window). When a token leaves
+// the window it is added exactly to Taylor moments of degree t <= 2 around a
+// centre c (moments.h: running key mean, exact recentring), and stays in the
+// pool as a residual item:
+//   numerator = sum_{window} e^{s<k,q>} v
+//             + e^{s<c,q>} [ psi(q)^T M + sum_{residual j} w_j r_t(s<k_j - c,
+//             q>) v_j ]
+// The residual items are compacted with the residual kernel
+// r_t(tau' s <k_i - c, k_j - c>) (<v_i, v_j> + c0), whose diagonal is far
+// smaller than exp's for small arguments (algorithms.md 5.2). When nothing
+// can be halved, the oldest item keeps only its polynomial part.
+//
+// As in `balance`, the window's share of the pool follows the share of
+// attention mass it receives. The degree drops (2 -> 1 -> 0) until the
+// moments take at most 40 % of the bytes left after the sinks.
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -36,71 +41,164 @@ int FitDegree(const SketchConfig& c, size_t bytes) {
 
 class TaylorSketch final : public Sketch {
  public:
-  TaylorSketch(const SketchConfig& c, Arena& a, size_t rows)
-      : Sketch(c, a, DefaultWindow(c, rows)) {
+  TaylorSketch(const SketchConfig& c, Arena& a, size_t rows) : Sketch(c, a, 0) {
     moments_.Init(a, "taylor", c.dk, vs_, FitDegree(c, RemainingBytes()),
                   c.recentre_every);
     const size_t cap = Coreset::Capacity(RemainingBytes(), RowBytes(c));
-    coreset_.Init(CarveRows("residual coreset", cap), a, c.block);
+    pool_.Init(CarveRows("pool", cap), a, c.block);
+    const size_t w = DefaultWindow(c, rows);
+    protect_ = w < cap ? w : cap;
+    window_share_ = cap ? double(protect_) / double(cap) : 1.0;
+    adaptive_ = c.window < 0;
   }
 
   std::string Describe() const override {
     return Sketch::Describe() + " degree=" + std::to_string(moments_.degree()) +
-           " coreset=" + std::to_string(coreset_.cap());
+           " pool=" + std::to_string(pool_.cap()) +
+           " window=" + std::to_string(protect_) +
+           (adaptive_ ? " (adaptive)" : "");
   }
 
  protected:
   void Evict(const float* k, const float* v, float* ws) override {
-    moments_.Add(k, v, ws);
-    if (coreset_.cap() < 2) return;
-    if (coreset_.full()) {
-      CompactKernel kern;
-      kern.scale = cfg_.scale;
-      kern.tau = cfg_.tau * QueryKeyRatio();
-      kern.kind = KernelKind::kTaylorResidual;
-      kern.degree = moments_.degree();
-      kern.gamma = cfg_.gamma;
-      kern.value_offset = cfg_.value_offset;
-      kern.seed = cfg_.seed;
-      kern.stream = cfg_.stream;
-      coreset_.Compact(kern, moments_.centre(), ws);
+    if (pool_.cap() == 0) {
+      moments_.Add(k, v, ws);
+      return;
     }
-    coreset_.Insert(k, v, 0);
+    if (pool_.full()) {
+      const size_t protect = pool_.last_seq() - folded_;
+      if (!pool_.Compact(Kernel(), moments_.centre(), ws, protect)) {
+        // Nothing to halve: the oldest item leaves the pool and keeps only
+        // its polynomial part (it enters the moments if it had not yet).
+        const uint32_t* seq = pool_.seq();
+        size_t oldest = 0;
+        for (size_t i = 1; i < pool_.count(); ++i) {
+          if (seq[i] < seq[oldest]) oldest = i;
+        }
+        if (seq[oldest] > folded_) {
+          float* kr = ws;
+          float* vr = ws + ks_;
+          pool_.rows().Get(oldest, kr, vr);
+          moments_.Add(kr, vr, ws + ks_ + vs_);
+          folded_ = seq[oldest];
+        }
+        pool_.ReplaceOldest(k, v, 0);
+        Fold(ws);
+        return;
+      }
+    }
+    pool_.Insert(k, v, 0);
+    Fold(ws);
   }
 
   void AttendCompressed(const float* qp, size_t G, float* m, float* z, float* N,
                         float* ws) override {
+    const size_t n = pool_.count();
+    float* shift_res = ws;      // [n]
+    float* shift_win = ws + n;  // [n]
+    float* nb = shift_win + n;  // [vs]
+    float* rest = nb + vs_;
+    const uint32_t* seq = pool_.seq();
     for (size_t g = 0; g < G; ++g) {
+      const float* q = qp + g * ks_;
+      float* na = N + g * vs_;
       m[g] = -std::numeric_limits<float>::infinity();
       z[g] = 0.0f;
-      if (moments_.count() == 0) continue;
-      const float* q = qp + g * ks_;
-      float* n = N + g * vs_;
-      const float shift = moments_.CentreScore(q, cfg_.scale);
-      float Z;
-      moments_.Query(q, cfg_.scale, n, &Z, ws);
-      const size_t c = coreset_.count();
-      if (c) {
-        ResidualAccumulate(coreset_.rows().KView(0, c),
-                           coreset_.rows().VView(0, c), coreset_.logw(), q,
-                           cfg_.scale, shift, nullptr, shift, moments_.degree(),
-                           n, &Z);
+      if (n == 0 && moments_.count() == 0) continue;
+      const float shift =
+          moments_.count() ? moments_.CentreScore(q, cfg_.scale) : 0.0f;
+      float za = 0.0f, zb = 0.0f;
+      if (moments_.count()) {
+        moments_.Query(q, cfg_.scale, na, &za, rest);
+      } else {
+        std::memset(na, 0, vs_ * sizeof(float));
       }
-      // The split estimate can be non-positive when a query sees far keys
-      // (low temperature): then the region has no usable estimate.
-      if (!(Z > 0.0f) || !std::isfinite(Z)) {
-        std::memset(n, 0, vs_ * sizeof(float));
-        continue;
+      std::memset(nb, 0, vs_ * sizeof(float));
+      if (n) {
+        for (size_t j = 0; j < n; ++j) {
+          const bool residual = seq[j] <= folded_;
+          shift_res[j] = residual ? shift : -INFINITY;
+          shift_win[j] = residual ? -INFINITY : shift;
+        }
+        const RowsView K = pool_.rows().KView(0, n);
+        const RowsView V = pool_.rows().VView(0, n);
+        ResidualAccumulate(K, V, pool_.logw(), q, cfg_.scale, 0.0f, shift_res,
+                           shift, moments_.degree(), na, &za);
+        ResidualAccumulate(K, V, pool_.logw(), q, cfg_.scale, 0.0f, shift_win,
+                           shift, -1, nb, &zb);
+      }
+      float total = za + zb;
+      if (!(total > 0.0f) || !std::isfinite(total) || !std::isfinite(za)) {
+        // The split estimate failed for this query (far keys, low
+        // temperature): answer from the verbatim items alone.
+        std::memcpy(na, nb, vs_ * sizeof(float));
+        total = zb;
+        za = 0.0f;
+      } else {
+        for (size_t c = 0; c < vs_; ++c) na[c] += nb[c];
+      }
+      if (!(total > 0.0f)) continue;
+      if (adaptive_ && pool_.full() && n) {
+        // The window's share of the pool's attention mass, both sides
+        // measured directly with exp (the split estimate can be far off
+        // for single queries at low temperature).
+        float zr = 0.0f;
+        ResidualAccumulate(pool_.rows().KView(0, n), pool_.rows().VView(0, n),
+                           pool_.logw(), q, cfg_.scale, 0.0f, shift_res, shift,
+                           -1, rest, &zr);
+        if (zb + zr > 0.0f && std::isfinite(zr)) {
+          window_share_ +=
+              0.02 * (double(zb) / double(zb + zr) - window_share_);
+        }
       }
       m[g] = shift;
-      z[g] = Z;
+      z[g] = total;
+    }
+    if (adaptive_ && pool_.full()) {
+      const double target = window_share_ * double(pool_.cap());
+      protect_ = size_t(std::fmax(2.0, std::fmin(double(pool_.cap()), target)));
     }
   }
-  size_t CompressedRetained() const override { return coreset_.count(); }
+  size_t CompressedRetained() const override { return pool_.count(); }
 
  private:
+  // Items that left the window (seq <= last - protect) enter the moments.
+  void Fold(float* ws) {
+    const uint32_t last = pool_.last_seq();
+    const uint32_t boundary = last > protect_ ? uint32_t(last - protect_) : 0;
+    const uint32_t* seq = pool_.seq();
+    float* kr = ws;
+    float* vr = ws + ks_;
+    while (folded_ < boundary) {
+      ++folded_;
+      for (size_t i = 0; i < pool_.count(); ++i) {
+        if (seq[i] != folded_) continue;
+        pool_.rows().Get(i, kr, vr);
+        moments_.Add(kr, vr, ws + ks_ + vs_);
+        break;
+      }
+    }
+  }
+
+  CompactKernel Kernel() const {
+    CompactKernel kern;
+    kern.scale = cfg_.scale;
+    kern.tau = cfg_.tau * QueryKeyRatio();
+    kern.kind = KernelKind::kTaylorResidual;
+    kern.degree = moments_.degree();
+    kern.gamma = cfg_.gamma;
+    kern.value_offset = cfg_.value_offset;
+    kern.seed = cfg_.seed;
+    kern.stream = cfg_.stream;
+    return kern;
+  }
+
   Moments moments_;
-  Coreset coreset_;
+  Coreset pool_;
+  uint32_t folded_ = 0;  // items with seq <= folded_ are in the moments
+  size_t protect_ = 0;   // window size in items
+  bool adaptive_ = true;
+  double window_share_ = 0.5;
 };
 
 }  // namespace
@@ -108,9 +206,13 @@ class TaylorSketch final : public Sketch {
 size_t TaylorWorkspaceFloats(const SketchConfig& c) {
   const size_t ks = PaddedCols(c.dk), vs = PaddedCols(c.dv);
   const int t = c.degree > 2 ? 2 : (c.degree < 0 ? 0 : c.degree);
+  const size_t items = c.budget_bytes / ((ks + vs) * StorageBytes(c.storage));
   const size_t poly = Moments::WorkspaceFloats(c.dk, t);
+  const size_t attend = 2 * items + vs + poly;
+  const size_t append = ks + vs + poly;
   const size_t cs = Coreset::WorkspaceFloats(c.block, ks, vs);
-  return (poly > cs ? poly : cs) + ks;
+  size_t w = attend > cs ? attend : cs;
+  return (w > append ? w : append) + 64;
 }
 
 std::unique_ptr<Sketch> MakeTaylor(const SketchConfig& c, Arena& a,
