@@ -50,15 +50,21 @@ TEST_CASE("npy round trip and shape") {
   fs::remove_all(dir);
 }
 
-TEST_CASE("npy: corrupt inputs are rejected with a message naming the problem") {
+TEST_CASE(
+    "npy: corrupt inputs are rejected with a message naming the problem") {
   CHECK(ThrowsWith("hello", "bad magic"));
-  CHECK(ThrowsWith(NpyBytes("{'descr': '<f8', 'fortran_order': False, 'shape': (2,), }", 16),
-                   "dtype"));
-  CHECK(ThrowsWith(NpyBytes("{'descr': '<f4', 'fortran_order': True, 'shape': (2,), }", 8),
-                   "Fortran"));
-  CHECK(ThrowsWith(NpyBytes("{'descr': '<f4', 'fortran_order': False, 'shape': (5,), }", 8),
-                   "truncated"));
-  CHECK(ThrowsWith(NpyBytes("{'descr': '<f4', 'fortran_order': False, 'shape': (9999999999999,), }", 8),
+  CHECK(ThrowsWith(
+      NpyBytes("{'descr': '<f8', 'fortran_order': False, 'shape': (2,), }", 16),
+      "dtype"));
+  CHECK(ThrowsWith(
+      NpyBytes("{'descr': '<f4', 'fortran_order': True, 'shape': (2,), }", 8),
+      "Fortran"));
+  CHECK(ThrowsWith(
+      NpyBytes("{'descr': '<f4', 'fortran_order': False, 'shape': (5,), }", 8),
+      "truncated"));
+  CHECK(ThrowsWith(NpyBytes("{'descr': '<f4', 'fortran_order': False, 'shape': "
+                            "(9999999999999,), }",
+                            8),
                    "too large"));
   const std::string ok =
       NpyBytes("{'descr': '<f4', 'fortran_order': False, 'shape': (2,), }", 8);
@@ -69,7 +75,8 @@ TEST_CASE("npy: corrupt inputs are rejected with a message naming the problem") 
 TEST_CASE("trace.json: scale and rope are parsed and validated") {
   Trace t;
   ParseTraceJson(R"({"scale": 0.125, "rope": {"theta": 500000, "layout": "half",
-                 "dims": 64, "first_position": 3}})", "t", &t);
+                 "dims": 64, "first_position": 3}})",
+                 "t", &t);
   CHECK(t.scale == doctest::Approx(0.125));
   CHECK(t.rope.present);
   CHECK(!t.rope.interleaved);
@@ -78,7 +85,9 @@ TEST_CASE("trace.json: scale and rope are parsed and validated") {
   CHECK_THROWS_AS(ParseTraceJson("{", "t", &t), Error);
   CHECK_THROWS_AS(ParseTraceJson(R"({"scale": -1})", "t", &t), Error);
   CHECK_THROWS_AS(ParseTraceJson(R"({"rope": {}})", "t", &t), Error);
-  CHECK_THROWS_AS(ParseTraceJson(R"({"scale": 1, "rope": {"layout": "x"}})", "t", &t), Error);
+  CHECK_THROWS_AS(
+      ParseTraceJson(R"({"scale": 1, "rope": {"layout": "x"}})", "t", &t),
+      Error);
 }
 
 TEST_CASE("bundled stories260K traces load with the documented shapes") {
@@ -86,7 +95,8 @@ TEST_CASE("bundled stories260K traces load with the documented shapes") {
   const std::string dir =
       std::string(env ? env : "../shared") + "/data/stories260K/traces";
   if (!fs::exists(dir)) {
-    MESSAGE("skipped: " << dir << " not found (needs ../shared beside the repo)");
+    MESSAGE("skipped: " << dir
+                        << " not found (needs ../shared beside the repo)");
     return;
   }
   const auto dirs = FindTraceDirs(dir);

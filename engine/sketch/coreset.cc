@@ -10,7 +10,7 @@
 namespace kvsketch {
 
 size_t Coreset::Capacity(size_t bytes, size_t row_bytes, size_t tags) {
-  const size_t slack = 6 * Arena::kAlign + tags * kMaxLevels * 4;
+  const size_t slack = 6 * Arena::kCarveAlign + tags * kMaxLevels * 4;
   return bytes > slack ? (bytes - slack) / ItemBytes(row_bytes, tags) : 0;
 }
 

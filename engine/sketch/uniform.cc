@@ -16,8 +16,8 @@ class Uniform final : public Sketch {
       : Sketch(c, a, DefaultWindow(c, rows)) {
     const size_t row = RowBytes(c);  // 2 carves: up to 2 * kAlign of padding
     pool_ = CarveRows("reservoir",
-                      RemainingBytes() > 2 * Arena::kAlign
-                          ? (RemainingBytes() - 2 * Arena::kAlign) / row
+                      RemainingBytes() > 2 * Arena::kCarveAlign
+                          ? (RemainingBytes() - 2 * Arena::kCarveAlign) / row
                           : 0);
   }
 
