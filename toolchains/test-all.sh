@@ -39,6 +39,24 @@ native() {  # native PRESET
   show_targets "$1" "$1"
 }
 
+# `cmake --install` of the release build, then consumers built against the
+# installed tree: find_package(kvsketch) from C and C++, and pkg-config.
+install_consumer() {
+  local prefix=build/install consumer=build/consumer
+  rm -rf "$prefix" "$consumer"
+  cmake --install build/release --prefix "$prefix" >/dev/null
+  cmake -S tests/consumer -B "$consumer" -G Ninja \
+    -DCMAKE_PREFIX_PATH="$PWD/$prefix" >/dev/null
+  cmake --build "$consumer"
+  "$consumer/consumer_c"
+  "$consumer/consumer_cxx"
+  # shellcheck disable=SC2046
+  cc tests/consumer/main.c -o "$consumer/consumer_pkgconfig" \
+    $(PKG_CONFIG_PATH="$PWD/$prefix/lib/pkgconfig" pkg-config --cflags --libs --static kvsketch)
+  "$consumer/consumer_pkgconfig"
+  echo "install-consumer: 3 passed, 0 failed"
+}
+
 cross_aarch64() {
   cmake --preset aarch64 >/dev/null
   cmake --build --preset aarch64
@@ -59,6 +77,7 @@ T0=$SECONDS
 stage install-deps bash toolchains/install-deps.sh
 stage format format_check
 stage native-release native release
+stage install-consumer install_consumer
 stage native-asan-ubsan native asan
 stage aarch64-qemu cross_aarch64
 stage armv7-qemu cross_armv7

@@ -35,6 +35,8 @@ class Arena {
   }
 
   size_t capacity() const { return capacity_; }
+  uint8_t* data() { return base_; }
+  const uint8_t* data() const { return base_; }
   size_t used() const { return used_; }  // accounted bytes (incl. alignment)
 
   struct Component {

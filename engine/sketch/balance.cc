@@ -74,6 +74,18 @@ class BalanceSketch final : public Sketch {
     if (adaptive_ && coreset_.full()) Adapt(scores, m, G);
   }
   size_t CompressedRetained() const override { return coreset_.count(); }
+  void SaveScalars(StateWriter& w) const override {
+    Sketch::SaveScalars(w);
+    coreset_.Save(w);
+    w.Put<uint64_t>(protect_);
+    w.Put<double>(window_share_);
+  }
+  void LoadScalars(StateReader& r) override {
+    Sketch::LoadScalars(r);
+    coreset_.Load(r);
+    protect_ = r.GetAtMost<uint64_t>(coreset_.cap(), "window size");
+    window_share_ = r.Get<double>();
+  }
 
  private:
   // Memory follows attention mass: the window gets the share of the pool

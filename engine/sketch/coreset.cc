@@ -33,6 +33,25 @@ void Coreset::Init(const RowStore& rows, Arena& arena, size_t block,
       arena.CarveArray<uint32_t>("coreset group counts", tags_ * kMaxLevels);
 }
 
+void Coreset::Save(StateWriter& w) const {
+  w.Put<uint64_t>(count_);
+  w.Put<uint32_t>(next_seq_);
+  w.Put<uint64_t>(compactions_);
+}
+
+void Coreset::Load(StateReader& r) {
+  count_ = r.GetAtMost<uint64_t>(rows_.cap, "coreset count");
+  next_seq_ = r.Get<uint32_t>();
+  compactions_ = r.Get<uint64_t>();
+  // Levels and tags live in the arena: clamp anything a crafted file could
+  // make out of range (a valid file never changes here).
+  for (size_t i = 0; i < count_; ++i) {
+    if (level_[i] >= kMaxLevels) level_[i] = kMaxLevels - 1;
+    if (tag_ && tag_[i] >= tags_) tag_[i] = 0;
+    if (seq_[i] >= next_seq_) seq_[i] = next_seq_ ? next_seq_ - 1 : 0;
+  }
+}
+
 void Coreset::Insert(const float* k, const float* v, uint16_t tag) {
   rows_.Put(count_, k, v);
   logw_[count_] = 0.0f;

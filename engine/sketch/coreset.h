@@ -15,6 +15,7 @@
 
 #include "arch/balance.h"  // BalanceParams, KernelKind
 #include "engine/budget/arena.h"
+#include "engine/session/state_io.h"
 #include "engine/sketch/rows.h"
 
 namespace kvsketch {
@@ -56,6 +57,9 @@ class Coreset {
   // Insertion number of each item (1, 2, ...): the newest have the largest.
   const uint32_t* seq() const { return seq_; }
   uint32_t last_seq() const { return next_seq_ - 1; }
+
+  void Save(StateWriter& w) const;
+  void Load(StateReader& r);
 
   // Appends an item (requires !full()).
   void Insert(const float* k, const float* v, uint16_t tag);

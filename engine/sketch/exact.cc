@@ -13,6 +13,9 @@ class Exact final : public Sketch {
   // Every row of the budget is a "sink": nothing is ever evicted.
   Exact(const SketchConfig& c, Arena& a, size_t rows)
       : Sketch(WithSinks(c, rows), a, 0) {}
+  size_t tokens_left() const override {
+    return tokens_ < cfg_.sinks ? cfg_.sinks - tokens_ : 0;
+  }
 
  protected:
   void Evict(const float*, const float*, float*) override {

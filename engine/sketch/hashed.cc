@@ -183,6 +183,23 @@ class HashedSketch final : public Sketch {
     }
   }
   size_t CompressedRetained() const override { return coreset_.count(); }
+  void SaveScalars(StateWriter& w) const override {
+    Sketch::SaveScalars(w);
+    w.Put<uint64_t>(used_cells_);
+    w.Put<uint64_t>(evicted_);
+    for (size_t a = 0; a < n_cells_; ++a) cells_[a].Save(w);
+    coreset_.Save(w);
+  }
+  void LoadScalars(StateReader& r) override {
+    Sketch::LoadScalars(r);
+    used_cells_ = r.GetAtMost<uint64_t>(n_cells_, "cell count");
+    evicted_ = r.Get<uint64_t>();
+    for (size_t a = 0; a < n_cells_; ++a) cells_[a].Load(r);
+    coreset_.Load(r);
+    for (size_t i = 0; i < (size_t(2) << bits_); ++i) {
+      if (code_to_cell_[i] >= int16_t(n_cells_)) code_to_cell_[i] = -1;
+    }
+  }
 
  private:
   size_t Route(const float* k, float* ws) {

@@ -12,6 +12,7 @@
 #include <string>
 
 #include "engine/budget/arena.h"
+#include "engine/session/state_io.h"
 
 namespace kvsketch {
 
@@ -36,6 +37,15 @@ class Moments {
   // Upper bound on |k_i - c| over the added keys.
   float radius() const { return radius_; }
   int degree() const { return degree_; }
+
+  void Save(StateWriter& w) const {
+    w.Put<uint64_t>(count_);
+    w.Put<float>(radius_);
+  }
+  void Load(StateReader& r) {
+    count_ = r.Get<uint64_t>();
+    radius_ = r.Get<float>();
+  }
 
  private:
   void AddRow(size_t f, size_t g, float a);

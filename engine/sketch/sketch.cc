@@ -122,6 +122,27 @@ size_t Sketch::CommonWorkspaceFloats(const SketchConfig& c) {
   return G * ks + 3 * (2 * G + G * vs) + ks + vs + 64;
 }
 
+void Sketch::SaveScalars(StateWriter& w) const {
+  w.Put<uint64_t>(tokens_);
+  w.Put<double>(key_norm_sum_);
+  w.Put<double>(query_norm_sum_);
+  w.Put<uint64_t>(queries_);
+  w.Put<uint64_t>(sinks_used_);
+  w.Put<uint64_t>(window_used_);
+  w.Put<uint64_t>(window_head_);
+}
+
+void Sketch::LoadScalars(StateReader& r) {
+  tokens_ = r.Get<uint64_t>();
+  key_norm_sum_ = r.Get<double>();
+  query_norm_sum_ = r.Get<double>();
+  queries_ = r.Get<uint64_t>();
+  sinks_used_ = r.GetAtMost<uint64_t>(sinks_.cap, "sink count");
+  window_used_ = r.GetAtMost<uint64_t>(window_cap_, "window count");
+  window_head_ =
+      r.GetAtMost<uint64_t>(window_cap_ ? window_cap_ - 1 : 0, "window head");
+}
+
 float Sketch::QueryKeyRatio() const {
   if (!cfg_.tau_from_queries || queries_ == 0 || key_norm_sum_ <= 0)
     return 1.0f;

@@ -13,6 +13,7 @@
 
 #include "arch/types.h"  // Storage, RowsView
 #include "engine/budget/arena.h"
+#include "engine/session/state_io.h"
 #include "engine/sketch/rows.h"
 
 namespace kvsketch {
@@ -81,6 +82,12 @@ class Sketch {
   size_t retained() const;                 // tokens/items held verbatim
   size_t window() const { return window_cap_; }
   virtual std::string Describe() const;
+  // Tokens this sketch can still take (only `exact` is ever full).
+  virtual size_t tokens_left() const { return SIZE_MAX; }
+  // Scalar state outside the arena (counters, adaptive parameters), for
+  // save / load. Load validates every value it reads.
+  virtual void SaveScalars(StateWriter& w) const;
+  virtual void LoadScalars(StateReader& r);
   // Scratch floats every sketch needs (queries, partials, evicted rows).
   static size_t CommonWorkspaceFloats(const SketchConfig& c);
 

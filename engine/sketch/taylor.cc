@@ -160,6 +160,22 @@ class TaylorSketch final : public Sketch {
     }
   }
   size_t CompressedRetained() const override { return pool_.count(); }
+  void SaveScalars(StateWriter& w) const override {
+    Sketch::SaveScalars(w);
+    moments_.Save(w);
+    pool_.Save(w);
+    w.Put<uint32_t>(folded_);
+    w.Put<uint64_t>(protect_);
+    w.Put<double>(window_share_);
+  }
+  void LoadScalars(StateReader& r) override {
+    Sketch::LoadScalars(r);
+    moments_.Load(r);
+    pool_.Load(r);
+    folded_ = r.Get<uint32_t>();
+    protect_ = r.GetAtMost<uint64_t>(pool_.cap(), "window size");
+    window_share_ = r.Get<double>();
+  }
 
  private:
   // Items that left the window (seq <= last - protect) enter the moments.

@@ -49,6 +49,16 @@ class Uniform final : public Sketch {
     for (size_t g = 0; g < G; ++g) m[g] += logw;
   }
   size_t CompressedRetained() const override { return count_; }
+  void SaveScalars(StateWriter& w) const override {
+    Sketch::SaveScalars(w);
+    w.Put<uint64_t>(count_);
+    w.Put<uint64_t>(evicted_);
+  }
+  void LoadScalars(StateReader& r) override {
+    Sketch::LoadScalars(r);
+    count_ = r.GetAtMost<uint64_t>(pool_.cap, "reservoir count");
+    evicted_ = r.Get<uint64_t>();
+  }
 
  private:
   Rows pool_;

@@ -1,7 +1,21 @@
 // kvsketch: a fixed-memory attention KV cache for CPUs. Public C++ API.
+//
+//   kvsketch::SessionConfig cfg;
+//   cfg.layers = 5; cfg.n_heads = 8; cfg.n_kv_heads = 4; cfg.dk = cfg.dv = 8;
+//   cfg.budget_tokens_per_head = 64;           // or budget_bytes (total)
+//   kvsketch::Session s(cfg);                  // throws kvsketch::Error
+//   s.Append(layer, k, v);                     // k, v: [n_kv_heads][dk|dv]
+//   s.Attend(layer, q, out);                   // q: [n_heads][dk] -> out:
+//   [n_heads][dv]
 #pragma once
 
+#include <cstddef>
+#include <cstdint>
+#include <memory>
 #include <string>
+#include <vector>
+
+#include "kvsketch/error.h"
 
 namespace kvsketch {
 
@@ -11,5 +25,69 @@ const char* Version();
 // One line describing how the library was built (version, git, build type,
 // compiler, system, chosen SIMD target).
 std::string BuildDescription();
+
+struct SessionConfig {
+  size_t layers = 1;
+  size_t n_heads = 1;     // query heads per layer
+  size_t n_kv_heads = 1;  // KV heads per layer (n_heads % n_kv_heads == 0)
+  size_t dk = 0, dv = 0;
+  float scale = 0.0f;  // score scale; 0 = 1/sqrt(dk)
+  std::string method =
+      "balance";  // exact, window, uniform, balance, taylor, hashed
+  // Budget: exactly one of these (bytes for the whole session's sketch
+  // state, bytes per KV head, or fp32-token equivalents per KV head).
+  size_t budget_bytes = 0;
+  size_t budget_bytes_per_head = 0;
+  size_t budget_tokens_per_head = 0;
+  // Optional relative weights [layers][n_kv_heads] for splitting budget_bytes.
+  std::vector<float> head_weights;
+  std::string storage = "f32";  // f32, f16, bf16 for retained keys/values
+  int threads = 0;              // 0 = all cores
+  uint64_t seed = 0;
+  size_t sinks = 4;
+  long window = -1;   // -1 = method default
+  size_t block = 64;  // coreset halving block
+  int degree = 1;     // taylor / hashed Taylor degree
+};
+
+struct SessionStats {
+  size_t arena_bytes = 0;      // the one allocation
+  size_t accounted_bytes = 0;  // carved: state + per-thread scratch
+  size_t state_bytes = 0;      // all sketches
+  size_t scratch_bytes = 0;    // per-thread workspaces
+  size_t retained = 0;         // items held, all heads
+  size_t tokens = 0;           // tokens appended (per head)
+  std::vector<std::pair<std::string, size_t>> components;  // bytes by name
+};
+
+class Session {
+ public:
+  explicit Session(const SessionConfig& config);
+  ~Session();
+  Session(const Session&) = delete;
+  Session& operator=(const Session&) = delete;
+
+  // One token of one layer: k [n_kv_heads][dk], v [n_kv_heads][dv].
+  // n > 1: a block of tokens, k [n][n_kv_heads][dk] (same result as n calls).
+  void Append(size_t layer, const float* k, const float* v, size_t n = 1);
+  // q [n_heads][dk] -> out [n_heads][dv] for one layer.
+  void Attend(size_t layer, const float* q, float* out);
+  // All layers of one token: k [layers][n_kv][dk], q [layers][n_heads][dk].
+  void AppendAll(const float* k, const float* v);
+  void AttendAll(const float* q, float* out);
+
+  SessionStats Stats() const;
+  const SessionConfig& config() const;
+
+  // Versioned binary state (see docs/state-format.md); Load requires the
+  // same configuration and leaves the session unchanged on any error.
+  void Save(const std::string& path) const;
+  void Load(const std::string& path);
+
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
 
 }  // namespace kvsketch

@@ -1,0 +1,73 @@
+/* kvsketch C ABI: an opaque session handle, status codes, no exceptions.
+ *
+ *   kvs_config cfg;
+ *   kvs_config_init(&cfg);
+ *   cfg.layers = 5; cfg.n_heads = 8; cfg.n_kv_heads = 4; cfg.dk = cfg.dv = 8;
+ *   cfg.budget_tokens_per_head = 64;
+ *   kvs_session* s = NULL;
+ *   if (kvs_create(&cfg, &s) != KVS_OK) puts(kvs_last_error(NULL));
+ *   kvs_append(s, layer, k, v, 1);  kvs_attend(s, layer, q, out);
+ *   kvs_destroy(s);
+ */
+#ifndef KVSKETCH_KVSKETCH_C_H_
+#define KVSKETCH_KVSKETCH_C_H_
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum kvs_status {
+  KVS_OK = 0,
+  KVS_INVALID_ARGUMENT = 1, /* shapes, NaN/Inf, layer out of range, ... */
+  KVS_BUDGET = 2,           /* the configuration or a token does not fit */
+  KVS_IO = 3,               /* save/load: file, format, checksum, mismatch */
+  KVS_INTERNAL = 4
+} kvs_status;
+
+typedef struct kvs_config {
+  size_t layers, n_heads, n_kv_heads, dk, dv;
+  float scale;         /* 0: 1/sqrt(dk) */
+  const char* method;  /* NULL: "balance" */
+  size_t budget_bytes; /* exactly one of the three budgets */
+  size_t budget_bytes_per_head;
+  size_t budget_tokens_per_head;
+  const float* head_weights; /* NULL or [layers * n_kv_heads] */
+  const char* storage;       /* NULL: "f32"; "f16", "bf16" */
+  int threads;               /* 0: all cores */
+  uint64_t seed;
+  size_t sinks;
+  long window; /* -1: method default */
+} kvs_config;
+
+typedef struct kvs_stats {
+  size_t arena_bytes, accounted_bytes, state_bytes, scratch_bytes;
+  size_t retained, tokens;
+} kvs_stats;
+
+typedef struct kvs_session kvs_session;
+
+/* Fills defaults (method balance, f32, 4 sinks, window -1). */
+void kvs_config_init(kvs_config* cfg);
+kvs_status kvs_create(const kvs_config* cfg, kvs_session** out);
+void kvs_destroy(kvs_session* s);
+/* k: [n][n_kv_heads][dk], v: [n][n_kv_heads][dv]. */
+kvs_status kvs_append(kvs_session* s, size_t layer, const float* k,
+                      const float* v, size_t n);
+/* q: [n_heads][dk] -> out: [n_heads][dv]. */
+kvs_status kvs_attend(kvs_session* s, size_t layer, const float* q, float* out);
+kvs_status kvs_stats_get(const kvs_session* s, kvs_stats* out);
+kvs_status kvs_save(const kvs_session* s, const char* path);
+kvs_status kvs_load(kvs_session* s, const char* path);
+/* Message of the last failed call on this session (or of kvs_create when s
+ * is NULL, per thread). Valid until the next call. */
+const char* kvs_last_error(const kvs_session* s);
+const char* kvs_version(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* KVSKETCH_KVSKETCH_C_H_ */

@@ -1,0 +1,296 @@
+// The multi-head session: all sketches of a model in one arena, oneTBB
+// across heads, input validation that leaves the state untouched.
+#include <tbb/parallel_for.h>
+#include <tbb/task_arena.h>
+
+#include <cmath>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "arch/attend.h"   // kMaxGroup, kMaxHeadDim
+#include "arch/targets.h"  // PaddedCols
+#include "engine/budget/arena.h"
+#include "engine/session/state_io.h"
+#include "engine/sketch/sketch.h"
+#include "kvsketch/kvsketch.h"
+
+namespace kvsketch {
+
+namespace {
+
+Storage ParseStorageName(const std::string& s) {
+  if (s == "f32") return Storage::kF32;
+  if (s == "f16") return Storage::kF16;
+  if (s == "bf16") return Storage::kBF16;
+  throw Error("storage '" + s + "' is not f32, f16 or bf16");
+}
+
+void CheckFinite(const float* x, size_t n, const char* what, size_t layer) {
+  for (size_t i = 0; i < n; ++i) {
+    if (!std::isfinite(x[i])) {
+      throw Error(std::string(what) + " of layer " + std::to_string(layer) +
+                  " has a non-finite value at index " + std::to_string(i) +
+                  "; nothing was changed");
+    }
+  }
+}
+
+}  // namespace
+
+struct Session::Impl {
+  SessionConfig cfg;
+  SketchConfig base;
+  size_t G = 1, threads = 1, ws_floats = 0;
+  std::vector<size_t> head_budget;  // [layers * n_kv]
+  std::unique_ptr<Arena> arena;
+  std::vector<std::unique_ptr<Sketch>> sketches;  // [layer][kv head]
+  float* workspaces = nullptr;                    // [threads][ws_floats]
+  std::unique_ptr<tbb::task_arena> pool;
+  size_t state_bytes = 0;
+
+  explicit Impl(const SessionConfig& c) : cfg(c) {
+    if (c.layers == 0 || c.n_heads == 0 || c.n_kv_heads == 0) {
+      throw Error("layers, n_heads and n_kv_heads must be positive");
+    }
+    if (c.n_heads % c.n_kv_heads != 0) {
+      throw Error("n_heads (" + std::to_string(c.n_heads) +
+                  ") must be a multiple of n_kv_heads (" +
+                  std::to_string(c.n_kv_heads) + ")");
+    }
+    G = c.n_heads / c.n_kv_heads;
+    if (G > kMaxGroup) {
+      throw Error("at most " + std::to_string(kMaxGroup) +
+                  " query heads per KV head are supported");
+    }
+    if (c.dk == 0 || c.dv == 0 || c.dk > kMaxHeadDim || c.dv > kMaxHeadDim) {
+      throw Error("head dimensions must be in [1, " +
+                  std::to_string(kMaxHeadDim) + "]");
+    }
+    if (c.layers * c.n_kv_heads > 65536) throw Error("too many heads");
+    const int budgets = (c.budget_bytes > 0) + (c.budget_bytes_per_head > 0) +
+                        (c.budget_tokens_per_head > 0);
+    if (budgets != 1) {
+      throw Error(
+          "set exactly one of budget_bytes, budget_bytes_per_head, "
+          "budget_tokens_per_head");
+    }
+    base.method = ParseMethod(c.method);
+    base.dk = c.dk;
+    base.dv = c.dv;
+    base.scale = c.scale > 0 ? c.scale : 1.0f / std::sqrt(float(c.dk));
+    if (!std::isfinite(base.scale)) throw Error("scale must be finite");
+    base.storage = ParseStorageName(c.storage);
+    base.seed = c.seed;
+    base.sinks = c.sinks;
+    base.window = c.window;
+    base.block = c.block < 2 ? 2 : c.block;
+    base.degree = c.degree;
+    base.max_group = G;
+    threads = c.threads > 0 ? size_t(c.threads)
+                            : size_t(tbb::info::default_concurrency());
+    if (threads > 1024) throw Error("threads must be at most 1024");
+    const size_t heads = c.layers * c.n_kv_heads;
+    // Per-head budgets.
+    head_budget.assign(heads, 0);
+    const size_t kAbsurd = size_t(1) << 44;  // 16 TiB
+    if (c.budget_tokens_per_head) {
+      if (c.budget_tokens_per_head > kAbsurd / ((c.dk + c.dv) * 4)) {
+        throw Error("budget_tokens_per_head is absurdly large");
+      }
+      head_budget.assign(
+          heads, BudgetBytesForTokens(c.budget_tokens_per_head, c.dk, c.dv));
+    } else if (c.budget_bytes_per_head) {
+      if (c.budget_bytes_per_head > kAbsurd)
+        throw Error("budget is absurdly large");
+      head_budget.assign(heads, c.budget_bytes_per_head);
+    }
+    SketchConfig probe = base;
+    probe.budget_bytes = c.budget_tokens_per_head || c.budget_bytes_per_head
+                             ? head_budget[0]
+                             : c.budget_bytes / heads;
+    ws_floats = WorkspaceFloats(probe);
+    const size_t scratch = threads * Arena::Aligned(ws_floats * 4);
+    if (c.budget_bytes) {
+      if (c.budget_bytes > kAbsurd)
+        throw Error("budget_bytes is absurdly large");
+      if (c.budget_bytes <= scratch) {
+        throw BudgetError("budget of " + std::to_string(c.budget_bytes) +
+                          " bytes does not even hold the per-thread scratch (" +
+                          std::to_string(scratch) + " bytes for " +
+                          std::to_string(threads) + " threads)");
+      }
+      const size_t left = c.budget_bytes - scratch;
+      std::vector<double> w(heads, 1.0);
+      if (!c.head_weights.empty()) {
+        if (c.head_weights.size() != heads) {
+          throw Error("head_weights needs layers * n_kv_heads = " +
+                      std::to_string(heads) + " entries");
+        }
+        for (size_t i = 0; i < heads; ++i) {
+          if (!(c.head_weights[i] > 0) || !std::isfinite(c.head_weights[i])) {
+            throw Error("head_weights must be positive and finite");
+          }
+          w[i] = c.head_weights[i];
+        }
+      }
+      double sum = 0;
+      for (double x : w) sum += x;
+      for (size_t i = 0; i < heads; ++i) {
+        head_budget[i] = size_t(double(left) * w[i] / sum) / 16 * 16;
+      }
+    }
+    // One arena: every head's budget (its sketch never exceeds it) and the
+    // per-thread scratch. Pages that are never written are never touched.
+    size_t total = scratch + Arena::kAlign;
+    for (size_t b : head_budget) total += Arena::Aligned(b);
+    arena.reset(new Arena(total));
+    workspaces = arena->CarveArray<float>(
+        "per-thread scratch", threads * Arena::Aligned(ws_floats * 4) / 4);
+    for (size_t i = 0; i < heads; ++i) {
+      SketchConfig sc = base;
+      sc.budget_bytes = head_budget[i];
+      sc.stream = (uint64_t(i / c.n_kv_heads) << 32) | (i % c.n_kv_heads);
+      const size_t before = arena->used();
+      sketches.push_back(Sketch::Create(sc, *arena));
+      // Keep every head's region at its full budget so the layout does not
+      // depend on what the methods happened to use.
+      const size_t used = arena->used() - before;
+      if (Arena::Aligned(sc.budget_bytes) > used) {
+        arena->Carve("unused head budget",
+                     Arena::Aligned(sc.budget_bytes) - used);
+      }
+      state_bytes += sketches.back()->bytes();
+    }
+    pool.reset(new tbb::task_arena(int(threads)));
+  }
+
+  float* Workspace() const {
+    int idx = tbb::this_task_arena::current_thread_index();
+    if (idx < 0 || size_t(idx) >= threads) idx = 0;
+    return workspaces + size_t(idx) * (Arena::Aligned(ws_floats * 4) / 4);
+  }
+
+  Sketch& At(size_t layer, size_t h) {
+    return *sketches[layer * cfg.n_kv_heads + h];
+  }
+
+  void CheckLayer(size_t layer) const {
+    if (layer >= cfg.layers) {
+      throw Error("layer " + std::to_string(layer) + " out of range [0, " +
+                  std::to_string(cfg.layers) + ")");
+    }
+  }
+
+  void ValidateAppend(size_t layer, const float* k, const float* v, size_t n) {
+    CheckLayer(layer);
+    if (!k || !v) throw Error("append: null key or value pointer");
+    if (n == 0) throw Error("append: zero tokens");
+    CheckFinite(k, n * cfg.n_kv_heads * cfg.dk, "keys", layer);
+    CheckFinite(v, n * cfg.n_kv_heads * cfg.dv, "values", layer);
+    for (size_t h = 0; h < cfg.n_kv_heads; ++h) {
+      if (At(layer, h).tokens_left() < n) {
+        throw BudgetError("append: head " + std::to_string(h) + " of layer " +
+                          std::to_string(layer) +
+                          " (method exact) has room for " +
+                          std::to_string(At(layer, h).tokens_left()) +
+                          " more tokens; nothing was changed");
+      }
+    }
+  }
+
+  void DoAppend(size_t layer, const float* k, const float* v, size_t n) {
+    const size_t nkv = cfg.n_kv_heads, dk = cfg.dk, dv = cfg.dv;
+    pool->execute([&] {
+      tbb::parallel_for(size_t(0), nkv, [&](size_t h) {
+        float* ws = Workspace();
+        Sketch& s = At(layer, h);
+        for (size_t t = 0; t < n; ++t) {
+          s.Append(k + (t * nkv + h) * dk, v + (t * nkv + h) * dv, ws);
+        }
+      });
+    });
+  }
+
+  void ValidateAttend(size_t layer, const float* q, const float* out) {
+    CheckLayer(layer);
+    if (!q || !out) throw Error("attend: null query or output pointer");
+    CheckFinite(q, cfg.n_heads * cfg.dk, "queries", layer);
+  }
+
+  void DoAttend(size_t layer, const float* q, float* out) {
+    pool->execute([&] {
+      tbb::parallel_for(size_t(0), cfg.n_kv_heads, [&](size_t h) {
+        At(layer, h).Attend(q + h * G * cfg.dk, G, out + h * G * cfg.dv,
+                            Workspace());
+      });
+    });
+  }
+};
+
+Session::Session(const SessionConfig& config) : impl_(new Impl(config)) {}
+Session::~Session() = default;
+
+const SessionConfig& Session::config() const { return impl_->cfg; }
+
+void Session::Append(size_t layer, const float* k, const float* v, size_t n) {
+  impl_->ValidateAppend(layer, k, v, n);
+  impl_->DoAppend(layer, k, v, n);
+}
+
+void Session::Attend(size_t layer, const float* q, float* out) {
+  impl_->ValidateAttend(layer, q, out);
+  impl_->DoAttend(layer, q, out);
+}
+
+void Session::AppendAll(const float* k, const float* v) {
+  Impl& m = *impl_;
+  const size_t ks = m.cfg.n_kv_heads * m.cfg.dk,
+               vs = m.cfg.n_kv_heads * m.cfg.dv;
+  for (size_t l = 0; l < m.cfg.layers; ++l)
+    m.ValidateAppend(l, k + l * ks, v + l * vs, 1);
+  // Layers and heads in one parallel region.
+  m.pool->execute([&] {
+    tbb::parallel_for(size_t(0), m.sketches.size(), [&](size_t i) {
+      m.sketches[i]->Append(k + i * m.cfg.dk, v + i * m.cfg.dv, m.Workspace());
+    });
+  });
+}
+
+void Session::AttendAll(const float* q, float* out) {
+  Impl& m = *impl_;
+  const size_t qs = m.cfg.n_heads * m.cfg.dk, os = m.cfg.n_heads * m.cfg.dv;
+  for (size_t l = 0; l < m.cfg.layers; ++l)
+    m.ValidateAttend(l, q + l * qs, out + l * os);
+  m.pool->execute([&] {
+    tbb::parallel_for(size_t(0), m.sketches.size(), [&](size_t i) {
+      m.sketches[i]->Attend(q + i * m.G * m.cfg.dk, m.G,
+                            out + i * m.G * m.cfg.dv, m.Workspace());
+    });
+  });
+}
+
+SessionStats Session::Stats() const {
+  const Impl& m = *impl_;
+  SessionStats s;
+  s.arena_bytes = m.arena->capacity();
+  s.accounted_bytes = m.arena->used();
+  s.state_bytes = m.state_bytes;
+  s.scratch_bytes = m.threads * Arena::Aligned(m.ws_floats * 4);
+  for (const auto& sk : m.sketches) s.retained += sk->retained();
+  s.tokens = m.sketches.empty() ? 0 : m.sketches[0]->tokens();
+  for (const auto& c : m.arena->components())
+    s.components.push_back({c.name, c.bytes});
+  return s;
+}
+
+void Session::Save(const std::string& path) const {
+  SaveState(path, impl_->cfg, *impl_->arena, impl_->sketches);
+}
+
+void Session::Load(const std::string& path) {
+  LoadState(path, impl_->cfg, *impl_->arena, impl_->sketches);
+}
+
+}  // namespace kvsketch

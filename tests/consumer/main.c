@@ -1,0 +1,36 @@
+/* Minimal C embedding: one layer, GQA 2:1, 64-token budget per KV head. */
+#include <kvsketch/kvsketch_c.h>
+#include <math.h>
+#include <stdio.h>
+
+int main(void) {
+  kvs_config cfg;
+  kvs_session* s = NULL;
+  float k[2 * 8], v[2 * 8], q[4 * 8], out[4 * 8];
+  int t, i;
+  kvs_config_init(&cfg);
+  cfg.layers = 1;
+  cfg.n_heads = 4;
+  cfg.n_kv_heads = 2;
+  cfg.dk = cfg.dv = 8;
+  cfg.budget_tokens_per_head = 64;
+  if (kvs_create(&cfg, &s) != KVS_OK) {
+    fprintf(stderr, "kvs_create: %s\n", kvs_last_error(NULL));
+    return 1;
+  }
+  for (t = 0; t < 1000; ++t) {
+    for (i = 0; i < 16; ++i) {
+      k[i] = (float)sin(0.01 * t + i);
+      v[i] = (float)cos(0.02 * t + i);
+    }
+    if (kvs_append(s, 0, k, v, 1) != KVS_OK) return 1;
+  }
+  for (i = 0; i < 32; ++i) q[i] = 0.1f * (float)i;
+  if (kvs_attend(s, 0, q, out) != KVS_OK) {
+    fprintf(stderr, "kvs_attend: %s\n", kvs_last_error(s));
+    return 1;
+  }
+  printf("C consumer: kvsketch %s, out[0] = %.4f\n", kvs_version(), out[0]);
+  kvs_destroy(s);
+  return 0;
+}

@@ -1,0 +1,257 @@
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "doctest/doctest.h"
+#include "kvsketch/kvsketch.h"
+
+namespace kvsketch {
+namespace {
+
+namespace fs = std::filesystem;
+
+SessionConfig SmallConfig(const std::string& method, int threads) {
+  SessionConfig c;
+  c.layers = 2;
+  c.n_heads = 8;
+  c.n_kv_heads = 4;
+  c.dk = 16;
+  c.dv = 12;
+  c.method = method;
+  c.budget_tokens_per_head = 48;
+  c.threads = threads;
+  c.seed = 3;
+  return c;
+}
+
+// A deterministic token stream: [tokens][layers][heads][d].
+struct Stream {
+  std::vector<float> k, v, q;
+  size_t tokens;
+  Stream(const SessionConfig& c, size_t n) : tokens(n) {
+    std::mt19937 rng(11);
+    std::normal_distribution<float> g;
+    k.resize(n * c.layers * c.n_kv_heads * c.dk);
+    v.resize(n * c.layers * c.n_kv_heads * c.dv);
+    q.resize(n * c.layers * c.n_heads * c.dk);
+    for (auto& x : k) x = g(rng);
+    for (auto& x : v) x = g(rng);
+    for (auto& x : q) x = 2.0f * g(rng);
+  }
+};
+
+// Runs tokens [from, to) through all layers; returns all outputs.
+std::vector<float> Drive(Session& s, const Stream& st, size_t from, size_t to) {
+  const SessionConfig& c = s.config();
+  std::vector<float> out(c.n_heads * c.dv), all;
+  for (size_t t = from; t < to; ++t) {
+    for (size_t l = 0; l < c.layers; ++l) {
+      const size_t i = t * c.layers + l;
+      s.Append(l, st.k.data() + i * c.n_kv_heads * c.dk,
+               st.v.data() + i * c.n_kv_heads * c.dv);
+      s.Attend(l, st.q.data() + i * c.n_heads * c.dk, out.data());
+      all.insert(all.end(), out.begin(), out.end());
+    }
+  }
+  return all;
+}
+
+const char* kMethods[] = {"exact",   "window", "uniform",
+                          "balance", "taylor", "hashed"};
+
+TEST_CASE("session results are bit-identical for 1, 2 and 4 threads") {
+  for (const char* m : kMethods) {
+    SessionConfig c1 = SmallConfig(m, 1);
+    if (std::string(m) == "exact") c1.budget_tokens_per_head = 300;
+    const Stream st(c1, 300);
+    Session s1(c1);
+    const auto a = Drive(s1, st, 0, 300);
+    for (int threads : {2, 4}) {
+      SessionConfig c = c1;
+      c.threads = threads;
+      Session s(c);
+      const auto b = Drive(s, st, 0, 300);
+      INFO(std::string(m) << " threads=" << threads);
+      REQUIRE(a.size() == b.size());
+      CHECK(std::memcmp(a.data(), b.data(), a.size() * 4) == 0);
+    }
+  }
+}
+
+TEST_CASE("AppendAll / AttendAll equal per-layer calls") {
+  SessionConfig c = SmallConfig("balance", 2);
+  const Stream st(c, 120);
+  Session s1(c), s2(c);
+  const auto a = Drive(s1, st, 0, 120);
+  std::vector<float> out(c.layers * c.n_heads * c.dv), b;
+  for (size_t t = 0; t < 120; ++t) {
+    const size_t i = t * c.layers;
+    s2.AppendAll(st.k.data() + i * c.n_kv_heads * c.dk,
+                 st.v.data() + i * c.n_kv_heads * c.dv);
+    s2.AttendAll(st.q.data() + i * c.n_heads * c.dk, out.data());
+    b.insert(b.end(), out.begin(), out.end());
+  }
+  CHECK(a == b);
+}
+
+TEST_CASE("bad input is rejected with a clear error and changes nothing") {
+  SessionConfig c = SmallConfig("taylor", 2);
+  const Stream st(c, 100);
+  Session s(c);
+  Drive(s, st, 0, 60);
+  std::vector<float> q(st.q.begin(), st.q.begin() + c.n_heads * c.dk);
+  std::vector<float> before(c.n_heads * c.dv), after(c.n_heads * c.dv);
+  s.Attend(0, q.data(), before.data());
+  std::vector<float> k(c.n_kv_heads * c.dk, 0.5f), v(c.n_kv_heads * c.dv, 0.5f);
+  k[5] = NAN;
+  CHECK_THROWS_WITH_AS(s.Append(0, k.data(), v.data()),
+                       doctest::Contains("non-finite"), Error);
+  k[5] = 0.5f;
+  v[3] = INFINITY;
+  CHECK_THROWS_AS(s.Append(1, k.data(), v.data()), Error);
+  v[3] = 0.5f;
+  CHECK_THROWS_WITH_AS(s.Append(7, k.data(), v.data()),
+                       doctest::Contains("layer 7 out of range"), Error);
+  CHECK_THROWS_AS(s.Append(0, nullptr, v.data()), Error);
+  std::vector<float> bad_q = q;
+  bad_q[0] = NAN;
+  std::vector<float> junk(c.n_heads * c.dv);
+  CHECK_THROWS_AS(s.Attend(0, bad_q.data(), junk.data()), Error);
+  CHECK(s.Stats().tokens == 60);
+  s.Attend(0, q.data(), after.data());
+  CHECK(before == after);
+}
+
+TEST_CASE("configuration errors name the problem") {
+  SessionConfig c = SmallConfig("balance", 1);
+  c.n_heads = 6;  // not a multiple of 4
+  CHECK_THROWS_WITH_AS(Session{c}, doctest::Contains("multiple"), Error);
+  c = SmallConfig("nope", 1);
+  CHECK_THROWS_WITH_AS(Session{c}, doctest::Contains("unknown method"), Error);
+  c = SmallConfig("balance", 1);
+  c.budget_tokens_per_head = 0;
+  CHECK_THROWS_WITH_AS(Session{c}, doctest::Contains("exactly one"), Error);
+  c.budget_tokens_per_head = 2;  // cannot hold 4 sinks + window
+  CHECK_THROWS_AS(Session{c}, BudgetError);
+  c.budget_tokens_per_head = 0;
+  c.budget_bytes = size_t(1) << 50;
+  CHECK_THROWS_WITH_AS(Session{c}, doctest::Contains("absurd"), Error);
+  c.budget_bytes = 100;
+  CHECK_THROWS_AS(Session{c}, BudgetError);
+}
+
+TEST_CASE("exact: a full session rejects the token and keeps its state") {
+  SessionConfig c = SmallConfig("exact", 2);
+  c.budget_tokens_per_head = 30;
+  const Stream st(c, 40);
+  Session s(c);
+  Drive(s, st, 0, 30);
+  std::vector<float> out1(c.n_heads * c.dv), out2(c.n_heads * c.dv);
+  s.Attend(1, st.q.data(), out1.data());
+  CHECK_THROWS_AS(s.Append(0, st.k.data(), st.v.data()), BudgetError);
+  s.Attend(1, st.q.data(), out2.data());
+  CHECK(out1 == out2);
+}
+
+TEST_CASE("total budget: accounted bytes never exceed it, never move") {
+  SessionConfig c = SmallConfig("balance", 2);
+  c.budget_tokens_per_head = 0;
+  c.budget_bytes = 256 * 1024;
+  c.head_weights = {1, 2, 1, 1, 3, 1, 1, 1};
+  Session s(c);
+  const SessionStats s0 = s.Stats();
+  CHECK(s0.accounted_bytes <= c.budget_bytes);
+  const Stream st(c, 400);
+  Drive(s, st, 0, 400);
+  CHECK(s.Stats().accounted_bytes == s0.accounted_bytes);
+  CHECK(s.Stats().tokens == 400);
+}
+
+TEST_CASE("save / load restores a bit-identical session; bad files rejected") {
+  const fs::path dir = fs::temp_directory_path() / "kvsketch_state_test";
+  fs::create_directories(dir);
+  for (const char* m : kMethods) {
+    SessionConfig c = SmallConfig(m, 2);
+    if (std::string(m) == "exact") c.budget_tokens_per_head = 400;
+    const Stream st(c, 200);
+    Session a(c);
+    Drive(a, st, 0, 120);
+    const std::string path = (dir / (std::string(m) + ".kvs")).string();
+    a.Save(path);
+    Session b(c);
+    b.Load(path);
+    const auto ra = Drive(a, st, 120, 200);
+    const auto rb = Drive(b, st, 120, 200);
+    INFO(m);
+    CHECK(ra == rb);
+    // Corrupt, truncated and mismatched files leave the session unchanged.
+    Session d(c);
+    Drive(d, st, 0, 50);
+    std::vector<float> before(c.n_heads * c.dv), after(c.n_heads * c.dv);
+    d.Attend(0, st.q.data(), before.data());
+    std::string bytes;
+    {
+      std::ifstream in(path, std::ios::binary);
+      bytes.assign(std::istreambuf_iterator<char>(in), {});
+    }
+    auto write = [&](const std::string& name, const std::string& b) {
+      const std::string p = (dir / name).string();
+      std::ofstream(p, std::ios::binary) << b;
+      return p;
+    };
+    std::string flipped = bytes;
+    flipped[bytes.size() / 2] ^= 0x5A;
+    CHECK_THROWS_WITH_AS(d.Load(write("flip.kvs", flipped)),
+                         doctest::Contains("checksum"), Error);
+    CHECK_THROWS_WITH_AS(
+        d.Load(write("trunc.kvs", bytes.substr(0, bytes.size() - 9))),
+        doctest::Contains("truncated"), Error);
+    CHECK_THROWS_WITH_AS(
+        d.Load(write("magic.kvs", "hello world, not a state file")),
+        doctest::Contains("magic"), Error);
+    SessionConfig other = c;
+    other.seed = 4;
+    Session e(other);
+    CHECK_THROWS_WITH_AS(e.Load(path), doctest::Contains("mismatch"), Error);
+    CHECK_THROWS_AS(d.Load((dir / "missing.kvs").string()), Error);
+    d.Attend(0, st.q.data(), after.data());
+    CHECK(before == after);
+  }
+  fs::remove_all(dir);
+}
+
+TEST_CASE("one million tokens: accounted bytes never move") {
+  SessionConfig c;
+  c.layers = 1;
+  c.n_heads = 2;
+  c.n_kv_heads = 1;
+  c.dk = c.dv = 8;
+  c.method = "balance";
+  c.budget_tokens_per_head = 32;
+  c.threads = 1;
+  Session s(c);
+  const size_t used = s.Stats().accounted_bytes;
+  std::vector<float> k(8), v(8), q(16), out(16);
+  std::mt19937 rng(1);
+  std::normal_distribution<float> g;
+  for (size_t t = 0; t < 1000000; ++t) {
+    for (auto& x : k) x = g(rng);
+    for (auto& x : v) x = g(rng);
+    s.Append(0, k.data(), v.data());
+    if (t % 4096 == 0) {
+      for (auto& x : q) x = g(rng);
+      s.Attend(0, q.data(), out.data());
+      CHECK(s.Stats().accounted_bytes == used);
+    }
+  }
+  CHECK(s.Stats().accounted_bytes == used);
+  CHECK(s.Stats().retained <= 32);
+}
+
+}  // namespace
+}  // namespace kvsketch
