@@ -1,3 +1,5 @@
+#include <unistd.h>
+
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -39,7 +41,8 @@ bool ThrowsWith(const std::string& bytes, const std::string& needle) {
 }
 
 TEST_CASE("npy round trip and shape") {
-  const fs::path dir = fs::temp_directory_path() / "kvsketch_npy_test";
+  const fs::path dir = fs::temp_directory_path() /
+                       ("kvsketch_npy_test_" + std::to_string(getpid()));
   fs::create_directories(dir);
   std::vector<float> x(2 * 3 * 4);
   for (size_t i = 0; i < x.size(); ++i) x[i] = float(i) * 0.5f;
@@ -66,6 +69,15 @@ TEST_CASE(
                             "(9999999999999,), }",
                             8),
                    "too large"));
+  // Found by fuzz_npy: an empty shape value, a zero-size array.
+  CHECK(ThrowsWith(
+      NpyBytes("{'descr': '<f4', 'fortran_order': False, 'shape': , }", 0),
+      "shape"));
+  CHECK(ParseNpy(
+            NpyBytes(
+                "{'descr': '<f4', 'fortran_order': False, 'shape': (0,), }", 0),
+            "empty")
+            .f32.empty());
   const std::string ok =
       NpyBytes("{'descr': '<f4', 'fortran_order': False, 'shape': (2,), }", 8);
   CHECK(ParseNpy(ok, "ok").f32.size() == 2);

@@ -1,3 +1,5 @@
+#include <unistd.h>
+
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -173,7 +175,8 @@ TEST_CASE("total budget: accounted bytes never exceed it, never move") {
 }
 
 TEST_CASE("save / load restores a bit-identical session; bad files rejected") {
-  const fs::path dir = fs::temp_directory_path() / "kvsketch_state_test";
+  const fs::path dir = fs::temp_directory_path() /
+                       ("kvsketch_state_test_" + std::to_string(getpid()));
   fs::create_directories(dir);
   for (const char* m : kMethods) {
     SessionConfig c = SmallConfig(m, 2);

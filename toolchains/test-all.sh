@@ -57,6 +57,22 @@ install_consumer() {
   echo "install-consumer: 3 passed, 0 failed"
 }
 
+# libFuzzer (clang 14, ASan + UBSan) on every loader of outside data, a
+# bounded time each, starting from the small corpus kept in fuzz/corpus.
+fuzz() {
+  cmake --preset fuzz >/dev/null
+  cmake --build --preset fuzz
+  local t passed=0 work
+  for t in npy trace_json state; do
+    work=$(mktemp -d)
+    "build/fuzz/fuzz/fuzz_$t" "$work" "fuzz/corpus/$t" -max_total_time="${FUZZ_SECONDS:-60}" \
+      -max_len=4096 -artifact_prefix="build/fuzz/crash-$t-" 2>&1 | grep -E "^Done|ERROR|SUMMARY"
+    rm -rf "$work"
+    passed=$((passed + 1))
+  done
+  echo "fuzz: $passed passed, 0 failed"
+}
+
 cross_aarch64() {
   cmake --preset aarch64 >/dev/null
   cmake --build --preset aarch64
@@ -79,6 +95,7 @@ stage format format_check
 stage native-release native release
 stage install-consumer install_consumer
 stage native-asan-ubsan native asan
+stage fuzz fuzz
 stage aarch64-qemu cross_aarch64
 stage armv7-qemu cross_armv7
 

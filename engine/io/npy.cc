@@ -65,7 +65,8 @@ NpyArray ParseNpy(const std::string& b, const std::string& what) {
   const std::string h = b.substr(offset, header_len);
   NpyArray a;
   std::string descr = HeaderValue(h, "descr", what);
-  if (descr.size() >= 2 && (descr.front() == '\'' || descr.front() == '"')) {
+  if (descr.size() >= 2 && (descr.front() == '\'' || descr.front() == '"') &&
+      descr.back() == descr.front()) {
     descr = descr.substr(1, descr.size() - 2);
   }
   if (descr != "<f4" && descr != "<i4") {
@@ -76,6 +77,9 @@ NpyArray ParseNpy(const std::string& b, const std::string& what) {
     throw Error(what + ": Fortran-order arrays are not supported");
   }
   const std::string shape = HeaderValue(h, "shape", what);
+  if (shape.size() < 2 || shape.front() != '(' || shape.back() != ')') {
+    throw Error(what + ": malformed npy shape '" + shape + "'");
+  }
   size_t total = 1;
   std::string num;
   for (char c : shape.substr(1)) {
@@ -108,10 +112,10 @@ NpyArray ParseNpy(const std::string& b, const std::string& what) {
   }
   if (descr == "<f4") {
     a.f32.resize(total);
-    std::memcpy(a.f32.data(), b.data() + data_at, need);
+    if (need) std::memcpy(a.f32.data(), b.data() + data_at, need);
   } else {
     a.i32.resize(total);
-    std::memcpy(a.i32.data(), b.data() + data_at, need);
+    if (need) std::memcpy(a.i32.data(), b.data() + data_at, need);
   }
   return a;
 }

@@ -166,6 +166,9 @@ struct Session::Impl {
     pool.reset(new tbb::task_arena(int(threads)));
   }
 
+  // The per-thread scratch is carved first; the state follows it.
+  size_t StateBegin() const { return threads * Arena::Aligned(ws_floats * 4); }
+
   float* Workspace() const {
     int idx = tbb::this_task_arena::current_thread_index();
     if (idx < 0 || size_t(idx) >= threads) idx = 0;
@@ -286,11 +289,23 @@ SessionStats Session::Stats() const {
 }
 
 void Session::Save(const std::string& path) const {
-  SaveState(path, impl_->cfg, *impl_->arena, impl_->sketches);
+  SaveState(path, impl_->cfg, *impl_->arena, impl_->StateBegin(),
+            impl_->sketches);
+}
+
+std::string Session::SaveBytes() const {
+  return SaveStateBytes(impl_->cfg, *impl_->arena, impl_->StateBegin(),
+                        impl_->sketches);
+}
+
+void Session::LoadBytes(const std::string& bytes) {
+  LoadStateBytes(bytes, "state", impl_->cfg, *impl_->arena, impl_->StateBegin(),
+                 impl_->sketches);
 }
 
 void Session::Load(const std::string& path) {
-  LoadState(path, impl_->cfg, *impl_->arena, impl_->sketches);
+  LoadState(path, impl_->cfg, *impl_->arena, impl_->StateBegin(),
+            impl_->sketches);
 }
 
 }  // namespace kvsketch

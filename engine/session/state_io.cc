@@ -54,8 +54,8 @@ Section GetSection(const std::string& b, size_t& pos, uint32_t want,
 }
 
 void Apply(const Section& arena_bytes, const Section& scalars, Arena& arena,
-           std::vector<std::unique_ptr<Sketch>>& sketches) {
-  std::memcpy(arena.data(), arena_bytes.data, arena_bytes.size);
+           size_t begin, std::vector<std::unique_ptr<Sketch>>& sketches) {
+  std::memcpy(arena.data() + begin, arena_bytes.data, arena_bytes.size);
   StateReader r(scalars.data, scalars.size);
   for (auto& s : sketches) s->LoadScalars(r);
   if (!r.done())
@@ -78,7 +78,7 @@ std::string ConfigFingerprint(const SessionConfig& c) {
 }
 
 std::string SaveStateBytes(
-    const SessionConfig& c, const Arena& arena,
+    const SessionConfig& c, const Arena& arena, size_t begin,
     const std::vector<std::unique_ptr<Sketch>>& sketches) {
   StateWriter w;
   w.bytes().append(kMagic, 8);
@@ -87,9 +87,9 @@ std::string SaveStateBytes(
   const std::string fp = ConfigFingerprint(c);
   w.Put<uint64_t>(fp.size());
   w.bytes() += fp;
-  PutSection(
-      w, kArenaSection,
-      std::string(reinterpret_cast<const char*>(arena.data()), arena.used()));
+  PutSection(w, kArenaSection,
+             std::string(reinterpret_cast<const char*>(arena.data()) + begin,
+                         arena.used() - begin));
   StateWriter scalars;
   for (const auto& s : sketches) s->SaveScalars(scalars);
   PutSection(w, kScalarSection, scalars.bytes());
@@ -97,9 +97,9 @@ std::string SaveStateBytes(
 }
 
 void SaveState(const std::string& path, const SessionConfig& c,
-               const Arena& arena,
+               const Arena& arena, size_t begin,
                const std::vector<std::unique_ptr<Sketch>>& sketches) {
-  const std::string b = SaveStateBytes(c, arena, sketches);
+  const std::string b = SaveStateBytes(c, arena, begin, sketches);
   const std::string tmp = path + ".tmp";
   {
     std::ofstream out(tmp, std::ios::binary);
@@ -113,7 +113,7 @@ void SaveState(const std::string& path, const SessionConfig& c,
 }
 
 void LoadStateBytes(const std::string& b, const std::string& what,
-                    const SessionConfig& c, Arena& arena,
+                    const SessionConfig& c, Arena& arena, size_t begin,
                     std::vector<std::unique_ptr<Sketch>>& sketches) {
   if (b.size() < 24 || std::memcmp(b.data(), kMagic, 8) != 0) {
     throw Error(what + ": not a kvsketch state file (bad magic)");
@@ -140,31 +140,31 @@ void LoadStateBytes(const std::string& b, const std::string& what,
   const Section scalars = GetSection(b, pos, kScalarSection, what);
   if (pos != b.size())
     throw Error(what + ": trailing bytes after the last section");
-  if (arena_bytes.size != arena.used()) {
+  if (arena_bytes.size != arena.used() - begin) {
     throw Error(what + ": state size " + std::to_string(arena_bytes.size) +
                 " does not match this session's " +
-                std::to_string(arena.used()));
+                std::to_string(arena.used() - begin));
   }
   // Apply; on any error restore the previous state exactly.
-  const std::string snapshot = SaveStateBytes(c, arena, sketches);
+  const std::string snapshot = SaveStateBytes(c, arena, begin, sketches);
   try {
-    Apply(arena_bytes, scalars, arena, sketches);
+    Apply(arena_bytes, scalars, arena, begin, sketches);
   } catch (...) {
     size_t p = 24 + size_t(fp_len);
     const Section a0 = GetSection(snapshot, p, kArenaSection, "snapshot");
     const Section s0 = GetSection(snapshot, p, kScalarSection, "snapshot");
-    Apply(a0, s0, arena, sketches);
+    Apply(a0, s0, arena, begin, sketches);
     throw;
   }
 }
 
 void LoadState(const std::string& path, const SessionConfig& c, Arena& arena,
-               std::vector<std::unique_ptr<Sketch>>& sketches) {
+               size_t begin, std::vector<std::unique_ptr<Sketch>>& sketches) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw Error("cannot open " + path);
   std::ostringstream ss;
   ss << in.rdbuf();
-  LoadStateBytes(ss.str(), path, c, arena, sketches);
+  LoadStateBytes(ss.str(), path, c, arena, begin, sketches);
 }
 
 }  // namespace kvsketch

@@ -61,18 +61,19 @@ class StateReader {
 // Canonical text of the configuration (what must match to load a state).
 std::string ConfigFingerprint(const SessionConfig& c);
 
+// The arena bytes [begin, used) are the state (before `begin`: scratch).
 void SaveState(const std::string& path, const SessionConfig& c,
-               const Arena& arena,
+               const Arena& arena, size_t begin,
                const std::vector<std::unique_ptr<Sketch>>& sketches);
 // Throws Error naming the problem; the session is unchanged on any error.
 void LoadState(const std::string& path, const SessionConfig& c, Arena& arena,
-               std::vector<std::unique_ptr<Sketch>>& sketches);
+               size_t begin, std::vector<std::unique_ptr<Sketch>>& sketches);
 // Same, from bytes in memory (used by LoadState and the fuzz target).
 void LoadStateBytes(const std::string& bytes, const std::string& what,
-                    const SessionConfig& c, Arena& arena,
+                    const SessionConfig& c, Arena& arena, size_t begin,
                     std::vector<std::unique_ptr<Sketch>>& sketches);
 std::string SaveStateBytes(
-    const SessionConfig& c, const Arena& arena,
+    const SessionConfig& c, const Arena& arena, size_t begin,
     const std::vector<std::unique_ptr<Sketch>>& sketches);
 
 }  // namespace kvsketch

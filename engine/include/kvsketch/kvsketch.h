@@ -83,6 +83,9 @@ class Session {
   // same configuration and leaves the session unchanged on any error.
   void Save(const std::string& path) const;
   void Load(const std::string& path);
+  // The same format in memory.
+  std::string SaveBytes() const;
+  void LoadBytes(const std::string& bytes);
 
   struct Impl;
 
