@@ -5,6 +5,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <random>
 #include <string>
 #include <vector>
@@ -141,7 +142,7 @@ TEST_CASE("configuration errors name the problem") {
   c.budget_tokens_per_head = 2;  // cannot hold 4 sinks + window
   CHECK_THROWS_AS(Session{c}, BudgetError);
   c.budget_tokens_per_head = 0;
-  c.budget_bytes = size_t(1) << 50;
+  c.budget_bytes = std::numeric_limits<size_t>::max() - 1;
   CHECK_THROWS_WITH_AS(Session{c}, doctest::Contains("absurd"), Error);
   c.budget_bytes = 100;
   CHECK_THROWS_AS(Session{c}, BudgetError);

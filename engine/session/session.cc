@@ -94,7 +94,8 @@ struct Session::Impl {
     const size_t heads = c.layers * c.n_kv_heads;
     // Per-head budgets.
     head_budget.assign(heads, 0);
-    const size_t kAbsurd = size_t(1) << 44;  // 16 TiB
+    // 16 TiB on 64-bit hosts, 2 GiB on 32-bit ones.
+    const size_t kAbsurd = size_t(1) << (sizeof(size_t) >= 8 ? 44 : 31);
     if (c.budget_tokens_per_head) {
       if (c.budget_tokens_per_head > kAbsurd / ((c.dk + c.dv) * 4)) {
         throw Error("budget_tokens_per_head is absurdly large");
