@@ -146,6 +146,11 @@ Result RunUnit(const Unit& u, const SketchConfig& base, size_t budget_tokens,
   return r;
 }
 
+// JSON has no NaN: null instead.
+std::string JsonNum(double x) {
+  return std::isfinite(x) ? fmt::format("{:.6g}", x) : "null";
+}
+
 double Quantile(std::vector<double> v, double q) {
   if (v.empty()) return NAN;
   std::sort(v.begin(), v.end());
@@ -209,8 +214,12 @@ int RunBench(const BenchOptions& opt) {
       traces.push_back(LoadTrace(dir));
     source = opt.trace + " (" + std::to_string(traces.size()) + " traces)";
   } else {
-    traces.push_back(
-        MakeSynthetic(SyntheticByName(opt.synthetic, opt.length, 0)));
+    SyntheticSpec spec = SyntheticByName(opt.synthetic, opt.length, 0);
+    if (opt.kv_heads) {
+      if (opt.kv_heads > 4096) throw Error("--kv-heads must be at most 4096");
+      spec.n_kv_heads = opt.kv_heads;
+    }
+    traces.push_back(MakeSynthetic(spec));
     source = traces[0].name;
   }
   for (const Trace& t : traces) {
@@ -246,8 +255,8 @@ int RunBench(const BenchOptions& opt) {
     fmt::print(
         "| method | budget tokens | budget B/head | used B/head | retained | "
         "mean err | p50 err | p95 err | append ns/tok | attend ns/query | "
-        "positions |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|\n");
+        "positions | wall s |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|\n");
   }
   for (size_t budget : budgets) {
     // Exact references per unit at the positions this budget evaluates.
@@ -268,12 +277,15 @@ int RunBench(const BenchOptions& opt) {
       SketchConfig base = opt.base;
       base.method = m;
       std::vector<Result> res(units.size());
+      const auto wall0 = Clock::now();
       pool.execute([&] {
         tbb::parallel_for(size_t(0), units.size(), [&](size_t i) {
           res[i] = RunUnit(units[i], base, budget, opt.budget_bytes, pos[i],
                            exact[i]);
         });
       });
+      const double wall_s =
+          std::chrono::duration<double>(Clock::now() - wall0).count();
       std::vector<double> all;
       size_t used = 0, retained = 0, positions = 0, appends = 0, queries = 0;
       double as = 0, qs = 0;
@@ -300,34 +312,38 @@ int RunBench(const BenchOptions& opt) {
       if (opt.json) {
         fmt::print(
             "{{\"method\":\"{}\",\"budget_tokens\":{},\"budget_bytes\":{},"
-            "\"bytes_used\":{},\"retained\":{:.1f},\"mean_rel_err\":{:.6g},"
-            "\"p50_rel_err\":{:.6g},\"p95_rel_err\":{:.6g},"
+            "\"bytes_used\":{},\"retained\":{:.1f},\"mean_rel_err\":{},"
+            "\"p50_rel_err\":{},\"p95_rel_err\":{},"
             "\"append_ns_per_token\":{:.1f},\"attend_ns_per_query\":{:.1f},"
-            "\"positions\":{}{}}}\n",
-            MethodName(m), budget, bb, used, ret, mean, p50, p95, ans, qns,
-            positions, failure.empty() ? "" : ",\"error\":\"" + failure + "\"");
+            "\"positions\":{},\"wall_s\":{:.4f}{}}}\n",
+            MethodName(m), budget, bb, used, ret, JsonNum(mean), JsonNum(p50),
+            JsonNum(p95), ans, qns, positions, wall_s,
+            failure.empty() ? "" : ",\"error\":\"" + failure + "\"");
       } else if (!failure.empty()) {
-        fmt::print("| {} | {} | {} | - | - | failed: {} | | | | | |\n",
+        fmt::print("| {} | {} | {} | - | - | failed: {} | | | | | | |\n",
                    MethodName(m), budget, bb, failure);
       } else {
         fmt::print(
             "| {} | {} | {} | {} | {:.1f} | {:.4f} | {:.4f} | {:.4f} | {:.0f} "
             "| "
-            "{:.0f} | {} |\n",
+            "{:.0f} | {} | {:.3f} |\n",
             MethodName(m), budget, bb, used, ret, mean, p50, p95, ans, qns,
-            positions);
+            positions, wall_s);
       }
       std::fflush(stdout);
     }
   }
-  if (!opt.json) {
+  if (opt.json) {
+    fmt::print("{{\"peak_rss_bytes\":{},\"peak_vm_bytes\":{}}}\n",
+               PeakRssBytes(), PeakVirtualBytes());
+  } else {
     fmt::print(
         "\nerror: relative L2 error of each query head's output vs exact "
         "causal "
         "attention (double precision), at positions j >= budget; bytes are per "
         "KV head (state only; per-thread scratch is separate); peak RSS {:.1f} "
-        "MiB\n",
-        PeakRssBytes() / 1048576.0);
+        "MiB, peak virtual {:.1f} MiB\n",
+        PeakRssBytes() / 1048576.0, PeakVirtualBytes() / 1048576.0);
   }
   return 0;
 }

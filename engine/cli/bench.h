@@ -14,6 +14,7 @@ struct BenchOptions {
   std::string trace;                  // trace dir or folder of traces
   std::string synthetic = "default";  // used when trace is empty
   size_t length = 0;                  // synthetic length override
+  size_t kv_heads = 0;                // synthetic KV heads override
   std::vector<std::string> methods = {"exact",   "window", "uniform",
                                       "balance", "taylor", "hashed"};
   std::vector<size_t> budgets = {32, 64, 128};  // tokens

@@ -46,4 +46,15 @@ size_t PeakRssBytes() {
   return size_t(u.ru_maxrss) * 1024;
 }
 
+size_t PeakVirtualBytes() {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.compare(0, 7, "VmPeak:") == 0) {
+      return size_t(std::stoull(line.substr(7))) * 1024;  // "... kB"
+    }
+  }
+  return 0;
+}
+
 }  // namespace kvsketch

@@ -11,5 +11,8 @@ std::string CpuModel();
 size_t LastLevelCacheBytes();
 // Peak resident set size of this process in bytes.
 size_t PeakRssBytes();
+// Peak virtual address space of this process in bytes (VmPeak; 0 if
+// unknown) -- what `prlimit --as` limits.
+size_t PeakVirtualBytes();
 
 }  // namespace kvsketch

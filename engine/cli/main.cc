@@ -102,6 +102,8 @@ int main(int argc, char** argv) {
                    "built-in workload: default, d128, long")
       ->capture_default_str();
   bench->add_option("--length", bench_opt.length, "synthetic length override");
+  bench->add_option("--kv-heads", bench_opt.kv_heads,
+                    "synthetic KV heads override (default 4)");
   bench->add_option("--method", bench_opt.methods, "methods (comma-separated)")
       ->delimiter(',')
       ->capture_default_str();
