@@ -5,6 +5,7 @@
 #include "CLI/CLI.hpp"
 #include "arch/targets.h"  // GetTargetInfo
 #include "engine/cli/bench.h"
+#include "engine/cli/lm.h"
 #include "engine/cli/speed.h"
 #include "fmt/core.h"
 #include "kvsketch/error.h"
@@ -153,6 +154,44 @@ int main(int argc, char** argv) {
                    "max evaluated positions per head")
       ->capture_default_str();
   bench->add_flag("--json", bench_opt.json, "one JSON object per line");
+  kvsketch::LmOptions lm_opt;
+  std::string lm_budget_text;
+  auto* lm = app.add_subcommand(
+      "lm", "run a llama2.c checkpoint with its KV cache in kvsketch");
+  lm->add_option("--model", lm_opt.model, "llama2.c checkpoint (.bin)")
+      ->required();
+  lm->add_option("--tokenizer", lm_opt.tokenizer, "llama2.c tokenizer (.bin)")
+      ->required();
+  lm->add_option("--eval", lm_opt.eval,
+                 "text file: perplexity and KL vs the full cache");
+  auto* prompt_opt =
+      lm->add_option("--prompt", lm_opt.prompt, "generate from this text");
+  lm->add_option("-n", lm_opt.n, "tokens to generate")->capture_default_str();
+  lm->add_option("--temperature", lm_opt.temperature, "0 = greedy")
+      ->capture_default_str();
+  lm->add_option("--top-p", lm_opt.top_p, "nucleus sampling mass")
+      ->capture_default_str();
+  lm->add_option("--method", lm_opt.method,
+                 "KV cache method (default: the recommended one, " +
+                     kvsketch::SessionConfig{}.method + ")");
+  lm->add_option("--budget-tokens", lm_opt.budget_tokens,
+                 "budget in tokens per KV head")
+      ->capture_default_str();
+  lm->add_option("--budget", lm_budget_text,
+                 "budget in bytes per KV head, e.g. 4KiB");
+  lm->add_option("--storage", lm_opt.storage, "f32, f16 or bf16")
+      ->capture_default_str();
+  lm->add_option("--sinks", lm_opt.sinks, "exact first tokens")
+      ->capture_default_str();
+  lm->add_option("--window", lm_opt.window, "exact recent tokens (-1: default)")
+      ->capture_default_str();
+  lm->add_option("--threads", lm_opt.threads, "threads (0 = all cores)")
+      ->capture_default_str();
+  lm->add_option("--seed", lm_opt.seed, "random seed")->capture_default_str();
+  lm->add_option("--max-windows", lm_opt.max_windows,
+                 "evaluate at most this many context windows (0 = all)");
+  lm->add_flag("--json", lm_opt.json, "one JSON object per line");
+  lm->add_flag("-q,--quiet", lm_opt.quiet, "no progress on stderr");
   CLI11_PARSE(app, argc, argv);
   try {
     if (bench->parsed()) {
@@ -161,6 +200,13 @@ int main(int argc, char** argv) {
       }
       bench_opt.base.storage = kvsketch::ParseStorage(storage);
       return kvsketch::RunBench(bench_opt);
+    }
+    if (lm->parsed()) {
+      if (!lm_budget_text.empty()) {
+        lm_opt.budget_bytes = kvsketch::ParseBytes(lm_budget_text);
+      }
+      lm_opt.prompt_set = prompt_opt->count() > 0;
+      return kvsketch::RunLm(lm_opt);
     }
   } catch (const kvsketch::Error& e) {
     std::fprintf(stderr, "kvsketch: %s\n", e.what());

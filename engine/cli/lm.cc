@@ -1,0 +1,290 @@
+#include "engine/cli/lm.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <numeric>
+#include <sstream>
+#include <vector>
+
+#include "arch/random.h"
+#include "arch/targets.h"
+#include "engine/cli/machine.h"
+#include "engine/lm/llama2c.h"
+#include "fmt/core.h"
+#include "kvsketch/error.h"
+
+namespace kvsketch {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double Seconds(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double>(b - a).count();
+}
+
+SessionConfig Compressed(const LlamaWeights& w, const LmOptions& o) {
+  SessionConfig s = LlamaSessionConfig(w.cfg);
+  s.method = o.method.empty() ? SessionConfig{}.method : o.method;
+  if (o.budget_bytes) {
+    s.budget_bytes_per_head = o.budget_bytes;
+  } else {
+    s.budget_tokens_per_head = o.budget_tokens;
+  }
+  s.storage = o.storage;
+  s.sinks = o.sinks;
+  s.window = o.window;
+  s.threads = o.threads;
+  s.seed = o.seed;
+  return s;
+}
+
+SessionConfig Full(const LlamaWeights& w, const LmOptions& o) {
+  SessionConfig s = LlamaSessionConfig(w.cfg);
+  s.method = "exact";
+  s.budget_tokens_per_head = w.cfg.seq_len;
+  s.threads = o.threads;
+  return s;
+}
+
+// log-softmax in double.
+void LogSoftmax(const float* logits, size_t n, std::vector<double>* out) {
+  out->resize(n);
+  double mx = -INFINITY;
+  for (size_t i = 0; i < n; ++i) mx = std::max(mx, double(logits[i]));
+  double z = 0;
+  for (size_t i = 0; i < n; ++i) z += std::exp(double(logits[i]) - mx);
+  const double lz = mx + std::log(z);
+  for (size_t i = 0; i < n; ++i) (*out)[i] = double(logits[i]) - lz;
+}
+
+size_t Argmax(const float* x, size_t n) {
+  return size_t(std::max_element(x, x + n) - x);
+}
+
+struct Progress {
+  bool on;
+  explicit Progress(bool quiet) : on(!quiet && isatty(2)) {}
+  void Show(size_t done, size_t total, const char* what) const {
+    if (!on) return;
+    std::fprintf(stderr, "\r%s %zu/%zu", what, done, total);
+    if (done == total) std::fprintf(stderr, "\n");
+    std::fflush(stderr);
+  }
+};
+
+int Eval(const LmOptions& o, const LlamaWeights& w, const Tokenizer& tok) {
+  std::ifstream in(o.eval, std::ios::binary);
+  if (!in) throw Error("eval text '" + o.eval + "' cannot be opened");
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  const std::vector<int> tokens = tok.EncodeDocuments(ss.str());
+  const size_t ctx = w.cfg.seq_len;
+  // Consecutive windows of the model's context; a shorter tail counts when
+  // it has at least two tokens (one prediction).
+  std::vector<std::pair<size_t, size_t>> windows;
+  for (size_t b = 0; b + 1 < tokens.size(); b += ctx)
+    windows.push_back({b, std::min(tokens.size(), b + ctx)});
+  if (o.max_windows && windows.size() > o.max_windows)
+    windows.resize(o.max_windows);
+  if (windows.empty()) throw Error("eval text has fewer than two tokens");
+
+  const SessionConfig comp_cfg = Compressed(w, o);
+  const SessionConfig full_cfg = Full(w, o);
+  const size_t V = w.cfg.vocab;
+  std::vector<double> lp_full, lp_comp, kls;
+  double nll_full = 0, nll_comp = 0, t_comp = 0, t_full = 0;
+  size_t predicted = 0, agree = 0, total_tokens = 0, state_bytes = 0;
+  for (const auto& win : windows) total_tokens += win.second - win.first;
+  const Progress progress(o.quiet || o.json);
+  if (!o.json) {
+    fmt::print(
+        "## kvsketch lm --eval\n\nmachine: {} | SIMD: {} | threads: {} | "
+        "model: dim {} layers {} heads {}/{} (q/kv) head_dim {} vocab {} "
+        "context {}\ntext: {} ({} tokens, {} windows) | method: {} | budget: "
+        "{} per KV head\n\n",
+        CpuModel(), ChosenTargetName(), o.threads, w.cfg.dim, w.cfg.layers,
+        w.cfg.n_heads, w.cfg.n_kv_heads, w.cfg.head_dim(), V, ctx, o.eval,
+        tokens.size(), windows.size(), comp_cfg.method,
+        o.budget_bytes ? std::to_string(o.budget_bytes) + " B"
+                       : std::to_string(o.budget_tokens) + " tokens");
+    fmt::print(
+        "| window | tokens | ppl full | ppl {} | mean KL | top-1 agree |\n"
+        "|---|---|---|---|---|---|\n",
+        comp_cfg.method);
+  }
+  size_t done = 0;
+  for (size_t wi = 0; wi < windows.size(); ++wi) {
+    LlamaRunner full(w, full_cfg), comp(w, comp_cfg);
+    const size_t b = windows[wi].first, e = windows[wi].second;
+    double wf = 0, wc = 0, wkl = 0;
+    size_t wn = 0, wa = 0;
+    for (size_t j = b; j < e; ++j) {
+      const auto t0 = Clock::now();
+      const float* lf = full.Forward(tokens[j]);
+      const auto t1 = Clock::now();
+      const float* lc = comp.Forward(tokens[j]);
+      const auto t2 = Clock::now();
+      t_full += Seconds(t0, t1);
+      t_comp += Seconds(t1, t2);
+      if (j + 1 < e) {
+        LogSoftmax(lf, V, &lp_full);
+        LogSoftmax(lc, V, &lp_comp);
+        double kl = 0;
+        for (size_t i = 0; i < V; ++i)
+          kl += std::exp(lp_full[i]) * (lp_full[i] - lp_comp[i]);
+        kl = std::max(kl, 0.0);
+        kls.push_back(kl);
+        const size_t next = size_t(tokens[j + 1]);
+        wf -= lp_full[next];
+        wc -= lp_comp[next];
+        wkl += kl;
+        wa += Argmax(lf, V) == Argmax(lc, V);
+        ++wn;
+      }
+      progress.Show(++done, total_tokens, "tokens");
+    }
+    state_bytes = comp.session().Stats().state_bytes;
+    nll_full += wf;
+    nll_comp += wc;
+    agree += wa;
+    predicted += wn;
+    if (o.json) {
+      fmt::print(
+          "{{\"window\":{},\"tokens\":{},\"ppl_full\":{:.6f},\"ppl\":{:.6f},"
+          "\"kl_mean\":{:.6g},\"top1_agree\":{:.6f}}}\n",
+          wi, e - b, std::exp(wf / double(wn)), std::exp(wc / double(wn)),
+          wkl / double(wn), double(wa) / double(wn));
+    } else {
+      fmt::print("| {} | {} | {:.4f} | {:.4f} | {:.5f} | {:.4f} |\n", wi, e - b,
+                 std::exp(wf / double(wn)), std::exp(wc / double(wn)),
+                 wkl / double(wn), double(wa) / double(wn));
+    }
+    std::fflush(stdout);
+  }
+  std::vector<double> sorted = kls;
+  std::sort(sorted.begin(), sorted.end());
+  const double kl_mean =
+      std::accumulate(kls.begin(), kls.end(), 0.0) / double(kls.size());
+  const double kl_p99 = sorted[std::min(
+      sorted.size() - 1, size_t(0.99 * double(sorted.size() - 1) + 0.5))];
+  const double ppl_full = std::exp(nll_full / double(predicted));
+  const double ppl = std::exp(nll_comp / double(predicted));
+  const double tps = double(total_tokens) / t_comp;
+  const double tps_full = double(total_tokens) / t_full;
+  if (o.json) {
+    fmt::print(
+        "{{\"method\":\"{}\",\"budget_tokens\":{},\"budget_bytes\":{},"
+        "\"tokens\":{},\"predicted\":{},\"ppl_full\":{:.6f},\"ppl\":{:.6f},"
+        "\"kl_mean\":{:.6g},\"kl_p99\":{:.6g},\"top1_agree\":{:.6f},"
+        "\"tokens_per_s\":{:.1f},\"tokens_per_s_full\":{:.1f},"
+        "\"state_bytes\":{},\"peak_rss_bytes\":{}}}\n",
+        comp_cfg.method, o.budget_bytes ? 0 : o.budget_tokens, o.budget_bytes,
+        total_tokens, predicted, ppl_full, ppl, kl_mean, kl_p99,
+        double(agree) / double(predicted), tps, tps_full, state_bytes,
+        PeakRssBytes());
+  } else {
+    fmt::print(
+        "\nsummary: {} tokens ({} predicted) | ppl full {:.4f} | ppl {} "
+        "{:.4f} ({:+.2f}%) | KL mean {:.5f} p99 {:.5f} | top-1 agree {:.4f} "
+        "| {:.0f} tokens/s ({:.0f} full cache) | KV state {} B | peak RSS "
+        "{:.1f} MiB\n",
+        total_tokens, predicted, ppl_full, comp_cfg.method, ppl,
+        (ppl / ppl_full - 1) * 100, kl_mean, kl_p99,
+        double(agree) / double(predicted), tps, tps_full, state_bytes,
+        PeakRssBytes() / 1048576.0);
+  }
+  return 0;
+}
+
+int Generate(const LmOptions& o, const LlamaWeights& w, const Tokenizer& tok) {
+  const std::vector<int> prompt = tok.Encode(o.prompt, true);
+  const size_t ctx = w.cfg.seq_len;
+  if (prompt.size() >= ctx) {
+    throw Error("prompt has " + std::to_string(prompt.size()) +
+                " tokens; the model's context is " + std::to_string(ctx));
+  }
+  if (!(o.temperature >= 0.0f) || !(o.top_p > 0.0f && o.top_p <= 1.0f)) {
+    throw Error("temperature must be >= 0 and top-p in (0, 1]");
+  }
+  LlamaRunner run(w, Compressed(w, o));
+  const size_t V = w.cfg.vocab;
+  std::vector<std::pair<float, int>> probs(V);
+  int prev = prompt[0];
+  const float* logits = nullptr;
+  for (size_t i = 0; i < prompt.size(); ++i) {
+    logits = run.Forward(prompt[i]);
+    if (i > 0) std::fputs(tok.Decode(prev, prompt[i]).c_str(), stdout);
+    prev = prompt[i];
+  }
+  std::fflush(stdout);
+  const auto t0 = Clock::now();
+  size_t generated = 0;
+  for (; generated < o.n && run.position() < ctx; ++generated) {
+    int next;
+    if (o.temperature == 0.0f) {
+      next = int(Argmax(logits, V));
+    } else {
+      // Softmax at the temperature, then nucleus (top-p) sampling with a
+      // counter-based uniform: deterministic for a seed.
+      float mx = *std::max_element(logits, logits + V);
+      double z = 0;
+      for (size_t i = 0; i < V; ++i) {
+        probs[i] = {std::exp((logits[i] - mx) / o.temperature), int(i)};
+        z += probs[i].first;
+      }
+      std::sort(probs.begin(), probs.end(),
+                [](const auto& a, const auto& b) { return a.first > b.first; });
+      double cum = 0;
+      size_t keep = 0;
+      while (keep < V && cum < o.top_p * z) cum += probs[keep++].first;
+      const double u =
+          CounterUniform(o.seed, 0x6c6d, uint64_t(run.position())) * cum;
+      double acc = 0;
+      next = probs[keep - 1].second;
+      for (size_t i = 0; i < keep; ++i) {
+        acc += probs[i].first;
+        if (u < acc) {
+          next = probs[i].second;
+          break;
+        }
+      }
+    }
+    if (next == 1) break;  // BOS ends a story
+    std::fputs(tok.Decode(prev, next).c_str(), stdout);
+    std::fflush(stdout);
+    prev = next;
+    logits = run.Forward(next);
+  }
+  const double s = Seconds(t0, Clock::now());
+  std::fputs("\n", stdout);
+  if (!o.quiet) {
+    std::fprintf(
+        stderr,
+        "[%zu prompt + %zu generated tokens | %s | %.1f tokens/s | "
+        "KV state %zu B]\n",
+        prompt.size(), generated, run.session().config().method.c_str(),
+        generated / std::max(s, 1e-9), run.session().Stats().state_bytes);
+  }
+  return 0;
+}
+
+}  // namespace
+
+int RunLm(const LmOptions& o) {
+  if (o.model.empty() || o.tokenizer.empty()) {
+    throw Error("lm needs --model FILE and --tokenizer FILE");
+  }
+  if (o.eval.empty() == !o.prompt_set) {
+    throw Error("lm needs exactly one of --eval FILE or --prompt TEXT");
+  }
+  const LlamaWeights w = LoadCheckpoint(o.model);
+  const Tokenizer tok = Tokenizer::Load(o.tokenizer, w.cfg.vocab);
+  return o.eval.empty() ? Generate(o, w, tok) : Eval(o, w, tok);
+}
+
+}  // namespace kvsketch

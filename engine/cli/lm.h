@@ -1,0 +1,36 @@
+// `kvsketch lm`: run a llama2.c checkpoint with its KV cache in a kvsketch
+// session -- perplexity / KL evaluation against the full cache, or
+// generation.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "kvsketch/kvsketch.h"
+
+namespace kvsketch {
+
+struct LmOptions {
+  std::string model, tokenizer;
+  std::string eval;    // text file (teacher-forced evaluation)
+  std::string prompt;  // generation
+  bool prompt_set = false;
+  size_t n = 128;  // tokens to generate
+  float temperature = 0.0f;
+  float top_p = 0.9f;
+  std::string method;  // empty: the recommended default
+  size_t budget_tokens = 128;
+  size_t budget_bytes = 0;  // per KV head, alternative to budget_tokens
+  std::string storage = "f32";
+  size_t sinks = 4;
+  long window = -1;
+  int threads = 0;
+  uint64_t seed = 0;
+  size_t max_windows = 0;  // 0 = all
+  bool json = false;
+  bool quiet = false;
+};
+
+int RunLm(const LmOptions& opt);
+
+}  // namespace kvsketch
