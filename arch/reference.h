@@ -21,7 +21,9 @@ inline void MatVec(const float* K, size_t rows, size_t d, size_t stride,
 }  // namespace ref
 }  // namespace kvsketch
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <vector>
 
 namespace kvsketch {
@@ -72,6 +74,39 @@ inline double TaylorResidual(double y, int t) {
     return double(tail);
   }
   return double(e - poly);
+}
+
+// Greedy pivoted Cholesky in double (see arch/risk.h); returns pivots.
+inline std::vector<uint32_t> PivotedCholesky(const float* G, size_t m,
+                                             size_t stride, size_t max_rank,
+                                             double tol,
+                                             std::vector<double>* residual) {
+  std::vector<double> d(m), L;
+  double trace = 0;
+  for (size_t i = 0; i < m; ++i) trace += d[i] = G[i * stride + i];
+  std::vector<uint32_t> piv;
+  while (piv.size() < std::min(max_rank, m)) {
+    size_t p = 0;
+    for (size_t i = 1; i < m; ++i)
+      if (d[i] > d[p]) p = i;
+    if (!(d[p] > 0) || d[p] <= tol * trace) break;
+    const size_t k = piv.size();
+    L.resize((k + 1) * m);
+    for (size_t j = 0; j < m; ++j) {
+      double c = j <= p ? G[p * stride + j] : G[j * stride + p];
+      for (size_t t = 0; t < k; ++t) c -= L[t * m + j] * L[t * m + p];
+      L[k * m + j] = c / std::sqrt(d[p]);
+    }
+    double left = 0;
+    for (size_t j = 0; j < m; ++j) {
+      d[j] = std::max(0.0, d[j] - L[k * m + j] * L[k * m + j]);
+      if (j == p) d[j] = 0;
+      left += d[j];
+    }
+    piv.push_back(uint32_t(p));
+    if (residual) residual->push_back(left);
+  }
+  return piv;
 }
 
 }  // namespace ref

@@ -64,8 +64,8 @@ std::vector<float> Drive(Session& s, const Stream& st, size_t from, size_t to) {
   return all;
 }
 
-const char* kMethods[] = {"exact",   "window", "uniform",
-                          "balance", "taylor", "hashed"};
+const char* kMethods[] = {"exact",  "window", "uniform", "balance", "taylor",
+                          "hashed", "h2o",    "tova",    "risk",    "blurry"};
 
 TEST_CASE("session results are bit-identical for 1, 2 and 4 threads") {
   for (const char* m : kMethods) {

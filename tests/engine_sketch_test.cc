@@ -8,6 +8,7 @@
 #include "doctest/doctest.h"
 #include "engine/budget/arena.h"
 #include "engine/io/synthetic.h"
+#include "engine/io/trace.h"
 #include "engine/sketch/sketch.h"
 #include "kvsketch/error.h"
 
@@ -15,9 +16,13 @@ namespace kvsketch {
 namespace {
 
 const Method kCompressed[] = {Method::kUniform, Method::kBalance,
-                              Method::kTaylor, Method::kHashed};
+                              Method::kTaylor, Method::kHashed,
+                              Method::kBlurry};
+const Method kQueryAware[] = {Method::kH2O, Method::kTova, Method::kRisk};
 const Method kAll[] = {Method::kExact,   Method::kWindow, Method::kUniform,
-                       Method::kBalance, Method::kTaylor, Method::kHashed};
+                       Method::kBalance, Method::kTaylor, Method::kHashed,
+                       Method::kH2O,     Method::kTova,   Method::kRisk,
+                       Method::kBlurry};
 
 // Exact causal attention of query q over tokens 0..j in double precision.
 std::vector<double> Reference(const Trace& t, size_t h, size_t qh, size_t j) {
@@ -218,7 +223,8 @@ TEST_CASE("token-by-token and block appends give identical answers") {
 
 TEST_CASE("fixed seeds give bit-identical results; seeds matter") {
   const Trace t = SmallSynthetic(600);
-  for (Method m : kCompressed) {
+  for (Method m : kAll) {
+    if (m == Method::kExact) continue;
     SketchConfig c = Config(m, t, 40);
     const auto a = Stream(c, t, 200);
     const auto b = Stream(c, t, 200);
@@ -246,11 +252,60 @@ TEST_CASE("compressed methods beat window when answers need old tokens") {
 
 TEST_CASE("error falls as the budget grows") {
   const Trace t = SmallSynthetic(1000, 16);
-  for (Method m : kCompressed) {
+  for (Method m : kAll) {
+    if (m == Method::kExact || m == Method::kWindow) continue;
     const double e32 = MeanError(Stream(Config(m, t, 32), t, 500), t, 500);
     const double e256 = MeanError(Stream(Config(m, t, 256), t, 500), t, 500);
     INFO(std::string(MethodName(m)) << " 32: " << e32 << " 256: " << e256);
     CHECK(e256 < e32);
+  }
+}
+
+// A stream of noise keys where token 20 holds a distinctive key/value and
+// every query looks for it: window loses it, query-aware methods keep it.
+TEST_CASE("query-aware methods keep an old token that is queried again") {
+  const size_t d = 16, seq = 1500, target = 20;
+  Trace t;
+  t.layers = 1;
+  t.n_heads = 2;
+  t.n_kv_heads = 1;
+  t.seq = seq;
+  t.dk = t.dv = d;
+  t.scale = 1.0f / 4.0f;
+  t.q.assign(1, std::vector<float>(2 * seq * d));
+  t.k.assign(1, std::vector<float>(seq * d));
+  t.v.assign(1, std::vector<float>(seq * d));
+  std::mt19937 rng(11);
+  std::normal_distribution<float> g(0.0f, 1.0f);
+  std::vector<float> special(d);
+  for (auto& x : special) x = g(rng);
+  for (size_t j = 0; j < seq; ++j) {
+    for (size_t c = 0; c < d; ++c) {
+      t.k[0][j * d + c] = j == target ? 3.0f * special[c] : g(rng);
+      t.v[0][j * d + c] = j == target ? 5.0f : g(rng);
+    }
+    for (size_t h = 0; h < 2; ++h)
+      for (size_t c = 0; c < d; ++c)
+        t.q[0][(h * seq + j) * d + c] = 2.0f * special[c] + 0.3f * g(rng);
+  }
+  const size_t from = 400;
+  auto cfg = [&](Method m) {
+    SketchConfig c = Config(m, t, 32);
+    c.max_group = 2;
+    return c;
+  };
+  // Queries at every position (they teach the sketch), errors from `from`.
+  auto error = [&](Method m) {
+    const std::vector<float> all = Stream(cfg(m), t, 0);
+    const std::vector<float> tail(all.begin() + long(from * 2 * d), all.end());
+    return MeanError(tail, t, from);
+  };
+  const double window = error(Method::kWindow);
+  for (Method m : kQueryAware) {
+    const double err = error(m);
+    MESSAGE(std::string(MethodName(m))
+            << " " << err << " vs window " << window);
+    CHECK(err < 0.5 * window);
   }
 }
 

@@ -93,6 +93,12 @@ Result RunUnit(const Unit& u, const SketchConfig& base, size_t budget_tokens,
   c.dv = t.dv;
   c.scale = t.scale;
   c.max_group = t.group();
+  if (t.rope.present) {
+    c.rope_theta = t.rope.theta;
+    c.rope_dims = t.rope.dims;
+    c.rope_interleaved = t.rope.interleaved;
+    c.rope_first_position = t.rope.first_position;
+  }
   c.budget_bytes = budget_bytes
                        ? budget_bytes
                        : BudgetBytesForTokens(budget_tokens, t.dk, t.dv);

@@ -122,8 +122,9 @@ int main(int argc, char** argv) {
                    "exact recent tokens (-1: method default)")
       ->capture_default_str();
   bench
-      ->add_option("--window-share", bench_opt.base.window_share,
-                   "default window as a share of the budget")
+      ->add_option(
+          "--window-share", bench_opt.base.window_share,
+          "default window as a share of the budget (-1: method default)")
       ->capture_default_str();
   bench->add_option("--storage", storage, "f32, f16 or bf16")
       ->capture_default_str();

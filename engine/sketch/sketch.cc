@@ -27,17 +27,28 @@ const char* MethodName(Method m) {
       return "taylor";
     case Method::kHashed:
       return "hashed";
+    case Method::kH2O:
+      return "h2o";
+    case Method::kTova:
+      return "tova";
+    case Method::kRisk:
+      return "risk";
+    case Method::kBlurry:
+      return "blurry";
   }
   return "?";
 }
 
 Method ParseMethod(const std::string& name) {
-  for (Method m : {Method::kExact, Method::kWindow, Method::kUniform,
-                   Method::kBalance, Method::kTaylor, Method::kHashed}) {
+  for (Method m :
+       {Method::kExact, Method::kWindow, Method::kUniform, Method::kBalance,
+        Method::kTaylor, Method::kHashed, Method::kH2O, Method::kTova,
+        Method::kRisk, Method::kBlurry}) {
     if (name == MethodName(m)) return m;
   }
   throw Error("unknown method '" + name +
-              "' (known: exact, window, uniform, balance, taylor, hashed)");
+              "' (known: exact, window, uniform, balance, taylor, hashed, "
+              "h2o, tova, risk, blurry)");
 }
 
 // ---------------------------------------------------------------- Rows
@@ -213,6 +224,16 @@ void Sketch::AttendRange(const Rows& rows, size_t begin, size_t n,
   }
 }
 
+void Sketch::AttendSinks(const float* qp, size_t G, float* m, float* z,
+                         float* N, float* m2, float* z2, float* N2) const {
+  for (size_t g = 0; g < G; ++g) {
+    m[g] = -std::numeric_limits<float>::infinity();
+    z[g] = 0.0f;
+    std::memset(N + g * vs_, 0, vs_ * sizeof(float));
+  }
+  AttendRange(sinks_, 0, sinks_used_, qp, G, m, z, N, m2, z2, N2);
+}
+
 void Sketch::Attend(const float* q, size_t G, float* out, float* ws) {
   if (G == 0 || G > kMaxGroup) {
     throw Error("attend: group size " + std::to_string(G) + " not in [1, " +
@@ -243,6 +264,9 @@ void Sketch::Attend(const float* q, size_t G, float* out, float* ws) {
   AttendCompressed(qp, G, m2, z2, N2, rest);
   for (size_t g = 0; g < G; ++g) {
     MergePartials(m + g, z + g, N + g * vs_, m2[g], z2[g], N2 + g * vs_, vs_);
+  }
+  Observe(m, z, G, rest);
+  for (size_t g = 0; g < G; ++g) {
     const float inv = z[g] > 0.0f ? 1.0f / z[g] : 0.0f;
     for (size_t c = 0; c < cfg_.dv; ++c)
       out[g * cfg_.dv + c] = N[g * vs_ + c] * inv;
@@ -263,6 +287,14 @@ size_t WorkspaceFloats(const SketchConfig& c) {
       break;
     case Method::kHashed:
       extra = HashedWorkspaceFloats(c);
+      break;
+    case Method::kH2O:
+    case Method::kTova:
+    case Method::kRisk:
+      extra = SelectiveWorkspaceFloats(c);
+      break;
+    case Method::kBlurry:
+      extra = BlurryWorkspaceFloats(c);
       break;
     default:
       break;

@@ -24,7 +24,11 @@ enum class Method : uint8_t {
   kUniform,
   kBalance,
   kTaylor,
-  kHashed
+  kHashed,
+  kH2O,
+  kTova,
+  kRisk,
+  kBlurry
 };
 const char* MethodName(Method m);
 Method ParseMethod(const std::string& name);  // throws Error on unknown names
@@ -38,7 +42,9 @@ struct SketchConfig {
   // Recent window in tokens; -1 = method default (all of the budget for
   // `window`, a share of it for the compressed methods).
   long window = -1;
-  float window_share = 0.5f;  // default window = share of the token budget
+  // Default window as a share of the token budget (< 0: the method's
+  // default, 0.5 for most, 0.25 for risk).
+  float window_share = -1.0f;
   Storage storage = Storage::kF32;
   uint64_t seed = 0;
   uint64_t stream = 0;   // (layer, head) key for the counter-based generator
@@ -56,6 +62,16 @@ struct SketchConfig {
   int degree = 1;              // Taylor degree t (<= 2)
   size_t hash_bits = 3;        // SimHash bits for hashed cells
   size_t recentre_every = 64;  // taylor: evictions between centre updates
+
+  // h2o / tova / risk
+  float decay = 1.0f;  // h2o: accumulated scores decay by this per query
+  size_t probes = 0;   // risk: probe queries kept (0 = from the budget)
+  // RoPE of the stream (theta 0 = unknown): risk rotates its probe queries
+  // forward to future positions.
+  float rope_theta = 0.0f;
+  size_t rope_dims = 0;  // rotated dims (0 = all)
+  bool rope_interleaved = true;
+  size_t rope_first_position = 0;
 };
 
 // Floats of per-thread scratch a sketch of this configuration needs.
@@ -102,6 +118,17 @@ class Sketch {
   virtual void AttendCompressed(const float* qp, size_t G, float* m, float* z,
                                 float* N, float* ws) = 0;
   virtual size_t CompressedRetained() const = 0;
+  // Called at the end of Attend with the final partials of every query
+  // (m [G], z [G]) and the same scratch AttendCompressed got: query-aware
+  // sketches turn the raw scores they kept there into attention weights.
+  virtual void Observe(const float* m, const float* z, size_t G, float* ws) {
+    (void)m, (void)z, (void)G, (void)ws;
+  }
+  // Partial (m, z, N) of the sinks for padded queries qp [G][ks]; m2/z2/N2
+  // are scratch of the same shapes.
+  void AttendSinks(const float* qp, size_t G, float* m, float* z, float* N,
+                   float* m2, float* z2, float* N2) const;
+  size_t sinks_used() const { return sinks_used_; }
 
   using Rows = RowStore;
   Rows CarveRows(const std::string& what, size_t cap);

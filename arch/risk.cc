@@ -1,0 +1,141 @@
+#include "arch/risk.h"
+
+#include <cmath>
+
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "arch/risk.cc"
+#include "hwy/foreach_target.h"  // IWYU pragma: keep
+#include "hwy/highway.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace kvsketch {
+namespace HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+// y[0..n) += a * x[0..n)
+HWY_INLINE void Axpy(float a, const float* HWY_RESTRICT x,
+                     float* HWY_RESTRICT y, size_t n) {
+  const hn::CappedTag<float, 16> d;
+  const size_t N = hn::Lanes(d);
+  const auto va = hn::Set(d, a);
+  size_t i = 0;
+  for (; i + N <= n; i += N) {
+    hn::StoreU(hn::MulAdd(va, hn::LoadU(d, x + i), hn::LoadU(d, y + i)), d,
+               y + i);
+  }
+  for (; i < n; ++i) y[i] += a * x[i];
+}
+
+size_t PivotedCholeskyImpl(const float* HWY_RESTRICT G, size_t m, size_t stride,
+                           size_t max_rank, float tol, float* HWY_RESTRICT L,
+                           size_t lstride, float* HWY_RESTRICT diag,
+                           uint32_t* HWY_RESTRICT piv,
+                           float* HWY_RESTRICT residual) {
+  double trace = 0;
+  for (size_t i = 0; i < m; ++i) {
+    diag[i] = G[i * stride + i];
+    trace += diag[i];
+  }
+  const double stop = double(tol) * trace;
+  double left = trace;
+  size_t rank = 0;
+  if (max_rank > m) max_rank = m;
+  while (rank < max_rank) {
+    size_t p = 0;
+    float best = -1.0f;
+    for (size_t i = 0; i < m; ++i) {
+      if (diag[i] > best) {
+        best = diag[i];
+        p = i;
+      }
+    }
+    if (!(best > 0.0f) || double(best) <= stop) break;
+    float* col = L + rank * lstride;
+    // col_j = G(j, p) - sum_{t<rank} L_t[j] L_t[p], then / sqrt(d_p).
+    for (size_t j = 0; j < m; ++j) {
+      col[j] = j <= p ? G[p * stride + j] : G[j * stride + p];
+    }
+    for (size_t t = 0; t < rank; ++t) {
+      const float* lt = L + t * lstride;
+      Axpy(-lt[p], lt, col, m);
+    }
+    const float inv = 1.0f / std::sqrt(best);
+    for (size_t j = 0; j < m; ++j) {
+      col[j] *= inv;
+      diag[j] -= col[j] * col[j];
+      if (diag[j] < 0.0f) diag[j] = 0.0f;
+    }
+    diag[p] = 0.0f;
+    piv[rank] = uint32_t(p);
+    left = 0;
+    for (size_t j = 0; j < m; ++j) left += diag[j];
+    if (residual) residual[rank] = float(left);
+    ++rank;
+  }
+  return rank;
+}
+
+float NonNegativeLeastSquaresImpl(const float* HWY_RESTRICT H, size_t s,
+                                  size_t stride, const float* HWY_RESTRICT b,
+                                  float ridge, const float* HWY_RESTRICT w0,
+                                  int sweeps, float* HWY_RESTRICT w,
+                                  float* HWY_RESTRICT grad) {
+  // grad = H w - b (+ ridge (w - w0)), kept up to date column by column.
+  for (size_t i = 0; i < s; ++i) grad[i] = -b[i] + ridge * (w[i] - w0[i]);
+  for (size_t j = 0; j < s; ++j) {
+    if (w[j] != 0.0f) Axpy(w[j], H + j * stride, grad, s);
+  }
+  for (int it = 0; it < sweeps; ++it) {
+    float moved = 0.0f, scale = 0.0f;
+    for (size_t i = 0; i < s; ++i) {
+      const float hii = H[i * stride + i] + ridge;
+      if (!(hii > 0.0f)) continue;
+      float wi = w[i] - grad[i] / hii;
+      if (wi < 0.0f) wi = 0.0f;
+      const float delta = wi - w[i];
+      if (delta != 0.0f) {
+        Axpy(delta, H + i * stride, grad, s);
+        grad[i] += ridge * delta;
+        w[i] = wi;
+        moved = std::fmax(moved, std::fabs(delta));
+      }
+      scale = std::fmax(scale, std::fabs(wi));
+    }
+    if (moved <= 1e-6f * (scale + 1e-30f)) break;
+  }
+  // Objective 1/2 w'Hw - b'w + ridge/2 |w-w0|^2 = 1/2 w'(grad - b') ...
+  double obj = 0;
+  for (size_t i = 0; i < s; ++i) {
+    const double r = double(w[i]) - w0[i];
+    // grad_i = (Hw)_i - b_i + ridge r_i
+    obj += 0.5 * double(w[i]) * (double(grad[i]) + b[i] - ridge * r) -
+           double(b[i]) * w[i] + 0.5 * ridge * r * r;
+  }
+  return float(obj);
+}
+
+}  // namespace HWY_NAMESPACE
+}  // namespace kvsketch
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+namespace kvsketch {
+HWY_EXPORT(PivotedCholeskyImpl);
+HWY_EXPORT(NonNegativeLeastSquaresImpl);
+
+size_t PivotedCholesky(const float* G, size_t m, size_t stride, size_t max_rank,
+                       float tol, float* L, size_t lstride, float* diag,
+                       uint32_t* piv, float* residual) {
+  return HWY_DYNAMIC_DISPATCH(PivotedCholeskyImpl)(
+      G, m, stride, max_rank, tol, L, lstride, diag, piv, residual);
+}
+
+float NonNegativeLeastSquares(const float* H, size_t s, size_t stride,
+                              const float* b, float ridge, const float* w0,
+                              int sweeps, float* w, float* grad) {
+  return HWY_DYNAMIC_DISPATCH(NonNegativeLeastSquaresImpl)(
+      H, s, stride, b, ridge, w0, sweeps, w, grad);
+}
+
+}  // namespace kvsketch
+#endif  // HWY_ONCE

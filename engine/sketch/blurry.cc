@@ -1,0 +1,119 @@
+// `blurry`: Blurry Window Attention as a training-free baseline. Sinks and
+// the recent window are exact; a token leaving the window becomes a slot of
+// mass 1. When the slots are full, the adjacent pair with the least combined
+// mass merges into one slot: keys and values are mass-weighted averages and
+// the slot enters the score with log(mass) as its log-weight. Old context
+// thus blurs progressively (older slots hold more tokens).
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "arch/attend.h"
+#include "arch/targets.h"  // PaddedCols
+#include "engine/sketch/methods.h"
+
+namespace kvsketch {
+namespace {
+
+size_t SlotCapacity(const SketchConfig& c, size_t bytes) {
+  const size_t ks = PaddedCols(c.dk), vs = PaddedCols(c.dv);
+  const size_t row = (ks + vs) * StorageBytes(c.storage);
+  const size_t slack = 4 * Arena::kCarveAlign;
+  return bytes > slack ? (bytes - slack) / (row + 4) : 0;
+}
+
+class BlurrySketch final : public Sketch {
+ public:
+  BlurrySketch(const SketchConfig& c, Arena& a, size_t rows)
+      : Sketch(c, a, DefaultWindow(c, rows)) {
+    const size_t cap = SlotCapacity(c, RemainingBytes());
+    slots_ = CarveRows("slots", cap);
+    if (cap) logw_ = a.CarveArray<float>("slot log-masses", cap);
+  }
+
+  std::string Describe() const override {
+    return Sketch::Describe() + " slots=" + std::to_string(slots_.cap);
+  }
+
+ protected:
+  void Evict(const float* k, const float* v, float* ws) override {
+    if (slots_.cap == 0) return;
+    if (count_ == slots_.cap) Merge(ws);
+    slots_.Put(count_, k, v);
+    logw_[count_++] = 0.0f;
+  }
+
+  void AttendCompressed(const float* qp, size_t G, float* m, float* z, float* N,
+                        float*) override {
+    if (count_ == 0) {
+      for (size_t g = 0; g < G; ++g) {
+        m[g] = -std::numeric_limits<float>::infinity();
+        z[g] = 0.0f;
+      }
+      return;
+    }
+    AttendGroup(slots_.KView(0, count_), slots_.VView(0, count_), logw_, qp, G,
+                cfg_.scale, m, z, N);
+  }
+  size_t CompressedRetained() const override { return count_; }
+  void SaveScalars(StateWriter& w) const override {
+    Sketch::SaveScalars(w);
+    w.Put<uint64_t>(count_);
+  }
+  void LoadScalars(StateReader& r) override {
+    Sketch::LoadScalars(r);
+    count_ = r.GetAtMost<uint64_t>(slots_.cap, "slot count");
+  }
+
+ private:
+  // Merges the adjacent pair with the least combined mass (ties: oldest).
+  void Merge(float* ws) {
+    if (count_ < 2) {  // a single slot: it absorbs nothing, drop it
+      count_ = 0;
+      return;
+    }
+    size_t best = 0;
+    float best_mass = std::numeric_limits<float>::infinity();
+    for (size_t i = 0; i + 1 < count_; ++i) {
+      const float mass = std::exp(logw_[i]) + std::exp(logw_[i + 1]);
+      if (mass < best_mass) {
+        best_mass = mass;
+        best = i;
+      }
+    }
+    float* k0 = ws;
+    float* v0 = k0 + ks_;
+    float* k1 = v0 + vs_;
+    float* v1 = k1 + ks_;
+    slots_.Get(best, k0, v0);
+    slots_.Get(best + 1, k1, v1);
+    const float a = std::exp(logw_[best]) / best_mass;
+    const float b = 1.0f - a;
+    for (size_t c = 0; c < ks_; ++c) k0[c] = a * k0[c] + b * k1[c];
+    for (size_t c = 0; c < vs_; ++c) v0[c] = a * v0[c] + b * v1[c];
+    slots_.Put(best, k0, v0);
+    logw_[best] = std::log(best_mass);
+    for (size_t i = best + 1; i + 1 < count_; ++i) {
+      slots_.Move(i, i + 1);
+      logw_[i] = logw_[i + 1];
+    }
+    --count_;
+  }
+
+  RowStore slots_;
+  float* logw_ = nullptr;
+  size_t count_ = 0;
+};
+
+}  // namespace
+
+size_t BlurryWorkspaceFloats(const SketchConfig& c) {
+  return 2 * (PaddedCols(c.dk) + PaddedCols(c.dv)) + 64;
+}
+
+std::unique_ptr<Sketch> MakeBlurry(const SketchConfig& c, Arena& a,
+                                   size_t rows) {
+  return std::unique_ptr<Sketch>(new BlurrySketch(c, a, rows));
+}
+
+}  // namespace kvsketch

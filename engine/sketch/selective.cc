@@ -1,0 +1,419 @@
+// Query-aware sketches: sinks + one pool of verbatim tokens (the newest
+// `protect_` of which form the recent window) from which old tokens are
+// dropped according to the attention the stream's own queries paid them.
+//
+//  - h2o:  drop the old token with the least accumulated attention mass
+//          (summed over the GQA group, optional decay per query) -- H2O.
+//  - tova: drop the old token the latest queries (group mean) attend to
+//          least -- TOVA.
+//  - risk: keep a ring of recent queries as probes (counted against the
+//          budget). When the pool is full, choose a weighted subset of the
+//          old tokens that minimises the probes' attention-output error
+//          (greedy pivoted Cholesky on the response Gram, non-negative least
+//          squares for the weights, weights as log-weights); probes are
+//          rotated forward to a future position when the RoPE is known.
+//          Derivation: docs/risk.md.
+//
+// Attention weights come from the raw scores AttendGroup already produces
+// during Attend: no extra pass over the keys.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "arch/attend.h"
+#include "arch/balance.h"  // GramLower, GramRows, GramStride
+#include "arch/risk.h"
+#include "arch/targets.h"  // PaddedCols
+#include "engine/sketch/methods.h"
+
+namespace kvsketch {
+namespace {
+
+constexpr size_t kItemMeta = 12;
+// risk frees 1/kDropDiv of the old items per compaction.
+constexpr size_t kDropDiv = 16;  // seq (u32), score (f32), logw (f32)
+
+size_t ProbeCount(const SketchConfig& c, size_t rows) {
+  if (c.method != Method::kRisk) return 0;
+  if (c.probes) return c.probes;
+  return std::min<size_t>(32, std::max<size_t>(4, rows / 8));
+}
+
+size_t MaxCandidates(const SketchConfig& c) {
+  return std::max<size_t>(8, 2 * c.block);
+}
+
+// Items of the pool for a budget: rows + metadata, carve slack, probes.
+size_t PoolCapacity(const SketchConfig& c, size_t bytes, size_t probes) {
+  const size_t ks = PaddedCols(c.dk), vs = PaddedCols(c.dv);
+  const size_t row = (ks + vs) * StorageBytes(c.storage);
+  const size_t slack = 6 * Arena::kCarveAlign + probes * (ks * 4 + 4);
+  return bytes > slack ? (bytes - slack) / (row + kItemMeta) : 0;
+}
+
+// Rotates a post-RoPE query by `delta` positions (same layout as the keys).
+void RotateForward(float* q, const SketchConfig& c, double delta) {
+  const size_t dims = c.rope_dims ? std::min(c.rope_dims, c.dk) : c.dk;
+  const size_t pairs = dims / 2;
+  for (size_t i = 0; i < pairs; ++i) {
+    const double freq =
+        std::pow(double(c.rope_theta), -2.0 * double(i) / double(dims));
+    const double a = delta * freq;
+    const float cs = float(std::cos(a)), sn = float(std::sin(a));
+    const size_t i0 = c.rope_interleaved ? 2 * i : i;
+    const size_t i1 = c.rope_interleaved ? 2 * i + 1 : i + pairs;
+    const float x = q[i0], y = q[i1];
+    q[i0] = x * cs - y * sn;
+    q[i1] = x * sn + y * cs;
+  }
+}
+
+class SelectiveSketch final : public Sketch {
+ public:
+  SelectiveSketch(const SketchConfig& c, Arena& a, size_t rows)
+      : Sketch(c, a, 0), mode_(c.method) {
+    probes_cap_ = ProbeCount(c, rows);
+    const size_t cap = PoolCapacity(c, RemainingBytes(), probes_cap_);
+    rows_ = CarveRows("pool", cap);
+    if (cap) {
+      seq_ = a.CarveArray<uint32_t>("pool positions", cap);
+      if (mode_ == Method::kRisk) {
+        logw_ = a.CarveArray<float>("pool log-weights", cap);
+      } else {
+        score_ = a.CarveArray<float>("pool attention scores", cap);
+      }
+    }
+    if (probes_cap_ && cap) {
+      probe_q_ = a.CarveArray<float>("probe queries", probes_cap_ * ks_);
+      probe_pos_ = a.CarveArray<uint32_t>("probe positions", probes_cap_);
+    } else {
+      probes_cap_ = 0;
+    }
+    // tova follows its paper: only the newest token is protected (it has
+    // not been scored yet); h2o and risk keep a recent window.
+    size_t w =
+        mode_ == Method::kTova && c.window < 0
+            ? 1
+            : DefaultWindow(c, rows, mode_ == Method::kRisk ? 0.25f : 0.5f);
+    protect_ = std::min(std::max<size_t>(w, 1), cap);
+  }
+
+  std::string Describe() const override {
+    return Sketch::Describe() + " pool=" + std::to_string(rows_.cap) +
+           " window=" + std::to_string(protect_) +
+           (probes_cap_ ? " probes=" + std::to_string(probes_cap_) : "");
+  }
+
+ protected:
+  void Evict(const float* k, const float* v, float* ws) override {
+    if (rows_.cap == 0) return;
+    if (count_ < rows_.cap) {
+      Put(count_++, k, v);
+      return;
+    }
+    if (mode_ == Method::kRisk && probe_count_ > 0 && Compact(ws)) {
+      Put(count_++, k, v);
+      return;
+    }
+    Put(Victim(), k, v);
+  }
+
+  void AttendCompressed(const float* qp, size_t G, float* m, float* z, float* N,
+                        float* ws) override {
+    attended_ = count_;
+    if (count_ == 0) {
+      for (size_t g = 0; g < G; ++g) {
+        m[g] = -std::numeric_limits<float>::infinity();
+        z[g] = 0.0f;
+      }
+      return;
+    }
+    AttendGroup(rows_.KView(0, count_), rows_.VView(0, count_),
+                mode_ == Method::kRisk ? logw_ : nullptr, qp, G, cfg_.scale, m,
+                z, N, ws);
+    if (probes_cap_) {
+      const uint32_t pos = uint32_t(cfg_.rope_first_position + tokens_ - 1);
+      for (size_t g = 0; g < G; ++g) {
+        std::memcpy(probe_q_ + probe_head_ * ks_, qp + g * ks_,
+                    ks_ * sizeof(float));
+        probe_pos_[probe_head_] = pos;
+        probe_head_ = (probe_head_ + 1) % probes_cap_;
+        probe_count_ = std::min(probe_count_ + 1, probes_cap_);
+      }
+    }
+  }
+
+  // Attention weight of every pool item, from the raw scores in ws [G][n]
+  // and the final partials.
+  void Observe(const float* m, const float* z, size_t G, float* ws) override {
+    const size_t n = attended_;
+    if (n == 0 || score_ == nullptr) return;
+    const float decay = mode_ == Method::kTova ? 0.0f : cfg_.decay;
+    const float norm = mode_ == Method::kTova ? 1.0f / float(G) : 1.0f;
+    for (size_t i = 0; i < n; ++i) score_[i] *= decay;
+    for (size_t g = 0; g < G; ++g) {
+      if (!(z[g] > 0.0f)) continue;
+      const float inv = norm / z[g];
+      const float* s = ws + g * n;
+      for (size_t i = 0; i < n; ++i) score_[i] += std::exp(s[i] - m[g]) * inv;
+    }
+  }
+
+  size_t CompressedRetained() const override { return count_; }
+
+  void SaveScalars(StateWriter& w) const override {
+    Sketch::SaveScalars(w);
+    w.Put<uint64_t>(count_);
+    w.Put<uint32_t>(next_seq_);
+    w.Put<uint64_t>(probe_count_);
+    w.Put<uint64_t>(probe_head_);
+  }
+  void LoadScalars(StateReader& r) override {
+    Sketch::LoadScalars(r);
+    count_ = r.GetAtMost<uint64_t>(rows_.cap, "pool count");
+    next_seq_ = r.Get<uint32_t>();
+    probe_count_ = r.GetAtMost<uint64_t>(probes_cap_, "probe count");
+    probe_head_ =
+        r.GetAtMost<uint64_t>(probes_cap_ ? probes_cap_ - 1 : 0, "probe head");
+  }
+
+ private:
+  void Put(size_t i, const float* k, const float* v) {
+    rows_.Put(i, k, v);
+    seq_[i] = next_seq_++;
+    if (score_) score_[i] = 0.0f;
+    if (logw_) logw_[i] = 0.0f;
+  }
+  bool Protected(size_t i) const { return seq_[i] + protect_ >= next_seq_; }
+
+  // The old item with the least score (ties: the oldest); the oldest item
+  // when everything is protected.
+  size_t Victim() const {
+    size_t best = SIZE_MAX, oldest = 0;
+    for (size_t i = 0; i < count_; ++i) {
+      if (seq_[i] < seq_[oldest]) oldest = i;
+      if (Protected(i) || score_ == nullptr) continue;
+      if (best == SIZE_MAX || score_[i] < score_[best] ||
+          (score_[i] == score_[best] && seq_[i] < seq_[best]))
+        best = i;
+    }
+    return best == SIZE_MAX ? oldest : best;
+  }
+
+  // Risk-guided compaction of the old items; false when nothing is old.
+  bool Compact(float* ws) {
+    const size_t P = probe_count_, vs = vs_, n = count_;
+    // Candidates: the old items (at most MaxCandidates, those with the
+    // least accumulated attention).
+    uint32_t* cand = reinterpret_cast<uint32_t*>(ws);
+    ws += RoundUp(rows_.cap, 16);
+    size_t C = 0;
+    for (size_t i = 0; i < n; ++i)
+      if (!Protected(i)) cand[C++] = uint32_t(i);
+    if (C == 0) return false;
+    const size_t cmax = MaxCandidates(cfg_);
+    if (C > cmax) {  // the oldest
+      std::nth_element(
+          cand, cand + cmax, cand + C,
+          [&](uint32_t a, uint32_t b) { return seq_[a] < seq_[b]; });
+      C = cmax;
+      std::sort(cand, cand + C);
+    }
+    const size_t drop_target = std::max<size_t>(1, C / kDropDiv);
+    const size_t keep = C - drop_target;
+
+    // Probe queries, rotated to a future position when RoPE is known.
+    float* q = ws;
+    ws += P * ks_;
+    const double now = double(cfg_.rope_first_position + tokens_);
+    const double horizon = double(protect_);
+    for (size_t p = 0; p < P; ++p) {
+      std::memcpy(q + p * ks_, probe_q_ + p * ks_, ks_ * sizeof(float));
+      if (cfg_.rope_theta > 0.0f) {
+        RotateForward(q + p * ks_, cfg_, now + horizon - probe_pos_[p]);
+      }
+    }
+    // Probe partials over everything retained: sinks, then the pool.
+    float* pm = ws;
+    float* pz = pm + P;
+    float* pN = pz + P;       // [P][vs]
+    float* sc = pN + P * vs;  // [P][n] raw scores over the pool
+    float* tm = sc + P * n;
+    float* tz = tm + kMaxGroup;
+    float* tN = tz + kMaxGroup;  // [kMaxGroup][vs]
+    float* um = tN + kMaxGroup * vs;
+    float* uz = um + kMaxGroup;
+    float* uN = uz + kMaxGroup;
+    ws = uN + kMaxGroup * vs;
+    for (size_t p0 = 0; p0 < P; p0 += kMaxGroup) {
+      const size_t g = std::min(kMaxGroup, P - p0);
+      AttendSinks(q + p0 * ks_, g, pm + p0, pz + p0, pN + p0 * vs, tm, tz, tN);
+      AttendGroup(rows_.KView(0, n), rows_.VView(0, n), logw_, q + p0 * ks_, g,
+                  cfg_.scale, tm, tz, tN, sc + p0 * n);
+      for (size_t j = 0; j < g; ++j) {
+        MergePartials(pm + p0 + j, pz + p0 + j, pN + (p0 + j) * vs, tm[j],
+                      tz[j], tN + j * vs, vs);
+      }
+    }
+    (void)um, (void)uz;
+    // Response features of the candidates: for probe p,
+    //   a_pi (v_i - o_p) / Z_p  and  lambda a_pi / Z_p  (the mass term).
+    const size_t D = P * (vs + 1);
+    const size_t Ds = RoundUp(D, 16);
+    float* phi = ws;
+    ws += C * Ds;
+    float* krow = ws;
+    float* vrow = ws + ks_;
+    ws += ks_ + vs;
+    double vnorm = 0;
+    for (size_t p = 0; p < P; ++p) {
+      const float inv = pz[p] > 0.0f ? 1.0f / pz[p] : 0.0f;
+      for (size_t c = 0; c < vs; ++c) pN[p * vs + c] *= inv;  // o_p
+    }
+    for (size_t ci = 0; ci < C; ++ci) {
+      const size_t i = cand[ci];
+      rows_.Get(i, krow, vrow);
+      float* f = phi + ci * Ds;
+      std::memset(f, 0, Ds * sizeof(float));
+      double vn = 0;
+      for (size_t c = 0; c < cfg_.dv; ++c) vn += double(vrow[c]) * vrow[c];
+      vnorm += std::sqrt(vn);
+      for (size_t p = 0; p < P; ++p) {
+        const float a =
+            pz[p] > 0.0f ? std::exp(sc[p * n + i] - pm[p]) / pz[p] : 0.0f;
+        float* fp = f + p * (vs + 1);
+        for (size_t c = 0; c < cfg_.dv; ++c)
+          fp[c] = a * (vrow[c] - pN[p * vs + c]);
+        fp[vs] = a;  // scaled by lambda below
+      }
+    }
+    const float lambda = float(vnorm / double(C)) + 1e-6f;
+    for (size_t ci = 0; ci < C; ++ci)
+      for (size_t p = 0; p < P; ++p) phi[ci * Ds + p * (vs + 1) + vs] *= lambda;
+    // Response Gram, pivots, weights.
+    const size_t gs = GramStride(C);
+    float* gram = ws;
+    ws += GramRows(C) * gs;
+    float* gscratch = ws;
+    ws += GramScratchFloats(C, Ds);
+    GramLower(phi, C, D, Ds, gram, gscratch);
+    float* L = ws;
+    ws += keep * RoundUp(C, 16);
+    float* diag = ws;
+    ws += RoundUp(C, 16);
+    uint32_t* piv = reinterpret_cast<uint32_t*>(ws);
+    ws += RoundUp(C, 16);
+    size_t rank = PivotedCholesky(gram, C, gs, keep, 1e-7f, L, RoundUp(C, 16),
+                                  diag, piv, nullptr);
+    if (rank > 0 && rank < keep) {
+      // The probes are explained by fewer items: keep the newest of the
+      // others too (free only what is needed; future queries differ).
+      for (size_t ci = C; ci-- > 0 && rank < keep;) {
+        bool chosen = false;
+        for (size_t a = 0; a < rank && !chosen; ++a) chosen = piv[a] == ci;
+        if (!chosen) piv[rank++] = uint32_t(ci);
+      }
+    }
+    uint8_t* drop = reinterpret_cast<uint8_t*>(ws);
+    ws += RoundUp(rows_.cap, 64) / 4;
+    std::memset(drop, 0, n);
+    for (size_t ci = 0; ci < C; ++ci) drop[cand[ci]] = 1;
+    if (rank == 0) {
+      // The probes see none of the old items: drop the oldest.
+      std::sort(cand, cand + C,
+                [&](uint32_t a, uint32_t b) { return seq_[a] < seq_[b]; });
+      for (size_t ci = drop_target; ci < C; ++ci) drop[cand[ci]] = 0;
+    } else {
+      // Weights: min |sum_{a in S} w_a f_a - sum_j f_j|^2, w >= 0, with a
+      // small ridge towards w = 1 (each kept item stands at least for itself).
+      auto G = [&](size_t i, size_t j) {
+        return i >= j ? gram[i * gs + j] : gram[j * gs + i];
+      };
+      const size_t ss = RoundUp(rank, 16);
+      float* H = ws;
+      float* b = H + rank * ss;
+      float* w = b + ss;
+      float* w0 = w + ss;
+      float* grad = w0 + ss;
+      double mean_diag = 0;
+      for (size_t a = 0; a < rank; ++a) {
+        for (size_t c = 0; c < rank; ++c) H[a * ss + c] = G(piv[a], piv[c]);
+        double s = 0;
+        for (size_t j = 0; j < C; ++j) s += G(piv[a], j);
+        b[a] = float(s);
+        w[a] = w0[a] = 1.0f;
+        mean_diag += H[a * ss + a];
+      }
+      const float ridge = 1e-3f * float(mean_diag / double(rank));
+      NonNegativeLeastSquares(H, rank, ss, b, ridge, w0, 100, w, grad);
+      for (size_t a = 0; a < rank; ++a) {
+        const size_t i = cand[piv[a]];
+        if (w[a] > 0.0f) {
+          drop[i] = 0;
+          logw_[i] += std::log(w[a]);
+        }
+      }
+    }
+    // Remove the dropped items (fill holes from the end).
+    size_t freed = 0;
+    for (size_t i = 0; i < count_;) {
+      if (drop[i]) {
+        const size_t last = count_ - 1;
+        if (i != last) {
+          rows_.Move(i, last);
+          seq_[i] = seq_[last];
+          logw_[i] = logw_[last];
+          drop[i] = drop[last];
+        }
+        --count_;
+        ++freed;
+      } else {
+        ++i;
+      }
+    }
+    ++compactions_;
+    return freed > 0;
+  }
+
+  static size_t RoundUp(size_t x, size_t a) { return (x + a - 1) / a * a; }
+
+  Method mode_;
+  RowStore rows_;
+  uint32_t* seq_ = nullptr;
+  float* score_ = nullptr;
+  float* logw_ = nullptr;
+  float* probe_q_ = nullptr;
+  uint32_t* probe_pos_ = nullptr;
+  size_t count_ = 0, protect_ = 0, attended_ = 0;
+  size_t probes_cap_ = 0, probe_count_ = 0, probe_head_ = 0;
+  uint32_t next_seq_ = 1;
+  uint64_t compactions_ = 0;
+};
+
+}  // namespace
+
+size_t SelectiveWorkspaceFloats(const SketchConfig& c) {
+  auto up = [](size_t x) { return (x + 15) / 16 * 16; };
+  const size_t ks = PaddedCols(c.dk), vs = PaddedCols(c.dv);
+  const size_t rows = c.budget_bytes / ((ks + vs) * StorageBytes(c.storage));
+  const size_t P = ProbeCount(c, rows);
+  const size_t cap = PoolCapacity(c, c.budget_bytes, P);
+  const size_t attend = c.max_group * cap;
+  if (c.method != Method::kRisk) return attend + 64;
+  const size_t C = std::min(cap, MaxCandidates(c));
+  const size_t D = up(P * (vs + 1));
+  const size_t compact = up(cap) + P * ks + 2 * P + P * vs + P * cap +
+                         3 * (2 * kMaxGroup + kMaxGroup * vs) + C * D + ks +
+                         vs + GramRows(C) * GramStride(C) +
+                         GramScratchFloats(C, D) + C * up(C) + 2 * up(C) +
+                         up(cap) / 4 + 16 + C * up(C) + 4 * up(C) + 64;
+  return std::max(attend, compact) + 64;
+}
+
+std::unique_ptr<Sketch> MakeSelective(const SketchConfig& c, Arena& a,
+                                      size_t rows) {
+  return std::unique_ptr<Sketch>(new SelectiveSketch(c, a, rows));
+}
+
+}  // namespace kvsketch

@@ -1,0 +1,103 @@
+#include <algorithm>
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "arch/reference.h"
+#include "arch/risk.h"
+#include "doctest/doctest.h"
+#include "tests/all_targets.h"
+
+namespace kvsketch {
+namespace {
+
+// G = A A^T (+ eps I) for A [m][r] Gaussian with column scales 1, 1/2, ...
+std::vector<float> LowRankGram(size_t m, size_t r, float eps, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> g(0.0f, 1.0f);
+  std::vector<double> A(m * r);
+  for (size_t i = 0; i < m; ++i)
+    for (size_t c = 0; c < r; ++c) A[i * r + c] = g(rng) / double(c + 1);
+  std::vector<float> G(m * m);
+  for (size_t i = 0; i < m; ++i)
+    for (size_t j = 0; j < m; ++j) {
+      double s = i == j ? eps : 0.0;
+      for (size_t c = 0; c < r; ++c) s += A[i * r + c] * A[j * r + c];
+      G[i * m + j] = float(s);
+    }
+  return G;
+}
+
+TEST_CASE("PivotedCholesky finds the rank and matches the reference") {
+  test::ForEachTarget("PivotedCholesky", [](const char*) {
+    for (size_t m : {1u, 7u, 40u, 97u}) {
+      const size_t r = std::min<size_t>(m, 6);
+      const std::vector<float> G = LowRankGram(m, r, 0.0f, uint32_t(m));
+      std::vector<float> L(m * m), diag(m), residual(m);
+      std::vector<uint32_t> piv(m);
+      const size_t rank =
+          PivotedCholesky(G.data(), m, m, m, 1e-5f, L.data(), m, diag.data(),
+                          piv.data(), residual.data());
+      std::vector<double> ref_res;
+      const auto ref_piv =
+          ref::PivotedCholesky(G.data(), m, m, m, 1e-5, &ref_res);
+      INFO("m=" << m);
+      CHECK(rank == r);
+      REQUIRE(ref_piv.size() == rank);
+      double trace = 0;
+      for (size_t i = 0; i < m; ++i) trace += G[i * m + i];
+      for (size_t k = 0; k < rank; ++k) {
+        CHECK(piv[k] == ref_piv[k]);
+        CHECK(test::Near(residual[k], ref_res[k], 1e-3, 1e-5 * trace));
+      }
+      // L'L reproduces G.
+      for (size_t i = 0; i < m; ++i)
+        for (size_t j = 0; j <= i; ++j) {
+          double s = 0;
+          for (size_t k = 0; k < rank; ++k)
+            s += double(L[k * m + i]) * L[k * m + j];
+          CHECK(test::Near(s, G[i * m + j], 1e-3, 1e-4 * trace / double(m)));
+        }
+    }
+    // max_rank caps the factor; residual trace decreases.
+    const size_t m = 50;
+    const std::vector<float> G = LowRankGram(m, 20, 1e-3f, 5);
+    std::vector<float> L(m * m), diag(m), residual(m);
+    std::vector<uint32_t> piv(m);
+    CHECK(PivotedCholesky(G.data(), m, m, 8, 0.0f, L.data(), m, diag.data(),
+                          piv.data(), residual.data()) == 8);
+    for (size_t k = 1; k < 8; ++k) CHECK(residual[k] <= residual[k - 1]);
+  });
+}
+
+TEST_CASE("NonNegativeLeastSquares satisfies the KKT conditions") {
+  test::ForEachTarget("NonNegativeLeastSquares", [](const char*) {
+    for (size_t s : {1u, 5u, 16u, 33u}) {
+      std::mt19937 rng{uint32_t(s)};
+      std::normal_distribution<float> g(0.0f, 1.0f);
+      const std::vector<float> H = LowRankGram(s, s + 3, 0.05f, 77 + s);
+      std::vector<float> b(s), w0(s, 1.0f), w(s, 1.0f), grad(s);
+      for (auto& x : b) x = g(rng);
+      const float ridge = 0.01f;
+      NonNegativeLeastSquares(H.data(), s, s, b.data(), ridge, w0.data(), 500,
+                              w.data(), grad.data());
+      INFO("s=" << s);
+      double hmax = 0;
+      for (size_t i = 0; i < s; ++i)
+        hmax = std::max(hmax, double(H[i * s + i]));
+      for (size_t i = 0; i < s; ++i) {
+        double gi = -b[i] + ridge * (w[i] - w0[i]);
+        for (size_t j = 0; j < s; ++j) gi += double(H[i * s + j]) * w[j];
+        CHECK(w[i] >= 0.0f);
+        if (w[i] > 0.0f) {
+          CHECK(std::fabs(gi) <= 1e-3 * (hmax + 1));
+        } else {
+          CHECK(gi >= -1e-3 * (hmax + 1));
+        }
+      }
+    }
+  });
+}
+
+}  // namespace
+}  // namespace kvsketch
