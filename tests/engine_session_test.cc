@@ -162,17 +162,22 @@ TEST_CASE("exact: a full session rejects the token and keeps its state") {
 }
 
 TEST_CASE("total budget: accounted bytes never exceed it, never move") {
-  SessionConfig c = SmallConfig("balance", 2);
-  c.budget_tokens_per_head = 0;
-  c.budget_bytes = 256 * 1024;
-  c.head_weights = {1, 2, 1, 1, 3, 1, 1, 1};
-  Session s(c);
-  const SessionStats s0 = s.Stats();
-  CHECK(s0.accounted_bytes <= c.budget_bytes);
-  const Stream st(c, 400);
-  Drive(s, st, 0, 400);
-  CHECK(s.Stats().accounted_bytes == s0.accounted_bytes);
-  CHECK(s.Stats().tokens == 400);
+  // Uneven weights: the heaviest head's scratch must be what is carved
+  // (risk and balance workspaces grow with a head's budget).
+  for (const char* m : {"balance", "risk", "h2o"}) {
+    SessionConfig c = SmallConfig(m, 2);
+    c.budget_tokens_per_head = 0;
+    c.budget_bytes = 256 * 1024;
+    c.head_weights = {1, 2, 1, 1, 12, 1, 1, 1};
+    Session s(c);
+    const SessionStats s0 = s.Stats();
+    CHECK(s0.accounted_bytes <= c.budget_bytes);
+    const Stream st(c, 400);
+    Drive(s, st, 0, 400);
+    INFO(m);
+    CHECK(s.Stats().accounted_bytes == s0.accounted_bytes);
+    CHECK(s.Stats().tokens == 400);
+  }
 }
 
 TEST_CASE("save / load restores a bit-identical session; bad files rejected") {

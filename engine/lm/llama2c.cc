@@ -331,6 +331,8 @@ SessionConfig LlamaSessionConfig(const LlamaConfig& cfg) {
   s.n_kv_heads = cfg.n_kv_heads;
   s.dk = s.dv = cfg.head_dim();
   s.scale = 1.0f / std::sqrt(float(cfg.head_dim()));
+  s.rope_theta = cfg.rope_theta;
+  s.rope_interleaved = true;
   return s;
 }
 

@@ -88,6 +88,13 @@ struct Session::Impl {
     base.block = c.block < 2 ? 2 : c.block;
     base.degree = c.degree;
     base.max_group = G;
+    if (!(c.rope_theta >= 0.0f) || !std::isfinite(c.rope_theta) ||
+        c.rope_dims > c.dk || c.rope_dims % 2 != 0) {
+      throw Error("rope: theta must be >= 0 and dims even and <= dk");
+    }
+    base.rope_theta = c.rope_theta;
+    base.rope_dims = c.rope_dims;
+    base.rope_interleaved = c.rope_interleaved;
     threads = c.threads > 0 ? size_t(c.threads)
                             : size_t(tbb::info::default_concurrency());
     if (threads > 1024) throw Error("threads must be at most 1024");
@@ -107,15 +114,36 @@ struct Session::Impl {
         throw Error("budget is absurdly large");
       head_budget.assign(heads, c.budget_bytes_per_head);
     }
+    if (c.budget_bytes > kAbsurd) throw Error("budget_bytes is absurdly large");
+    // Split weights of a total budget (validated before anything else).
+    std::vector<double> w(heads, 1.0);
+    if (!c.head_weights.empty()) {
+      if (c.head_weights.size() != heads) {
+        throw Error("head_weights needs layers * n_kv_heads = " +
+                    std::to_string(heads) + " entries");
+      }
+      for (size_t i = 0; i < heads; ++i) {
+        if (!(c.head_weights[i] > 0) || !std::isfinite(c.head_weights[i])) {
+          throw Error("head_weights must be positive and finite");
+        }
+        w[i] = c.head_weights[i];
+      }
+    }
+    // Scratch for the largest head (workspace grows with a head's budget).
     SketchConfig probe = base;
-    probe.budget_bytes = c.budget_tokens_per_head || c.budget_bytes_per_head
-                             ? head_budget[0]
-                             : c.budget_bytes / heads;
+    if (c.budget_tokens_per_head || c.budget_bytes_per_head) {
+      probe.budget_bytes = head_budget[0];
+    } else {
+      double sum = 0, wmax = 0;
+      for (double x : w) {
+        sum += x;
+        wmax = std::max(wmax, x);
+      }
+      probe.budget_bytes = size_t(double(c.budget_bytes) * wmax / sum);
+    }
     ws_floats = WorkspaceFloats(probe);
     const size_t scratch = threads * Arena::Aligned(ws_floats * 4);
     if (c.budget_bytes) {
-      if (c.budget_bytes > kAbsurd)
-        throw Error("budget_bytes is absurdly large");
       if (c.budget_bytes <= scratch) {
         throw BudgetError("budget of " + std::to_string(c.budget_bytes) +
                           " bytes does not even hold the per-thread scratch (" +
@@ -123,19 +151,6 @@ struct Session::Impl {
                           std::to_string(threads) + " threads)");
       }
       const size_t left = c.budget_bytes - scratch;
-      std::vector<double> w(heads, 1.0);
-      if (!c.head_weights.empty()) {
-        if (c.head_weights.size() != heads) {
-          throw Error("head_weights needs layers * n_kv_heads = " +
-                      std::to_string(heads) + " entries");
-        }
-        for (size_t i = 0; i < heads; ++i) {
-          if (!(c.head_weights[i] > 0) || !std::isfinite(c.head_weights[i])) {
-            throw Error("head_weights must be positive and finite");
-          }
-          w[i] = c.head_weights[i];
-        }
-      }
       double sum = 0;
       for (double x : w) sum += x;
       for (size_t i = 0; i < heads; ++i) {

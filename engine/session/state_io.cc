@@ -72,7 +72,9 @@ std::string ConfigFingerprint(const SessionConfig& c) {
     << c.budget_bytes_per_head << "/" << c.budget_tokens_per_head
     << " storage=" << c.storage << " threads=" << c.threads
     << " seed=" << c.seed << " sinks=" << c.sinks << " window=" << c.window
-    << " block=" << c.block << " degree=" << c.degree << " weights=";
+    << " block=" << c.block << " degree=" << c.degree
+    << " rope=" << c.rope_theta << "/" << c.rope_dims << "/"
+    << c.rope_interleaved << " weights=";
   for (float w : c.head_weights) o << w << ",";
   return o.str();
 }

@@ -30,9 +30,15 @@
 namespace kvsketch {
 namespace {
 
-constexpr size_t kItemMeta = 12;
+// Per item: position (u32) and either the accumulated attention (h2o, tova)
+// or the log-weight (risk), f32.
+constexpr size_t kItemMeta = 8;
 // risk frees 1/kDropDiv of the old items per compaction.
-constexpr size_t kDropDiv = 16;  // seq (u32), score (f32), logw (f32)
+constexpr size_t kDropDiv = 16;
+// Future offsets (in units of the protected window) at which probes are
+// evaluated when the RoPE is known: now, one window ahead, four windows ahead.
+constexpr double kHorizons[] = {0.0, 1.0, 4.0};
+constexpr size_t kHorizonCount = sizeof(kHorizons) / sizeof(kHorizons[0]);
 
 size_t ProbeCount(const SketchConfig& c, size_t rows) {
   if (c.method != Method::kRisk) return 0;
@@ -203,7 +209,10 @@ class SelectiveSketch final : public Sketch {
 
   // Risk-guided compaction of the old items; false when nothing is old.
   bool Compact(float* ws) {
-    const size_t P = probe_count_, vs = vs_, n = count_;
+    const size_t vs = vs_, n = count_;
+    // Each stored probe is used at kHorizons future offsets (with RoPE).
+    const size_t H = cfg_.rope_theta > 0.0f ? kHorizonCount : 1;
+    const size_t P = probe_count_ * H;
     // Candidates: the old items (at most MaxCandidates, those with the
     // least accumulated attention).
     uint32_t* cand = reinterpret_cast<uint32_t*>(ws);
@@ -227,11 +236,12 @@ class SelectiveSketch final : public Sketch {
     float* q = ws;
     ws += P * ks_;
     const double now = double(cfg_.rope_first_position + tokens_);
-    const double horizon = double(protect_);
     for (size_t p = 0; p < P; ++p) {
-      std::memcpy(q + p * ks_, probe_q_ + p * ks_, ks_ * sizeof(float));
+      const size_t src = p / H;
+      std::memcpy(q + p * ks_, probe_q_ + src * ks_, ks_ * sizeof(float));
       if (cfg_.rope_theta > 0.0f) {
-        RotateForward(q + p * ks_, cfg_, now + horizon - probe_pos_[p]);
+        const double horizon = kHorizons[p % H] * double(protect_ + 1);
+        RotateForward(q + p * ks_, cfg_, now + horizon - probe_pos_[src]);
       }
     }
     // Probe partials over everything retained: sinks, then the pool.
@@ -397,8 +407,9 @@ size_t SelectiveWorkspaceFloats(const SketchConfig& c) {
   auto up = [](size_t x) { return (x + 15) / 16 * 16; };
   const size_t ks = PaddedCols(c.dk), vs = PaddedCols(c.dv);
   const size_t rows = c.budget_bytes / ((ks + vs) * StorageBytes(c.storage));
-  const size_t P = ProbeCount(c, rows);
-  const size_t cap = PoolCapacity(c, c.budget_bytes, P);
+  const size_t P0 = ProbeCount(c, rows);
+  const size_t cap = PoolCapacity(c, c.budget_bytes, P0);
+  const size_t P = P0 * (c.rope_theta > 0.0f ? kHorizonCount : 1);
   const size_t attend = c.max_group * cap;
   if (c.method != Method::kRisk) return attend + 64;
   const size_t C = std::min(cap, MaxCandidates(c));

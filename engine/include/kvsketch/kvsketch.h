@@ -31,9 +31,9 @@ struct SessionConfig {
   size_t n_heads = 1;     // query heads per layer
   size_t n_kv_heads = 1;  // KV heads per layer (n_heads % n_kv_heads == 0)
   size_t dk = 0, dv = 0;
-  float scale = 0.0f;  // score scale; 0 = 1/sqrt(dk)
-  std::string method =
-      "balance";  // exact, window, uniform, balance, taylor, hashed
+  float scale = 0.0f;              // score scale; 0 = 1/sqrt(dk)
+  std::string method = "balance";  // exact, window, uniform, balance, taylor,
+                                   // hashed, h2o, tova, risk, blurry
   // Budget: exactly one of these (bytes for the whole session's sketch
   // state, bytes per KV head, or fp32-token equivalents per KV head).
   size_t budget_bytes = 0;
@@ -48,6 +48,11 @@ struct SessionConfig {
   long window = -1;   // -1 = method default
   size_t block = 64;  // coreset halving block
   int degree = 1;     // taylor / hashed Taylor degree
+  // RoPE of the keys and queries (theta 0 = none/unknown). `risk` rotates
+  // its probe queries forward to future positions with it.
+  float rope_theta = 0.0f;
+  size_t rope_dims = 0;          // rotated dims per head (0 = all)
+  bool rope_interleaved = true;  // pairs (x[2i], x[2i+1]); false: halves
 };
 
 struct SessionStats {
