@@ -78,7 +78,7 @@ size_t PivotedCholeskyImpl(const float* HWY_RESTRICT G, size_t m, size_t stride,
 float NonNegativeLeastSquaresImpl(const float* HWY_RESTRICT H, size_t s,
                                   size_t stride, const float* HWY_RESTRICT b,
                                   float ridge, const float* HWY_RESTRICT w0,
-                                  int sweeps, float* HWY_RESTRICT w,
+                                  int sweeps, float tol, float* HWY_RESTRICT w,
                                   float* HWY_RESTRICT grad) {
   // grad = H w - b (+ ridge (w - w0)), kept up to date column by column.
   for (size_t i = 0; i < s; ++i) grad[i] = -b[i] + ridge * (w[i] - w0[i]);
@@ -101,7 +101,7 @@ float NonNegativeLeastSquaresImpl(const float* HWY_RESTRICT H, size_t s,
       }
       scale = std::fmax(scale, std::fabs(wi));
     }
-    if (moved <= 1e-6f * (scale + 1e-30f)) break;
+    if (moved <= tol * (scale + 1e-30f)) break;
   }
   // Objective 1/2 w'Hw - b'w + ridge/2 |w-w0|^2 = 1/2 w'(grad - b') ...
   double obj = 0;
@@ -132,9 +132,9 @@ size_t PivotedCholesky(const float* G, size_t m, size_t stride, size_t max_rank,
 
 float NonNegativeLeastSquares(const float* H, size_t s, size_t stride,
                               const float* b, float ridge, const float* w0,
-                              int sweeps, float* w, float* grad) {
+                              int sweeps, float tol, float* w, float* grad) {
   return HWY_DYNAMIC_DISPATCH(NonNegativeLeastSquaresImpl)(
-      H, s, stride, b, ridge, w0, sweeps, w, grad);
+      H, s, stride, b, ridge, w0, sweeps, tol, w, grad);
 }
 
 }  // namespace kvsketch

@@ -22,10 +22,11 @@ size_t PivotedCholesky(const float* G, size_t m, size_t stride, size_t max_rank,
 // Non-negative least squares in normal form by projected coordinate descent:
 //   minimise 1/2 w'Hw - b'w + ridge/2 |w - w0|^2 over w >= 0,
 // H symmetric PSD (s x s, full, rows `stride` apart). w holds the start on
-// entry and the solution on exit; grad [s] is scratch. Returns the final
+// entry and the solution on exit; grad [s] is scratch. Stops after `sweeps`
+// or when no coordinate moved by more than tol * max|w|. Returns the final
 // objective (without the constant).
 float NonNegativeLeastSquares(const float* H, size_t s, size_t stride,
                               const float* b, float ridge, const float* w0,
-                              int sweeps, float* w, float* grad);
+                              int sweeps, float tol, float* w, float* grad);
 
 }  // namespace kvsketch

@@ -80,7 +80,7 @@ TEST_CASE("NonNegativeLeastSquares satisfies the KKT conditions") {
       for (auto& x : b) x = g(rng);
       const float ridge = 0.01f;
       NonNegativeLeastSquares(H.data(), s, s, b.data(), ridge, w0.data(), 500,
-                              w.data(), grad.data());
+                              1e-7f, w.data(), grad.data());
       INFO("s=" << s);
       double hmax = 0;
       for (size_t i = 0; i < s; ++i)

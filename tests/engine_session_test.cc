@@ -167,7 +167,7 @@ TEST_CASE("total budget: accounted bytes never exceed it, never move") {
   for (const char* m : {"balance", "risk", "h2o"}) {
     SessionConfig c = SmallConfig(m, 2);
     c.budget_tokens_per_head = 0;
-    c.budget_bytes = 256 * 1024;
+    c.budget_bytes = 2 * 1024 * 1024;
     c.head_weights = {1, 2, 1, 1, 12, 1, 1, 1};
     Session s(c);
     const SessionStats s0 = s.Stats();

@@ -23,6 +23,7 @@
 
 #include "arch/attend.h"
 #include "arch/balance.h"  // GramLower, GramRows, GramStride
+#include "arch/dot.h"      // MatVec
 #include "arch/risk.h"
 #include "arch/targets.h"  // PaddedCols
 #include "engine/sketch/methods.h"
@@ -247,67 +248,103 @@ class SelectiveSketch final : public Sketch {
     // Probe partials over everything retained: sinks, then the pool.
     float* pm = ws;
     float* pz = pm + P;
-    float* pN = pz + P;       // [P][vs]
-    float* sc = pN + P * vs;  // [P][n] raw scores over the pool
-    float* tm = sc + P * n;
+    float* pN = pz + P;      // [P][vs]
+    float* a = pN + P * vs;  // [P][C] attention of probe p to candidate c
+    float* tm = a + P * C;
     float* tz = tm + kMaxGroup;
-    float* tN = tz + kMaxGroup;  // [kMaxGroup][vs]
-    float* um = tN + kMaxGroup * vs;
-    float* uz = um + kMaxGroup;
-    float* uN = uz + kMaxGroup;
-    ws = uN + kMaxGroup * vs;
+    float* tN = tz + kMaxGroup;       // [kMaxGroup][vs]
+    float* kc = tN + kMaxGroup * vs;  // [C][ks] candidate keys
+    float* Vc = kc + C * ks_;         // [C][vs] candidate values
+    ws = Vc + C * vs;
+    for (size_t ci = 0; ci < C; ++ci)
+      rows_.Get(cand[ci], kc + ci * ks_, Vc + ci * vs);
     for (size_t p0 = 0; p0 < P; p0 += kMaxGroup) {
       const size_t g = std::min(kMaxGroup, P - p0);
       AttendSinks(q + p0 * ks_, g, pm + p0, pz + p0, pN + p0 * vs, tm, tz, tN);
       AttendGroup(rows_.KView(0, n), rows_.VView(0, n), logw_, q + p0 * ks_, g,
-                  cfg_.scale, tm, tz, tN, sc + p0 * n);
+                  cfg_.scale, tm, tz, tN);
       for (size_t j = 0; j < g; ++j) {
-        MergePartials(pm + p0 + j, pz + p0 + j, pN + (p0 + j) * vs, tm[j],
-                      tz[j], tN + j * vs, vs);
+        const size_t p = p0 + j;
+        MergePartials(pm + p, pz + p, pN + p * vs, tm[j], tz[j], tN + j * vs,
+                      vs);
+        const float inv = pz[p] > 0.0f ? 1.0f / pz[p] : 0.0f;
+        for (size_t c = 0; c < vs; ++c) pN[p * vs + c] *= inv;  // o_p
       }
     }
-    (void)um, (void)uz;
-    // Response features of the candidates: for probe p,
-    //   a_pi (v_i - o_p) / Z_p  and  lambda a_pi / Z_p  (the mass term).
-    const size_t D = P * (vs + 1);
-    const size_t Ds = RoundUp(D, 16);
-    float* phi = ws;
-    ws += C * Ds;
-    float* krow = ws;
-    float* vrow = ws + ks_;
-    ws += ks_ + vs;
-    double vnorm = 0;
+    // a_pc = exp(s_pc - m_p) / Z_p with s = scale <q_p, k_c> + logw_c.
+    MatMulRows(q, P, kc, C, a);
     for (size_t p = 0; p < P; ++p) {
       const float inv = pz[p] > 0.0f ? 1.0f / pz[p] : 0.0f;
-      for (size_t c = 0; c < vs; ++c) pN[p * vs + c] *= inv;  // o_p
-    }
-    for (size_t ci = 0; ci < C; ++ci) {
-      const size_t i = cand[ci];
-      rows_.Get(i, krow, vrow);
-      float* f = phi + ci * Ds;
-      std::memset(f, 0, Ds * sizeof(float));
-      double vn = 0;
-      for (size_t c = 0; c < cfg_.dv; ++c) vn += double(vrow[c]) * vrow[c];
-      vnorm += std::sqrt(vn);
-      for (size_t p = 0; p < P; ++p) {
-        const float a =
-            pz[p] > 0.0f ? std::exp(sc[p * n + i] - pm[p]) / pz[p] : 0.0f;
-        float* fp = f + p * (vs + 1);
-        for (size_t c = 0; c < cfg_.dv; ++c)
-          fp[c] = a * (vrow[c] - pN[p * vs + c]);
-        fp[vs] = a;  // scaled by lambda below
+      for (size_t ci = 0; ci < C; ++ci) {
+        const float sc = cfg_.scale * a[p * C + ci] + logw_[cand[ci]];
+        a[p * C + ci] = std::exp(sc - pm[p]) * inv;
       }
     }
-    const float lambda = float(vnorm / double(C)) + 1e-6f;
-    for (size_t ci = 0; ci < C; ++ci)
-      for (size_t p = 0; p < P; ++p) phi[ci * Ds + p * (vs + 1) + vs] *= lambda;
-    // Response Gram, pivots, weights.
+    // Response Gram of the candidates without materialising the features
+    // f_i = [a_pi (v_i - o_p), lambda a_pi]_p (P * (dv + 1) floats each):
+    //   G_ij = <v_i, v_j> S_ij - (X_ij + X_ji) + sum_p a_pi a_pj (|o_p|^2 +
+    //   lambda^2),  S = A A', X_ij = sum_p a_pi <v_i, o_p> a_pj,
+    // each term a Gram of C x P rows (X + X' = (Y+A)(Y+A)' - Y Y' - A A'
+    // with Y_ip = a_pi <v_i, o_p>).
+    const size_t Pp = RoundUp(P, 16);
+    float* A = ws;  // [C][Pp] a_pi
+    float* Y = A + C * Pp;
+    float* YA = Y + C * Pp;
+    float* Dm = YA + C * Pp;
+    ws = Dm + C * Pp;
+    double vnorm = 0;
+    for (size_t ci = 0; ci < C; ++ci) {
+      const float* vi = Vc + ci * vs;
+      double vn = 0;
+      for (size_t c = 0; c < cfg_.dv; ++c) vn += double(vi[c]) * vi[c];
+      vnorm += std::sqrt(vn);
+    }
+    const double lambda = vnorm / double(C) + 1e-6;
+    for (size_t ci = 0; ci < C; ++ci) {
+      const float* vi = Vc + ci * vs;
+      for (size_t p = 0; p < Pp; ++p) {
+        float ap = 0, y = 0, dm = 0;
+        if (p < P) {
+          ap = a[p * C + ci];
+          const float* o = pN + p * vs;
+          double vo = 0, oo = 0;
+          for (size_t c = 0; c < cfg_.dv; ++c) {
+            vo += double(vi[c]) * o[c];
+            oo += double(o[c]) * o[c];
+          }
+          y = float(ap * vo);
+          dm = float(ap * std::sqrt(oo + lambda * lambda));
+        }
+        A[ci * Pp + p] = ap;
+        Y[ci * Pp + p] = y;
+        YA[ci * Pp + p] = y + ap;
+        Dm[ci * Pp + p] = dm;
+      }
+    }
     const size_t gs = GramStride(C);
     float* gram = ws;
     ws += GramRows(C) * gs;
+    float* tmp = ws;
+    ws += GramRows(C) * gs;
+    float* tmp2 = ws;
+    ws += GramRows(C) * gs;
     float* gscratch = ws;
-    ws += GramScratchFloats(C, Ds);
-    GramLower(phi, C, D, Ds, gram, gscratch);
+    ws += GramScratchFloats(C, std::max(Pp, vs));
+    GramLower(A, C, P, Pp, gram, gscratch);        // S
+    GramLower(Vc, C, cfg_.dv, vs, tmp, gscratch);  // <v_i, v_j>
+    for (size_t i = 0; i < C; ++i)
+      for (size_t j = 0; j <= i; ++j) {
+        const float sij = gram[i * gs + j];
+        gram[i * gs + j] = tmp[i * gs + j] * sij + sij;  // + S for X + X'
+      }
+    GramLower(YA, C, P, Pp, tmp, gscratch);
+    GramLower(Y, C, P, Pp, tmp2, gscratch);
+    for (size_t i = 0; i < C; ++i)
+      for (size_t j = 0; j <= i; ++j)
+        gram[i * gs + j] -= tmp[i * gs + j] - tmp2[i * gs + j];
+    GramLower(Dm, C, P, Pp, tmp, gscratch);
+    for (size_t i = 0; i < C; ++i)
+      for (size_t j = 0; j <= i; ++j) gram[i * gs + j] += tmp[i * gs + j];
     float* L = ws;
     ws += keep * RoundUp(C, 16);
     float* diag = ws;
@@ -356,7 +393,7 @@ class SelectiveSketch final : public Sketch {
         mean_diag += H[a * ss + a];
       }
       const float ridge = 1e-3f * float(mean_diag / double(rank));
-      NonNegativeLeastSquares(H, rank, ss, b, ridge, w0, 100, w, grad);
+      NonNegativeLeastSquares(H, rank, ss, b, ridge, w0, 40, 1e-4f, w, grad);
       for (size_t a = 0; a < rank; ++a) {
         const size_t i = cand[piv[a]];
         if (w[a] > 0.0f) {
@@ -387,6 +424,12 @@ class SelectiveSketch final : public Sketch {
   }
 
   static size_t RoundUp(size_t x, size_t a) { return (x + a - 1) / a * a; }
+  // out [P][C] = <q_p, k_c> over padded rows of ks_ floats.
+  void MatMulRows(const float* q, size_t P, const float* k, size_t C,
+                  float* out) const {
+    for (size_t p = 0; p < P; ++p)
+      MatVec(k, C, cfg_.dk, ks_, q + p * ks_, out + p * C);
+  }
 
   Method mode_;
   RowStore rows_;
@@ -413,12 +456,12 @@ size_t SelectiveWorkspaceFloats(const SketchConfig& c) {
   const size_t attend = c.max_group * cap;
   if (c.method != Method::kRisk) return attend + 64;
   const size_t C = std::min(cap, MaxCandidates(c));
-  const size_t D = up(P * (vs + 1));
-  const size_t compact = up(cap) + P * ks + 2 * P + P * vs + P * cap +
-                         3 * (2 * kMaxGroup + kMaxGroup * vs) + C * D + ks +
-                         vs + GramRows(C) * GramStride(C) +
-                         GramScratchFloats(C, D) + C * up(C) + 2 * up(C) +
-                         up(cap) / 4 + 16 + C * up(C) + 4 * up(C) + 64;
+  const size_t Pp = up(P);
+  const size_t compact =
+      up(cap) + P * ks + 2 * P + P * vs + P * C + C * (ks + vs) +
+      2 * kMaxGroup + kMaxGroup * vs + 4 * C * Pp + ks +
+      3 * GramRows(C) * GramStride(C) + GramScratchFloats(C, std::max(Pp, vs)) +
+      C * up(C) + 2 * up(C) + up(cap) / 4 + 16 + C * up(C) + 4 * up(C) + 64;
   return std::max(attend, compact) + 64;
 }
 
