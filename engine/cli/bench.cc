@@ -13,6 +13,8 @@
 
 #include "arch/targets.h"
 #include "engine/budget/arena.h"
+#include "engine/cli/analyze.h"
+#include "engine/cli/bench_units.h"
 #include "engine/cli/machine.h"
 #include "engine/io/synthetic.h"
 #include "engine/io/trace.h"
@@ -20,23 +22,9 @@
 #include "kvsketch/error.h"
 
 namespace kvsketch {
-namespace {
+namespace bench {
 
 using Clock = std::chrono::steady_clock;
-
-// One (trace, layer, KV head) stream.
-struct Unit {
-  const Trace* trace;
-  size_t layer, head;
-};
-
-struct Result {
-  std::vector<double> errors;
-  size_t bytes = 0, retained = 0, budget_bytes = 0;
-  double append_s = 0, attend_s = 0;
-  size_t appends = 0, queries = 0;
-  std::string error;  // set when the sketch could not be built / failed
-};
 
 // Exact causal attention outputs in double precision at the positions.
 std::vector<double> ExactOutputs(const Trace& t, size_t l, size_t kvh,
@@ -165,6 +153,12 @@ double Quantile(std::vector<double> v, double q) {
   return v[i];
 }
 
+}  // namespace bench
+
+namespace {
+
+using namespace bench;
+
 void PrintNorms(const std::vector<Trace>& traces, bool json) {
   double ks = 0, qs = 0, vs = 0, kmax = 0, qmax = 0, vmax = 0;
   size_t kn = 0, qn = 0;
@@ -241,6 +235,10 @@ int RunBench(const BenchOptions& opt) {
   for (const auto& m : opt.methods) methods.push_back(ParseMethod(m));
   std::vector<size_t> budgets = opt.budgets;
   if (opt.budget_bytes) budgets = {0};
+  const bool adaptive = opt.budget_split == "adaptive";
+  if (adaptive && opt.budget_bytes) {
+    throw Error("--budget-split adaptive works with --budget-tokens");
+  }
 
   const int threads =
       opt.threads > 0 ? opt.threads : int(tbb::info::default_concurrency());
@@ -279,6 +277,20 @@ int RunBench(const BenchOptions& opt) {
                                 pos[i]);
       });
     });
+    // Adaptive split: the same total tokens, shared by the diagnostic of
+    // `kvsketch analyze` (calibration queries from the first half).
+    std::vector<size_t> unit_tokens(units.size(), budget);
+    if (adaptive && budget > 0) {
+      const size_t min_tokens = SplitMinTokens(budget, opt.base.sinks);
+      const size_t bb = 2 * min_tokens - opt.base.sinks;  // window = min
+      std::vector<HeadDiagnostic> diag(units.size());
+      pool.execute([&] {
+        tbb::parallel_for(size_t(0), units.size(), [&](size_t i) {
+          diag[i] = Diagnose(units[i], {bb}, opt.base.sinks, 4 * budget);
+        });
+      });
+      unit_tokens = AdaptiveSplit(diag, budget, min_tokens);
+    }
     for (Method m : methods) {
       SketchConfig base = opt.base;
       base.method = m;
@@ -286,8 +298,8 @@ int RunBench(const BenchOptions& opt) {
       const auto wall0 = Clock::now();
       pool.execute([&] {
         tbb::parallel_for(size_t(0), units.size(), [&](size_t i) {
-          res[i] = RunUnit(units[i], base, budget, opt.budget_bytes, pos[i],
-                           exact[i]);
+          res[i] = RunUnit(units[i], base, unit_tokens[i], opt.budget_bytes,
+                           pos[i], exact[i]);
         });
       });
       const double wall_s =
@@ -307,7 +319,9 @@ int RunBench(const BenchOptions& opt) {
         qs += r.attend_s;
       }
       positions = all.size();
-      const size_t bb = res[0].budget_bytes;
+      size_t bb = 0;  // mean budget per head (differs per head when adaptive)
+      for (const Result& r : res) bb += r.budget_bytes;
+      bb /= res.size();
       double mean = 0;
       for (double e : all) mean += e;
       mean = all.empty() ? NAN : mean / double(all.size());

@@ -21,6 +21,7 @@ struct BenchOptions {
   size_t budget_bytes = 0;  // alternative to budgets: bytes per head
   size_t eval_max = 512;    // max evaluated positions per head (stride)
   int threads = 0;          // 0 = all cores
+  std::string budget_split = "uniform";  // or "adaptive"
   bool json = false;
   bool quiet = false;
   SketchConfig base;  // sinks, window, method parameters, seed

@@ -4,6 +4,7 @@
 
 #include "CLI/CLI.hpp"
 #include "arch/targets.h"  // GetTargetInfo
+#include "engine/cli/analyze.h"
 #include "engine/cli/bench.h"
 #include "engine/cli/lm.h"
 #include "engine/cli/speed.h"
@@ -155,6 +156,34 @@ int main(int argc, char** argv) {
                    "max evaluated positions per head")
       ->capture_default_str();
   bench->add_flag("--json", bench_opt.json, "one JSON object per line");
+  bench
+      ->add_option("--budget-split", bench_opt.budget_split,
+                   "uniform: every head gets the budget; adaptive: the total "
+                   "is split by the diagnostic of `kvsketch analyze`")
+      ->check(CLI::IsMember({"uniform", "adaptive"}))
+      ->capture_default_str();
+  kvsketch::AnalyzeOptions an_opt;
+  auto* analyze = app.add_subcommand(
+      "analyze",
+      "per-head compressibility diagnostic vs the measured error of a method");
+  analyze->add_option("--trace", an_opt.trace, "trace directory or folder");
+  analyze->add_option("--synthetic", an_opt.synthetic, "built-in workload")
+      ->capture_default_str();
+  analyze->add_option("--length", an_opt.length, "synthetic length override");
+  analyze->add_option("--kv-heads", an_opt.kv_heads, "synthetic KV heads");
+  analyze->add_option("--method", an_opt.method,
+                      "method whose error is measured (default: recommended)");
+  analyze
+      ->add_option("--budget-tokens", an_opt.budgets,
+                   "budgets in tokens per KV head (comma-separated)")
+      ->delimiter(',')
+      ->capture_default_str();
+  analyze->add_option("--sinks", an_opt.base.sinks, "exact first tokens")
+      ->capture_default_str();
+  analyze->add_option("--eval-max", an_opt.eval_max, "positions per head")
+      ->capture_default_str();
+  analyze->add_option("--threads", an_opt.threads, "threads (0 = all cores)");
+  analyze->add_flag("--json", an_opt.json, "one JSON object per line");
   kvsketch::LmOptions lm_opt;
   std::string lm_budget_text;
   auto* lm = app.add_subcommand(
@@ -202,6 +231,7 @@ int main(int argc, char** argv) {
       bench_opt.base.storage = kvsketch::ParseStorage(storage);
       return kvsketch::RunBench(bench_opt);
     }
+    if (analyze->parsed()) return kvsketch::RunAnalyze(an_opt);
     if (lm->parsed()) {
       if (!lm_budget_text.empty()) {
         lm_opt.budget_bytes = kvsketch::ParseBytes(lm_budget_text);

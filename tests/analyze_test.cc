@@ -1,0 +1,85 @@
+// The compressibility diagnostic and the adaptive split.
+#include "engine/cli/analyze.h"
+
+#include <cmath>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "doctest/doctest.h"
+#include "engine/io/trace.h"
+
+namespace kvsketch {
+namespace {
+
+// One head where queries attend (almost) only to r early tokens with
+// distinct keys and values: the response of the old region has rank r, so r
+// pivots explain it, while the attention spreads over the r tokens.
+Trace LowRankHead(size_t r, size_t seq, uint32_t seed) {
+  const size_t d = 8;
+  Trace t;
+  t.layers = 1;
+  t.n_heads = 1;
+  t.n_kv_heads = 1;
+  t.seq = seq;
+  t.dk = t.dv = d;
+  t.scale = 1.0f;
+  t.q.assign(1, std::vector<float>(seq * d));
+  t.k.assign(1, std::vector<float>(seq * d));
+  t.v.assign(1, std::vector<float>(seq * d));
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> g(0.0f, 1.0f);
+  std::uniform_real_distribution<float> u(0.0f, 1.0f);
+  for (size_t j = 0; j < seq; ++j) {
+    const bool special = j >= 5 && j < 5 + r;
+    for (size_t x = 0; x < d; ++x) {
+      // Specials: keys 3 * (e_0 + 0.3 g) with a distinct perturbation;
+      // others: keys -3 e_0 (scores ~ -q_0 * 3, vanishing weight).
+      t.k[0][j * d + x] = special ? (x == 0 ? 3.0f : 0.0f) + 0.4f * g(rng)
+                                  : (x == 0 ? -3.0f : 0.0f);
+      t.v[0][j * d + x] = g(rng);
+      t.q[0][j * d + x] = x == 0 ? 4.0f : 0.5f * g(rng);
+    }
+  }
+  (void)u;
+  return t;
+}
+
+TEST_CASE("diagnostic: a rank-r response is explained by r pivots") {
+  const size_t sinks = 4;
+  for (size_t r : {2u, 3u, 6u}) {
+    const Trace t = LowRankHead(r, 400, uint32_t(r));
+    const bench::Unit u{&t, 0, 0};
+    const size_t budget = 24;  // window (24 - 4) / 2 = 10
+    const HeadDiagnostic d = Diagnose(u, {budget}, sinks, 64);
+    const size_t fixed = sinks + d.window[0];
+    INFO("r=" << r);
+    CHECK(d.Predicted(0, fixed) > 0.05);  // nothing kept beyond the window
+    // r pivots leave (numerically) nothing: within 2e-3 relative.
+    CHECK(d.Predicted(0, fixed + r) < 2e-3);
+    // Fewer pivots than the rank leave something.
+    CHECK(d.Predicted(0, fixed + r - 1) > 10 * d.Predicted(0, fixed + r));
+    // The prediction never grows with more tokens.
+    for (size_t s = fixed; s < fixed + 20; ++s)
+      CHECK(d.Predicted(0, s + 1) <= d.Predicted(0, s) + 1e-12);
+    CHECK(d.eff_tokens > 1.5);  // attention spread over several tokens
+    CHECK(d.outside_mass[0] > 0.1);
+  }
+}
+
+TEST_CASE("adaptive split keeps the total and favours the harder heads") {
+  const Trace easy = LowRankHead(2, 300, 1);
+  const Trace hard = LowRankHead(60, 300, 2);
+  std::vector<HeadDiagnostic> d;
+  for (const Trace* t : {&easy, &hard, &easy, &hard}) {
+    d.push_back(Diagnose(bench::Unit{t, 0, 0}, {2 * 8 - 4}, 4, 128));
+  }
+  const std::vector<size_t> b = AdaptiveSplit(d, 32, 8);
+  CHECK(std::accumulate(b.begin(), b.end(), size_t(0)) == 4 * 32);
+  for (size_t x : b) CHECK(x >= 8);
+  CHECK(b[1] > b[0]);
+  CHECK(b[3] > b[2]);
+}
+
+}  // namespace
+}  // namespace kvsketch
