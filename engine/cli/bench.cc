@@ -3,6 +3,7 @@
 #include <tbb/global_control.h>
 #include <tbb/parallel_for.h>
 #include <tbb/task_arena.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -243,7 +244,8 @@ int RunBench(const BenchOptions& opt) {
   const int threads =
       opt.threads > 0 ? opt.threads : int(tbb::info::default_concurrency());
   tbb::task_arena pool(threads);
-  if (!opt.json) {
+  const bool table = !opt.json && !opt.csv;
+  if (table) {
     const Trace& t0 = traces[0];
     fmt::print(
         "## kvsketch bench\n\nmachine: {} | SIMD: {} | threads: {} | workload: "
@@ -254,8 +256,17 @@ int RunBench(const BenchOptions& opt) {
         t0.n_heads, t0.n_kv_heads, t0.layers, t0.seq, opt.base.sinks,
         opt.base.seed);
   }
-  PrintNorms(traces, opt.json);
-  if (!opt.json) {
+  if (!opt.csv) PrintNorms(traces, opt.json);
+  if (opt.csv) {
+    fmt::print(
+        "workload,split,method,budget_tokens,budget_bytes,bytes_used,retained,"
+        "mean_rel_err,p50_rel_err,p95_rel_err,append_ns_per_token,"
+        "attend_ns_per_query,positions,wall_s,error\n");
+  }
+  const size_t steps = budgets.size() * methods.size();
+  size_t step = 0;
+  const bool progress = !opt.quiet && isatty(2);
+  if (table) {
     fmt::print(
         "| method | budget tokens | budget B/head | used B/head | retained | "
         "mean err | p50 err | p95 err | append ns/tok | attend ns/query | "
@@ -329,7 +340,22 @@ int RunBench(const BenchOptions& opt) {
       const double ans = appends ? as / appends * 1e9 : 0;
       const double qns = queries ? qs / queries * 1e9 : 0;
       const double ret = double(retained) / double(units.size());
-      if (opt.json) {
+      if (progress) {
+        std::fprintf(stderr, "\r[%zu/%zu] %s %zu tokens   ", ++step, steps,
+                     MethodName(m), budget);
+        if (step == steps) std::fprintf(stderr, "\n");
+        std::fflush(stderr);
+      }
+      if (opt.csv) {
+        std::string err = failure;
+        for (char& ch : err)
+          if (ch == ',' || ch == '"' || ch == '\n') ch = ' ';
+        fmt::print(
+            "{},{},{},{},{},{},{:.2f},{},{},{},{:.1f},{:.1f},{},{:.4f},{}\n",
+            source, opt.budget_split, MethodName(m), budget, bb, used, ret,
+            JsonNum(mean), JsonNum(p50), JsonNum(p95), ans, qns, positions,
+            wall_s, err);
+      } else if (opt.json) {
         fmt::print(
             "{{\"method\":\"{}\",\"budget_tokens\":{},\"budget_bytes\":{},"
             "\"bytes_used\":{},\"retained\":{:.1f},\"mean_rel_err\":{},"
@@ -356,7 +382,7 @@ int RunBench(const BenchOptions& opt) {
   if (opt.json) {
     fmt::print("{{\"peak_rss_bytes\":{},\"peak_vm_bytes\":{}}}\n",
                PeakRssBytes(), PeakVirtualBytes());
-  } else {
+  } else if (table) {
     fmt::print(
         "\nerror: relative L2 error of each query head's output vs exact "
         "causal "

@@ -23,6 +23,7 @@ struct BenchOptions {
   int threads = 0;          // 0 = all cores
   std::string budget_split = "uniform";  // or "adaptive"
   bool json = false;
+  bool csv = false;
   bool quiet = false;
   SketchConfig base;  // sinks, window, method parameters, seed
 };

@@ -100,8 +100,9 @@ int Eval(const LmOptions& o, const LlamaWeights& w, const Tokenizer& tok) {
   double nll_full = 0, nll_comp = 0, t_comp = 0, t_full = 0;
   size_t predicted = 0, agree = 0, total_tokens = 0, state_bytes = 0;
   for (const auto& win : windows) total_tokens += win.second - win.first;
-  const Progress progress(o.quiet || o.json);
-  if (!o.json) {
+  const Progress progress(o.quiet || o.json || o.csv);
+  const bool table = !o.json && !o.csv;
+  if (table) {
     fmt::print(
         "## kvsketch lm --eval\n\nmachine: {} | SIMD: {} | threads: {} | "
         "model: dim {} layers {} heads {}/{} (q/kv) head_dim {} vocab {} "
@@ -159,7 +160,7 @@ int Eval(const LmOptions& o, const LlamaWeights& w, const Tokenizer& tok) {
           "\"kl_mean\":{:.6g},\"top1_agree\":{:.6f}}}\n",
           wi, e - b, std::exp(wf / double(wn)), std::exp(wc / double(wn)),
           wkl / double(wn), double(wa) / double(wn));
-    } else {
+    } else if (table) {
       fmt::print("| {} | {} | {:.4f} | {:.4f} | {:.5f} | {:.4f} |\n", wi, e - b,
                  std::exp(wf / double(wn)), std::exp(wc / double(wn)),
                  wkl / double(wn), double(wa) / double(wn));
@@ -176,7 +177,15 @@ int Eval(const LmOptions& o, const LlamaWeights& w, const Tokenizer& tok) {
   const double ppl = std::exp(nll_comp / double(predicted));
   const double tps = double(total_tokens) / t_comp;
   const double tps_full = double(total_tokens) / t_full;
-  if (o.json) {
+  if (o.csv) {
+    fmt::print(
+        "method,budget_tokens,budget_bytes,tokens,ppl_full,ppl,kl_mean,kl_p99,"
+        "top1_agree,tokens_per_s,tokens_per_s_full,threads\n{},{},{},{},{:.6f},"
+        "{:.6f},{:.6g},{:.6g},{:.6f},{:.1f},{:.1f},{}\n",
+        comp_cfg.method, o.budget_bytes ? 0 : o.budget_tokens, o.budget_bytes,
+        total_tokens, ppl_full, ppl, kl_mean, kl_p99,
+        double(agree) / double(predicted), tps, tps_full, o.threads);
+  } else if (o.json) {
     fmt::print(
         "{{\"method\":\"{}\",\"budget_tokens\":{},\"budget_bytes\":{},"
         "\"tokens\":{},\"predicted\":{},\"ppl_full\":{:.6f},\"ppl\":{:.6f},"

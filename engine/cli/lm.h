@@ -28,6 +28,7 @@ struct LmOptions {
   uint64_t seed = 0;
   size_t max_windows = 0;  // 0 = all
   bool json = false;
+  bool csv = false;  // one summary row (for bench/plot.py)
   bool quiet = false;
 };
 

@@ -156,6 +156,8 @@ int main(int argc, char** argv) {
                    "max evaluated positions per head")
       ->capture_default_str();
   bench->add_flag("--json", bench_opt.json, "one JSON object per line");
+  bench->add_flag("--csv", bench_opt.csv, "CSV rows (for bench/plot.py)");
+  bench->add_flag("-q,--quiet", bench_opt.quiet, "no progress on stderr");
   bench
       ->add_option("--budget-split", bench_opt.budget_split,
                    "uniform: every head gets the budget; adaptive: the total "
@@ -221,6 +223,7 @@ int main(int argc, char** argv) {
   lm->add_option("--max-windows", lm_opt.max_windows,
                  "evaluate at most this many context windows (0 = all)");
   lm->add_flag("--json", lm_opt.json, "one JSON object per line");
+  lm->add_flag("--csv", lm_opt.csv, "one CSV summary row (bench/plot.py)");
   lm->add_flag("-q,--quiet", lm_opt.quiet, "no progress on stderr");
   CLI11_PARSE(app, argc, argv);
   try {

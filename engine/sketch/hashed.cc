@@ -43,7 +43,7 @@ CellPlan PlanCells(const SketchConfig& c, size_t bytes) {
   CellPlan p;
   int t = c.degree < 0 ? 0 : (c.degree > 1 ? 1 : c.degree);
   for (;; --t) {
-    const size_t per = Moments::Bytes(c.dk, vs, t);
+    const size_t per = Moments::Bytes(c.dk, vs, t) + PaddedCols(c.dk) * 4 + 1;
     size_t n = bytes * 2 / 5 / per;
     if (n > codes) n = codes;
     if (n > kMaxCells) n = kMaxCells;
@@ -60,7 +60,22 @@ class HashedSketch final : public Sketch {
   HashedSketch(const SketchConfig& c, Arena& a, size_t rows)
       : Sketch(c, a, DefaultWindow(c, rows)) {
     bits_ = c.hash_bits > 5 ? 5 : c.hash_bits;
-    const CellPlan plan = PlanCells(c, RemainingBytes());
+    // Fixed tables (planes, code table, key sums) and carve alignment come
+    // first; what is left is planned into cells.
+    const size_t fixed = 8 * Arena::kCarveAlign + (bits_ * ks_ + 1) * 4 +
+                         (size_t(2) << bits_) * 2 + (c.dk + 1) * 8;
+    const size_t one_cell =
+        Moments::Bytes(c.dk, vs_, 0) + ks_ * 4 + 1 + Arena::kCarveAlign;
+    if (RemainingBytes() < fixed + one_cell) {
+      throw BudgetError(
+          "hashed: budget of " + std::to_string(c.budget_bytes) +
+          " bytes leaves " + std::to_string(RemainingBytes()) +
+          " bytes after sinks and window; its tables and one cell need " +
+          std::to_string(fixed + one_cell) +
+          " (use a larger budget or a "
+          "smaller --window)");
+    }
+    const CellPlan plan = PlanCells(c, RemainingBytes() - fixed);
     degree_ = plan.degree;
     n_cells_ = plan.cells;
     planes_ = a.CarveArray<float>("hashed planes", bits_ * ks_ + 1);
