@@ -15,8 +15,9 @@ struct BenchOptions {
   std::string synthetic = "default";  // used when trace is empty
   size_t length = 0;                  // synthetic length override
   size_t kv_heads = 0;                // synthetic KV heads override
-  std::vector<std::string> methods = {"exact",   "window", "uniform",
-                                      "balance", "taylor", "hashed"};
+  std::vector<std::string> methods = {"exact",  "window", "uniform", "balance",
+                                      "taylor", "hashed", "h2o",     "tova",
+                                      "risk",   "blurry"};
   std::vector<size_t> budgets = {32, 64, 128};  // tokens
   size_t budget_bytes = 0;  // alternative to budgets: bytes per head
   size_t eval_max = 512;    // max evaluated positions per head (stride)

@@ -31,9 +31,10 @@ struct SessionConfig {
   size_t n_heads = 1;     // query heads per layer
   size_t n_kv_heads = 1;  // KV heads per layer (n_heads % n_kv_heads == 0)
   size_t dk = 0, dv = 0;
-  float scale = 0.0f;              // score scale; 0 = 1/sqrt(dk)
-  std::string method = "balance";  // exact, window, uniform, balance, taylor,
-                                   // hashed, h2o, tova, risk, blurry
+  float scale = 0.0f;  // score scale; 0 = 1/sqrt(dk)
+  // exact, window, uniform, balance, taylor, hashed, h2o, tova, risk,
+  // blurry. Default: the recommended method (see the README for why).
+  std::string method = "window";
   // Budget: exactly one of these (bytes for the whole session's sketch
   // state, bytes per KV head, or fp32-token equivalents per KV head).
   size_t budget_bytes = 0;
