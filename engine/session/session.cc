@@ -180,6 +180,34 @@ struct Session::Impl {
       state_bytes += sketches.back()->bytes();
     }
     pool.reset(new tbb::task_arena(int(threads)));
+    // Layers whose whole state is small run their heads on the calling
+    // thread: a parallel region costs more than the work (results are the
+    // same either way).
+    layer_serial.assign(c.layers, threads == 1);
+    for (size_t l = 0; l < c.layers; ++l) {
+      size_t bytes = 0;
+      for (size_t h = 0; h < c.n_kv_heads; ++h)
+        bytes += head_budget[l * c.n_kv_heads + h];
+      if (bytes < kSerialBytes) layer_serial[l] = true;
+    }
+    all_serial = threads == 1 || state_bytes < kSerialBytes;
+  }
+
+  // Below this much state per call, heads run serially (a oneTBB region
+  // costs a few microseconds).
+  static constexpr size_t kSerialBytes = 128 * 1024;
+  std::vector<bool> layer_serial;
+  bool all_serial = false;
+
+  template <class F>
+  void ForHeads(bool serial, size_t n, const F& f) {
+    if (serial) {
+      for (size_t i = 0; i < n; ++i) f(i, workspaces);
+      return;
+    }
+    pool->execute([&] {
+      tbb::parallel_for(size_t(0), n, [&](size_t i) { f(i, Workspace()); });
+    });
   }
 
   // The per-thread scratch is carved first; the state follows it.
@@ -221,14 +249,11 @@ struct Session::Impl {
 
   void DoAppend(size_t layer, const float* k, const float* v, size_t n) {
     const size_t nkv = cfg.n_kv_heads, dk = cfg.dk, dv = cfg.dv;
-    pool->execute([&] {
-      tbb::parallel_for(size_t(0), nkv, [&](size_t h) {
-        float* ws = Workspace();
-        Sketch& s = At(layer, h);
-        for (size_t t = 0; t < n; ++t) {
-          s.Append(k + (t * nkv + h) * dk, v + (t * nkv + h) * dv, ws);
-        }
-      });
+    ForHeads(layer_serial[layer], nkv, [&](size_t h, float* ws) {
+      Sketch& s = At(layer, h);
+      for (size_t t = 0; t < n; ++t) {
+        s.Append(k + (t * nkv + h) * dk, v + (t * nkv + h) * dv, ws);
+      }
     });
   }
 
@@ -239,11 +264,8 @@ struct Session::Impl {
   }
 
   void DoAttend(size_t layer, const float* q, float* out) {
-    pool->execute([&] {
-      tbb::parallel_for(size_t(0), cfg.n_kv_heads, [&](size_t h) {
-        At(layer, h).Attend(q + h * G * cfg.dk, G, out + h * G * cfg.dv,
-                            Workspace());
-      });
+    ForHeads(layer_serial[layer], cfg.n_kv_heads, [&](size_t h, float* ws) {
+      At(layer, h).Attend(q + h * G * cfg.dk, G, out + h * G * cfg.dv, ws);
     });
   }
 };
@@ -270,10 +292,8 @@ void Session::AppendAll(const float* k, const float* v) {
   for (size_t l = 0; l < m.cfg.layers; ++l)
     m.ValidateAppend(l, k + l * ks, v + l * vs, 1);
   // Layers and heads in one parallel region.
-  m.pool->execute([&] {
-    tbb::parallel_for(size_t(0), m.sketches.size(), [&](size_t i) {
-      m.sketches[i]->Append(k + i * m.cfg.dk, v + i * m.cfg.dv, m.Workspace());
-    });
+  m.ForHeads(m.all_serial, m.sketches.size(), [&](size_t i, float* ws) {
+    m.sketches[i]->Append(k + i * m.cfg.dk, v + i * m.cfg.dv, ws);
   });
 }
 
@@ -282,11 +302,9 @@ void Session::AttendAll(const float* q, float* out) {
   const size_t qs = m.cfg.n_heads * m.cfg.dk, os = m.cfg.n_heads * m.cfg.dv;
   for (size_t l = 0; l < m.cfg.layers; ++l)
     m.ValidateAttend(l, q + l * qs, out + l * os);
-  m.pool->execute([&] {
-    tbb::parallel_for(size_t(0), m.sketches.size(), [&](size_t i) {
-      m.sketches[i]->Attend(q + i * m.G * m.cfg.dk, m.G,
-                            out + i * m.G * m.cfg.dv, m.Workspace());
-    });
+  m.ForHeads(m.all_serial, m.sketches.size(), [&](size_t i, float* ws) {
+    m.sketches[i]->Attend(q + i * m.G * m.cfg.dk, m.G, out + i * m.G * m.cfg.dv,
+                          ws);
   });
 }
 
