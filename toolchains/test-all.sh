@@ -65,7 +65,7 @@ fuzz() {
   local t passed=0 work
   for t in npy trace_json state checkpoint tokenizer; do
     work=$(mktemp -d)
-    "build/fuzz/fuzz/fuzz_$t" "$work" "fuzz/corpus/$t" -max_total_time="${FUZZ_SECONDS:-40}" \
+    "build/fuzz/fuzz/fuzz_$t" "$work" "fuzz/corpus/$t" -max_total_time="${FUZZ_SECONDS:-30}" \
       -max_len=4096 -artifact_prefix="build/fuzz/crash-$t-" 2>&1 | grep -E "^Done|ERROR|SUMMARY"
     rm -rf "$work"
     passed=$((passed + 1))

@@ -271,6 +271,7 @@ int Generate(const LmOptions& o, const LlamaWeights& w, const Tokenizer& tok) {
   }
   const double s = Seconds(t0, Clock::now());
   std::fputs("\n", stdout);
+  std::fflush(stdout);
   if (!o.quiet) {
     std::fprintf(
         stderr,
