@@ -24,6 +24,7 @@
 #include "arch/attend.h"
 #include "arch/balance.h"  // GramLower, GramRows, GramStride
 #include "arch/dot.h"      // MatVec
+#include "arch/random.h"   // CounterHash
 #include "arch/risk.h"
 #include "arch/targets.h"  // PaddedCols
 #include "engine/sketch/methods.h"
@@ -36,6 +37,9 @@ namespace {
 constexpr size_t kItemMeta = 8;
 // risk frees 1/kDropDiv of the old items per compaction.
 constexpr size_t kDropDiv = 16;
+// Half of the probes sample all older queries (a reservoir), half are the
+// most recent: the selection serves queries that recur, not only the last.
+constexpr bool kOldProbes = true;
 // Future offsets (in units of the protected window) at which probes are
 // evaluated when the RoPE is known: now, one window ahead, four windows ahead.
 constexpr double kHorizons[] = {0.0, 1.0, 4.0};
@@ -44,7 +48,7 @@ constexpr size_t kHorizonCount = sizeof(kHorizons) / sizeof(kHorizons[0]);
 size_t ProbeCount(const SketchConfig& c, size_t rows) {
   if (c.method != Method::kRisk) return 0;
   if (c.probes) return c.probes;
-  return std::min<size_t>(32, std::max<size_t>(4, rows / 8));
+  return std::min<size_t>(32, std::max<size_t>(4, rows / 5));
 }
 
 size_t MaxCandidates(const SketchConfig& c) {
@@ -141,13 +145,7 @@ class SelectiveSketch final : public Sketch {
                 z, N, ws);
     if (probes_cap_) {
       const uint32_t pos = uint32_t(cfg_.rope_first_position + tokens_ - 1);
-      for (size_t g = 0; g < G; ++g) {
-        std::memcpy(probe_q_ + probe_head_ * ks_, qp + g * ks_,
-                    ks_ * sizeof(float));
-        probe_pos_[probe_head_] = pos;
-        probe_head_ = (probe_head_ + 1) % probes_cap_;
-        probe_count_ = std::min(probe_count_ + 1, probes_cap_);
-      }
+      for (size_t g = 0; g < G; ++g) AddProbe(qp + g * ks_, pos);
     }
   }
 
@@ -175,6 +173,7 @@ class SelectiveSketch final : public Sketch {
     w.Put<uint32_t>(next_seq_);
     w.Put<uint64_t>(probe_count_);
     w.Put<uint64_t>(probe_head_);
+    w.Put<uint64_t>(offered_);
   }
   void LoadScalars(StateReader& r) override {
     Sketch::LoadScalars(r);
@@ -183,6 +182,7 @@ class SelectiveSketch final : public Sketch {
     probe_count_ = r.GetAtMost<uint64_t>(probes_cap_, "probe count");
     probe_head_ =
         r.GetAtMost<uint64_t>(probes_cap_ ? probes_cap_ - 1 : 0, "probe head");
+    offered_ = r.Get<uint64_t>();
   }
 
  private:
@@ -193,6 +193,41 @@ class SelectiveSketch final : public Sketch {
     if (logw_) logw_[i] = 0.0f;
   }
   bool Protected(size_t i) const { return seq_[i] + protect_ >= next_seq_; }
+
+  // Probes: slots [0, R) are a ring of the most recent queries; a query
+  // leaving the ring is offered to a reservoir sample of all older queries
+  // in slots [R, probes_cap_) (counter-based, deterministic). Valid slots
+  // are always [0, probe_count_).
+  size_t RecentProbes() const {
+    return kOldProbes ? probes_cap_ - probes_cap_ / 2 : probes_cap_;
+  }
+  void AddProbe(const float* q, uint32_t pos) {
+    const size_t R = RecentProbes();
+    if (probe_count_ >= R && R < probes_cap_) {
+      // The ring is full: its oldest entry (at probe_head_) leaves it.
+      ++offered_;
+      const size_t old = probe_count_ - R, room = probes_cap_ - R;
+      size_t dst = SIZE_MAX;
+      if (old < room) {
+        dst = R + old;
+        ++probe_count_;
+      } else {
+        const uint64_t j = CounterHash(cfg_.seed, cfg_.stream ^ 0x9b0be5ull,
+                                       offered_) %
+                           offered_;
+        if (j < room) dst = R + size_t(j);
+      }
+      if (dst != SIZE_MAX) {
+        std::memcpy(probe_q_ + dst * ks_, probe_q_ + probe_head_ * ks_,
+                    ks_ * sizeof(float));
+        probe_pos_[dst] = probe_pos_[probe_head_];
+      }
+    }
+    std::memcpy(probe_q_ + probe_head_ * ks_, q, ks_ * sizeof(float));
+    probe_pos_[probe_head_] = pos;
+    probe_head_ = (probe_head_ + 1) % R;
+    if (probe_count_ < R) ++probe_count_;
+  }
 
   // The old item with the least score (ties: the oldest); the oldest item
   // when everything is protected.
@@ -440,6 +475,7 @@ class SelectiveSketch final : public Sketch {
   uint32_t* probe_pos_ = nullptr;
   size_t count_ = 0, protect_ = 0, attended_ = 0;
   size_t probes_cap_ = 0, probe_count_ = 0, probe_head_ = 0;
+  uint64_t offered_ = 0;  // queries offered to the probe reservoir
   uint32_t next_seq_ = 1;
   uint64_t compactions_ = 0;
 };

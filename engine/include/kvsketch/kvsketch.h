@@ -34,7 +34,7 @@ struct SessionConfig {
   float scale = 0.0f;  // score scale; 0 = 1/sqrt(dk)
   // exact, window, uniform, balance, taylor, hashed, h2o, tova, risk,
   // blurry. Default: the recommended method (see the README for why).
-  std::string method = "window";
+  std::string method = "risk";
   // Budget: exactly one of these (bytes for the whole session's sketch
   // state, bytes per KV head, or fp32-token equivalents per KV head).
   size_t budget_bytes = 0;

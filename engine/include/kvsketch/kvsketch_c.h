@@ -30,7 +30,7 @@ typedef enum kvs_status {
 typedef struct kvs_config {
   size_t layers, n_heads, n_kv_heads, dk, dv;
   float scale;         /* 0: 1/sqrt(dk) */
-  const char* method;  /* NULL: the recommended default, "window" */
+  const char* method;  /* NULL: the recommended default, "risk" */
   size_t budget_bytes; /* exactly one of the three budgets */
   size_t budget_bytes_per_head;
   size_t budget_tokens_per_head;
