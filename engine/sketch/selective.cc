@@ -212,9 +212,9 @@ class SelectiveSketch final : public Sketch {
         dst = R + old;
         ++probe_count_;
       } else {
-        const uint64_t j = CounterHash(cfg_.seed, cfg_.stream ^ 0x9b0be5ull,
-                                       offered_) %
-                           offered_;
+        const uint64_t j =
+            CounterHash(cfg_.seed, cfg_.stream ^ 0x9b0be5ull, offered_) %
+            offered_;
         if (j < room) dst = R + size_t(j);
       }
       if (dst != SIZE_MAX) {
