@@ -214,18 +214,9 @@ double Spearman(const std::vector<double>& x, const std::vector<double>& y) {
 }  // namespace
 
 int RunAnalyze(const AnalyzeOptions& opt) {
-  std::vector<Trace> traces;
   std::string source;
-  if (!opt.trace.empty()) {
-    for (const std::string& dir : FindTraceDirs(opt.trace))
-      traces.push_back(LoadTrace(dir));
-    source = opt.trace + " (" + std::to_string(traces.size()) + " traces)";
-  } else {
-    SyntheticSpec spec = SyntheticByName(opt.synthetic, opt.length, 0);
-    if (opt.kv_heads) spec.n_kv_heads = opt.kv_heads;
-    traces.push_back(MakeSynthetic(spec));
-    source = traces[0].name;
-  }
+  const std::vector<Trace> traces = bench::LoadWorkload(
+      opt.trace, opt.synthetic, opt.length, opt.kv_heads, &source);
   if (opt.budgets.empty()) throw Error("analyze needs at least one budget");
   std::vector<Unit> units;
   for (const Trace& t : traces)

@@ -207,22 +207,31 @@ void PrintNorms(const std::vector<Trace>& traces, bool json) {
 
 }  // namespace
 
-int RunBench(const BenchOptions& opt) {
+std::vector<Trace> bench::LoadWorkload(const std::string& trace,
+                                       const std::string& synthetic,
+                                       size_t length, size_t kv_heads,
+                                       std::string* source) {
   std::vector<Trace> traces;
-  std::string source;
-  if (!opt.trace.empty()) {
-    for (const std::string& dir : FindTraceDirs(opt.trace))
+  if (!trace.empty()) {
+    for (const std::string& dir : FindTraceDirs(trace))
       traces.push_back(LoadTrace(dir));
-    source = opt.trace + " (" + std::to_string(traces.size()) + " traces)";
+    *source = trace + " (" + std::to_string(traces.size()) + " traces)";
   } else {
-    SyntheticSpec spec = SyntheticByName(opt.synthetic, opt.length, 0);
-    if (opt.kv_heads) {
-      if (opt.kv_heads > 4096) throw Error("--kv-heads must be at most 4096");
-      spec.n_kv_heads = opt.kv_heads;
+    SyntheticSpec spec = SyntheticByName(synthetic, length, 0);
+    if (kv_heads) {
+      if (kv_heads > 4096) throw Error("--kv-heads must be at most 4096");
+      spec.n_kv_heads = kv_heads;
     }
     traces.push_back(MakeSynthetic(spec));
-    source = traces[0].name;
+    *source = traces[0].name;
   }
+  return traces;
+}
+
+int RunBench(const BenchOptions& opt) {
+  std::string source;
+  const std::vector<Trace> traces =
+      LoadWorkload(opt.trace, opt.synthetic, opt.length, opt.kv_heads, &source);
   for (const Trace& t : traces) {
     if (t.dk != traces[0].dk || t.dv != traces[0].dv) {
       throw Error("all traces of a set must share head dimensions");

@@ -36,6 +36,11 @@ Result RunUnit(const Unit& u, const SketchConfig& base, size_t budget_tokens,
                size_t budget_bytes, const std::vector<size_t>& pos,
                const std::vector<double>& exact);
 std::string JsonNum(double x);
+// Trace directory (or folder of traces) or, when `trace` is empty, the
+// named synthetic workload; `source` describes it for reports.
+std::vector<Trace> LoadWorkload(const std::string& trace,
+                                const std::string& synthetic, size_t length,
+                                size_t kv_heads, std::string* source);
 double Quantile(std::vector<double> v, double q);
 
 }  // namespace bench

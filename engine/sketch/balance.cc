@@ -62,10 +62,7 @@ class BalanceSketch final : public Sketch {
                         float* ws) override {
     const size_t n = coreset_.count();
     if (n == 0) {
-      for (size_t g = 0; g < G; ++g) {
-        m[g] = -std::numeric_limits<float>::infinity();
-        z[g] = 0.0f;
-      }
+      EmptyPartial(G, m, z);
       return;
     }
     float* scores = adaptive_ ? ws : nullptr;  // [G][n]

@@ -46,10 +46,7 @@ class BlurrySketch final : public Sketch {
   void AttendCompressed(const float* qp, size_t G, float* m, float* z, float* N,
                         float*) override {
     if (count_ == 0) {
-      for (size_t g = 0; g < G; ++g) {
-        m[g] = -std::numeric_limits<float>::infinity();
-        z[g] = 0.0f;
-      }
+      EmptyPartial(G, m, z);
       return;
     }
     AttendGroup(slots_.KView(0, count_), slots_.VView(0, count_), logw_, qp, G,

@@ -134,10 +134,7 @@ class SelectiveSketch final : public Sketch {
                         float* ws) override {
     attended_ = count_;
     if (count_ == 0) {
-      for (size_t g = 0; g < G; ++g) {
-        m[g] = -std::numeric_limits<float>::infinity();
-        z[g] = 0.0f;
-      }
+      EmptyPartial(G, m, z);
       return;
     }
     AttendGroup(rows_.KView(0, count_), rows_.VView(0, count_),

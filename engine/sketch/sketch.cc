@@ -224,6 +224,13 @@ void Sketch::AttendRange(const Rows& rows, size_t begin, size_t n,
   }
 }
 
+void Sketch::EmptyPartial(size_t G, float* m, float* z) {
+  for (size_t g = 0; g < G; ++g) {
+    m[g] = -std::numeric_limits<float>::infinity();
+    z[g] = 0.0f;
+  }
+}
+
 void Sketch::AttendSinks(const float* qp, size_t G, float* m, float* z,
                          float* N, float* m2, float* z2, float* N2) const {
   for (size_t g = 0; g < G; ++g) {

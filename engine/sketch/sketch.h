@@ -129,6 +129,8 @@ class Sketch {
   void AttendSinks(const float* qp, size_t G, float* m, float* z, float* N,
                    float* m2, float* z2, float* N2) const;
   size_t sinks_used() const { return sinks_used_; }
+  // The partial of an empty region: m = -inf, z = 0 for G queries.
+  static void EmptyPartial(size_t G, float* m, float* z);
 
   using Rows = RowStore;
   Rows CarveRows(const std::string& what, size_t cap);

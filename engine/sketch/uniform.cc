@@ -36,10 +36,7 @@ class Uniform final : public Sketch {
   void AttendCompressed(const float* qp, size_t G, float* m, float* z, float* N,
                         float*) override {
     if (count_ == 0) {
-      for (size_t g = 0; g < G; ++g) {
-        m[g] = -std::numeric_limits<float>::infinity();
-        z[g] = 0.0f;
-      }
+      EmptyPartial(G, m, z);
       return;
     }
     AttendGroup(pool_.KView(0, count_), pool_.VView(0, count_), nullptr, qp, G,
