@@ -356,12 +356,15 @@ class SelectiveSketch final : public Sketch {
     const size_t gs = GramStride(C);
     float* gram = ws;
     ws += GramRows(C) * gs;
-    float* tmp = ws;
-    ws += GramRows(C) * gs;
-    float* tmp2 = ws;
+    float* tmp = ws;  // a second Gram, then the factor L, then H
     ws += GramRows(C) * gs;
     float* gscratch = ws;
     ws += GramScratchFloats(C, std::max(Pp, vs));
+    auto add = [&](float sign) {
+      for (size_t i = 0; i < C; ++i)
+        for (size_t j = 0; j <= i; ++j)
+          gram[i * gs + j] += sign * tmp[i * gs + j];
+    };
     GramLower(A, C, P, Pp, gram, gscratch);        // S
     GramLower(Vc, C, cfg_.dv, vs, tmp, gscratch);  // <v_i, v_j>
     for (size_t i = 0; i < C; ++i)
@@ -370,15 +373,12 @@ class SelectiveSketch final : public Sketch {
         gram[i * gs + j] = tmp[i * gs + j] * sij + sij;  // + S for X + X'
       }
     GramLower(YA, C, P, Pp, tmp, gscratch);
-    GramLower(Y, C, P, Pp, tmp2, gscratch);
-    for (size_t i = 0; i < C; ++i)
-      for (size_t j = 0; j <= i; ++j)
-        gram[i * gs + j] -= tmp[i * gs + j] - tmp2[i * gs + j];
+    add(-1.0f);
+    GramLower(Y, C, P, Pp, tmp, gscratch);
+    add(1.0f);
     GramLower(Dm, C, P, Pp, tmp, gscratch);
-    for (size_t i = 0; i < C; ++i)
-      for (size_t j = 0; j <= i; ++j) gram[i * gs + j] += tmp[i * gs + j];
-    float* L = ws;
-    ws += keep * RoundUp(C, 16);
+    add(1.0f);
+    float* L = tmp;  // keep * RoundUp(C, 16) <= GramRows(C) * gs
     float* diag = ws;
     ws += RoundUp(C, 16);
     uint32_t* piv = reinterpret_cast<uint32_t*>(ws);
@@ -410,8 +410,8 @@ class SelectiveSketch final : public Sketch {
         return i >= j ? gram[i * gs + j] : gram[j * gs + i];
       };
       const size_t ss = RoundUp(rank, 16);
-      float* H = ws;
-      float* b = H + rank * ss;
+      float* H = tmp;  // the factor L is no longer needed
+      float* b = ws;
       float* w = b + ss;
       float* w0 = w + ss;
       float* grad = w0 + ss;
@@ -490,11 +490,11 @@ size_t SelectiveWorkspaceFloats(const SketchConfig& c) {
   if (c.method != Method::kRisk) return attend + 64;
   const size_t C = std::min(cap, MaxCandidates(c));
   const size_t Pp = up(P);
-  const size_t compact =
-      up(cap) + P * ks + 2 * P + P * vs + P * C + C * (ks + vs) +
-      2 * kMaxGroup + kMaxGroup * vs + 4 * C * Pp + ks +
-      3 * GramRows(C) * GramStride(C) + GramScratchFloats(C, std::max(Pp, vs)) +
-      C * up(C) + 2 * up(C) + up(cap) / 4 + 16 + C * up(C) + 4 * up(C) + 64;
+  const size_t compact = up(cap) + P * ks + 2 * P + P * vs + P * C +
+                         C * (ks + vs) + 2 * kMaxGroup + kMaxGroup * vs +
+                         4 * C * Pp + 2 * GramRows(C) * GramStride(C) +
+                         GramScratchFloats(C, std::max(Pp, vs)) + 2 * up(C) +
+                         up(cap) / 4 + 16 + 4 * up(C) + 64;
   return std::max(attend, compact) + 64;
 }
 

@@ -1,4 +1,4 @@
-// Minimal C++ embedding: two layers, GQA 2:1, a 256 KiB total budget.
+// Minimal C++ embedding: two layers, GQA 2:1, a 1 MiB total budget.
 #include <kvsketch/kvsketch.h>
 
 #include <cmath>
@@ -11,7 +11,7 @@ int main() {
   cfg.n_heads = 4;
   cfg.n_kv_heads = 2;
   cfg.dk = cfg.dv = 16;
-  cfg.budget_bytes = 256 * 1024;
+  cfg.budget_bytes = 1024 * 1024;
   try {
     kvsketch::Session s(cfg);
     std::vector<float> k(2 * 16), v(2 * 16), q(4 * 16, 0.1f), out(4 * 16);
