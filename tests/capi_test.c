@@ -51,6 +51,42 @@ int main(void) {
   for (i = 0; i < 32; ++i) CHECK(out[i] == out2[i]);
   CHECK(kvs_load(s, "/nonexistent/kvsketch.state") == KVS_IO);
   kvs_destroy(s);
+  /* RoPE reaches the session: risk rotates its probes with it, so the same
+   * stream answers differently with and without it; a bad RoPE is rejected. */
+  {
+    kvs_session* a = NULL;
+    kvs_session* b = NULL;
+    float qa[4 * 8], oa[4 * 8], ob[4 * 8];
+    double diff = 0.0;
+    cfg.layers = 1;
+    cfg.budget_tokens_per_head = 24;
+    cfg.threads = 1;
+    CHECK(kvs_create(&cfg, &a) == KVS_OK);
+    cfg.rope_theta = 10000.0f;
+    CHECK(kvs_create(&cfg, &b) == KVS_OK);
+    for (t = 0; t < 300; ++t) {
+      for (i = 0; i < 16; ++i) {
+        k[i] = (float)(3.0 * sin(0.37 * (double)(t * 16 + i) + 0.001 * t * t));
+        v[i] = (float)cos(0.11 * (double)(t * 16 + i));
+      }
+      for (i = 0; i < 32; ++i) {
+        qa[i] = (float)(2.0 * cos(0.23 * (double)(t * 32 + i)));
+      }
+      CHECK(kvs_append(a, 0, k, v, 1) == KVS_OK);
+      CHECK(kvs_append(b, 0, k, v, 1) == KVS_OK);
+      CHECK(kvs_attend(a, 0, qa, oa) == KVS_OK);
+      CHECK(kvs_attend(b, 0, qa, ob) == KVS_OK);
+      for (i = 0; i < 32; ++i) diff += fabs((double)oa[i] - (double)ob[i]);
+    }
+    CHECK(diff > 1e-3);
+    kvs_destroy(a);
+    kvs_destroy(b);
+    cfg.rope_dims = 3;
+    CHECK(kvs_create(&cfg, &a) == KVS_INVALID_ARGUMENT);
+    CHECK(a == NULL);
+    cfg.rope_dims = 0;
+    cfg.rope_theta = 0.0f;
+  }
   /* Creation errors. */
   cfg.n_heads = 3;
   CHECK(kvs_create(&cfg, &s) == KVS_INVALID_ARGUMENT);

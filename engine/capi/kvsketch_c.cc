@@ -54,6 +54,7 @@ void kvs_config_init(kvs_config* c) {
   *c = kvs_config{};
   c->sinks = 4;
   c->window = -1;
+  c->rope_interleaved = 1;
 }
 
 kvs_status kvs_create(const kvs_config* c, kvs_session** out) {
@@ -84,6 +85,9 @@ kvs_status kvs_create(const kvs_config* c, kvs_session** out) {
     cfg.seed = c->seed;
     cfg.sinks = c->sinks;
     cfg.window = c->window;
+    cfg.rope_theta = c->rope_theta;
+    cfg.rope_dims = c->rope_dims;
+    cfg.rope_interleaved = c->rope_interleaved != 0;
     s = new kvs_session;
     try {
       s->session.reset(new kvsketch::Session(cfg));

@@ -14,6 +14,7 @@ int main(void) {
   cfg.n_kv_heads = 2;
   cfg.dk = cfg.dv = 8;
   cfg.budget_tokens_per_head = 64;
+  cfg.rope_theta = 10000.0f; /* the model's RoPE: risk (the default) uses it */
   if (kvs_create(&cfg, &s) != KVS_OK) {
     fprintf(stderr, "kvs_create: %s\n", kvs_last_error(NULL));
     return 1;

@@ -40,6 +40,13 @@ typedef struct kvs_config {
   uint64_t seed;
   size_t sinks;
   long window; /* -1: method default */
+  /* RoPE of the keys and queries you pass (theta 0: none or unknown). The
+   * default method, risk, rotates its probe queries forward to future
+   * positions with it; give it whenever the model uses RoPE. */
+  float rope_theta;     /* e.g. 10000 (llama) */
+  size_t rope_dims;     /* rotated dims per head, even; 0: all of dk */
+  int rope_interleaved; /* 1: pairs (x[2i], x[2i+1]) as llama2.c/Meta;
+                           0: halves (x[i], x[i + dims/2]) as NeoX/HF */
 } kvs_config;
 
 typedef struct kvs_stats {
@@ -49,7 +56,8 @@ typedef struct kvs_stats {
 
 typedef struct kvs_session kvs_session;
 
-/* Fills defaults (method balance, f32, 4 sinks, window -1). */
+/* Fills defaults: method NULL (risk), f32, 4 sinks, window -1, no RoPE
+ * (theta 0, interleaved pairs when set). */
 void kvs_config_init(kvs_config* cfg);
 kvs_status kvs_create(const kvs_config* cfg, kvs_session** out);
 void kvs_destroy(kvs_session* s);
