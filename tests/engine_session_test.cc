@@ -237,6 +237,30 @@ TEST_CASE("save / load restores a bit-identical session; bad files rejected") {
   fs::remove_all(dir);
 }
 
+TEST_CASE("a state saved with N threads loads with M (per-head budgets)") {
+  for (const char* m : {"risk", "balance", "window"}) {
+    SessionConfig c = SmallConfig(m, 4);
+    const Stream st(c, 160);
+    Session a(c);
+    Drive(a, st, 0, 100);
+    c.threads = 1;
+    Session b(c);
+    b.LoadBytes(a.SaveBytes());
+    INFO(m);
+    CHECK(Drive(a, st, 100, 160) == Drive(b, st, 100, 160));
+  }
+  // A total budget pays for the per-thread scratch: the thread count
+  // changes every head's share, so the file names the mismatch.
+  SessionConfig c = SmallConfig("window", 2);
+  c.budget_tokens_per_head = 0;
+  c.budget_bytes = 4u << 20;
+  Session a(c);
+  c.threads = 1;
+  Session b(c);
+  CHECK_THROWS_WITH_AS(b.LoadBytes(a.SaveBytes()),
+                       doctest::Contains("threads=2"), Error);
+}
+
 TEST_CASE("one million tokens: accounted bytes never move") {
   SessionConfig c;
   c.layers = 1;

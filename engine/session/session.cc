@@ -50,6 +50,14 @@ struct Session::Impl {
   std::unique_ptr<tbb::task_arena> pool;
   size_t state_bytes = 0;
 
+  // The configuration a state file must match: the thread count resolved
+  // (0 means "all cores", which differs between machines).
+  SessionConfig StateConfig() const {
+    SessionConfig c = cfg;
+    c.threads = int(threads);
+    return c;
+  }
+
   explicit Impl(const SessionConfig& c) : cfg(c) {
     if (c.layers == 0 || c.n_heads == 0 || c.n_kv_heads == 0) {
       throw Error("layers, n_heads and n_kv_heads must be positive");
@@ -323,22 +331,22 @@ SessionStats Session::Stats() const {
 }
 
 void Session::Save(const std::string& path) const {
-  SaveState(path, impl_->cfg, *impl_->arena, impl_->StateBegin(),
+  SaveState(path, impl_->StateConfig(), *impl_->arena, impl_->StateBegin(),
             impl_->sketches);
 }
 
 std::string Session::SaveBytes() const {
-  return SaveStateBytes(impl_->cfg, *impl_->arena, impl_->StateBegin(),
-                        impl_->sketches);
+  return SaveStateBytes(impl_->StateConfig(), *impl_->arena,
+                        impl_->StateBegin(), impl_->sketches);
 }
 
 void Session::LoadBytes(const std::string& bytes) {
-  LoadStateBytes(bytes, "state", impl_->cfg, *impl_->arena, impl_->StateBegin(),
-                 impl_->sketches);
+  LoadStateBytes(bytes, "state", impl_->StateConfig(), *impl_->arena,
+                 impl_->StateBegin(), impl_->sketches);
 }
 
 void Session::Load(const std::string& path) {
-  LoadState(path, impl_->cfg, *impl_->arena, impl_->StateBegin(),
+  LoadState(path, impl_->StateConfig(), *impl_->arena, impl_->StateBegin(),
             impl_->sketches);
 }
 

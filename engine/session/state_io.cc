@@ -70,8 +70,13 @@ std::string ConfigFingerprint(const SessionConfig& c) {
     << " dk=" << c.dk << " dv=" << c.dv << " scale=" << c.scale
     << " method=" << c.method << " budget=" << c.budget_bytes << "/"
     << c.budget_bytes_per_head << "/" << c.budget_tokens_per_head
-    << " storage=" << c.storage << " threads=" << c.threads
-    << " seed=" << c.seed << " sinks=" << c.sinks << " window=" << c.window
+    << " storage=" << c.storage;
+  // Results do not depend on the thread count, and neither does the state
+  // under per-head budgets: a state saved with 8 threads loads with 1. A
+  // total budget also pays for the per-thread scratch, so there the
+  // (resolved) thread count decides every head's share and must match.
+  if (c.budget_bytes) o << " threads=" << c.threads;
+  o << " seed=" << c.seed << " sinks=" << c.sinks << " window=" << c.window
     << " block=" << c.block << " degree=" << c.degree
     << " rope=" << c.rope_theta << "/" << c.rope_dims << "/"
     << c.rope_interleaved << " weights=";
