@@ -309,6 +309,44 @@ TEST_CASE("query-aware methods keep an old token that is queried again") {
   }
 }
 
+TEST_CASE("risk without queries (a long prefill) keeps the newest tokens") {
+  // No probes yet: the pool drops its oldest items, so the state is sinks +
+  // the newest tokens, and the answer is exact attention over them.
+  const Trace t = SmallSynthetic(3000);
+  SketchConfig c = Config(Method::kRisk, t, 64);
+  Run r(c);
+  r.sketch->AppendBlock(t.K(0, 0, 0), t.V(0, 0, 0), t.seq, r.ws.data());
+  const size_t kept = r.sketch->retained();
+  CHECK(r.sketch->bytes() <= c.budget_bytes);
+  CHECK(kept >= 4 + 40);  // sinks + at least most of the pool
+  CHECK(kept <= 64);
+  const size_t G = t.group(), j = t.seq - 1, recent = kept - 4;
+  std::vector<float> q(G * t.dk), out(G * t.dv);
+  for (size_t g = 0; g < G; ++g)
+    std::memcpy(q.data() + g * t.dk, t.Q(0, g, j), t.dk * sizeof(float));
+  r.sketch->Attend(q.data(), G, out.data(), r.ws.data());
+  for (size_t g = 0; g < G; ++g) {
+    std::vector<double> s, ref(t.dv, 0.0);
+    std::vector<size_t> idx = {0, 1, 2, 3};
+    for (size_t i = t.seq - recent; i < t.seq; ++i) idx.push_back(i);
+    double mx = -INFINITY, z = 0;
+    for (size_t i : idx) {
+      double dot = 0;
+      for (size_t x = 0; x < t.dk; ++x)
+        dot += double(t.Q(0, g, j)[x]) * t.K(0, 0, i)[x];
+      s.push_back(dot * t.scale);
+      mx = std::max(mx, s.back());
+    }
+    for (size_t a = 0; a < idx.size(); ++a) {
+      const double p = std::exp(s[a] - mx);
+      z += p;
+      for (size_t x = 0; x < t.dv; ++x) ref[x] += p * t.V(0, 0, idx[a])[x];
+    }
+    for (size_t x = 0; x < t.dv; ++x)
+      CHECK(out[g * t.dv + x] == doctest::Approx(ref[x] / z).epsilon(1e-4));
+  }
+}
+
 TEST_CASE("arena accounting and errors") {
   Arena a(1000);
   CHECK(a.capacity() == 960);  // rounded down to whole cache lines

@@ -23,6 +23,7 @@
 
 #include "arch/attend.h"
 #include "arch/balance.h"  // GramLower, GramRows, GramStride
+#include "arch/convert.h"  // probes in f16
 #include "arch/dot.h"      // MatVec
 #include "arch/random.h"   // CounterHash
 #include "arch/risk.h"
@@ -32,9 +33,14 @@
 namespace kvsketch {
 namespace {
 
-// Per item: position (u32) and either the accumulated attention (h2o, tova)
-// or the log-weight (risk), f32.
-constexpr size_t kItemMeta = 8;
+// Per item: h2o and tova keep its insertion number (u32) and accumulated
+// attention (f32); risk keeps its pool in insertion order (stable removal)
+// and only a log-weight (f32). Probes are stored in f16 (they only steer
+// the selection) with their position (u32). At head_dim 8 a row is 64
+// bytes, so every metadata byte counts.
+size_t ItemMeta(const SketchConfig& c) {
+  return c.method == Method::kRisk ? 4 : 8;
+}
 // risk frees 1/kDropDiv of the old items per compaction.
 constexpr size_t kDropDiv = 16;
 // Half of the probes sample all older queries (a reservoir), half are the
@@ -55,12 +61,28 @@ size_t MaxCandidates(const SketchConfig& c) {
   return std::max<size_t>(8, 2 * c.block);
 }
 
-// Items of the pool for a budget: rows + metadata, carve slack, probes.
+// Bytes the pool carves for `cap` items and `probes` probes (every array
+// aligned as the arena carves it).
+size_t PoolBytes(const SketchConfig& c, size_t cap, size_t probes) {
+  if (cap == 0) return 0;
+  const size_t ks = PaddedCols(c.dk), vs = PaddedCols(c.dv);
+  const size_t eb = StorageBytes(c.storage);
+  size_t b = Arena::Aligned(cap * ks * eb) + Arena::Aligned(cap * vs * eb) +
+             Arena::Aligned(cap * 4);
+  if (c.method != Method::kRisk) b += Arena::Aligned(cap * 4);
+  if (probes)
+    b += Arena::Aligned(probes * c.dk * 2) + Arena::Aligned(probes * 4);
+  return b;
+}
+
+// Items of the pool for a budget: the most whose rows, metadata and probes
+// fit exactly.
 size_t PoolCapacity(const SketchConfig& c, size_t bytes, size_t probes) {
   const size_t ks = PaddedCols(c.dk), vs = PaddedCols(c.dv);
-  const size_t row = (ks + vs) * StorageBytes(c.storage);
-  const size_t slack = 6 * Arena::kCarveAlign + probes * (ks * 4 + 4);
-  return bytes > slack ? (bytes - slack) / (row + kItemMeta) : 0;
+  const size_t row = (ks + vs) * StorageBytes(c.storage) + ItemMeta(c);
+  size_t cap = bytes / row;
+  while (cap > 0 && PoolBytes(c, cap, probes) > bytes) --cap;
+  return cap;
 }
 
 // Rotates a post-RoPE query by `delta` positions (same layout as the keys).
@@ -88,15 +110,16 @@ class SelectiveSketch final : public Sketch {
     const size_t cap = PoolCapacity(c, RemainingBytes(), probes_cap_);
     rows_ = CarveRows("pool", cap);
     if (cap) {
-      seq_ = a.CarveArray<uint32_t>("pool positions", cap);
       if (mode_ == Method::kRisk) {
         logw_ = a.CarveArray<float>("pool log-weights", cap);
       } else {
+        seq_ = a.CarveArray<uint32_t>("pool positions", cap);
         score_ = a.CarveArray<float>("pool attention scores", cap);
       }
     }
     if (probes_cap_ && cap) {
-      probe_q_ = a.CarveArray<float>("probe queries", probes_cap_ * ks_);
+      probe_q_ =
+          a.CarveArray<uint16_t>("probe queries (f16)", probes_cap_ * cfg_.dk);
       probe_pos_ = a.CarveArray<uint32_t>("probe positions", probes_cap_);
     } else {
       probes_cap_ = 0;
@@ -123,7 +146,8 @@ class SelectiveSketch final : public Sketch {
       Put(count_++, k, v);
       return;
     }
-    if (mode_ == Method::kRisk && probe_count_ > 0 && Compact(ws)) {
+    if (mode_ == Method::kRisk) {
+      if (probe_count_ == 0 || !Compact(ws)) DropOldest();
       Put(count_++, k, v);
       return;
     }
@@ -185,11 +209,26 @@ class SelectiveSketch final : public Sketch {
  private:
   void Put(size_t i, const float* k, const float* v) {
     rows_.Put(i, k, v);
-    seq_[i] = next_seq_++;
+    if (seq_) seq_[i] = next_seq_;
+    ++next_seq_;
     if (score_) score_[i] = 0.0f;
     if (logw_) logw_[i] = 0.0f;
   }
-  bool Protected(size_t i) const { return seq_[i] + protect_ >= next_seq_; }
+  // The newest protect_ items (risk's pool is in insertion order).
+  bool Protected(size_t i) const {
+    return seq_ ? seq_[i] + protect_ >= next_seq_ : i + protect_ >= count_;
+  }
+  // risk without a usable compaction (no probes yet, e.g. a prefill without
+  // queries, or nothing old): the oldest items leave, 1/32 of the pool at a
+  // time so the stable shift costs O(32 rows) per token.
+  void DropOldest() {
+    const size_t d = std::min(count_, std::max<size_t>(1, rows_.cap / 32));
+    for (size_t i = d; i < count_; ++i) {
+      rows_.Move(i - d, i);
+      logw_[i - d] = logw_[i];
+    }
+    count_ -= d;
+  }
 
   // Probes: slots [0, R) are a ring of the most recent queries; a query
   // leaving the ring is offered to a reservoir sample of all older queries
@@ -215,12 +254,15 @@ class SelectiveSketch final : public Sketch {
         if (j < room) dst = R + size_t(j);
       }
       if (dst != SIZE_MAX) {
-        std::memcpy(probe_q_ + dst * ks_, probe_q_ + probe_head_ * ks_,
-                    ks_ * sizeof(float));
+        std::memcpy(probe_q_ + dst * cfg_.dk, probe_q_ + probe_head_ * cfg_.dk,
+                    cfg_.dk * sizeof(uint16_t));
         probe_pos_[dst] = probe_pos_[probe_head_];
       }
     }
-    std::memcpy(probe_q_ + probe_head_ * ks_, q, ks_ * sizeof(float));
+    float row[kMaxHeadDim];  // f16 range: queries of f16 models fit
+    for (size_t i = 0; i < cfg_.dk; ++i)
+      row[i] = std::min(65504.0f, std::max(-65504.0f, q[i]));
+    ConvertRow(row, Storage::kF16, probe_q_ + probe_head_ * cfg_.dk, cfg_.dk);
     probe_pos_[probe_head_] = pos;
     probe_head_ = (probe_head_ + 1) % R;
     if (probe_count_ < R) ++probe_count_;
@@ -246,22 +288,15 @@ class SelectiveSketch final : public Sketch {
     // Each stored probe is used at kHorizons future offsets (with RoPE).
     const size_t H = cfg_.rope_theta > 0.0f ? kHorizonCount : 1;
     const size_t P = probe_count_ * H;
-    // Candidates: the old items (at most MaxCandidates, those with the
-    // least accumulated attention).
+    // Candidates: the oldest old items (at most MaxCandidates; the pool is
+    // in insertion order).
     uint32_t* cand = reinterpret_cast<uint32_t*>(ws);
     ws += RoundUp(rows_.cap, 16);
     size_t C = 0;
-    for (size_t i = 0; i < n; ++i)
+    const size_t cmax = MaxCandidates(cfg_);
+    for (size_t i = 0; i < n && C < cmax; ++i)
       if (!Protected(i)) cand[C++] = uint32_t(i);
     if (C == 0) return false;
-    const size_t cmax = MaxCandidates(cfg_);
-    if (C > cmax) {  // the oldest
-      std::nth_element(
-          cand, cand + cmax, cand + C,
-          [&](uint32_t a, uint32_t b) { return seq_[a] < seq_[b]; });
-      C = cmax;
-      std::sort(cand, cand + C);
-    }
     const size_t drop_target = std::max<size_t>(1, C / kDropDiv);
     const size_t keep = C - drop_target;
 
@@ -271,7 +306,9 @@ class SelectiveSketch final : public Sketch {
     const double now = double(cfg_.rope_first_position + tokens_);
     for (size_t p = 0; p < P; ++p) {
       const size_t src = p / H;
-      std::memcpy(q + p * ks_, probe_q_ + src * ks_, ks_ * sizeof(float));
+      ConvertRowToF32(Storage::kF16, probe_q_ + src * cfg_.dk, q + p * ks_,
+                      cfg_.dk);
+      for (size_t x = cfg_.dk; x < ks_; ++x) q[p * ks_ + x] = 0.0f;
       if (cfg_.rope_theta > 0.0f) {
         const double horizon = kHorizons[p % H] * double(protect_ + 1);
         RotateForward(q + p * ks_, cfg_, now + horizon - probe_pos_[src]);
@@ -400,8 +437,6 @@ class SelectiveSketch final : public Sketch {
     for (size_t ci = 0; ci < C; ++ci) drop[cand[ci]] = 1;
     if (rank == 0) {
       // The probes see none of the old items: drop the oldest.
-      std::sort(cand, cand + C,
-                [&](uint32_t a, uint32_t b) { return seq_[a] < seq_[b]; });
       for (size_t ci = drop_target; ci < C; ++ci) drop[cand[ci]] = 0;
     } else {
       // Weights: min |sum_{a in S} w_a f_a - sum_j f_j|^2, w >= 0, with a
@@ -434,23 +469,18 @@ class SelectiveSketch final : public Sketch {
         }
       }
     }
-    // Remove the dropped items (fill holes from the end).
-    size_t freed = 0;
-    for (size_t i = 0; i < count_;) {
-      if (drop[i]) {
-        const size_t last = count_ - 1;
-        if (i != last) {
-          rows_.Move(i, last);
-          seq_[i] = seq_[last];
-          logw_[i] = logw_[last];
-          drop[i] = drop[last];
-        }
-        --count_;
-        ++freed;
-      } else {
-        ++i;
+    // Remove the dropped items, keeping the insertion order.
+    size_t out = 0;
+    for (size_t i = 0; i < count_; ++i) {
+      if (drop[i]) continue;
+      if (out != i) {
+        rows_.Move(out, i);
+        logw_[out] = logw_[i];
       }
+      ++out;
     }
+    const size_t freed = count_ - out;
+    count_ = out;
     ++compactions_;
     return freed > 0;
   }
@@ -468,7 +498,7 @@ class SelectiveSketch final : public Sketch {
   uint32_t* seq_ = nullptr;
   float* score_ = nullptr;
   float* logw_ = nullptr;
-  float* probe_q_ = nullptr;
+  uint16_t* probe_q_ = nullptr;  // [probes_cap_][dk] f16
   uint32_t* probe_pos_ = nullptr;
   size_t count_ = 0, protect_ = 0, attended_ = 0;
   size_t probes_cap_ = 0, probe_count_ = 0, probe_head_ = 0;
