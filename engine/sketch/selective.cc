@@ -39,7 +39,7 @@ namespace {
 // the selection) with their position (u32). At head_dim 8 a row is 64
 // bytes, so every metadata byte counts.
 size_t ItemMeta(const SketchConfig& c) {
-  return c.method == Method::kRisk ? 4 : 8;
+  return c.method == Method::kRisk ? 2 : 8;
 }
 // risk frees 1/kDropDiv of the old items per compaction.
 constexpr size_t kDropDiv = 16;
@@ -68,8 +68,7 @@ size_t PoolBytes(const SketchConfig& c, size_t cap, size_t probes) {
   const size_t ks = PaddedCols(c.dk), vs = PaddedCols(c.dv);
   const size_t eb = StorageBytes(c.storage);
   size_t b = Arena::Aligned(cap * ks * eb) + Arena::Aligned(cap * vs * eb) +
-             Arena::Aligned(cap * 4);
-  if (c.method != Method::kRisk) b += Arena::Aligned(cap * 4);
+             Arena::Aligned(cap * ItemMeta(c));
   if (probes)
     b += Arena::Aligned(probes * c.dk * 2) + Arena::Aligned(probes * 4);
   return b;
@@ -111,10 +110,11 @@ class SelectiveSketch final : public Sketch {
     rows_ = CarveRows("pool", cap);
     if (cap) {
       if (mode_ == Method::kRisk) {
-        logw_ = a.CarveArray<float>("pool log-weights", cap);
+        logw_ = a.CarveArray<uint16_t>("pool log-weights (f16)", cap);
       } else {
-        seq_ = a.CarveArray<uint32_t>("pool positions", cap);
-        score_ = a.CarveArray<float>("pool attention scores", cap);
+        // One carve: positions then scores (both 4 bytes per item).
+        seq_ = a.CarveArray<uint32_t>("pool positions and scores", 2 * cap);
+        score_ = reinterpret_cast<float*>(seq_ + cap);
       }
     }
     if (probes_cap_ && cap) {
@@ -162,8 +162,8 @@ class SelectiveSketch final : public Sketch {
       return;
     }
     AttendGroup(rows_.KView(0, count_), rows_.VView(0, count_),
-                mode_ == Method::kRisk ? logw_ : nullptr, qp, G, cfg_.scale, m,
-                z, N, ws);
+                mode_ == Method::kRisk ? LogW(ws + G * count_) : nullptr, qp, G,
+                cfg_.scale, m, z, N, ws);
     if (probes_cap_) {
       const uint32_t pos = uint32_t(cfg_.rope_first_position + tokens_ - 1);
       for (size_t g = 0; g < G; ++g) AddProbe(qp + g * ks_, pos);
@@ -212,7 +212,12 @@ class SelectiveSketch final : public Sketch {
     if (seq_) seq_[i] = next_seq_;
     ++next_seq_;
     if (score_) score_[i] = 0.0f;
-    if (logw_) logw_[i] = 0.0f;
+    if (logw_) logw_[i] = 0;  // f16 +0
+  }
+  // risk's log-weights of the pool in f32 (into dst [count_]).
+  const float* LogW(float* dst) const {
+    ConvertRowToF32(Storage::kF16, logw_, dst, count_);
+    return dst;
   }
   // The newest protect_ items (risk's pool is in insertion order).
   bool Protected(size_t i) const {
@@ -292,6 +297,8 @@ class SelectiveSketch final : public Sketch {
     // in insertion order).
     uint32_t* cand = reinterpret_cast<uint32_t*>(ws);
     ws += RoundUp(rows_.cap, 16);
+    const float* lw = LogW(ws);
+    ws += RoundUp(rows_.cap, 16);
     size_t C = 0;
     const size_t cmax = MaxCandidates(cfg_);
     for (size_t i = 0; i < n && C < cmax; ++i)
@@ -330,7 +337,7 @@ class SelectiveSketch final : public Sketch {
     for (size_t p0 = 0; p0 < P; p0 += kMaxGroup) {
       const size_t g = std::min(kMaxGroup, P - p0);
       AttendSinks(q + p0 * ks_, g, pm + p0, pz + p0, pN + p0 * vs, tm, tz, tN);
-      AttendGroup(rows_.KView(0, n), rows_.VView(0, n), logw_, q + p0 * ks_, g,
+      AttendGroup(rows_.KView(0, n), rows_.VView(0, n), lw, q + p0 * ks_, g,
                   cfg_.scale, tm, tz, tN);
       for (size_t j = 0; j < g; ++j) {
         const size_t p = p0 + j;
@@ -345,7 +352,7 @@ class SelectiveSketch final : public Sketch {
     for (size_t p = 0; p < P; ++p) {
       const float inv = pz[p] > 0.0f ? 1.0f / pz[p] : 0.0f;
       for (size_t ci = 0; ci < C; ++ci) {
-        const float sc = cfg_.scale * a[p * C + ci] + logw_[cand[ci]];
+        const float sc = cfg_.scale * a[p * C + ci] + lw[cand[ci]];
         a[p * C + ci] = std::exp(sc - pm[p]) * inv;
       }
     }
@@ -465,7 +472,7 @@ class SelectiveSketch final : public Sketch {
         const size_t i = cand[piv[a]];
         if (w[a] > 0.0f) {
           drop[i] = 0;
-          logw_[i] += std::log(w[a]);
+          logw_[i] = F32ToF16Bits(lw[i] + std::log(w[a]));
         }
       }
     }
@@ -497,7 +504,7 @@ class SelectiveSketch final : public Sketch {
   RowStore rows_;
   uint32_t* seq_ = nullptr;
   float* score_ = nullptr;
-  float* logw_ = nullptr;
+  uint16_t* logw_ = nullptr;     // risk: log-weights in f16
   uint16_t* probe_q_ = nullptr;  // [probes_cap_][dk] f16
   uint32_t* probe_pos_ = nullptr;
   size_t count_ = 0, protect_ = 0, attended_ = 0;
@@ -516,11 +523,11 @@ size_t SelectiveWorkspaceFloats(const SketchConfig& c) {
   const size_t P0 = ProbeCount(c, rows);
   const size_t cap = PoolCapacity(c, c.budget_bytes, P0);
   const size_t P = P0 * (c.rope_theta > 0.0f ? kHorizonCount : 1);
-  const size_t attend = c.max_group * cap;
+  const size_t attend = c.max_group * cap + cap;
   if (c.method != Method::kRisk) return attend + 64;
   const size_t C = std::min(cap, MaxCandidates(c));
   const size_t Pp = up(P);
-  const size_t compact = up(cap) + P * ks + 2 * P + P * vs + P * C +
+  const size_t compact = 2 * up(cap) + P * ks + 2 * P + P * vs + P * C +
                          C * (ks + vs) + 2 * kMaxGroup + kMaxGroup * vs +
                          4 * C * Pp + 2 * GramRows(C) * GramStride(C) +
                          GramScratchFloats(C, std::max(Pp, vs)) + 2 * up(C) +
