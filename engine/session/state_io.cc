@@ -15,7 +15,7 @@ namespace kvsketch {
 namespace {
 
 constexpr char kMagic[8] = {'K', 'V', 'S', 'K', 'S', 'T', 'A', 'T'};
-constexpr uint32_t kVersion = 2;  // 2: risk pool without positions, f16 probes
+constexpr uint32_t kVersion = 3;  // 3: coreset weights from levels
 constexpr uint32_t kEndian = 0x01020304;
 constexpr uint32_t kArenaSection = 1, kScalarSection = 2;
 

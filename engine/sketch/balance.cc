@@ -65,9 +65,10 @@ class BalanceSketch final : public Sketch {
       EmptyPartial(G, m, z);
       return;
     }
-    float* scores = adaptive_ ? ws : nullptr;  // [G][n]
-    AttendGroup(coreset_.rows().KView(0, n), coreset_.rows().VView(0, n),
-                coreset_.logw(), qp, G, cfg_.scale, m, z, N, scores);
+    const float* lw = coreset_.LogW(ws);                        // [n]
+    float* scores = adaptive_ ? ws + RoundUp(n, 16) : nullptr;  // [G][n]
+    AttendGroup(coreset_.rows().KView(0, n), coreset_.rows().VView(0, n), lw,
+                qp, G, cfg_.scale, m, z, N, scores);
     if (adaptive_ && coreset_.full()) Adapt(scores, m, G);
   }
   size_t CompressedRetained() const override { return coreset_.count(); }
@@ -134,7 +135,7 @@ size_t BalanceWorkspaceFloats(const SketchConfig& c) {
   const size_t ks = PaddedCols(c.dk), vs = PaddedCols(c.dv);
   // Attend: scores of every pool item for every query of the group.
   const size_t items = c.budget_bytes / ((ks + vs) * StorageBytes(c.storage));
-  const size_t attend = c.max_group * items;
+  const size_t attend = (c.max_group + 1) * items + 16;
   const size_t compact = Coreset::WorkspaceFloats(c.block, ks, vs);
   return (attend > compact ? attend : compact) + 64;
 }

@@ -10,12 +10,19 @@
 namespace kvsketch {
 
 size_t Coreset::Capacity(size_t bytes, size_t row_bytes, size_t tags) {
-  const size_t slack = 6 * Arena::kCarveAlign + tags * kMaxLevels * 4;
+  const size_t slack = 5 * Arena::kCarveAlign;
   return bytes > slack ? (bytes - slack) / ItemBytes(row_bytes, tags) : 0;
 }
 
-size_t Coreset::WorkspaceFloats(size_t block, size_t ks, size_t vs) {
-  return block * (4 + ks + vs) + BalanceScratchFloats(block, ks, vs) + 64;
+size_t Coreset::WorkspaceFloats(size_t block, size_t ks, size_t vs,
+                                size_t tags) {
+  return (tags * kMaxLevels + 15) / 16 * 16 + block * (4 + ks + vs) +
+         BalanceScratchFloats(block, ks, vs) + 64;
+}
+
+const float* Coreset::LogW(float* dst) const {
+  for (size_t i = 0; i < count_; ++i) dst[i] = float(level_[i]) * float(M_LN2);
+  return dst;
 }
 
 void Coreset::Init(const RowStore& rows, Arena& arena, size_t block,
@@ -25,12 +32,9 @@ void Coreset::Init(const RowStore& rows, Arena& arena, size_t block,
   block_ = block < 2 ? 2 : block;
   if (rows.cap == 0) return;  // no room: the caller never inserts
   const size_t n = rows.cap ? rows.cap : 1;
-  logw_ = arena.CarveArray<float>("coreset log-weights", n);
   level_ = arena.CarveArray<uint8_t>("coreset levels", n);
   if (tags_ > 1) tag_ = arena.CarveArray<uint16_t>("coreset tags", n);
   seq_ = arena.CarveArray<uint32_t>("coreset sequence numbers", n);
-  counts_ =
-      arena.CarveArray<uint32_t>("coreset group counts", tags_ * kMaxLevels);
 }
 
 void Coreset::Save(StateWriter& w) const {
@@ -54,7 +58,6 @@ void Coreset::Load(StateReader& r) {
 
 void Coreset::Insert(const float* k, const float* v, uint16_t tag) {
   rows_.Put(count_, k, v);
-  logw_[count_] = 0.0f;
   level_[count_] = 0;
   if (tag_) tag_[count_] = tag;
   seq_[count_] = next_seq_++;
@@ -67,7 +70,6 @@ void Coreset::ReplaceOldest(const float* k, const float* v, uint16_t tag) {
     if (seq_[i] < seq_[oldest]) oldest = i;
   }
   rows_.Put(oldest, k, v);
-  logw_[oldest] = 0.0f;
   level_[oldest] = 0;
   if (tag_) tag_[oldest] = tag;
   seq_[oldest] = next_seq_++;
@@ -84,7 +86,8 @@ bool Coreset::Compact(const CompactKernel& kern, const float* centres,
   if (n_allowed < 2) return false;
   // Cheapest group: least 2^level / (items halved).
   const size_t mmax = HWY_MIN(block_, rows_.cap);
-  uint32_t* counts = counts_;  // [tags_][kMaxLevels]
+  uint32_t* counts = reinterpret_cast<uint32_t*>(ws);  // [tags_][kMaxLevels]
+  ws += (tags_ * kMaxLevels + 15) / 16 * 16;
   std::memset(counts, 0, tags_ * kMaxLevels * sizeof(uint32_t));
   for (size_t i = 0; i < count_; ++i) {
     if (allowed(i)) ++counts[tag(i) * kMaxLevels + level_[i]];
@@ -127,7 +130,7 @@ bool Coreset::Compact(const CompactKernel& kern, const float* centres,
       const float* c = centres + size_t(tag(idx[j])) * ks;
       for (size_t x = 0; x < rows_.dk; ++x) K[j * ks + x] -= c[x];
     }
-    w[j] = mixed ? std::exp(logw_[idx[j]]) : 1.0f;
+    w[j] = mixed ? std::ldexp(1.0f, level_[idx[j]]) : 1.0f;
     for (size_t x = 0; x < rows_.dv; ++x) {
       vnorm2 += double(V[j * vs + x]) * V[j * vs + x];
     }
@@ -149,13 +152,11 @@ bool Coreset::Compact(const CompactKernel& kern, const float* centres,
   for (size_t j = 0; j < n_kept; ++j) {
     const uint32_t i = idx[kept[j]];
     level_[i] = uint8_t(HWY_MIN((level_[i] & 0x7F) + 1, kMaxLevels - 1));
-    logw_[i] += float(M_LN2);
   }
   size_t out = 0;
   for (size_t i = 0; i < count_; ++i) {
     if (level_[i] & 0x80) continue;
     rows_.Move(out, i);
-    logw_[out] = logw_[i];
     level_[out] = level_[i];
     if (tag_) tag_[out] = tag_[i];
     seq_[out] = seq_[i];

@@ -1,4 +1,4 @@
-// A pool of weighted items (rows + log-weight + level + tag) compacted by
+// A pool of weighted items (rows + level + tag) compacted by
 // kernel halving: the shared compressed region of balance, taylor, hashed.
 //
 // Compaction policy: items are grouped by (tag, level); a group of m items of
@@ -34,15 +34,17 @@ struct CompactKernel {
 class Coreset {
  public:
   static constexpr int kMaxLevels = 32;  // weights up to 2^31
-  // Bytes of one item: row, log-weight, level, sequence number, and a tag
-  // when there are several groups (cells).
+  // Bytes of one item: row, level (its weight is 2^level), sequence number,
+  // and a tag when there are several groups (cells). The per-group counts
+  // of a compaction live in the scratch, not in the state.
   static size_t ItemBytes(size_t row_bytes, size_t tags) {
-    return row_bytes + 4 + 1 + 4 + (tags > 1 ? 2 : 0);
+    return row_bytes + 1 + 4 + (tags > 1 ? 2 : 0);
   }
   // Items that fit in `bytes` with `tags` item groups (cells; 1 for a plain
   // coreset), carve alignment and the group-count table included.
   static size_t Capacity(size_t bytes, size_t row_bytes, size_t tags = 1);
-  static size_t WorkspaceFloats(size_t block, size_t ks, size_t vs);
+  static size_t WorkspaceFloats(size_t block, size_t ks, size_t vs,
+                                size_t tags = 1);
 
   // `rows` was carved by the caller (its cap is the capacity); tags are in
   // [0, tags).
@@ -52,7 +54,8 @@ class Coreset {
   size_t cap() const { return rows_.cap; }
   bool full() const { return count_ == rows_.cap; }
   const RowStore& rows() const { return rows_; }
-  const float* logw() const { return logw_; }
+  // Log-weights level * ln 2 of the items, written to dst [count()].
+  const float* LogW(float* dst) const;
   uint16_t tag(size_t i) const { return tag_ ? tag_[i] : 0; }
   // Insertion number of each item (1, 2, ...): the newest have the largest.
   const uint32_t* seq() const { return seq_; }
@@ -76,12 +79,10 @@ class Coreset {
 
  private:
   RowStore rows_;
-  float* logw_ = nullptr;
   uint8_t* level_ = nullptr;
   uint16_t* tag_ = nullptr;
   uint32_t* seq_ = nullptr;
   uint32_t next_seq_ = 1;
-  uint32_t* counts_ = nullptr;  // per (tag, level), scratch of Compact
   size_t count_ = 0, block_ = 0, tags_ = 1;
   uint64_t compactions_ = 0;
 };

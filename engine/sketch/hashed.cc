@@ -135,9 +135,11 @@ class HashedSketch final : public Sketch {
   void AttendCompressed(const float* qp, size_t G, float* m, float* z, float* N,
                         float* ws) override {
     const size_t n = coreset_.count();
-    float* shift_a = ws;              // [n] per-item shifts, moments pass
-    float* shift_b = ws + n;          // [n] verbatim pass
-    float* cell_m = shift_b + n;      // [cells]
+    float* shift_a = ws;          // [n] per-item shifts, moments pass
+    float* shift_b = ws + n;      // [n] verbatim pass
+    float* lw_buf = shift_b + n;  // [n] log-weights
+    float* cell_m = lw_buf + n;   // [cells]
+    const float* lw = coreset_.LogW(lw_buf);
     float* part = cell_m + n_cells_;  // [vs] moments of one cell
     float* rest = part + vs_;
     for (size_t g = 0; g < G; ++g) {
@@ -184,10 +186,10 @@ class HashedSketch final : public Sketch {
       if (n) {
         const RowsView K = coreset_.rows().KView(0, n);
         const RowsView V = coreset_.rows().VView(0, n);
-        ResidualAccumulate(K, V, coreset_.logw(), q, cfg_.scale, 0.0f, shift_a,
-                           ref, degree_, out, &Z);
-        ResidualAccumulate(K, V, coreset_.logw(), q, cfg_.scale, 0.0f, shift_b,
-                           ref, -1, out, &Z);
+        ResidualAccumulate(K, V, lw, q, cfg_.scale, 0.0f, shift_a, ref, degree_,
+                           out, &Z);
+        ResidualAccumulate(K, V, lw, q, cfg_.scale, 0.0f, shift_b, ref, -1, out,
+                           &Z);
       }
       if (!(Z > 0.0f) || !std::isfinite(Z)) {
         std::memset(out, 0, vs_ * sizeof(float));
@@ -283,8 +285,8 @@ size_t HashedWorkspaceFloats(const SketchConfig& c) {
   // Attend: per-item shifts over the whole coreset (bounded by the budget).
   const size_t items = c.budget_bytes / ((ks + vs) * StorageBytes(c.storage));
   const size_t attend =
-      2 * items + kMaxCells + vs + Moments::WorkspaceFloats(c.dk, 1);
-  const size_t cs = Coreset::WorkspaceFloats(c.block, ks, vs);
+      3 * items + kMaxCells + vs + Moments::WorkspaceFloats(c.dk, 1);
+  const size_t cs = Coreset::WorkspaceFloats(c.block, ks, vs, kMaxCells);
   const size_t append = Moments::WorkspaceFloats(c.dk, 1) + ks;
   size_t w = attend > cs ? attend : cs;
   return (w > append ? w : append) + 64;

@@ -94,9 +94,11 @@ class TaylorSketch final : public Sketch {
   void AttendCompressed(const float* qp, size_t G, float* m, float* z, float* N,
                         float* ws) override {
     const size_t n = pool_.count();
-    float* shift_res = ws;      // [n]
-    float* shift_win = ws + n;  // [n]
-    float* nb = shift_win + n;  // [vs]
+    float* shift_res = ws;          // [n]
+    float* shift_win = ws + n;      // [n]
+    float* lw_buf = shift_win + n;  // [n] log-weights
+    float* nb = lw_buf + n;         // [vs]
+    const float* lw = pool_.LogW(lw_buf);
     float* rest = nb + vs_;
     const uint32_t* seq = pool_.seq();
     for (size_t g = 0; g < G; ++g) {
@@ -122,10 +124,10 @@ class TaylorSketch final : public Sketch {
         }
         const RowsView K = pool_.rows().KView(0, n);
         const RowsView V = pool_.rows().VView(0, n);
-        ResidualAccumulate(K, V, pool_.logw(), q, cfg_.scale, 0.0f, shift_res,
-                           shift, moments_.degree(), na, &za);
-        ResidualAccumulate(K, V, pool_.logw(), q, cfg_.scale, 0.0f, shift_win,
-                           shift, -1, nb, &zb);
+        ResidualAccumulate(K, V, lw, q, cfg_.scale, 0.0f, shift_res, shift,
+                           moments_.degree(), na, &za);
+        ResidualAccumulate(K, V, lw, q, cfg_.scale, 0.0f, shift_win, shift, -1,
+                           nb, &zb);
       }
       float total = za + zb;
       if (!(total > 0.0f) || !std::isfinite(total) || !std::isfinite(za)) {
@@ -144,8 +146,8 @@ class TaylorSketch final : public Sketch {
         // for single queries at low temperature).
         float zr = 0.0f;
         ResidualAccumulate(pool_.rows().KView(0, n), pool_.rows().VView(0, n),
-                           pool_.logw(), q, cfg_.scale, 0.0f, shift_res, shift,
-                           -1, rest, &zr);
+                           lw, q, cfg_.scale, 0.0f, shift_res, shift, -1, rest,
+                           &zr);
         if (zb + zr > 0.0f && std::isfinite(zr)) {
           window_share_ +=
               0.02 * (double(zb) / double(zb + zr) - window_share_);
@@ -224,7 +226,7 @@ size_t TaylorWorkspaceFloats(const SketchConfig& c) {
   const int t = c.degree > 2 ? 2 : (c.degree < 0 ? 0 : c.degree);
   const size_t items = c.budget_bytes / ((ks + vs) * StorageBytes(c.storage));
   const size_t poly = Moments::WorkspaceFloats(c.dk, t);
-  const size_t attend = 2 * items + vs + poly;
+  const size_t attend = 3 * items + vs + poly;
   const size_t append = ks + vs + poly;
   const size_t cs = Coreset::WorkspaceFloats(c.block, ks, vs);
   size_t w = attend > cs ? attend : cs;
