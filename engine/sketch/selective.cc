@@ -376,20 +376,25 @@ class SelectiveSketch final : public Sketch {
       vnorm += std::sqrt(vn);
     }
     const double lambda = vnorm / double(C) + 1e-6;
+    // <v_i, o_p> for every candidate and probe (one MatVec per probe), and
+    // the per-probe factor sqrt(|o_p|^2 + lambda^2).
+    float* vo = ws;             // [P][C]
+    float* onorm = vo + P * C;  // [P]
+    ws = onorm + RoundUp(P, 16);
+    for (size_t p = 0; p < P; ++p) {
+      const float* o = pN + p * vs;
+      MatVec(Vc, C, cfg_.dv, vs, o, vo + p * C);
+      double oo = 0;
+      for (size_t c = 0; c < cfg_.dv; ++c) oo += double(o[c]) * o[c];
+      onorm[p] = float(std::sqrt(oo + lambda * lambda));
+    }
     for (size_t ci = 0; ci < C; ++ci) {
-      const float* vi = Vc + ci * vs;
       for (size_t p = 0; p < Pp; ++p) {
         float ap = 0, y = 0, dm = 0;
         if (p < P) {
           ap = a[p * C + ci];
-          const float* o = pN + p * vs;
-          double vo = 0, oo = 0;
-          for (size_t c = 0; c < cfg_.dv; ++c) {
-            vo += double(vi[c]) * o[c];
-            oo += double(o[c]) * o[c];
-          }
-          y = float(ap * vo);
-          dm = float(ap * std::sqrt(oo + lambda * lambda));
+          y = ap * vo[p * C + ci];
+          dm = ap * onorm[p];
         }
         A[ci * Pp + p] = ap;
         Y[ci * Pp + p] = y;
@@ -527,11 +532,11 @@ size_t SelectiveWorkspaceFloats(const SketchConfig& c) {
   if (c.method != Method::kRisk) return attend + 64;
   const size_t C = std::min(cap, MaxCandidates(c));
   const size_t Pp = up(P);
-  const size_t compact = 2 * up(cap) + P * ks + 2 * P + P * vs + P * C +
-                         C * (ks + vs) + 2 * kMaxGroup + kMaxGroup * vs +
-                         4 * C * Pp + 2 * GramRows(C) * GramStride(C) +
-                         GramScratchFloats(C, std::max(Pp, vs)) + 2 * up(C) +
-                         up(cap) / 4 + 16 + 4 * up(C) + 64;
+  const size_t compact =
+      2 * up(cap) + P * ks + 2 * P + P * vs + 2 * P * C + up(P) +
+      C * (ks + vs) + 2 * kMaxGroup + kMaxGroup * vs + 4 * C * Pp +
+      2 * GramRows(C) * GramStride(C) + GramScratchFloats(C, std::max(Pp, vs)) +
+      2 * up(C) + up(cap) / 4 + 16 + 4 * up(C) + 64;
   return std::max(attend, compact) + 64;
 }
 
