@@ -1,5 +1,6 @@
 #include "engine/cli/lm.h"
 
+#include <tbb/info.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -108,9 +109,11 @@ int Eval(const LmOptions& o, const LlamaWeights& w, const Tokenizer& tok) {
         "model: dim {} layers {} heads {}/{} (q/kv) head_dim {} vocab {} "
         "context {}\ntext: {} ({} tokens, {} windows) | method: {} | budget: "
         "{} per KV head\n\n",
-        CpuModel(), ChosenTargetName(), o.threads, w.cfg.dim, w.cfg.layers,
-        w.cfg.n_heads, w.cfg.n_kv_heads, w.cfg.head_dim(), V, ctx, o.eval,
-        tokens.size(), windows.size(), comp_cfg.method,
+        CpuModel(), ChosenTargetName(),
+        o.threads > 0 ? o.threads : int(tbb::info::default_concurrency()),
+        w.cfg.dim, w.cfg.layers, w.cfg.n_heads, w.cfg.n_kv_heads,
+        w.cfg.head_dim(), V, ctx, o.eval, tokens.size(), windows.size(),
+        comp_cfg.method,
         o.budget_bytes ? std::to_string(o.budget_bytes) + " B"
                        : std::to_string(o.budget_tokens) + " tokens");
     fmt::print(
@@ -184,7 +187,8 @@ int Eval(const LmOptions& o, const LlamaWeights& w, const Tokenizer& tok) {
         "{:.6f},{:.6g},{:.6g},{:.6f},{:.1f},{:.1f},{}\n",
         comp_cfg.method, o.budget_bytes ? 0 : o.budget_tokens, o.budget_bytes,
         total_tokens, ppl_full, ppl, kl_mean, kl_p99,
-        double(agree) / double(predicted), tps, tps_full, o.threads);
+        double(agree) / double(predicted), tps, tps_full,
+        o.threads > 0 ? o.threads : int(tbb::info::default_concurrency()));
   } else if (o.json) {
     fmt::print(
         "{{\"method\":\"{}\",\"budget_tokens\":{},\"budget_bytes\":{},"
