@@ -37,18 +37,12 @@ struct Reader {
                   ")");
     }
   }
-  int32_t I32(const char* item) {
-    Need(4, item);
-    int32_t v;
-    std::memcpy(&v, bytes.data() + at, 4);
-    at += 4;
-    return v;
-  }
-  float F32(const char* item) {
-    Need(4, item);
-    float v;
-    std::memcpy(&v, bytes.data() + at, 4);
-    at += 4;
+  template <typename T>  // int32_t or float, little-endian as written
+  T Get(const char* item) {
+    Need(sizeof(T), item);
+    T v;
+    std::memcpy(&v, bytes.data() + at, sizeof(T));
+    at += sizeof(T);
     return v;
   }
   void Floats(float* out, size_t n, const char* item) {
@@ -85,7 +79,7 @@ LlamaWeights ParseCheckpoint(const std::string& bytes,
   static const char* kNames[7] = {"dim",     "hidden_dim", "n_layers",
                                   "n_heads", "n_kv_heads", "vocab_size",
                                   "seq_len"};
-  for (int i = 0; i < 7; ++i) h[i] = r.I32(kNames[i]);
+  for (int i = 0; i < 7; ++i) h[i] = r.Get<int32_t>(kNames[i]);
   for (int i = 0; i < 7; ++i) {
     const int64_t v = i == 5 ? std::abs(int64_t(h[i])) : int64_t(h[i]);
     if (v <= 0 || v > (1 << 20)) {
@@ -181,7 +175,7 @@ Tokenizer Tokenizer::Parse(const std::string& bytes, size_t vocab,
                 " is out of range (3 .. 2^20: <unk>, <s>, </s> come first)");
   }
   Reader r{bytes, what};
-  const int32_t max_len = r.I32("max_token_length");
+  const int32_t max_len = r.Get<int32_t>("max_token_length");
   if (max_len <= 0 || max_len > 4096) {
     throw Error(what + ": max_token_length " + std::to_string(max_len) +
                 " is out of range");
@@ -190,12 +184,12 @@ Tokenizer Tokenizer::Parse(const std::string& bytes, size_t vocab,
   t.pieces_.resize(vocab);
   t.scores_.resize(vocab);
   for (size_t i = 0; i < vocab; ++i) {
-    t.scores_[i] = r.F32("score");
+    t.scores_[i] = r.Get<float>("score");
     if (!std::isfinite(t.scores_[i])) {
       throw Error(what + ": token " + std::to_string(i) +
                   " has a non-finite score");
     }
-    const int32_t len = r.I32("token length");
+    const int32_t len = r.Get<int32_t>("token length");
     if (len < 0 || len > max_len) {
       throw Error(what + ": token " + std::to_string(i) + " has length " +
                   std::to_string(len) + " (max_token_length " +
