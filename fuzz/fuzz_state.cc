@@ -16,6 +16,7 @@ kvsketch::SessionConfig Config() {
   c.n_kv_heads = 1;
   c.dk = c.dv = 8;
   c.method = "taylor";
+  c.storage = "f32";  // the seed corpus (taylor_100.kvs) was saved with f32
   c.budget_tokens_per_head = 24;
   c.threads = 1;
   return c;

@@ -74,6 +74,7 @@ TEST_CASE("full-cache perplexity and q/k/v match the bundled trace") {
   const NpyArray tokens = LoadNpy(dirs[0] + "/tokens.npy");
   SessionConfig sc = LlamaSessionConfig(w.cfg);
   sc.method = "exact";
+  sc.storage = "f32";  // the trace was dumped with an f32 cache
   sc.budget_tokens_per_head = w.cfg.seq_len;
   sc.threads = 2;
   LlamaRunner run(w, sc);

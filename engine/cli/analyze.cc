@@ -213,6 +213,18 @@ double Spearman(const std::vector<double>& x, const std::vector<double>& y) {
 
 }  // namespace
 
+std::vector<size_t> ToBudgetTokens(const std::vector<size_t>& held_split,
+                                   size_t budget, Storage s) {
+  const size_t eb = StorageBytes(s);
+  std::vector<size_t> t(held_split.size());
+  size_t sum = 0;
+  for (size_t u = 0; u < t.size(); ++u) sum += t[u] = held_split[u] * eb / 4;
+  size_t left = t.size() * budget > sum ? t.size() * budget - sum : 0;
+  for (size_t u = 0; left > 0 && !t.empty(); u = (u + 1) % t.size(), --left)
+    ++t[u];
+  return t;
+}
+
 int RunAnalyze(const AnalyzeOptions& opt) {
   std::string source;
   const std::vector<Trace> traces = bench::LoadWorkload(
@@ -226,8 +238,10 @@ int RunAnalyze(const AnalyzeOptions& opt) {
   base.method =
       ParseMethod(opt.method.empty() ? SessionConfig{}.method : opt.method);
   const size_t nb = opt.budgets.size();
-  const size_t max_rank =
-      *std::max_element(opt.budgets.begin(), opt.budgets.end()) * 2;
+  std::vector<size_t> held(nb);  // tokens each budget holds
+  for (size_t b = 0; b < nb; ++b)
+    held[b] = HeldTokens(opt.budgets[b], base.storage);
+  const size_t max_rank = *std::max_element(held.begin(), held.end()) * 2;
   std::vector<HeadDiagnostic> diag(units.size());
   std::vector<std::vector<HeadDiagnostic>> split_diag(
       nb, std::vector<HeadDiagnostic>(units.size()));
@@ -238,12 +252,11 @@ int RunAnalyze(const AnalyzeOptions& opt) {
   tbb::task_arena pool(threads);
   pool.execute([&] {
     tbb::parallel_for(size_t(0), units.size(), [&](size_t i) {
-      diag[i] = Diagnose(units[i], opt.budgets, base.sinks, max_rank);
+      diag[i] = Diagnose(units[i], held, base.sinks, max_rank);
       for (size_t b = 0; b < nb; ++b) {
         split_diag[b][i] = Diagnose(
-            units[i],
-            {2 * SplitMinTokens(opt.budgets[b], base.sinks) - base.sinks},
-            base.sinks, 4 * opt.budgets[b]);
+            units[i], {2 * SplitMinTokens(held[b], base.sinks) - base.sinks},
+            base.sinks, 4 * held[b]);
       }
       for (size_t b = 0; b < nb; ++b) {
         const auto pos = bench::EvalPositions(units[i].trace->seq,
@@ -262,8 +275,10 @@ int RunAnalyze(const AnalyzeOptions& opt) {
   // Adaptive split of each budget (tokens per unit).
   std::vector<std::vector<size_t>> split(nb);
   for (size_t b = 0; b < nb; ++b)
-    split[b] = AdaptiveSplit(split_diag[b], opt.budgets[b],
-                             SplitMinTokens(opt.budgets[b], base.sinks));
+    split[b] =
+        ToBudgetTokens(AdaptiveSplit(split_diag[b], held[b],
+                                     SplitMinTokens(held[b], base.sinks)),
+                       opt.budgets[b], base.storage);
   // Per (layer, head): mean over the traces of a set.
   struct Row {
     size_t layer, head, count = 0;

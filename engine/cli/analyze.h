@@ -61,4 +61,14 @@ inline size_t SplitMinTokens(size_t budget, size_t sinks) {
 std::vector<size_t> AdaptiveSplit(const std::vector<HeadDiagnostic>& d,
                                   size_t per_unit, size_t min_tokens);
 
+// Tokens a budget of `budget` fp32-token equivalents holds in `s` rows: the
+// diagnostic and the split speak in held tokens.
+inline size_t HeldTokens(size_t budget, Storage s) {
+  return budget * 4 / StorageBytes(s);
+}
+// A split in held tokens back to fp32-token equivalents per unit (floor,
+// the remainder round-robin: the total stays units * budget).
+std::vector<size_t> ToBudgetTokens(const std::vector<size_t>& held_split,
+                                   size_t budget, Storage s);
+
 }  // namespace kvsketch

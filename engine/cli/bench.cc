@@ -301,15 +301,17 @@ int RunBench(const BenchOptions& opt) {
     // `kvsketch analyze` (calibration queries from the first half).
     std::vector<size_t> unit_tokens(units.size(), budget);
     if (adaptive && budget > 0) {
-      const size_t min_tokens = SplitMinTokens(budget, opt.base.sinks);
+      const size_t held = HeldTokens(budget, opt.base.storage);
+      const size_t min_tokens = SplitMinTokens(held, opt.base.sinks);
       const size_t bb = 2 * min_tokens - opt.base.sinks;  // window = min
       std::vector<HeadDiagnostic> diag(units.size());
       pool.execute([&] {
         tbb::parallel_for(size_t(0), units.size(), [&](size_t i) {
-          diag[i] = Diagnose(units[i], {bb}, opt.base.sinks, 4 * budget);
+          diag[i] = Diagnose(units[i], {bb}, opt.base.sinks, 4 * held);
         });
       });
-      unit_tokens = AdaptiveSplit(diag, budget, min_tokens);
+      unit_tokens = ToBudgetTokens(AdaptiveSplit(diag, held, min_tokens),
+                                   budget, opt.base.storage);
     }
     for (Method m : methods) {
       SketchConfig base = opt.base;

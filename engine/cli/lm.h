@@ -21,7 +21,7 @@ struct LmOptions {
   std::string method;  // empty: the recommended default
   size_t budget_tokens = 128;
   size_t budget_bytes = 0;  // per KV head, alternative to budget_tokens
-  std::string storage = "f32";
+  std::string storage = "f16";
   size_t sinks = 4;
   long window = -1;
   int threads = 0;

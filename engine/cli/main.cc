@@ -94,7 +94,7 @@ int main(int argc, char** argv) {
   speed->add_option("--reps", speed_opt.reps, "repetitions (median)")
       ->check(CLI::PositiveNumber);
   kvsketch::BenchOptions bench_opt;
-  std::string budget_bytes_text, storage = "f32";
+  std::string budget_bytes_text, storage = "f16";
   auto* bench = app.add_subcommand(
       "bench", "accuracy, memory and speed of the sketches under a budget");
   bench->add_option("--trace", bench_opt.trace,
@@ -127,7 +127,7 @@ int main(int argc, char** argv) {
           "--window-share", bench_opt.base.window_share,
           "default window as a share of the budget (-1: method default)")
       ->capture_default_str();
-  bench->add_option("--storage", storage, "f32, f16 or bf16")
+  bench->add_option("--storage", storage, "f16, f32 or bf16")
       ->capture_default_str();
   bench
       ->add_option("--block", bench_opt.base.block,
@@ -182,6 +182,9 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   analyze->add_option("--sinks", an_opt.base.sinks, "exact first tokens")
       ->capture_default_str();
+  std::string an_storage = "f16";
+  analyze->add_option("--storage", an_storage, "f16, f32 or bf16")
+      ->capture_default_str();
   analyze->add_option("--eval-max", an_opt.eval_max, "positions per head")
       ->capture_default_str();
   analyze->add_option("--threads", an_opt.threads, "threads (0 = all cores)");
@@ -211,7 +214,7 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   lm->add_option("--budget", lm_budget_text,
                  "budget in bytes per KV head, e.g. 4KiB");
-  lm->add_option("--storage", lm_opt.storage, "f32, f16 or bf16")
+  lm->add_option("--storage", lm_opt.storage, "f16, f32 or bf16")
       ->capture_default_str();
   lm->add_option("--sinks", lm_opt.sinks, "exact first tokens")
       ->capture_default_str();
@@ -234,7 +237,10 @@ int main(int argc, char** argv) {
       bench_opt.base.storage = kvsketch::ParseStorage(storage);
       return kvsketch::RunBench(bench_opt);
     }
-    if (analyze->parsed()) return kvsketch::RunAnalyze(an_opt);
+    if (analyze->parsed()) {
+      an_opt.base.storage = kvsketch::ParseStorage(an_storage);
+      return kvsketch::RunAnalyze(an_opt);
+    }
     if (lm->parsed()) {
       if (!lm_budget_text.empty()) {
         lm_opt.budget_bytes = kvsketch::ParseBytes(lm_budget_text);

@@ -42,7 +42,9 @@ struct SessionConfig {
   size_t budget_tokens_per_head = 0;
   // Optional relative weights [layers][n_kv_heads] for splitting budget_bytes.
   std::vector<float> head_weights;
-  std::string storage = "f32";  // f32, f16, bf16 for retained keys/values
+  // Element type of retained keys/values: f16 (default: half the bytes of
+  // f32 per token, so twice the tokens in a budget), f32, bf16.
+  std::string storage = "f16";
   int threads = 0;              // 0 = all cores
   uint64_t seed = 0;
   size_t sinks = 4;
