@@ -45,7 +45,7 @@ struct SessionConfig {
   // Element type of retained keys/values: f16 (default: half the bytes of
   // f32 per token, so twice the tokens in a budget), f32, bf16.
   std::string storage = "f16";
-  int threads = 0;              // 0 = all cores
+  int threads = 0;  // 0 = all cores
   uint64_t seed = 0;
   size_t sinks = 4;
   long window = -1;   // -1 = method default
