@@ -48,8 +48,14 @@ HeadDiagnostic Diagnose(const Unit& u, const std::vector<size_t>& budgets,
     }
   }
   d.logit_range = double(t.scale) * d.key_max * d.query_max;
-  // Calibration queries: 32 positions in [J/2, J) of every query head.
-  const size_t J = std::max<size_t>(2, std::min<size_t>(t.seq / 2, 1024));
+  // Calibration queries: 32 positions in [J/2, J) of every query head, J =
+  // the first half of the stream (at most 1024), or more when the largest
+  // budget would hold all of it (a diagnostic of nothing compressed).
+  const size_t bmax =
+      budgets.empty() ? 0 : *std::max_element(budgets.begin(), budgets.end());
+  const size_t J = std::max<size_t>(
+      2,
+      std::min(t.seq, std::max(std::min<size_t>(t.seq / 2, 1024), 2 * bmax)));
   std::vector<size_t> pos;
   for (size_t p = 0; p < 32; ++p) {
     const size_t j = J / 2 + p * (J - J / 2) / 32;

@@ -27,7 +27,8 @@ struct AnalyzeOptions {
 int RunAnalyze(const AnalyzeOptions& opt);
 
 // The diagnostic of one unit, from calibration queries in the first half of
-// the stream (positions [J/2, J), J = min(seq / 2, 1024)).
+// the stream (positions [J/2, J), J = min(seq / 2, 1024), or min(seq, 2 B)
+// when the largest budget B would hold all of that).
 struct HeadDiagnostic {
   double key_max = 0, query_max = 0, logit_range = 0;
   double eff_tokens = 0;             // mean 1 / sum_i a_i^2
