@@ -120,6 +120,9 @@ TEST_CASE("bad input is rejected with a clear error and changes nothing") {
   k[5] = 0.5f;
   v[3] = INFINITY;
   CHECK_THROWS_AS(s.Append(1, k.data(), v.data()), Error);
+  v[3] = 1e5f;  // finite, but beyond the (default) f16 storage
+  CHECK_THROWS_WITH_AS(s.Append(1, k.data(), v.data()),
+                       doctest::Contains("f16 storage range"), Error);
   v[3] = 0.5f;
   CHECK_THROWS_WITH_AS(s.Append(7, k.data(), v.data()),
                        doctest::Contains("layer 7 out of range"), Error);

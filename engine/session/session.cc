@@ -27,12 +27,22 @@ Storage ParseStorageName(const std::string& s) {
   throw Error("storage '" + s + "' is not f32, f16 or bf16");
 }
 
-void CheckFinite(const float* x, size_t n, const char* what, size_t layer) {
+void CheckFinite(const float* x, size_t n, const char* what, size_t layer,
+                 Storage storage = Storage::kF32) {
+  // f16 rows hold |x| <= 65504: larger values would be stored as infinity.
+  const float limit = storage == Storage::kF16 ? 65504.0f : INFINITY;
   for (size_t i = 0; i < n; ++i) {
     if (!std::isfinite(x[i])) {
       throw Error(std::string(what) + " of layer " + std::to_string(layer) +
                   " has a non-finite value at index " + std::to_string(i) +
                   "; nothing was changed");
+    }
+    if (std::fabs(x[i]) > limit) {
+      throw Error(std::string(what) + " of layer " + std::to_string(layer) +
+                  " has " + std::to_string(x[i]) + " at index " +
+                  std::to_string(i) +
+                  ", beyond the f16 storage range (|x| <= 65504; use "
+                  "storage f32 or bf16); nothing was changed");
     }
   }
 }
@@ -242,8 +252,8 @@ struct Session::Impl {
     CheckLayer(layer);
     if (!k || !v) throw Error("append: null key or value pointer");
     if (n == 0) throw Error("append: zero tokens");
-    CheckFinite(k, n * cfg.n_kv_heads * cfg.dk, "keys", layer);
-    CheckFinite(v, n * cfg.n_kv_heads * cfg.dv, "values", layer);
+    CheckFinite(k, n * cfg.n_kv_heads * cfg.dk, "keys", layer, base.storage);
+    CheckFinite(v, n * cfg.n_kv_heads * cfg.dv, "values", layer, base.storage);
     for (size_t h = 0; h < cfg.n_kv_heads; ++h) {
       if (At(layer, h).tokens_left() < n) {
         throw BudgetError("append: head " + std::to_string(h) + " of layer " +

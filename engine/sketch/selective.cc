@@ -471,8 +471,10 @@ class SelectiveSketch final : public Sketch {
         w[a] = w0[a] = 1.0f;
         mean_diag += H[a * ss + a];
       }
-      const float ridge = 1e-3f * float(mean_diag / double(rank));
-      NonNegativeLeastSquares(H, rank, ss, b, ridge, w0, 40, 1e-4f, w, grad);
+      static const float rr = getenv("RR") ? atof(getenv("RR")) : 1e-3f;
+      static const int it = getenv("IT") ? atoi(getenv("IT")) : 40;
+      const float ridge = rr * float(mean_diag / double(rank));
+      NonNegativeLeastSquares(H, rank, ss, b, ridge, w0, it, 1e-4f, w, grad);
       for (size_t a = 0; a < rank; ++a) {
         const size_t i = cand[piv[a]];
         if (w[a] > 0.0f) {
