@@ -260,15 +260,17 @@ int RunBench(const BenchOptions& opt) {
         "## kvsketch bench\n\nmachine: {} | SIMD: {} | threads: {} | workload: "
         "{} | "
         "d_k={} d_v={} heads={}/{} (q/kv) layers={} seq={} | sinks={} "
-        "seed={}\n",
+        "seed={} storage={} (a budget of B tokens = the bytes of B f32 "
+        "tokens)\n",
         CpuModel(), ChosenTargetName(), threads, source, t0.dk, t0.dv,
         t0.n_heads, t0.n_kv_heads, t0.layers, t0.seq, opt.base.sinks,
-        opt.base.seed);
+        opt.base.seed, StorageName(opt.base.storage));
   }
   if (!opt.csv) PrintNorms(traces, opt.json);
   if (opt.csv) {
     fmt::print(
-        "workload,split,method,budget_tokens,budget_bytes,bytes_used,retained,"
+        "workload,split,storage,method,budget_tokens,budget_bytes,bytes_used,"
+        "retained,"
         "mean_rel_err,p50_rel_err,p95_rel_err,append_ns_per_token,"
         "attend_ns_per_query,positions,wall_s,error\n");
   }
@@ -362,20 +364,21 @@ int RunBench(const BenchOptions& opt) {
         for (char& ch : err)
           if (ch == ',' || ch == '"' || ch == '\n') ch = ' ';
         fmt::print(
-            "{},{},{},{},{},{},{:.2f},{},{},{},{:.1f},{:.1f},{},{:.4f},{}\n",
-            source, opt.budget_split, MethodName(m), budget, bb, used, ret,
-            JsonNum(mean), JsonNum(p50), JsonNum(p95), ans, qns, positions,
-            wall_s, err);
+            "{},{},{},{},{},{},{},{:.2f},{},{},{},{:.1f},{:.1f},{},{:.4f},{}\n",
+            source, opt.budget_split, StorageName(opt.base.storage),
+            MethodName(m), budget, bb, used, ret, JsonNum(mean), JsonNum(p50),
+            JsonNum(p95), ans, qns, positions, wall_s, err);
       } else if (opt.json) {
         fmt::print(
-            "{{\"method\":\"{}\",\"budget_tokens\":{},\"budget_bytes\":{},"
+            "{{\"method\":\"{}\",\"storage\":\"{}\",\"budget_tokens\":{},"
+            "\"budget_bytes\":{},"
             "\"bytes_used\":{},\"retained\":{:.1f},\"mean_rel_err\":{},"
             "\"p50_rel_err\":{},\"p95_rel_err\":{},"
             "\"append_ns_per_token\":{:.1f},\"attend_ns_per_query\":{:.1f},"
             "\"positions\":{},\"wall_s\":{:.4f}{}}}\n",
-            MethodName(m), budget, bb, used, ret, JsonNum(mean), JsonNum(p50),
-            JsonNum(p95), ans, qns, positions, wall_s,
-            failure.empty() ? "" : ",\"error\":\"" + failure + "\"");
+            MethodName(m), StorageName(opt.base.storage), budget, bb, used, ret,
+            JsonNum(mean), JsonNum(p50), JsonNum(p95), ans, qns, positions,
+            wall_s, failure.empty() ? "" : ",\"error\":\"" + failure + "\"");
       } else if (!failure.empty()) {
         fmt::print("| {} | {} | {} | - | - | failed: {} | | | | | | |\n",
                    MethodName(m), budget, bb, failure);

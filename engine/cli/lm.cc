@@ -107,13 +107,13 @@ int Eval(const LmOptions& o, const LlamaWeights& w, const Tokenizer& tok) {
     fmt::print(
         "## kvsketch lm --eval\n\nmachine: {} | SIMD: {} | threads: {} | "
         "model: dim {} layers {} heads {}/{} (q/kv) head_dim {} vocab {} "
-        "context {}\ntext: {} ({} tokens, {} windows) | method: {} | budget: "
-        "{} per KV head\n\n",
+        "context {}\ntext: {} ({} tokens, {} windows) | method: {} | storage: "
+        "{} | budget: {} per KV head\n\n",
         CpuModel(), ChosenTargetName(),
         o.threads > 0 ? o.threads : int(tbb::info::default_concurrency()),
         w.cfg.dim, w.cfg.layers, w.cfg.n_heads, w.cfg.n_kv_heads,
         w.cfg.head_dim(), V, ctx, o.eval, tokens.size(), windows.size(),
-        comp_cfg.method,
+        comp_cfg.method, comp_cfg.storage,
         o.budget_bytes ? std::to_string(o.budget_bytes) + " B"
                        : std::to_string(o.budget_tokens) + " tokens");
     fmt::print(
@@ -185,19 +185,20 @@ int Eval(const LmOptions& o, const LlamaWeights& w, const Tokenizer& tok) {
         "method,budget_tokens,budget_bytes,tokens,ppl_full,ppl,kl_mean,kl_p99,"
         "top1_agree,tokens_per_s,tokens_per_s_full,threads\n{},{},{},{},{:.6f},"
         "{:.6f},{:.6g},{:.6g},{:.6f},{:.1f},{:.1f},{}\n",
-        comp_cfg.method, o.budget_bytes ? 0 : o.budget_tokens, o.budget_bytes,
-        total_tokens, ppl_full, ppl, kl_mean, kl_p99,
+        comp_cfg.method, comp_cfg.storage, o.budget_bytes ? 0 : o.budget_tokens,
+        o.budget_bytes, total_tokens, ppl_full, ppl, kl_mean, kl_p99,
         double(agree) / double(predicted), tps, tps_full,
         o.threads > 0 ? o.threads : int(tbb::info::default_concurrency()));
   } else if (o.json) {
     fmt::print(
-        "{{\"method\":\"{}\",\"budget_tokens\":{},\"budget_bytes\":{},"
-        "\"tokens\":{},\"predicted\":{},\"ppl_full\":{:.6f},\"ppl\":{:.6f},"
+        "{{\"method\":\"{}\",\"storage\":\"{}\",\"budget_tokens\":{},"
+        "\"budget_bytes\":{},\"tokens\":{},\"predicted\":{},\"ppl_full\":{:.6f}"
+        ",\"ppl\":{:.6f},"
         "\"kl_mean\":{:.6g},\"kl_p99\":{:.6g},\"top1_agree\":{:.6f},"
         "\"tokens_per_s\":{:.1f},\"tokens_per_s_full\":{:.1f},"
         "\"state_bytes\":{},\"peak_rss_bytes\":{}}}\n",
-        comp_cfg.method, o.budget_bytes ? 0 : o.budget_tokens, o.budget_bytes,
-        total_tokens, predicted, ppl_full, ppl, kl_mean, kl_p99,
+        comp_cfg.method, comp_cfg.storage, o.budget_bytes ? 0 : o.budget_tokens,
+        o.budget_bytes, total_tokens, predicted, ppl_full, ppl, kl_mean, kl_p99,
         double(agree) / double(predicted), tps, tps_full, state_bytes,
         PeakRssBytes());
   } else {

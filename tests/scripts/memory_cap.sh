@@ -15,7 +15,7 @@ cap=$((vm + 4 * mib + 8 * mib))
 echo "64KiB run: peak RSS $((rss / 1024)) KiB, peak VM $((vm / 1024)) KiB; cap $((cap / 1024)) KiB"
 out=$(prlimit --as=$cap "$kv" bench --budget 4MiB $args)
 echo "$out"
-echo "$out" | grep -q '"method":"balance","budget_tokens":0,"budget_bytes":4194304' ||
+echo "$out" | grep -q '"method":"balance","storage":"f16","budget_tokens":0,"budget_bytes":4194304' ||
   { echo "4MiB run did not report"; exit 1; }
 if echo "$out" | grep -q '"error"'; then echo "4MiB run failed under the cap"; exit 1; fi
 rss4=$(echo "$out" | tail -n 1 | sed -n 's/.*"peak_rss_bytes":\([0-9]*\).*/\1/p')
