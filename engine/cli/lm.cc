@@ -47,6 +47,7 @@ SessionConfig Compressed(const LlamaWeights& w, const LmOptions& o) {
 SessionConfig Full(const LlamaWeights& w, const LmOptions& o) {
   SessionConfig s = LlamaSessionConfig(w.cfg);
   s.method = "exact";
+  s.storage = "f32";  // the reference: the model's own f32 cache, unrounded
   s.budget_tokens_per_head = w.cfg.seq_len;
   s.threads = o.threads;
   return s;
