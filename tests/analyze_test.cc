@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "doctest/doctest.h"
+#include "engine/cli/oracle.h"
 #include "engine/io/trace.h"
 
 namespace kvsketch {
@@ -43,6 +44,22 @@ Trace LowRankHead(size_t r, size_t seq, uint32_t seed) {
   }
   (void)u;
   return t;
+}
+
+TEST_CASE("oracle: clairvoyant eviction keeps what the future asks for") {
+  // Every query attends to the 3 early specials: an evictor that knows the
+  // future keeps them (error ~0), sinks + window lose them.
+  const Trace t = LowRankHead(3, 300, 7);
+  const bench::Unit u{&t, 0, 0};
+  const auto pos = bench::EvalPositions(t.seq, 16, 512);
+  const OracleErrors e = OracleUnit(u, 12, 4, pos);
+  REQUIRE(e.count == pos.size());
+  CHECK(e.clairvoyant / double(e.count) < 1e-4);
+  CHECK(e.window / double(e.count) > 0.3);
+  // With room for everything both are exact.
+  const OracleErrors all = OracleUnit(u, t.seq, 4, pos);
+  CHECK(all.clairvoyant / double(all.count) < 1e-9);
+  CHECK(all.window / double(all.count) < 1e-9);
 }
 
 TEST_CASE("diagnostic: a rank-r response is explained by r pivots") {

@@ -7,6 +7,7 @@
 #include "engine/cli/analyze.h"
 #include "engine/cli/bench.h"
 #include "engine/cli/lm.h"
+#include "engine/cli/oracle.h"
 #include "engine/cli/speed.h"
 #include "fmt/core.h"
 #include "kvsketch/error.h"
@@ -189,6 +190,32 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   analyze->add_option("--threads", an_opt.threads, "threads (0 = all cores)");
   analyze->add_flag("--json", an_opt.json, "one JSON object per line");
+  kvsketch::OracleOptions or_opt;
+  std::string or_storage = "f16";
+  auto* oracle = app.add_subcommand(
+      "oracle",
+      "clairvoyant eviction (knows every future query) vs sinks + window: "
+      "the bound of selection alone");
+  oracle->add_option("--trace", or_opt.trace, "trace directory or folder");
+  oracle->add_option("--synthetic", or_opt.synthetic, "built-in workload")
+      ->capture_default_str();
+  oracle->add_option("--length", or_opt.length, "synthetic length override");
+  oracle->add_option("--kv-heads", or_opt.kv_heads, "synthetic KV heads");
+  oracle
+      ->add_option("--budget-tokens", or_opt.budgets,
+                   "budgets in tokens per KV head (comma-separated)")
+      ->delimiter(',')
+      ->capture_default_str();
+  oracle->add_option("--sinks", or_opt.sinks, "exact first tokens")
+      ->capture_default_str();
+  oracle
+      ->add_option("--storage", or_storage,
+                   "f16, f32 or bf16 (decides the tokens a budget holds)")
+      ->capture_default_str();
+  oracle->add_option("--eval-max", or_opt.eval_max, "positions per head")
+      ->capture_default_str();
+  oracle->add_option("--threads", or_opt.threads, "threads (0 = all cores)");
+  oracle->add_flag("--json", or_opt.json, "one JSON object per budget");
   kvsketch::LmOptions lm_opt;
   std::string lm_budget_text;
   auto* lm = app.add_subcommand(
@@ -240,6 +267,10 @@ int main(int argc, char** argv) {
     if (analyze->parsed()) {
       an_opt.base.storage = kvsketch::ParseStorage(an_storage);
       return kvsketch::RunAnalyze(an_opt);
+    }
+    if (oracle->parsed()) {
+      or_opt.storage = kvsketch::ParseStorage(or_storage);
+      return kvsketch::RunOracle(or_opt);
     }
     if (lm->parsed()) {
       if (!lm_budget_text.empty()) {

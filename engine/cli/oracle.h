@@ -1,0 +1,39 @@
+// `kvsketch oracle`: how far can eviction go? A clairvoyant bound for the
+// streaming methods: sinks + the tokens chosen by an evictor that knows every
+// future query (it evicts the retained token with the least attention still
+// to come), against sinks + recent window, at the same held tokens.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "arch/types.h"
+#include "engine/cli/bench_units.h"
+
+namespace kvsketch {
+
+struct OracleOptions {
+  std::string trace;
+  std::string synthetic = "default";
+  size_t length = 0, kv_heads = 0;
+  std::vector<size_t> budgets = {32, 64, 128};
+  size_t sinks = 4;
+  size_t eval_max = 512;
+  Storage storage = Storage::kF16;  // decides the held tokens of a budget
+  int threads = 0;
+  bool json = false;
+};
+
+int RunOracle(const OracleOptions& opt);
+
+// Mean relative errors over the unit's query heads at `pos` of sinks + the
+// newest tokens (window) and of clairvoyant eviction, both holding `held`
+// tokens; attention is exact (f32 keys, double sums).
+struct OracleErrors {
+  double window = 0, clairvoyant = 0;
+  size_t count = 0;
+};
+OracleErrors OracleUnit(const bench::Unit& u, size_t held, size_t sinks,
+                        const std::vector<size_t>& pos);
+
+}  // namespace kvsketch
