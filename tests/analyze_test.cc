@@ -9,6 +9,7 @@
 #include "doctest/doctest.h"
 #include "engine/cli/oracle.h"
 #include "engine/io/trace.h"
+#include "kvsketch/error.h"
 
 namespace kvsketch {
 namespace {
@@ -60,6 +61,15 @@ TEST_CASE("oracle: clairvoyant eviction keeps what the future asks for") {
   const OracleErrors all = OracleUnit(u, t.seq, 4, pos);
   CHECK(all.clairvoyant / double(all.count) < 1e-9);
   CHECK(all.window / double(all.count) < 1e-9);
+}
+
+TEST_CASE("bench: keys beyond the f16 range are a clear error under f16") {
+  std::vector<Trace> t{LowRankHead(2, 50, 3)};
+  CHECK_NOTHROW(bench::CheckStorageRange(t, Storage::kF16));
+  t[0].v[0][17] = 1e5f;
+  CHECK_THROWS_WITH_AS(bench::CheckStorageRange(t, Storage::kF16),
+                       doctest::Contains("f16 storage range"), Error);
+  CHECK_NOTHROW(bench::CheckStorageRange(t, Storage::kF32));
 }
 
 TEST_CASE("diagnostic: a rank-r response is explained by r pivots") {

@@ -235,6 +235,7 @@ int RunAnalyze(const AnalyzeOptions& opt) {
   std::string source;
   const std::vector<Trace> traces = bench::LoadWorkload(
       opt.trace, opt.synthetic, opt.length, opt.kv_heads, &source);
+  bench::CheckStorageRange(traces, opt.base.storage);
   if (opt.budgets.empty()) throw Error("analyze needs at least one budget");
   std::vector<Unit> units;
   for (const Trace& t : traces)

@@ -228,10 +228,26 @@ std::vector<Trace> bench::LoadWorkload(const std::string& trace,
   return traces;
 }
 
+void bench::CheckStorageRange(const std::vector<Trace>& traces, Storage s) {
+  if (s != Storage::kF16) return;
+  for (const Trace& t : traces)
+    for (size_t l = 0; l < t.layers; ++l)
+      for (const auto* a : {&t.k[l], &t.v[l]})
+        for (float x : *a)
+          if (std::fabs(x) > 65504.0f) {
+            throw Error(t.name + ": layer " + std::to_string(l) + " has " +
+                        (a == &t.k[l] ? "a key" : "a value") + " of " +
+                        std::to_string(x) +
+                        ", beyond the f16 storage range (|x| <= 65504); use "
+                        "--storage f32 or bf16");
+          }
+}
+
 int RunBench(const BenchOptions& opt) {
   std::string source;
   const std::vector<Trace> traces =
       LoadWorkload(opt.trace, opt.synthetic, opt.length, opt.kv_heads, &source);
+  CheckStorageRange(traces, opt.base.storage);
   for (const Trace& t : traces) {
     if (t.dk != traces[0].dk || t.dv != traces[0].dv) {
       throw Error("all traces of a set must share head dimensions");

@@ -42,6 +42,9 @@ std::vector<Trace> LoadWorkload(const std::string& trace,
                                 const std::string& synthetic, size_t length,
                                 size_t kv_heads, std::string* source);
 double Quantile(std::vector<double> v, double q);
+// Keys or values a storage type cannot hold (beyond +-65504 in f16) are a
+// clear error instead of infinities in every sketch.
+void CheckStorageRange(const std::vector<Trace>& traces, Storage s);
 
 }  // namespace bench
 }  // namespace kvsketch
