@@ -233,8 +233,7 @@ std::vector<size_t> ToBudgetTokens(const std::vector<size_t>& held_split,
 
 int RunAnalyze(const AnalyzeOptions& opt) {
   std::string source;
-  const std::vector<Trace> traces = bench::LoadWorkload(
-      opt.trace, opt.synthetic, opt.length, opt.kv_heads, &source);
+  const std::vector<Trace> traces = bench::LoadWorkload(opt.workload, &source);
   bench::CheckStorageRange(traces, opt.base.storage);
   if (opt.budgets.empty()) throw Error("analyze needs at least one budget");
   std::vector<Unit> units;

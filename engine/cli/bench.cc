@@ -207,20 +207,17 @@ void PrintNorms(const std::vector<Trace>& traces, bool json) {
 
 }  // namespace
 
-std::vector<Trace> bench::LoadWorkload(const std::string& trace,
-                                       const std::string& synthetic,
-                                       size_t length, size_t kv_heads,
-                                       std::string* source) {
+std::vector<Trace> bench::LoadWorkload(const Workload& w, std::string* source) {
   std::vector<Trace> traces;
-  if (!trace.empty()) {
-    for (const std::string& dir : FindTraceDirs(trace))
+  if (!w.trace.empty()) {
+    for (const std::string& dir : FindTraceDirs(w.trace))
       traces.push_back(LoadTrace(dir));
-    *source = trace + " (" + std::to_string(traces.size()) + " traces)";
+    *source = w.trace + " (" + std::to_string(traces.size()) + " traces)";
   } else {
-    SyntheticSpec spec = SyntheticByName(synthetic, length, 0);
-    if (kv_heads) {
-      if (kv_heads > 4096) throw Error("--kv-heads must be at most 4096");
-      spec.n_kv_heads = kv_heads;
+    SyntheticSpec spec = SyntheticByName(w.synthetic, w.length, 0);
+    if (w.kv_heads) {
+      if (w.kv_heads > 4096) throw Error("--kv-heads must be at most 4096");
+      spec.n_kv_heads = w.kv_heads;
     }
     traces.push_back(MakeSynthetic(spec));
     *source = traces[0].name;
@@ -245,8 +242,7 @@ void bench::CheckStorageRange(const std::vector<Trace>& traces, Storage s) {
 
 int RunBench(const BenchOptions& opt) {
   std::string source;
-  const std::vector<Trace> traces =
-      LoadWorkload(opt.trace, opt.synthetic, opt.length, opt.kv_heads, &source);
+  const std::vector<Trace> traces = LoadWorkload(opt.workload, &source);
   CheckStorageRange(traces, opt.base.storage);
   for (const Trace& t : traces) {
     if (t.dk != traces[0].dk || t.dv != traces[0].dv) {

@@ -6,15 +6,13 @@
 #include <string>
 #include <vector>
 
+#include "engine/cli/bench_units.h"
 #include "engine/sketch/sketch.h"
 
 namespace kvsketch {
 
 struct BenchOptions {
-  std::string trace;                  // trace dir or folder of traces
-  std::string synthetic = "default";  // used when trace is empty
-  size_t length = 0;                  // synthetic length override
-  size_t kv_heads = 0;                // synthetic KV heads override
+  bench::Workload workload;
   std::vector<std::string> methods = {"exact",  "window", "uniform", "balance",
                                       "taylor", "hashed", "h2o",     "tova",
                                       "risk",   "blurry"};

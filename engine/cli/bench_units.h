@@ -36,11 +36,16 @@ Result RunUnit(const Unit& u, const SketchConfig& base, size_t budget_tokens,
                size_t budget_bytes, const std::vector<size_t>& pos,
                const std::vector<double>& exact);
 std::string JsonNum(double x);
-// Trace directory (or folder of traces) or, when `trace` is empty, the
-// named synthetic workload; `source` describes it for reports.
-std::vector<Trace> LoadWorkload(const std::string& trace,
-                                const std::string& synthetic, size_t length,
-                                size_t kv_heads, std::string* source);
+// What `bench`, `analyze` and `oracle` run on: a trace directory (or folder
+// of traces) or, when `trace` is empty, the named synthetic workload.
+struct Workload {
+  std::string trace;
+  std::string synthetic = "default";
+  size_t length = 0;    // synthetic length override
+  size_t kv_heads = 0;  // synthetic KV heads override
+};
+// Loads it; `source` describes it for reports.
+std::vector<Trace> LoadWorkload(const Workload& w, std::string* source);
 double Quantile(std::vector<double> v, double q);
 // Keys or values a storage type cannot hold (beyond +-65504 in f16) are a
 // clear error instead of infinities in every sketch.

@@ -62,6 +62,18 @@ Storage ParseStorage(const std::string& s) {
   throw Error("storage '" + s + "' is not f32, f16 or bf16");
 }
 
+// --trace / --synthetic / --length / --kv-heads of bench, analyze, oracle.
+void AddWorkloadOptions(CLI::App* c, bench::Workload& w) {
+  c->add_option("--trace", w.trace,
+                "trace directory or folder of traces (docs/DESIGN.md)");
+  c->add_option("--synthetic", w.synthetic,
+                "built-in workload: default, d128, long")
+      ->capture_default_str();
+  c->add_option("--length", w.length, "synthetic length override");
+  c->add_option("--kv-heads", w.kv_heads,
+                "synthetic KV heads override (default 4)");
+}
+
 int RunTargets() {
   const TargetInfo info = GetTargetInfo();
   fmt::print("compiled:  {}\n", Join(info.compiled));
@@ -98,15 +110,7 @@ int main(int argc, char** argv) {
   std::string budget_bytes_text, storage = "f16";
   auto* bench = app.add_subcommand(
       "bench", "accuracy, memory and speed of the sketches under a budget");
-  bench->add_option("--trace", bench_opt.trace,
-                    "trace directory or folder of traces (docs/DESIGN.md)");
-  bench
-      ->add_option("--synthetic", bench_opt.synthetic,
-                   "built-in workload: default, d128, long")
-      ->capture_default_str();
-  bench->add_option("--length", bench_opt.length, "synthetic length override");
-  bench->add_option("--kv-heads", bench_opt.kv_heads,
-                    "synthetic KV heads override (default 4)");
+  kvsketch::AddWorkloadOptions(bench, bench_opt.workload);
   bench->add_option("--method", bench_opt.methods, "methods (comma-separated)")
       ->delimiter(',')
       ->capture_default_str();
@@ -169,11 +173,7 @@ int main(int argc, char** argv) {
   auto* analyze = app.add_subcommand(
       "analyze",
       "per-head compressibility diagnostic vs the measured error of a method");
-  analyze->add_option("--trace", an_opt.trace, "trace directory or folder");
-  analyze->add_option("--synthetic", an_opt.synthetic, "built-in workload")
-      ->capture_default_str();
-  analyze->add_option("--length", an_opt.length, "synthetic length override");
-  analyze->add_option("--kv-heads", an_opt.kv_heads, "synthetic KV heads");
+  kvsketch::AddWorkloadOptions(analyze, an_opt.workload);
   analyze->add_option("--method", an_opt.method,
                       "method whose error is measured (default: recommended)");
   analyze
@@ -196,11 +196,7 @@ int main(int argc, char** argv) {
       "oracle",
       "clairvoyant eviction (knows every future query) vs sinks + window: "
       "the bound of selection alone");
-  oracle->add_option("--trace", or_opt.trace, "trace directory or folder");
-  oracle->add_option("--synthetic", or_opt.synthetic, "built-in workload")
-      ->capture_default_str();
-  oracle->add_option("--length", or_opt.length, "synthetic length override");
-  oracle->add_option("--kv-heads", or_opt.kv_heads, "synthetic KV heads");
+  kvsketch::AddWorkloadOptions(oracle, or_opt.workload);
   oracle
       ->add_option("--budget-tokens", or_opt.budgets,
                    "budgets in tokens per KV head (comma-separated)")

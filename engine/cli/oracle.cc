@@ -101,8 +101,7 @@ OracleErrors OracleUnit(const Unit& u, size_t held, size_t sinks,
 
 int RunOracle(const OracleOptions& opt) {
   std::string source;
-  const std::vector<Trace> traces = bench::LoadWorkload(
-      opt.trace, opt.synthetic, opt.length, opt.kv_heads, &source);
+  const std::vector<Trace> traces = bench::LoadWorkload(opt.workload, &source);
   if (opt.budgets.empty()) throw Error("oracle needs at least one budget");
   std::vector<Unit> units;
   for (const Trace& t : traces)

@@ -13,9 +13,7 @@
 namespace kvsketch {
 
 struct OracleOptions {
-  std::string trace;
-  std::string synthetic = "default";
-  size_t length = 0, kv_heads = 0;
+  bench::Workload workload;
   std::vector<size_t> budgets = {32, 64, 128};
   size_t sinks = 4;
   size_t eval_max = 512;
