@@ -12,6 +12,13 @@ enum class Storage : uint8_t { kF32 = 0, kF16 = 1, kBF16 = 2 };
 inline constexpr size_t StorageBytes(Storage s) {
   return s == Storage::kF32 ? 4 : 2;
 }
+// Largest magnitude a storage type holds (larger values would be stored as
+// infinity): f16 65504, bf16 3.3895314e38, f32 FLT_MAX.
+inline constexpr float StorageMaxAbs(Storage s) {
+  return s == Storage::kF16    ? 65504.0f
+         : s == Storage::kBF16 ? 3.3895314e38f
+                               : 3.402823466e38f;
+}
 inline constexpr const char* StorageName(Storage s) {
   return s == Storage::kF32 ? "f32" : (s == Storage::kF16 ? "f16" : "bf16");
 }

@@ -219,12 +219,25 @@ double Spearman(const std::vector<double>& x, const std::vector<double>& y) {
 
 }  // namespace
 
-std::vector<size_t> ToBudgetTokens(const std::vector<size_t>& held_split,
-                                   size_t budget, Storage s) {
+HeadDiagnostic SplitDiagnose(const Unit& u, size_t budget, size_t sinks,
+                             Storage s) {
+  const size_t held = HeldTokens(budget, s);
+  const size_t window_min = 2 * SplitMinTokens(held, sinks) - sinks;
+  return Diagnose(u, {window_min}, sinks, 4 * held);
+}
+
+std::vector<size_t> AdaptiveBudgetSplit(const std::vector<HeadDiagnostic>& d,
+                                        size_t budget, size_t sinks,
+                                        Storage s) {
+  const size_t held = HeldTokens(budget, s);
+  const std::vector<size_t> split =
+      AdaptiveSplit(d, held, SplitMinTokens(held, sinks));
+  // Held tokens back to fp32-token equivalents: floor, the remainder
+  // round-robin.
   const size_t eb = StorageBytes(s);
-  std::vector<size_t> t(held_split.size());
+  std::vector<size_t> t(split.size());
   size_t sum = 0;
-  for (size_t u = 0; u < t.size(); ++u) sum += t[u] = held_split[u] * eb / 4;
+  for (size_t u = 0; u < t.size(); ++u) sum += t[u] = split[u] * eb / 4;
   size_t left = t.size() * budget > sum ? t.size() * budget - sum : 0;
   for (size_t u = 0; left > 0 && !t.empty(); u = (u + 1) % t.size(), --left)
     ++t[u];
@@ -260,9 +273,8 @@ int RunAnalyze(const AnalyzeOptions& opt) {
     tbb::parallel_for(size_t(0), units.size(), [&](size_t i) {
       diag[i] = Diagnose(units[i], held, base.sinks, max_rank);
       for (size_t b = 0; b < nb; ++b) {
-        split_diag[b][i] = Diagnose(
-            units[i], {2 * SplitMinTokens(held[b], base.sinks) - base.sinks},
-            base.sinks, 4 * held[b]);
+        split_diag[b][i] =
+            SplitDiagnose(units[i], opt.budgets[b], base.sinks, base.storage);
       }
       for (size_t b = 0; b < nb; ++b) {
         const auto pos = bench::EvalPositions(units[i].trace->seq,
@@ -281,10 +293,8 @@ int RunAnalyze(const AnalyzeOptions& opt) {
   // Adaptive split of each budget (tokens per unit).
   std::vector<std::vector<size_t>> split(nb);
   for (size_t b = 0; b < nb; ++b)
-    split[b] =
-        ToBudgetTokens(AdaptiveSplit(split_diag[b], held[b],
-                                     SplitMinTokens(held[b], base.sinks)),
-                       opt.budgets[b], base.storage);
+    split[b] = AdaptiveBudgetSplit(split_diag[b], opt.budgets[b], base.sinks,
+                                   base.storage);
   // Per (layer, head): mean over the traces of a set.
   struct Row {
     size_t layer, head, count = 0;

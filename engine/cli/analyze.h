@@ -65,9 +65,14 @@ std::vector<size_t> AdaptiveSplit(const std::vector<HeadDiagnostic>& d,
 inline size_t HeldTokens(size_t budget, Storage s) {
   return budget * 4 / StorageBytes(s);
 }
-// A split in held tokens back to fp32-token equivalents per unit (floor,
-// the remainder round-robin: the total stays units * budget).
-std::vector<size_t> ToBudgetTokens(const std::vector<size_t>& held_split,
-                                   size_t budget, Storage s);
+// The adaptive split of `budget` fp32-token equivalents per unit, the way
+// `bench --budget-split adaptive` and `analyze` do it: each unit's
+// diagnostic with the least share as its window (SplitDiagnose), then the
+// greedy split in held tokens, returned in fp32-token equivalents (same
+// total, units * budget).
+HeadDiagnostic SplitDiagnose(const bench::Unit& u, size_t budget, size_t sinks,
+                             Storage s);
+std::vector<size_t> AdaptiveBudgetSplit(const std::vector<HeadDiagnostic>& d,
+                                        size_t budget, size_t sinks, Storage s);
 
 }  // namespace kvsketch

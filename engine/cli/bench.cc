@@ -226,17 +226,17 @@ std::vector<Trace> bench::LoadWorkload(const Workload& w, std::string* source) {
 }
 
 void bench::CheckStorageRange(const std::vector<Trace>& traces, Storage s) {
-  if (s != Storage::kF16) return;
+  const float limit = StorageMaxAbs(s);
   for (const Trace& t : traces)
     for (size_t l = 0; l < t.layers; ++l)
       for (const auto* a : {&t.k[l], &t.v[l]})
         for (float x : *a)
-          if (std::fabs(x) > 65504.0f) {
+          if (std::fabs(x) > limit) {
             throw Error(t.name + ": layer " + std::to_string(l) + " has " +
                         (a == &t.k[l] ? "a key" : "a value") + " of " +
-                        std::to_string(x) +
-                        ", beyond the f16 storage range (|x| <= 65504); use "
-                        "--storage f32 or bf16");
+                        std::to_string(x) + ", beyond the " + StorageName(s) +
+                        " storage range (|x| <= " + std::to_string(limit) +
+                        "); use --storage f32");
           }
 }
 
@@ -315,17 +315,15 @@ int RunBench(const BenchOptions& opt) {
     // `kvsketch analyze` (calibration queries from the first half).
     std::vector<size_t> unit_tokens(units.size(), budget);
     if (adaptive && budget > 0) {
-      const size_t held = HeldTokens(budget, opt.base.storage);
-      const size_t min_tokens = SplitMinTokens(held, opt.base.sinks);
-      const size_t bb = 2 * min_tokens - opt.base.sinks;  // window = min
       std::vector<HeadDiagnostic> diag(units.size());
       pool.execute([&] {
         tbb::parallel_for(size_t(0), units.size(), [&](size_t i) {
-          diag[i] = Diagnose(units[i], {bb}, opt.base.sinks, 4 * held);
+          diag[i] =
+              SplitDiagnose(units[i], budget, opt.base.sinks, opt.base.storage);
         });
       });
-      unit_tokens = ToBudgetTokens(AdaptiveSplit(diag, held, min_tokens),
-                                   budget, opt.base.storage);
+      unit_tokens =
+          AdaptiveBudgetSplit(diag, budget, opt.base.sinks, opt.base.storage);
     }
     for (Method m : methods) {
       SketchConfig base = opt.base;

@@ -29,8 +29,7 @@ Storage ParseStorageName(const std::string& s) {
 
 void CheckFinite(const float* x, size_t n, const char* what, size_t layer,
                  Storage storage = Storage::kF32) {
-  // f16 rows hold |x| <= 65504: larger values would be stored as infinity.
-  const float limit = storage == Storage::kF16 ? 65504.0f : INFINITY;
+  const float limit = StorageMaxAbs(storage);
   for (size_t i = 0; i < n; ++i) {
     if (!std::isfinite(x[i])) {
       throw Error(std::string(what) + " of layer " + std::to_string(layer) +
@@ -40,9 +39,9 @@ void CheckFinite(const float* x, size_t n, const char* what, size_t layer,
     if (std::fabs(x[i]) > limit) {
       throw Error(std::string(what) + " of layer " + std::to_string(layer) +
                   " has " + std::to_string(x[i]) + " at index " +
-                  std::to_string(i) +
-                  ", beyond the f16 storage range (|x| <= 65504; use "
-                  "storage f32 or bf16); nothing was changed");
+                  std::to_string(i) + ", beyond the " + StorageName(storage) +
+                  " storage range (|x| <= " + std::to_string(limit) +
+                  "; use storage f32); nothing was changed");
     }
   }
 }

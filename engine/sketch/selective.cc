@@ -266,7 +266,8 @@ class SelectiveSketch final : public Sketch {
     }
     float row[kMaxHeadDim];  // f16 range: queries of f16 models fit
     for (size_t i = 0; i < cfg_.dk; ++i)
-      row[i] = std::min(65504.0f, std::max(-65504.0f, q[i]));
+      row[i] = std::min(StorageMaxAbs(Storage::kF16),
+                        std::max(-StorageMaxAbs(Storage::kF16), q[i]));
     ConvertRow(row, Storage::kF16, probe_q_ + probe_head_ * cfg_.dk, cfg_.dk);
     probe_pos_[probe_head_] = pos;
     probe_head_ = (probe_head_ + 1) % R;
