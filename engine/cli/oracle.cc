@@ -49,16 +49,19 @@ OracleErrors OracleUnit(const Unit& u, size_t held, size_t sinks,
   std::vector<double> R(n, 0.0);
   for (size_t j = 0; j < n; ++j)
     for (size_t i = 0; i <= j; ++i) R[i] += A[j * n + i];
+  const std::vector<double> exact =
+      bench::ExactOutputs(t, u.layer, u.head, pos);
   auto error = [&](const std::vector<char>& keep, size_t p, size_t j) {
     double e = 0;
+    std::vector<double> y(dv);
     for (size_t g = 0; g < G; ++g) {
       const double* w = &W[(p * G + g) * n];
+      const double* o = &exact[(p * G + g) * dv];
       double z = 0, num = 0, den = 0;
-      std::vector<double> y(dv, 0.0), o(dv, 0.0);
+      std::fill(y.begin(), y.end(), 0.0);
       for (size_t i = 0; i <= j; ++i) {
-        const float* v = t.V(u.layer, u.head, i);
-        for (size_t c = 0; c < dv; ++c) o[c] += w[i] * v[c];
         if (!keep[i]) continue;
+        const float* v = t.V(u.layer, u.head, i);
         z += w[i];
         for (size_t c = 0; c < dv; ++c) y[c] += w[i] * v[c];
       }
