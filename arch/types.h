@@ -19,6 +19,13 @@ inline constexpr float StorageMaxAbs(Storage s) {
          : s == Storage::kBF16 ? 3.3895314e38f
                                : 3.402823466e38f;
 }
+// Largest magnitude of a key, value or query the engine accepts, whatever
+// the storage: with |x| <= 1e8 every score (d <= kMaxHeadDim products of two
+// inputs) and every Taylor moment of a stream stays finite in f32.
+inline constexpr float kInputMaxAbs = 1e8f;
+inline constexpr float InputMaxAbs(Storage s) {
+  return StorageMaxAbs(s) < kInputMaxAbs ? StorageMaxAbs(s) : kInputMaxAbs;
+}
 inline constexpr const char* StorageName(Storage s) {
   return s == Storage::kF32 ? "f32" : (s == Storage::kF16 ? "f16" : "bf16");
 }

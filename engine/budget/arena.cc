@@ -1,6 +1,8 @@
 #include "engine/budget/arena.h"
 
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 
 #include "kvsketch/error.h"
 
@@ -13,15 +15,25 @@ Arena::Arena(size_t capacity, void* external) {
       throw Error("arena: caller buffer must be 64-byte aligned");
     }
     base_ = static_cast<uint8_t*>(external);
+    zero_on_carve_ = true;
   } else if (capacity_ > 0) {
-    owned_ = hwy::AllocateAligned<uint8_t>(capacity_);
+    // calloc: the arena starts zeroed (saved state never holds bytes the
+    // process had in memory before), and fresh pages from the kernel are
+    // zero already, so pages that are never used are still never touched.
+    if (capacity_ > SIZE_MAX - kAlign) {
+      throw BudgetError("arena: capacity overflows the address space");
+    }
+    owned_.reset(static_cast<uint8_t*>(std::calloc(capacity_ + kAlign, 1)));
     if (!owned_) {
       throw BudgetError("arena: could not allocate " +
                         std::to_string(capacity_) + " bytes");
     }
-    base_ = owned_.get();
+    const uintptr_t p = reinterpret_cast<uintptr_t>(owned_.get());
+    base_ = owned_.get() + (kAlign - p % kAlign) % kAlign;
   }
 }
+
+void Arena::Free::operator()(uint8_t* p) const { std::free(p); }
 
 void* Arena::Carve(const std::string& name, size_t bytes) {
   const size_t need = Aligned(bytes);
@@ -32,6 +44,7 @@ void* Arena::Carve(const std::string& name, size_t bytes) {
                       std::to_string(capacity_) + " remain");
   }
   void* p = base_ + used_;
+  if (zero_on_carve_) std::memset(p, 0, need);  // a caller's buffer
   used_ += need;
   for (auto& c : components_) {
     if (c.name == name) {

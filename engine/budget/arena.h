@@ -1,14 +1,14 @@
 // The budget arena: one aligned allocation, carved into named components with
-// byte accounting. Nothing is allocated after creation; pages that are never
-// written are never touched (no memset of the whole block).
+// byte accounting. Nothing is allocated after creation; the arena starts
+// zeroed (calloc: pages that are never written are never touched), so a
+// saved state never contains bytes the process held before.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
-
-#include "hwy/aligned_allocator.h"
 
 namespace kvsketch {
 
@@ -51,7 +51,11 @@ class Arena {
   }
 
  private:
-  hwy::AlignedFreeUniquePtr<uint8_t[]> owned_;
+  struct Free {
+    void operator()(uint8_t* p) const;
+  };
+  std::unique_ptr<uint8_t, Free> owned_;
+  bool zero_on_carve_ = false;
   uint8_t* base_ = nullptr;
   size_t capacity_ = 0;
   size_t used_ = 0;

@@ -23,16 +23,12 @@ kvs_status Guard(std::string* error, F&& f) {
   } catch (const kvsketch::BudgetError& e) {
     *error = e.what();
     return KVS_BUDGET;
+  } catch (const kvsketch::IoError& e) {
+    *error = e.what();
+    return KVS_IO;
   } catch (const kvsketch::Error& e) {
     *error = e.what();
-    const std::string w = e.what();
-    const bool io = w.find("state file") != std::string::npos ||
-                    w.find("cannot ") != std::string::npos ||
-                    w.find("checksum") != std::string::npos ||
-                    w.find("mismatch") != std::string::npos ||
-                    w.find("magic") != std::string::npos ||
-                    w.find("truncated") != std::string::npos;
-    return io ? KVS_IO : KVS_INVALID_ARGUMENT;
+    return KVS_INVALID_ARGUMENT;
   } catch (const std::bad_alloc&) {
     *error = "out of memory";
     return KVS_BUDGET;
@@ -77,6 +73,11 @@ kvs_status kvs_create(const kvs_config* c, kvs_session** out) {
     cfg.budget_bytes_per_head = c->budget_bytes_per_head;
     cfg.budget_tokens_per_head = c->budget_tokens_per_head;
     if (c->head_weights) {
+      if (c->n_kv_heads == 0 || c->n_kv_heads > 65536 ||
+          c->layers > 65536 / c->n_kv_heads) {
+        throw kvsketch::Error(
+            "head_weights: layers * n_kv_heads must be in [1, 65536]");
+      }
       cfg.head_weights.assign(c->head_weights,
                               c->head_weights + c->layers * c->n_kv_heads);
     }
@@ -117,14 +118,16 @@ kvs_status kvs_attend(kvs_session* s, size_t layer, const float* q,
 
 kvs_status kvs_stats_get(const kvs_session* s, kvs_stats* out) {
   if (!s || !out) return KVS_INVALID_ARGUMENT;
-  const kvsketch::SessionStats st = s->session->Stats();
-  out->arena_bytes = st.arena_bytes;
-  out->accounted_bytes = st.accounted_bytes;
-  out->state_bytes = st.state_bytes;
-  out->scratch_bytes = st.scratch_bytes;
-  out->retained = st.retained;
-  out->tokens = st.tokens;
-  return KVS_OK;
+  auto* m = const_cast<kvs_session*>(s);
+  return Guard(&m->error, [&] {
+    const kvsketch::SessionStats st = s->session->Stats();
+    out->arena_bytes = st.arena_bytes;
+    out->accounted_bytes = st.accounted_bytes;
+    out->state_bytes = st.state_bytes;
+    out->scratch_bytes = st.scratch_bytes;
+    out->retained = st.retained;
+    out->tokens = st.tokens;
+  });
 }
 
 kvs_status kvs_save(const kvs_session* s, const char* path) {

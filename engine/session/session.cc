@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -46,6 +47,22 @@ void CheckFinite(const float* x, size_t n, const char* what, size_t layer,
   }
 }
 
+// a * b, or an Error naming `what` when the product does not fit a size_t.
+size_t CheckedMul(size_t a, size_t b, const char* what) {
+  if (a != 0 && b > SIZE_MAX / a) {
+    throw Error(std::string(what) + " overflows the address space (" +
+                std::to_string(a) + " x " + std::to_string(b) + ")");
+  }
+  return a * b;
+}
+
+size_t CheckedAdd(size_t a, size_t b, const char* what) {
+  if (b > SIZE_MAX - a) {
+    throw Error(std::string(what) + " overflows the address space");
+  }
+  return a + b;
+}
+
 }  // namespace
 
 struct Session::Impl {
@@ -58,6 +75,9 @@ struct Session::Impl {
   float* workspaces = nullptr;                    // [threads][ws_floats]
   std::unique_ptr<tbb::task_arena> pool;
   size_t state_bytes = 0;
+  // One call at a time: calls from several threads are serialized (each
+  // call already uses all of the session's threads).
+  mutable std::mutex mu;
 
   // The configuration a state file must match: the thread count resolved
   // (0 means "all cores", which differs between machines).
@@ -85,7 +105,16 @@ struct Session::Impl {
       throw Error("head dimensions must be in [1, " +
                   std::to_string(kMaxHeadDim) + "]");
     }
-    if (c.layers * c.n_kv_heads > 65536) throw Error("too many heads");
+    // Divisions, not products: layers = 2^63 must not wrap to a small count.
+    if (c.n_kv_heads > 65536 || c.layers > 65536 / c.n_kv_heads) {
+      throw Error("layers * n_kv_heads must be at most 65536 (layers " +
+                  std::to_string(c.layers) + ", n_kv_heads " +
+                  std::to_string(c.n_kv_heads) + ")");
+    }
+    if (!(c.scale >= 0.0f) || !std::isfinite(c.scale)) {
+      throw Error("scale must be 0 (1/sqrt(dk)) or positive and finite, got " +
+                  std::to_string(c.scale));
+    }
     const int budgets = (c.budget_bytes > 0) + (c.budget_bytes_per_head > 0) +
                         (c.budget_tokens_per_head > 0);
     if (budgets != 1) {
@@ -135,6 +164,12 @@ struct Session::Impl {
     // Split weights of a total budget (validated before anything else).
     std::vector<double> w(heads, 1.0);
     if (!c.head_weights.empty()) {
+      if (!c.budget_bytes) {
+        throw Error(
+            "head_weights split a total budget (budget_bytes); with a "
+            "per-head budget every head gets the same bytes, so they would "
+            "be ignored");
+      }
       if (c.head_weights.size() != heads) {
         throw Error("head_weights needs layers * n_kv_heads = " +
                     std::to_string(heads) + " entries");
@@ -159,7 +194,9 @@ struct Session::Impl {
       probe.budget_bytes = size_t(double(c.budget_bytes) * wmax / sum);
     }
     ws_floats = WorkspaceFloats(probe);
-    const size_t scratch = threads * Arena::Aligned(ws_floats * 4);
+    const size_t scratch = CheckedMul(
+        threads, Arena::Aligned(CheckedMul(ws_floats, 4, "scratch size")),
+        "per-thread scratch");
     if (c.budget_bytes) {
       if (c.budget_bytes <= scratch) {
         throw BudgetError("budget of " + std::to_string(c.budget_bytes) +
@@ -176,8 +213,9 @@ struct Session::Impl {
     }
     // One arena: every head's budget (its sketch never exceeds it) and the
     // per-thread scratch. Pages that are never written are never touched.
-    size_t total = scratch + Arena::kAlign;
-    for (size_t b : head_budget) total += Arena::Aligned(b);
+    size_t total = CheckedAdd(scratch, Arena::kAlign, "arena size");
+    for (size_t b : head_budget)
+      total = CheckedAdd(total, Arena::Aligned(b), "arena size");
     arena.reset(new Arena(total));
     workspaces = arena->CarveArray<float>(
         "per-thread scratch", threads * Arena::Aligned(ws_floats * 4) / 4);
@@ -251,13 +289,18 @@ struct Session::Impl {
     CheckLayer(layer);
     if (!k || !v) throw Error("append: null key or value pointer");
     if (n == 0) throw Error("append: zero tokens");
+    const size_t row = cfg.n_kv_heads * std::max(cfg.dk, cfg.dv);
+    if (n > SIZE_MAX / sizeof(float) / row) {
+      throw Error("append: " + std::to_string(n) +
+                  " tokens overflow the address space");
+    }
     CheckFinite(k, n * cfg.n_kv_heads * cfg.dk, "keys", layer, base.storage);
     CheckFinite(v, n * cfg.n_kv_heads * cfg.dv, "values", layer, base.storage);
     for (size_t h = 0; h < cfg.n_kv_heads; ++h) {
       if (At(layer, h).tokens_left() < n) {
         throw BudgetError("append: head " + std::to_string(h) + " of layer " +
-                          std::to_string(layer) +
-                          " (method exact) has room for " +
+                          std::to_string(layer) + " (method " + cfg.method +
+                          ") has room for " +
                           std::to_string(At(layer, h).tokens_left()) +
                           " more tokens; nothing was changed");
       }
@@ -293,17 +336,20 @@ Session::~Session() = default;
 const SessionConfig& Session::config() const { return impl_->cfg; }
 
 void Session::Append(size_t layer, const float* k, const float* v, size_t n) {
+  std::lock_guard<std::mutex> lock(impl_->mu);
   impl_->ValidateAppend(layer, k, v, n);
   impl_->DoAppend(layer, k, v, n);
 }
 
 void Session::Attend(size_t layer, const float* q, float* out) {
+  std::lock_guard<std::mutex> lock(impl_->mu);
   impl_->ValidateAttend(layer, q, out);
   impl_->DoAttend(layer, q, out);
 }
 
 void Session::AppendAll(const float* k, const float* v) {
   Impl& m = *impl_;
+  std::lock_guard<std::mutex> lock(m.mu);
   const size_t ks = m.cfg.n_kv_heads * m.cfg.dk,
                vs = m.cfg.n_kv_heads * m.cfg.dv;
   for (size_t l = 0; l < m.cfg.layers; ++l)
@@ -316,6 +362,7 @@ void Session::AppendAll(const float* k, const float* v) {
 
 void Session::AttendAll(const float* q, float* out) {
   Impl& m = *impl_;
+  std::lock_guard<std::mutex> lock(m.mu);
   const size_t qs = m.cfg.n_heads * m.cfg.dk, os = m.cfg.n_heads * m.cfg.dv;
   for (size_t l = 0; l < m.cfg.layers; ++l)
     m.ValidateAttend(l, q + l * qs, out + l * os);
@@ -327,6 +374,7 @@ void Session::AttendAll(const float* q, float* out) {
 
 SessionStats Session::Stats() const {
   const Impl& m = *impl_;
+  std::lock_guard<std::mutex> lock(m.mu);
   SessionStats s;
   s.arena_bytes = m.arena->capacity();
   s.accounted_bytes = m.arena->used();
@@ -340,21 +388,25 @@ SessionStats Session::Stats() const {
 }
 
 void Session::Save(const std::string& path) const {
+  std::lock_guard<std::mutex> lock(impl_->mu);
   SaveState(path, impl_->StateConfig(), *impl_->arena, impl_->StateBegin(),
             impl_->sketches);
 }
 
 std::string Session::SaveBytes() const {
+  std::lock_guard<std::mutex> lock(impl_->mu);
   return SaveStateBytes(impl_->StateConfig(), *impl_->arena,
                         impl_->StateBegin(), impl_->sketches);
 }
 
 void Session::LoadBytes(const std::string& bytes) {
+  std::lock_guard<std::mutex> lock(impl_->mu);
   LoadStateBytes(bytes, "state", impl_->StateConfig(), *impl_->arena,
                  impl_->StateBegin(), impl_->sketches);
 }
 
 void Session::Load(const std::string& path) {
+  std::lock_guard<std::mutex> lock(impl_->mu);
   LoadState(path, impl_->StateConfig(), *impl_->arena, impl_->StateBegin(),
             impl_->sketches);
 }

@@ -1,5 +1,8 @@
 #include "engine/session/state_io.h"
 
+#include <sys/stat.h>
+
+#include <cstdio>
 #include <fstream>
 #include <sstream>
 
@@ -15,7 +18,9 @@ namespace kvsketch {
 namespace {
 
 constexpr char kMagic[8] = {'K', 'V', 'S', 'K', 'S', 'T', 'A', 'T'};
-constexpr uint32_t kVersion = 3;  // 3: coreset weights from levels
+// 3: coreset weights from levels; 4: 64-bit sequence counters, every field
+// validated on load.
+constexpr uint32_t kVersion = 4;
 constexpr uint32_t kEndian = 0x01020304;
 constexpr uint32_t kArenaSection = 1, kScalarSection = 2;
 
@@ -36,30 +41,55 @@ Section GetSection(const std::string& b, size_t& pos, uint32_t want,
   StateReader r(b.data() + pos, b.size() - pos);
   const uint32_t id = r.Get<uint32_t>();
   if (id != want) {
-    throw Error(what + ": expected section " + std::to_string(want) +
-                ", found " + std::to_string(id));
+    throw IoError(what + ": expected section " + std::to_string(want) +
+                  ", found " + std::to_string(id));
   }
   const uint64_t size = r.Get<uint64_t>();
   const uint64_t sum = r.Get<uint64_t>();
   pos += 20;
   if (size > b.size() - pos)
-    throw Error(what + ": truncated (section " + std::to_string(id) + ")");
+    throw IoError(what + ": truncated (section " + std::to_string(id) + ")");
   Section s{b.data() + pos, size_t(size)};
   if (XXH64(s.data, s.size, 0) != sum) {
-    throw Error(what + ": checksum mismatch in section " + std::to_string(id) +
-                " (corrupted file)");
+    throw IoError(what + ": checksum mismatch in section " +
+                  std::to_string(id) + " (corrupted file)");
   }
   pos += size;
   return s;
 }
 
-void Apply(const Section& arena_bytes, const Section& scalars, Arena& arena,
-           size_t begin, std::vector<std::unique_ptr<Sketch>>& sketches) {
+// Scalars first (small; backed up), then every field of the staged arena
+// bytes is validated; only then do the arena bytes go live. Any error leaves
+// the session exactly as it was, with one extra copy of the state at most.
+void Apply(const std::string& what, const Section& arena_bytes,
+           const Section& scalars, Arena& arena, size_t begin,
+           std::vector<std::unique_ptr<Sketch>>& sketches) {
+  StateWriter backup;
+  for (const auto& s : sketches) s->SaveScalars(backup);
+  const StagedState staged(arena.data() + begin,
+                           reinterpret_cast<const uint8_t*>(arena_bytes.data),
+                           arena_bytes.size);
+  try {
+    StateReader r(scalars.data, scalars.size);
+    for (auto& s : sketches) s->LoadScalars(r);
+    if (!r.done())
+      throw IoError("state file: trailing bytes in the scalar section");
+    for (size_t i = 0; i < sketches.size(); ++i) {
+      try {
+        sketches[i]->CheckState(staged);
+      } catch (const IoError& e) {
+        const uint64_t stream = sketches[i]->config().stream;
+        throw IoError(std::string(e.what()) + " (layer " +
+                      std::to_string(stream >> 32) + ", KV head " +
+                      std::to_string(stream & 0xffffffffu) + ")");
+      }
+    }
+  } catch (const Error& e) {
+    StateReader r(backup.bytes().data(), backup.bytes().size());
+    for (auto& s : sketches) s->LoadScalars(r);
+    throw IoError(what + ": " + e.what() + "; nothing was changed");
+  }
   std::memcpy(arena.data() + begin, arena_bytes.data, arena_bytes.size);
-  StateReader r(scalars.data, scalars.size);
-  for (auto& s : sketches) s->LoadScalars(r);
-  if (!r.done())
-    throw Error("state file: trailing bytes in the scalar section");
 }
 
 }  // namespace
@@ -110,12 +140,17 @@ void SaveState(const std::string& path, const SessionConfig& c,
   const std::string tmp = path + ".tmp";
   {
     std::ofstream out(tmp, std::ios::binary);
-    if (!out) throw Error("cannot write " + tmp);
+    if (!out) throw IoError("cannot write " + tmp);
     out.write(b.data(), std::streamsize(b.size()));
-    if (!out) throw Error("write failed: " + tmp);
+    out.close();
+    if (!out) {
+      std::remove(tmp.c_str());  // no partial file left behind
+      throw IoError("write failed: " + tmp);
+    }
   }
   if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    throw Error("cannot rename " + tmp + " to " + path);
+    std::remove(tmp.c_str());
+    throw IoError("cannot rename " + tmp + " to " + path);
   }
 }
 
@@ -123,55 +158,60 @@ void LoadStateBytes(const std::string& b, const std::string& what,
                     const SessionConfig& c, Arena& arena, size_t begin,
                     std::vector<std::unique_ptr<Sketch>>& sketches) {
   if (b.size() < 24 || std::memcmp(b.data(), kMagic, 8) != 0) {
-    throw Error(what + ": not a kvsketch state file (bad magic)");
+    throw IoError(what + ": not a kvsketch state file (bad magic)");
   }
   StateReader r(b.data() + 8, b.size() - 8);
   const uint32_t version = r.Get<uint32_t>();
   const uint32_t endian = r.Get<uint32_t>();
   if (endian != kEndian)
-    throw Error(what + ": written on a machine of other endianness");
+    throw IoError(what + ": written on a machine of other endianness");
   if (version != kVersion) {
-    throw Error(what + ": format version " + std::to_string(version) +
-                " (this build reads version " + std::to_string(kVersion) + ")");
+    throw IoError(what + ": format version " + std::to_string(version) +
+                  " (this build reads version " + std::to_string(kVersion) +
+                  ")");
   }
   const uint64_t fp_len = r.Get<uint64_t>();
-  if (fp_len > b.size() - 24) throw Error(what + ": truncated header");
+  if (fp_len > b.size() - 24) throw IoError(what + ": truncated header");
   const std::string fp(b.data() + 24, size_t(fp_len));
   const std::string mine = ConfigFingerprint(c);
   if (fp != mine) {
-    throw Error(what + ": configuration mismatch: file has '" + fp +
-                "', session has '" + mine + "'");
+    throw IoError(what + ": configuration mismatch: file has '" + fp +
+                  "', session has '" + mine + "'");
   }
   size_t pos = 24 + size_t(fp_len);
   const Section arena_bytes = GetSection(b, pos, kArenaSection, what);
   const Section scalars = GetSection(b, pos, kScalarSection, what);
   if (pos != b.size())
-    throw Error(what + ": trailing bytes after the last section");
+    throw IoError(what + ": trailing bytes after the last section");
   if (arena_bytes.size != arena.used() - begin) {
-    throw Error(what + ": state size " + std::to_string(arena_bytes.size) +
-                " does not match this session's " +
-                std::to_string(arena.used() - begin));
+    throw IoError(what + ": state size " + std::to_string(arena_bytes.size) +
+                  " does not match this session's " +
+                  std::to_string(arena.used() - begin));
   }
-  // Apply; on any error restore the previous state exactly.
-  const std::string snapshot = SaveStateBytes(c, arena, begin, sketches);
-  try {
-    Apply(arena_bytes, scalars, arena, begin, sketches);
-  } catch (...) {
-    size_t p = 24 + size_t(fp_len);
-    const Section a0 = GetSection(snapshot, p, kArenaSection, "snapshot");
-    const Section s0 = GetSection(snapshot, p, kScalarSection, "snapshot");
-    Apply(a0, s0, arena, begin, sketches);
-    throw;
-  }
+  Apply(what, arena_bytes, scalars, arena, begin, sketches);
 }
 
 void LoadState(const std::string& path, const SessionConfig& c, Arena& arena,
                size_t begin, std::vector<std::unique_ptr<Sketch>>& sketches) {
+  // A regular file of plausible size only (a FIFO or device would hang or
+  // never end), read once into a buffer of its exact size.
+  struct stat st;
+  if (stat(path.c_str(), &st) != 0) throw IoError("cannot open " + path);
+  if (!S_ISREG(st.st_mode)) throw IoError(path + ": not a regular file");
+  const uint64_t expect = 24 + 2 * 20 + (arena.used() - begin) +
+                          ConfigFingerprint(c).size() + (uint64_t(1) << 24);
+  if (uint64_t(st.st_size) > expect) {
+    throw IoError(path + ": " + std::to_string(st.st_size) +
+                  " bytes, far more than a state of this session (" +
+                  std::to_string(arena.used() - begin) + " state bytes)");
+  }
   std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error("cannot open " + path);
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  LoadStateBytes(ss.str(), path, c, arena, begin, sketches);
+  if (!in) throw IoError("cannot open " + path);
+  std::string bytes(size_t(st.st_size), '\0');
+  in.read(&bytes[0], std::streamsize(bytes.size()));
+  if (size_t(in.gcount()) != bytes.size())
+    throw IoError(path + ": read failed");
+  LoadStateBytes(bytes, path, c, arena, begin, sketches);
 }
 
 }  // namespace kvsketch

@@ -38,7 +38,7 @@ class StateReader {
   template <typename T>
   T Get() {
     if (size_t(end_ - p_) < sizeof(T))
-      throw Error("state file: scalar section truncated");
+      throw IoError("state file: scalar section truncated");
     T x;
     std::memcpy(&x, p_, sizeof(T));
     p_ += sizeof(T);
@@ -48,7 +48,7 @@ class StateReader {
   template <typename T>
   T GetAtMost(T max, const char* what) {
     const T x = Get<T>();
-    if (x > max) throw Error(std::string("state file: invalid ") + what);
+    if (x > max) throw IoError(std::string("state file: invalid ") + what);
     return x;
   }
   bool done() const { return p_ == end_; }

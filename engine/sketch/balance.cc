@@ -32,7 +32,7 @@ class BalanceSketch final : public Sketch {
   BalanceSketch(const SketchConfig& c, Arena& a, size_t rows)
       : Sketch(c, a, 0) {
     const size_t cap = Coreset::Capacity(RemainingBytes(), RowBytes(c));
-    coreset_.Init(CarveRows("pool", cap), a, c.block);
+    coreset_.Init(CarveRows("pool", cap), a, c.block, 1, c.first_seq);
     const size_t w = DefaultWindow(c, rows);
     protect_ = w < cap ? w : cap;
     window_share_ = cap ? double(protect_) / double(cap) : 1.0;
@@ -83,6 +83,12 @@ class BalanceSketch final : public Sketch {
     coreset_.Load(r);
     protect_ = r.GetAtMost<uint64_t>(coreset_.cap(), "window size");
     window_share_ = r.Get<double>();
+  }
+  void CheckState(const StagedState& st) const override {
+    Sketch::CheckState(st);
+    coreset_.Check(st, tokens_, RowLimit(), 1);
+    if (!(window_share_ >= 0.0 && window_share_ <= 1.0))
+      InvalidState("window share");
   }
 
  private:

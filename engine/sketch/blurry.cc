@@ -61,6 +61,18 @@ class BlurrySketch final : public Sketch {
     Sketch::LoadScalars(r);
     count_ = r.GetAtMost<uint64_t>(slots_.cap, "slot count");
   }
+  void CheckState(const StagedState& st) const override {
+    Sketch::CheckState(st);
+    if (count_ > tokens_) InvalidState("slot count (more slots than tokens)");
+    st.CheckRows(slots_, count_, RowLimit(), "slot");
+    // A slot's log-mass: log(tokens merged into it), in [0, log(tokens)].
+    const double most = std::log(double(tokens_) + 1.0) + 1e-3;
+    for (size_t i = 0; i < count_; ++i) {
+      const float lw = st.At(logw_, i);
+      if (!(lw >= 0.0f) || !(double(lw) <= most))
+        InvalidState("slot log-mass [" + std::to_string(i) + "]");
+    }
+  }
 
  private:
   // Merges the adjacent pair with the least combined mass (ties: oldest).

@@ -26,7 +26,8 @@ const float* Coreset::LogW(float* dst) const {
 }
 
 void Coreset::Init(const RowStore& rows, Arena& arena, size_t block,
-                   size_t tags) {
+                   size_t tags, uint64_t first_seq) {
+  SetFirstSeq(first_seq);
   tags_ = tags < 1 ? 1 : tags;
   rows_ = rows;
   block_ = block < 2 ? 2 : block;
@@ -39,28 +40,69 @@ void Coreset::Init(const RowStore& rows, Arena& arena, size_t block,
 
 void Coreset::Save(StateWriter& w) const {
   w.Put<uint64_t>(count_);
-  w.Put<uint32_t>(next_seq_);
+  w.Put<uint64_t>(next_seq_);
   w.Put<uint64_t>(compactions_);
 }
 
 void Coreset::Load(StateReader& r) {
   count_ = r.GetAtMost<uint64_t>(rows_.cap, "coreset count");
-  next_seq_ = r.Get<uint32_t>();
+  next_seq_ = r.GetAtMost<uint64_t>(UINT32_MAX, "coreset sequence counter");
   compactions_ = r.Get<uint64_t>();
-  // Levels and tags live in the arena: clamp anything a crafted file could
-  // make out of range (a valid file never changes here).
+}
+
+void Coreset::Check(const StagedState& st, uint64_t tokens, float limit,
+                    size_t used_tags) const {
+  if (count_ > tokens) InvalidState("coreset count (more items than tokens)");
+  if (next_seq_ == 0 || (count_ && next_seq_ <= count_))
+    InvalidState("coreset sequence counter");
+  st.CheckRows(rows_, count_, limit, "coreset");
   for (size_t i = 0; i < count_; ++i) {
-    if (level_[i] >= kMaxLevels) level_[i] = kMaxLevels - 1;
-    if (tag_ && tag_[i] >= tags_) tag_[i] = 0;
-    if (seq_[i] >= next_seq_) seq_[i] = next_seq_ ? next_seq_ - 1 : 0;
+    if (st.At(level_, i) >= kMaxLevels)
+      InvalidState("coreset level [" + std::to_string(i) + "]");
+    if (tag_ && st.At(tag_, i) >= used_tags)
+      InvalidState("coreset cell tag [" + std::to_string(i) + "]");
+    const uint32_t s = st.At(seq_, i);
+    if (s == 0 || s >= next_seq_)
+      InvalidState("coreset sequence number [" + std::to_string(i) + "]");
   }
 }
 
+void Coreset::SetFirstSeq(uint64_t first) {
+  next_seq_ = first < 1 ? 1 : (first > UINT32_MAX ? UINT32_MAX : first);
+}
+
+// Items get 1..count in their current order; the tracked boundary maps to
+// the number of items at or below it. O(count^2), once per ~4e9 items.
+void Coreset::Renumber() {
+  if (boundary_) {
+    uint32_t below = 0;
+    for (size_t i = 0; i < count_; ++i) below += seq_[i] <= *boundary_;
+    *boundary_ = below;
+  }
+  for (size_t r = 1; r <= count_; ++r) {
+    size_t best = SIZE_MAX;
+    for (size_t i = 0; i < count_; ++i) {
+      if (level_[i] & 0x80) continue;  // renumbered already
+      if (best == SIZE_MAX || seq_[i] < seq_[best]) best = i;
+    }
+    seq_[best] = uint32_t(r);
+    level_[best] |= 0x80;
+  }
+  for (size_t i = 0; i < count_; ++i) level_[i] &= 0x7F;
+  next_seq_ = count_ + 1;
+}
+
+uint32_t Coreset::NextSeq() {
+  if (next_seq_ >= UINT32_MAX) Renumber();
+  return uint32_t(next_seq_++);
+}
+
 void Coreset::Insert(const float* k, const float* v, uint16_t tag) {
+  const uint32_t s = NextSeq();
   rows_.Put(count_, k, v);
   level_[count_] = 0;
   if (tag_) tag_[count_] = tag;
-  seq_[count_] = next_seq_++;
+  seq_[count_] = s;
   ++count_;
 }
 
@@ -72,7 +114,7 @@ void Coreset::ReplaceOldest(const float* k, const float* v, uint16_t tag) {
   rows_.Put(oldest, k, v);
   level_[oldest] = 0;
   if (tag_) tag_[oldest] = tag;
-  seq_[oldest] = next_seq_++;
+  seq_[oldest] = NextSeq();
 }
 
 bool Coreset::Compact(const CompactKernel& kern, const float* centres,

@@ -17,6 +17,7 @@
 #include "engine/budget/arena.h"
 #include "engine/session/state_io.h"
 #include "engine/sketch/rows.h"
+#include "engine/sketch/sketch.h"  // StagedState
 
 namespace kvsketch {
 
@@ -48,7 +49,8 @@ class Coreset {
 
   // `rows` was carved by the caller (its cap is the capacity); tags are in
   // [0, tags).
-  void Init(const RowStore& rows, Arena& arena, size_t block, size_t tags = 1);
+  void Init(const RowStore& rows, Arena& arena, size_t block, size_t tags = 1,
+            uint64_t first_seq = 1);
 
   size_t count() const { return count_; }
   size_t cap() const { return rows_.cap; }
@@ -58,11 +60,22 @@ class Coreset {
   const float* LogW(float* dst) const;
   uint16_t tag(size_t i) const { return tag_ ? tag_[i] : 0; }
   // Insertion number of each item (1, 2, ...): the newest have the largest.
+  // Stored in 32 bits per item; before they would wrap, the items are
+  // renumbered 1..count in the same order (and every tracked boundary with
+  // them), so the order survives any stream length.
   const uint32_t* seq() const { return seq_; }
-  uint32_t last_seq() const { return next_seq_ - 1; }
+  uint32_t last_seq() const { return uint32_t(next_seq_ - 1); }
+  // A sequence-number boundary kept by the owner (taylor's folded_): items
+  // with seq <= *b keep that property through a renumbering.
+  void TrackBoundary(uint32_t* b) { boundary_ = b; }
+  // Starts the numbering at `first` (tests; default 1).
+  void SetFirstSeq(uint64_t first);
 
   void Save(StateWriter& w) const;
   void Load(StateReader& r);
+  // After Load: levels, tags and sequence numbers of the staged items.
+  void Check(const StagedState& st, uint64_t tokens, float limit,
+             size_t used_tags) const;
 
   // Appends an item (requires !full()).
   void Insert(const float* k, const float* v, uint16_t tag);
@@ -82,7 +95,10 @@ class Coreset {
   uint8_t* level_ = nullptr;
   uint16_t* tag_ = nullptr;
   uint32_t* seq_ = nullptr;
-  uint32_t next_seq_ = 1;
+  uint32_t* boundary_ = nullptr;
+  uint64_t next_seq_ = 1;  // < 2^32 (renumbered before)
+  void Renumber();
+  uint32_t NextSeq();
   size_t count_ = 0, block_ = 0, tags_ = 1;
   uint64_t compactions_ = 0;
 };

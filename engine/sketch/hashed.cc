@@ -100,7 +100,8 @@ class HashedSketch final : public Sketch {
     }
     const size_t cap =
         Coreset::Capacity(RemainingBytes(), RowBytes(c), n_cells_);
-    coreset_.Init(CarveRows("hashed coreset", cap), a, c.block, n_cells_);
+    coreset_.Init(CarveRows("hashed coreset", cap), a, c.block, n_cells_,
+                  c.first_seq);
   }
 
   std::string Describe() const override {
@@ -213,9 +214,35 @@ class HashedSketch final : public Sketch {
     evicted_ = r.Get<uint64_t>();
     for (size_t a = 0; a < n_cells_; ++a) cells_[a].Load(r);
     coreset_.Load(r);
+  }
+  void CheckState(const StagedState& st) const override {
+    Sketch::CheckState(st);
+    if (evicted_ > tokens_) InvalidState("hashed eviction count");
+    if (used_cells_ > evicted_) InvalidState("hashed cell count");
+    // Every code maps to no cell (-1) or to a cell in use.
     for (size_t i = 0; i < (size_t(2) << bits_); ++i) {
-      if (code_to_cell_[i] >= int16_t(n_cells_)) code_to_cell_[i] = -1;
+      const int16_t cell = st.At(code_to_cell_, i);
+      if (cell < -1 || cell >= int16_t(used_cells_))
+        InvalidState("hashed code table [" + std::to_string(i) +
+                     "] = " + std::to_string(cell));
     }
+    uint64_t routed = 0;
+    for (size_t a = 0; a < n_cells_; ++a) {
+      const std::string name = "hashed cell " + std::to_string(a);
+      cells_[a].Check(st, evicted_, name);
+      if (a >= used_cells_ && cells_[a].count() != 0)
+        InvalidState(name + " count (cell not in use)");
+      if (a < used_cells_ && cells_[a].count() == 0)
+        InvalidState(name + " count (cell in use but empty)");
+      routed += cells_[a].count();
+      st.CheckFloats(centres_ + a * ks_, ks_, RowLimit(), name + " centre");
+      const uint8_t flag = st.At(compacted_, a);
+      if (flag > 1) InvalidState(name + " compacted flag");
+    }
+    if (routed != evicted_) InvalidState("hashed cell counts (sum != evicted)");
+    st.CheckDoubles(mu_sum_, cfg_.dk + 1, "hashed key sums");
+    st.CheckFloats(planes_, bits_ * ks_ + 1, 1e3f, "hashed planes");
+    coreset_.Check(st, tokens_, RowLimit(), used_cells_);
   }
 
  private:

@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <limits>
 
 #include "arch/poly.h"
 #include "arch/targets.h"  // RoundUp
@@ -34,6 +35,18 @@ void Moments::Init(Arena& arena, const std::string& name, size_t dk, size_t vs,
   std::memset(z_, 0, F_ * sizeof(float));
   std::memset(centre_, 0, RoundUp(dk, 4) * sizeof(float));
   std::memset(key_sum_, 0, dk * sizeof(double));
+}
+
+void Moments::Check(const StagedState& st, uint64_t max_count,
+                    const std::string& name) const {
+  if (count_ > max_count) InvalidState(name + " moment count");
+  if (!(radius_ >= 0.0f) || !std::isfinite(radius_))
+    InvalidState(name + " radius");
+  const float any = std::numeric_limits<float>::max();
+  st.CheckFloats(M_, F_ * vs_, any, name + " moments");
+  st.CheckFloats(z_, F_, any, name + " moment sums");
+  st.CheckFloats(centre_, RoundUp(dk_, 4), kInputMaxAbs, name + " centre");
+  st.CheckDoubles(key_sum_, dk_, name + " key sums");
 }
 
 void Moments::Add(const float* k, const float* v, float* ws) {

@@ -13,6 +13,7 @@
 
 #include "engine/budget/arena.h"
 #include "engine/session/state_io.h"
+#include "engine/sketch/sketch.h"  // StagedState
 
 namespace kvsketch {
 
@@ -46,6 +47,9 @@ class Moments {
     count_ = r.Get<uint64_t>();
     radius_ = r.Get<float>();
   }
+  // After Load: count, radius and every staged moment, sum and centre.
+  void Check(const StagedState& st, uint64_t max_count,
+             const std::string& name) const;
 
  private:
   void AddRow(size_t f, size_t g, float a);

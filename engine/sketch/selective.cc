@@ -105,6 +105,8 @@ class SelectiveSketch final : public Sketch {
  public:
   SelectiveSketch(const SketchConfig& c, Arena& a, size_t rows)
       : Sketch(c, a, 0), mode_(c.method) {
+    next_seq_ =
+        std::max<uint64_t>(1, std::min<uint64_t>(c.first_seq, UINT32_MAX));
     probes_cap_ = ProbeCount(c, rows);
     const size_t cap = PoolCapacity(c, RemainingBytes(), probes_cap_);
     rows_ = CarveRows("pool", cap);
@@ -181,8 +183,10 @@ class SelectiveSketch final : public Sketch {
     for (size_t g = 0; g < G; ++g) {
       if (!(z[g] > 0.0f)) continue;
       const float inv = norm / z[g];
-      const float* s = ws + g * n;
-      for (size_t i = 0; i < n; ++i) score_[i] += std::exp(s[i] - m[g]) * inv;
+      float* s = ws + g * n;  // raw scores -> weights, in place (SIMD exp)
+      for (size_t i = 0; i < n; ++i) s[i] = std::max(s[i] - m[g], -87.0f);
+      ExpArray(s, s, n);
+      for (size_t i = 0; i < n; ++i) score_[i] += s[i] * inv;
     }
   }
 
@@ -191,7 +195,7 @@ class SelectiveSketch final : public Sketch {
   void SaveScalars(StateWriter& w) const override {
     Sketch::SaveScalars(w);
     w.Put<uint64_t>(count_);
-    w.Put<uint32_t>(next_seq_);
+    w.Put<uint64_t>(next_seq_);
     w.Put<uint64_t>(probe_count_);
     w.Put<uint64_t>(probe_head_);
     w.Put<uint64_t>(offered_);
@@ -199,17 +203,66 @@ class SelectiveSketch final : public Sketch {
   void LoadScalars(StateReader& r) override {
     Sketch::LoadScalars(r);
     count_ = r.GetAtMost<uint64_t>(rows_.cap, "pool count");
-    next_seq_ = r.Get<uint32_t>();
+    next_seq_ = r.Get<uint64_t>();
     probe_count_ = r.GetAtMost<uint64_t>(probes_cap_, "probe count");
     probe_head_ =
         r.GetAtMost<uint64_t>(probes_cap_ ? probes_cap_ - 1 : 0, "probe head");
     offered_ = r.Get<uint64_t>();
   }
+  void CheckState(const StagedState& st) const override {
+    Sketch::CheckState(st);
+    if (count_ > tokens_) InvalidState("pool count (more items than tokens)");
+    st.CheckRows(rows_, count_, RowLimit(), "pool");
+    if (seq_) {
+      // h2o / tova: per-item numbers are 32-bit copies below next_seq_.
+      if (next_seq_ == 0 || next_seq_ > UINT32_MAX || next_seq_ <= count_)
+        InvalidState("pool sequence counter");
+      for (size_t i = 0; i < count_; ++i) {
+        const uint32_t s = st.At(seq_, i);
+        if (s == 0 || s >= next_seq_)
+          InvalidState("pool sequence number [" + std::to_string(i) + "]");
+        const float sc = st.At(score_, i);
+        if (!(sc >= 0.0f) || !std::isfinite(sc))
+          InvalidState("pool attention score [" + std::to_string(i) + "]");
+      }
+    }
+    if (logw_) {
+      for (size_t i = 0; i < count_; ++i) {
+        const float lw = F16BitsToF32(st.At(logw_, i));
+        if (!std::isfinite(lw))
+          InvalidState("pool log-weight [" + std::to_string(i) + "]");
+      }
+    }
+    if (probes_cap_) {
+      const size_t R = RecentProbes();
+      if (probe_head_ >= R) InvalidState("probe head");
+      if (probe_count_ < R ? probe_head_ != probe_count_ % R
+                           : offered_ < probe_count_ - R)
+        InvalidState("probe ring (head, count and offers disagree)");
+      if (offered_ > queries_) InvalidState("probe offer count");
+      if (probe_count_ > queries_) InvalidState("probe count");
+      const uint32_t now = uint32_t(cfg_.rope_first_position + tokens_);
+      for (size_t p = 0; p < probe_count_; ++p) {
+        // Positions are 32-bit (age = now - pos, modulo 2^32).
+        const uint32_t age = uint32_t(now - st.At(probe_pos_, p));
+        if (age == 0 || age > tokens_)
+          InvalidState("probe position [" + std::to_string(p) + "]");
+        for (size_t x = 0; x < cfg_.dk; ++x) {
+          const float v = F16BitsToF32(st.At(probe_q_, p * cfg_.dk + x));
+          if (!std::isfinite(v))
+            InvalidState("probe query [" + std::to_string(p) + "]");
+        }
+      }
+    } else if (probe_count_ != 0) {
+      InvalidState("probe count");
+    }
+  }
 
  private:
   void Put(size_t i, const float* k, const float* v) {
+    if (seq_ && next_seq_ >= UINT32_MAX) Renumber(i);
     rows_.Put(i, k, v);
-    if (seq_) seq_[i] = next_seq_;
+    if (seq_) seq_[i] = uint32_t(next_seq_);
     ++next_seq_;
     if (score_) score_[i] = 0.0f;
     if (logw_) logw_[i] = 0;  // f16 +0
@@ -218,6 +271,26 @@ class SelectiveSketch final : public Sketch {
   const float* LogW(float* dst) const {
     ConvertRowToF32(Storage::kF16, logw_, dst, count_);
     return dst;
+  }
+  // h2o / tova: before the 32-bit per-item numbers would wrap, the items
+  // get 1..n in their order (slot `skip`, about to be overwritten, drops
+  // out). O(n^2), once per ~4e9 tokens; the score's sign bit marks the
+  // items done (scores are >= 0).
+  void Renumber(size_t skip) {
+    uint32_t r = 0;
+    for (size_t round = 0; round < count_; ++round) {
+      size_t best = SIZE_MAX;
+      for (size_t i = 0; i < count_; ++i) {
+        if (i == skip || std::signbit(score_[i])) continue;
+        if (best == SIZE_MAX || seq_[i] < seq_[best]) best = i;
+      }
+      if (best == SIZE_MAX) break;
+      seq_[best] = ++r;
+      score_[best] = -score_[best];  // mark: exact, and -0.0 has the sign bit
+    }
+    for (size_t i = 0; i < count_; ++i)
+      if (i != skip && std::signbit(score_[i])) score_[i] = -score_[i];
+    next_seq_ = uint64_t(r) + 1;
   }
   // The newest protect_ items (risk's pool is in insertion order).
   bool Protected(size_t i) const {
@@ -319,7 +392,9 @@ class SelectiveSketch final : public Sketch {
       for (size_t x = cfg_.dk; x < ks_; ++x) q[p * ks_ + x] = 0.0f;
       if (cfg_.rope_theta > 0.0f) {
         const double horizon = kHorizons[p % H] * double(protect_ + 1);
-        RotateForward(q + p * ks_, cfg_, now + horizon - probe_pos_[src]);
+        // Positions are kept modulo 2^32: the age is their difference.
+        const uint32_t age = uint32_t(uint32_t(now) - probe_pos_[src]);
+        RotateForward(q + p * ks_, cfg_, double(age) + horizon);
       }
     }
     // Probe partials over everything retained: sinks, then the pool.
@@ -472,10 +547,9 @@ class SelectiveSketch final : public Sketch {
         w[a] = w0[a] = 1.0f;
         mean_diag += H[a * ss + a];
       }
-      static const float rr = getenv("RR") ? atof(getenv("RR")) : 1e-3f;
-      static const int it = getenv("IT") ? atoi(getenv("IT")) : 40;
-      const float ridge = rr * float(mean_diag / double(rank));
-      NonNegativeLeastSquares(H, rank, ss, b, ridge, w0, it, 1e-4f, w, grad);
+      const float ridge = cfg_.risk_ridge * float(mean_diag / double(rank));
+      NonNegativeLeastSquares(H, rank, ss, b, ridge, w0, cfg_.risk_iterations,
+                              1e-4f, w, grad);
       for (size_t a = 0; a < rank; ++a) {
         const size_t i = cand[piv[a]];
         if (w[a] > 0.0f) {
@@ -517,8 +591,8 @@ class SelectiveSketch final : public Sketch {
   uint32_t* probe_pos_ = nullptr;
   size_t count_ = 0, protect_ = 0, attended_ = 0;
   size_t probes_cap_ = 0, probe_count_ = 0, probe_head_ = 0;
-  uint64_t offered_ = 0;  // queries offered to the probe reservoir
-  uint32_t next_seq_ = 1;
+  uint64_t offered_ = 0;   // queries offered to the probe reservoir
+  uint64_t next_seq_ = 1;  // h2o / tova: < 2^32 (renumbered before)
   uint64_t compactions_ = 0;
 };
 

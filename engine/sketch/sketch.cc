@@ -89,6 +89,75 @@ void RowStore::Move(size_t dst, size_t src) const {
   std::memcpy(v + dst * vs * eb, v + src * vs * eb, vs * eb);
 }
 
+// ---------------------------------------------------------------- staged
+
+void InvalidState(const std::string& what) {
+  throw IoError("state file: invalid " + what);
+}
+
+const uint8_t* StagedState::Where(const void* live, size_t bytes) const {
+  const uint8_t* p = static_cast<const uint8_t*>(live);
+  if (p < live_ || bytes > size_ || size_t(p - live_) > size_ - bytes) {
+    InvalidState("layout (a field lies outside the state)");
+  }
+  return staged_ + (p - live_);
+}
+
+void StagedState::CheckRows(const RowStore& rows, size_t n, float limit,
+                            const std::string& what) const {
+  if (n == 0) return;
+  if (n > rows.cap) InvalidState(what + " count");
+  const uint8_t* k = Where(rows.k, n * rows.ks * rows.eb);
+  const uint8_t* v = Where(rows.v, n * rows.vs * rows.eb);
+  float buf[kMaxHeadDim + 64];
+  for (int part = 0; part < 2; ++part) {
+    const uint8_t* base = part ? v : k;
+    const size_t cols = part ? rows.dv : rows.dk;
+    const size_t stride = part ? rows.vs : rows.ks;
+    for (size_t i = 0; i < n; ++i) {
+      // Copy out (the staged bytes may be unaligned), then convert.
+      alignas(64) uint8_t raw[(kMaxHeadDim + 64) * 4];
+      std::memcpy(raw, base + i * stride * rows.eb, stride * rows.eb);
+      ConvertRowToF32(rows.type, raw, buf, stride);
+      for (size_t c = 0; c < stride; ++c) {
+        const float x = buf[c];
+        if (c >= cols ? x != 0.0f : !(std::fabs(x) <= limit)) {
+          InvalidState(
+              what + (part ? " value" : " key") + " row " + std::to_string(i) +
+              " column " + std::to_string(c) +
+              (c >= cols ? ": padding is not zero"
+                         : ": not finite or beyond " + std::to_string(limit)));
+        }
+      }
+    }
+  }
+}
+
+void StagedState::CheckFloats(const float* live, size_t n, float limit,
+                              const std::string& what) const {
+  if (n == 0) return;
+  const uint8_t* p = Where(live, n * sizeof(float));
+  for (size_t i = 0; i < n; ++i) {
+    float x;
+    std::memcpy(&x, p + i * sizeof(float), sizeof(float));
+    if (!(std::fabs(x) <= limit)) {
+      InvalidState(what + " [" + std::to_string(i) +
+                   "] = " + std::to_string(x));
+    }
+  }
+}
+
+void StagedState::CheckDoubles(const double* live, size_t n,
+                               const std::string& what) const {
+  if (n == 0) return;
+  const uint8_t* p = Where(live, n * sizeof(double));
+  for (size_t i = 0; i < n; ++i) {
+    double x;
+    std::memcpy(&x, p + i * sizeof(double), sizeof(double));
+    if (!std::isfinite(x)) InvalidState(what + " [" + std::to_string(i) + "]");
+  }
+}
+
 size_t Sketch::RowBytes(const SketchConfig& c) {
   return (PaddedCols(c.dk) + PaddedCols(c.dv)) * StorageBytes(c.storage);
 }
@@ -152,6 +221,27 @@ void Sketch::LoadScalars(StateReader& r) {
   window_used_ = r.GetAtMost<uint64_t>(window_cap_, "window count");
   window_head_ =
       r.GetAtMost<uint64_t>(window_cap_ ? window_cap_ - 1 : 0, "window head");
+}
+
+void Sketch::CheckState(const StagedState& st) const {
+  // Counters: far below 2^62, so no counter derived from them can wrap.
+  constexpr uint64_t kMaxCount = uint64_t(1) << 62;
+  if (tokens_ >= kMaxCount) InvalidState("token count");
+  if (queries_ >= kMaxCount) InvalidState("query count");
+  if (sinks_used_ + window_used_ > tokens_) {
+    InvalidState("sink/window counts (more rows than tokens)");
+  }
+  if (sinks_used_ < sinks_.cap && (window_used_ != 0 || tokens_ != sinks_used_))
+    InvalidState("sink count (sinks not full but later tokens held)");
+  if (window_used_ < window_cap_ && window_head_ != 0) {
+    InvalidState("window head (ring not full but rotated)");
+  }
+  if (!(key_norm_sum_ >= 0) || !std::isfinite(key_norm_sum_))
+    InvalidState("key norm sum");
+  if (!(query_norm_sum_ >= 0) || !std::isfinite(query_norm_sum_))
+    InvalidState("query norm sum");
+  st.CheckRows(sinks_, sinks_used_, RowLimit(), "sink");
+  st.CheckRows(window_, window_used_, RowLimit(), "window");
 }
 
 float Sketch::QueryKeyRatio() const {

@@ -8,6 +8,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <string>
 
@@ -66,13 +67,52 @@ struct SketchConfig {
   // h2o / tova / risk
   float decay = 1.0f;  // h2o: accumulated scores decay by this per query
   size_t probes = 0;   // risk: probe queries kept (0 = from the budget)
+  // risk: ridge towards w = 1 of the weight fit (relative to the mean
+  // diagonal of the response Gram) and projected-gradient iterations.
+  float risk_ridge = 1e-3f;
+  int risk_iterations = 40;
   // RoPE of the stream (theta 0 = unknown): risk rotates its probe queries
   // forward to future positions.
   float rope_theta = 0.0f;
   size_t rope_dims = 0;  // rotated dims (0 = all)
   bool rope_interleaved = true;
   size_t rope_first_position = 0;
+  // First sequence number of the pools (tests start it near 2^32 to check
+  // that the numbering survives the wrap of its 32-bit per-item copies).
+  uint64_t first_seq = 1;
 };
+
+// A loaded state's arena bytes, staged: not yet live. CheckState reads a
+// live arena pointer's field at the same offset of the staged copy, so every
+// field is validated before anything changes (unaligned reads are memcpy).
+class StagedState {
+ public:
+  StagedState(const uint8_t* live, const uint8_t* staged, size_t size)
+      : live_(live), staged_(staged), size_(size) {}
+  template <typename T>
+  T At(const T* live_array, size_t i) const {
+    T x;
+    std::memcpy(&x, Where(live_array + i, sizeof(T)), sizeof(T));
+    return x;
+  }
+  // Rows [0, n): every element finite with |x| <= limit, padding zero.
+  void CheckRows(const RowStore& rows, size_t n, float limit,
+                 const std::string& what) const;
+  // n floats: finite, |x| <= limit.
+  void CheckFloats(const float* live, size_t n, float limit,
+                   const std::string& what) const;
+  void CheckDoubles(const double* live, size_t n,
+                    const std::string& what) const;
+
+ private:
+  const uint8_t* Where(const void* live, size_t bytes) const;
+  const uint8_t* live_;
+  const uint8_t* staged_;
+  size_t size_;
+};
+
+// Throws IoError "state file: invalid <what>".
+[[noreturn]] void InvalidState(const std::string& what);
 
 // Floats of per-thread scratch a sketch of this configuration needs.
 size_t WorkspaceFloats(const SketchConfig& c);
@@ -104,6 +144,10 @@ class Sketch {
   // save / load. Load validates every value it reads.
   virtual void SaveScalars(StateWriter& w) const;
   virtual void LoadScalars(StateReader& r);
+  // After LoadScalars: validates the scalars against each other and every
+  // field of the staged arena bytes (counters, indices, finiteness, ranges,
+  // invariants); throws IoError naming the field.
+  virtual void CheckState(const StagedState& st) const;
   // Scratch floats every sketch needs (queries, partials, evicted rows).
   static size_t CommonWorkspaceFloats(const SketchConfig& c);
 
@@ -138,6 +182,8 @@ class Sketch {
   // algorithms.md 3.2 that matches a key kernel's diagonal to the queries.
   float QueryKeyRatio() const;
   static size_t RowBytes(const SketchConfig& c);
+  // Largest |x| a stored key or value may hold (the input bound).
+  float RowLimit() const { return InputMaxAbs(cfg_.storage); }
 
   SketchConfig cfg_;
   Arena& arena_;

@@ -45,7 +45,9 @@ class TaylorSketch final : public Sketch {
     moments_.Init(a, "taylor", c.dk, vs_, FitDegree(c, RemainingBytes()),
                   c.recentre_every);
     const size_t cap = Coreset::Capacity(RemainingBytes(), RowBytes(c));
-    pool_.Init(CarveRows("pool", cap), a, c.block);
+    pool_.Init(CarveRows("pool", cap), a, c.block, 1, c.first_seq);
+    pool_.TrackBoundary(&folded_);
+    folded_ = uint32_t(pool_.last_seq());
     const size_t w = DefaultWindow(c, rows);
     protect_ = w < cap ? w : cap;
     window_share_ = cap ? double(protect_) / double(cap) : 1.0;
@@ -177,6 +179,14 @@ class TaylorSketch final : public Sketch {
     folded_ = r.Get<uint32_t>();
     protect_ = r.GetAtMost<uint64_t>(pool_.cap(), "window size");
     window_share_ = r.Get<double>();
+  }
+  void CheckState(const StagedState& st) const override {
+    Sketch::CheckState(st);
+    moments_.Check(st, tokens_, "taylor");
+    pool_.Check(st, tokens_, RowLimit(), 1);
+    if (folded_ > pool_.last_seq()) InvalidState("taylor folded boundary");
+    if (!(window_share_ >= 0.0 && window_share_ <= 1.0))
+      InvalidState("window share");
   }
 
  private:

@@ -1,5 +1,6 @@
 // `uniform`: sinks + window + a reservoir sample of the evicted tokens, each
 // with weight n_old / m so numerator and denominator stay unbiased.
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -55,6 +56,16 @@ class Uniform final : public Sketch {
     Sketch::LoadScalars(r);
     count_ = r.GetAtMost<uint64_t>(pool_.cap, "reservoir count");
     evicted_ = r.Get<uint64_t>();
+  }
+  void CheckState(const StagedState& st) const override {
+    Sketch::CheckState(st);
+    // Every reservoir item is an evicted token, the reservoir fills first,
+    // and evicted tokens are tokens (so the counter never wraps to 0).
+    if (evicted_ > tokens_ || count_ != std::min<uint64_t>(evicted_, pool_.cap))
+      InvalidState("reservoir counters (count " + std::to_string(count_) +
+                   ", evicted " + std::to_string(evicted_) + ", tokens " +
+                   std::to_string(tokens_) + ")");
+    st.CheckRows(pool_, count_, RowLimit(), "reservoir");
   }
 
  private:

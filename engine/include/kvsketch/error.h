@@ -18,4 +18,11 @@ class BudgetError : public Error {
   explicit BudgetError(const std::string& what) : Error(what) {}
 };
 
+// A file or saved state that cannot be read, written or trusted: I/O
+// failures, bad format, checksum, configuration mismatch, invalid fields.
+class IoError : public Error {
+ public:
+  explicit IoError(const std::string& what) : Error(what) {}
+};
+
 }  // namespace kvsketch

@@ -68,6 +68,11 @@ struct SessionStats {
   std::vector<std::pair<std::string, size_t>> components;  // bytes by name
 };
 
+// Threads: every member function may be called from several threads at
+// once; calls are serialized by a mutex (each call already runs the heads
+// on all of the session's `threads`), so concurrent calls give the same
+// answers as the same calls made one after the other, never faster.
+// Different sessions are fully independent.
 class Session {
  public:
   explicit Session(const SessionConfig& config);
@@ -88,7 +93,8 @@ class Session {
   const SessionConfig& config() const;
 
   // Versioned binary state (see docs/state-format.md); Load requires the
-  // same configuration and leaves the session unchanged on any error.
+  // same configuration, validates every field, and leaves the session
+  // unchanged on any error (throws IoError).
   void Save(const std::string& path) const;
   void Load(const std::string& path);
   // The same format in memory.

@@ -56,8 +56,14 @@ typedef struct kvs_stats {
 
 typedef struct kvs_session kvs_session;
 
-/* Fills defaults: method NULL (risk), f32, 4 sinks, window -1, no RoPE
- * (theta 0, interleaved pairs when set). */
+/* Fills defaults: method NULL (risk), storage NULL (f16), 4 sinks, window
+ * -1, no RoPE (theta 0, interleaved pairs when set).
+ *
+ * Threads: a session may be called from several threads; its calls are
+ * serialized (one runs at a time, using all of the session's threads), so
+ * concurrent calls are correct but not faster. kvs_last_error(s) belongs to
+ * the session: read it from the thread that made the failed call before
+ * that session is used again. Different sessions are independent. */
 void kvs_config_init(kvs_config* cfg);
 kvs_status kvs_create(const kvs_config* cfg, kvs_session** out);
 void kvs_destroy(kvs_session* s);
