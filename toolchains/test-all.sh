@@ -62,11 +62,16 @@ install_consumer() {
 fuzz() {
   cmake --preset fuzz >/dev/null
   cmake --build --preset fuzz
-  local t passed=0 work
+  local t passed=0 work seeds
   for t in npy trace_json state checkpoint tokenizer; do
     work=$(mktemp -d)
-    "build/fuzz/fuzz/fuzz_$t" "$work" "fuzz/corpus/$t" -max_total_time="${FUZZ_SECONDS:-30}" \
-      -max_len=4096 -artifact_prefix="build/fuzz/crash-$t-" 2>&1 | grep -E "^Done|ERROR|SUMMARY"
+    seeds="fuzz/corpus/$t"
+    if [ "$t" = state ]; then  # a state of every method and storage
+      seeds=$(mktemp -d)
+      build/fuzz/fuzz/state_corpus "$seeds"
+    fi
+    "build/fuzz/fuzz/fuzz_$t" "$work" "$seeds" -max_total_time="${FUZZ_SECONDS:-30}" \
+      -max_len="$([ "$t" = state ] && echo 65536 || echo 4096)" -artifact_prefix="build/fuzz/crash-$t-" 2>&1 | grep -E "^Done|ERROR|SUMMARY"
     rm -rf "$work"
     passed=$((passed + 1))
   done

@@ -30,7 +30,7 @@ Storage ParseStorageName(const std::string& s) {
 
 void CheckFinite(const float* x, size_t n, const char* what, size_t layer,
                  Storage storage = Storage::kF32) {
-  const float limit = StorageMaxAbs(storage);
+  const float limit = InputMaxAbs(storage);
   for (size_t i = 0; i < n; ++i) {
     if (!std::isfinite(x[i])) {
       throw Error(std::string(what) + " of layer " + std::to_string(layer) +
@@ -38,11 +38,16 @@ void CheckFinite(const float* x, size_t n, const char* what, size_t layer,
                   "; nothing was changed");
     }
     if (std::fabs(x[i]) > limit) {
-      throw Error(std::string(what) + " of layer " + std::to_string(layer) +
-                  " has " + std::to_string(x[i]) + " at index " +
-                  std::to_string(i) + ", beyond the " + StorageName(storage) +
-                  " storage range (|x| <= " + std::to_string(limit) +
-                  "; use storage f32); nothing was changed");
+      const bool storage_bound = StorageMaxAbs(storage) < kInputMaxAbs;
+      throw Error(
+          std::string(what) + " of layer " + std::to_string(layer) + " has " +
+          std::to_string(x[i]) + " at index " + std::to_string(i) +
+          (storage_bound ? ", beyond the " + std::string(StorageName(storage)) +
+                               " storage range (|x| <= " +
+                               std::to_string(limit) + "; use storage f32)"
+                         : ", beyond the input range |x| <= 1e8 (scores and "
+                           "moments would overflow f32)") +
+          "; nothing was changed");
     }
   }
 }

@@ -133,6 +133,24 @@ std::string SaveStateBytes(
   return std::move(w.bytes());
 }
 
+std::string ResealStateBytes(std::string b) {
+  if (b.size() < 24 || std::memcmp(b.data(), kMagic, 8) != 0) return b;
+  uint64_t fp_len;
+  std::memcpy(&fp_len, b.data() + 16, 8);
+  if (fp_len > b.size() - 24) return b;
+  size_t pos = 24 + size_t(fp_len);
+  for (int s = 0; s < 2; ++s) {
+    if (b.size() - pos < 20) return b;
+    uint64_t size;
+    std::memcpy(&size, b.data() + pos + 4, 8);
+    if (size > b.size() - pos - 20) return b;
+    const uint64_t sum = XXH64(b.data() + pos + 20, size_t(size), 0);
+    std::memcpy(&b[pos + 12], &sum, 8);
+    pos += 20 + size_t(size);
+  }
+  return b;
+}
+
 void SaveState(const std::string& path, const SessionConfig& c,
                const Arena& arena, size_t begin,
                const std::vector<std::unique_ptr<Sketch>>& sketches) {

@@ -72,6 +72,10 @@ void LoadState(const std::string& path, const SessionConfig& c, Arena& arena,
 void LoadStateBytes(const std::string& bytes, const std::string& what,
                     const SessionConfig& c, Arena& arena, size_t begin,
                     std::vector<std::unique_ptr<Sketch>>& sketches);
+// Recomputes both section checksums of a state (tests and the state fuzzer
+// use it to reach the validation behind the checksum); returns the input
+// unchanged when its layout cannot be parsed.
+std::string ResealStateBytes(std::string bytes);
 std::string SaveStateBytes(
     const SessionConfig& c, const Arena& arena, size_t begin,
     const std::vector<std::unique_ptr<Sketch>>& sketches);

@@ -16,6 +16,7 @@
 // block-centred keys, tau' = tau * mean|q| / mean|k| (the rescaling corollary
 // of algorithms.md 3.2: the kernel's diagonal matches what queries see) and
 // c = value_offset * mean |v|^2 (balances the denominator too).
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -96,7 +97,7 @@ class BalanceSketch final : public Sketch {
   // equal to the share of the pool's attention mass it receives (moving
   // average over queries); the coreset's estimate of old mass is unbiased,
   // so even a small coreset reports when old tokens start to matter.
-  void Adapt(const float* scores, const float* m, size_t G) {
+  void Adapt(float* scores, const float* m, size_t G) {
     const size_t n = coreset_.count();
     const uint32_t* seq = coreset_.seq();
     const uint32_t last = coreset_.last_seq();
@@ -104,10 +105,11 @@ class BalanceSketch final : public Sketch {
     const uint32_t win_lo = last > w ? uint32_t(last - w) : 0;
     for (size_t g = 0; g < G; ++g) {
       double win_mass = 0, core_mass = 0;
-      for (size_t i = 0; i < n; ++i) {
-        const double p = std::exp(double(scores[g * n + i]) - m[g]);
-        (seq[i] > win_lo ? win_mass : core_mass) += p;
-      }
+      float* s = scores + g * n;  // raw scores -> weights (SIMD exp)
+      for (size_t i = 0; i < n; ++i) s[i] = std::max(s[i] - m[g], -87.0f);
+      ExpArray(s, s, n);
+      for (size_t i = 0; i < n; ++i)
+        (seq[i] > win_lo ? win_mass : core_mass) += s[i];
       const double share = win_mass / (win_mass + core_mass);
       window_share_ += 0.02 * (share - window_share_);
     }

@@ -192,7 +192,9 @@ class HashedSketch final : public Sketch {
         ResidualAccumulate(K, V, lw, q, cfg_.scale, 0.0f, shift_b, ref, -1, out,
                            &Z);
       }
-      if (!(Z > 0.0f) || !std::isfinite(Z)) {
+      bool finite = std::isfinite(Z);
+      for (size_t c = 0; c < vs_ && finite; ++c) finite = std::isfinite(out[c]);
+      if (!(Z > 0.0f) || !finite) {  // beyond exp's range: no estimate
         std::memset(out, 0, vs_ * sizeof(float));
         continue;
       }

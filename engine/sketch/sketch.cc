@@ -360,6 +360,18 @@ void Sketch::Attend(const float* q, size_t G, float* out, float* ws) {
   AttendRange(window_, 0, window_used_ - first, qp, G, m, z, N, m2, z2, N2);
   AttendCompressed(qp, G, m2, z2, N2, rest);
   for (size_t g = 0; g < G; ++g) {
+    // A compressed estimate that left f32's range (logit spreads beyond
+    // exp's range in a Taylor split, say) is dropped for this query: the
+    // answer stays finite, from the exact regions.
+    bool finite =
+        z2[g] == 0.0f || (std::isfinite(m2[g]) && std::isfinite(z2[g]));
+    for (size_t c = 0; c < vs_ && finite && z2[g] != 0.0f; ++c)
+      finite = std::isfinite(N2[g * vs_ + c]);
+    if (!finite) {
+      m2[g] = -std::numeric_limits<float>::infinity();
+      z2[g] = 0.0f;
+      continue;
+    }
     MergePartials(m + g, z + g, N + g * vs_, m2[g], z2[g], N2 + g * vs_, vs_);
   }
   Observe(m, z, G, rest);
@@ -410,6 +422,10 @@ std::unique_ptr<Sketch> Sketch::Create(const SketchConfig& c, Arena& arena) {
   }
   if (!(c.scale > 0.0f) || !std::isfinite(c.scale)) {
     throw Error("score scale must be positive and finite");
+  }
+  if (!(c.risk_ridge >= 0.0f) || !std::isfinite(c.risk_ridge) ||
+      c.risk_iterations < 1 || c.risk_iterations > 100000) {
+    throw Error("risk: ridge must be finite and >= 0, iterations in [1, 1e5]");
   }
   if (c.max_group == 0 || c.max_group > kMaxGroup) {
     throw Error("group size must be in [1, " + std::to_string(kMaxGroup) + "]");

@@ -132,16 +132,28 @@ class TaylorSketch final : public Sketch {
                            nb, &zb);
       }
       float total = za + zb;
-      if (!(total > 0.0f) || !std::isfinite(total) || !std::isfinite(za)) {
+      bool finite = std::isfinite(total) && std::isfinite(za);
+      for (size_t c = 0; c < vs_ && finite; ++c)
+        finite = std::isfinite(na[c]) && std::isfinite(nb[c]);
+      if (!(total > 0.0f) || !finite) {
         // The split estimate failed for this query (far keys, low
-        // temperature): answer from the verbatim items alone.
-        std::memcpy(na, nb, vs_ * sizeof(float));
-        total = zb;
-        za = 0.0f;
-      } else {
-        for (size_t c = 0; c < vs_; ++c) na[c] += nb[c];
+        // temperature, logit spreads beyond exp's range): answer from the
+        // verbatim items alone, with the overflow-free online softmax.
+        size_t verbatim = 0;
+        for (size_t j = 0; j < n; ++j) {
+          const bool residual = seq[j] <= folded_;
+          shift_res[j] = residual ? -INFINITY : lw[j];
+          verbatim += !residual;
+        }
+        if (verbatim == 0) {
+          std::memset(na, 0, vs_ * sizeof(float));
+          continue;  // empty partial
+        }
+        AttendGroup(pool_.rows().KView(0, n), pool_.rows().VView(0, n),
+                    shift_res, q, 1, cfg_.scale, m + g, z + g, na);
+        continue;
       }
-      if (!(total > 0.0f)) continue;
+      for (size_t c = 0; c < vs_; ++c) na[c] += nb[c];
       if (adaptive_ && pool_.full() && n) {
         // The window's share of the pool's attention mass, both sides
         // measured directly with exp (the split estimate can be far off
