@@ -17,6 +17,7 @@
 #include "engine/cli/analyze.h"
 #include "engine/cli/bench_units.h"
 #include "engine/cli/machine.h"
+#include "engine/io/file.h"  // PhysicalMemoryBytes
 #include "engine/io/synthetic.h"
 #include "engine/io/trace.h"
 #include "fmt/core.h"
@@ -62,6 +63,7 @@ std::vector<double> ExactOutputs(const Trace& t, size_t l, size_t kvh,
 
 std::vector<size_t> EvalPositions(size_t seq, size_t budget, size_t max) {
   std::vector<size_t> pos;
+  if (max == 0) throw Error("--eval-max must be at least 1");
   if (budget >= seq) return pos;
   const size_t count = seq - budget;
   const size_t stride = std::max<size_t>(1, (count + max - 1) / max);
@@ -219,14 +221,27 @@ std::vector<Trace> bench::LoadWorkload(const Workload& w, std::string* source) {
       if (w.kv_heads > 4096) throw Error("--kv-heads must be at most 4096");
       spec.n_kv_heads = w.kv_heads;
     }
+    // q, k, v in f32 plus the exact references: refuse what cannot fit in
+    // this machine's memory before allocating it.
+    const double bytes = double(spec.seq) * double(spec.n_kv_heads) *
+                         double(spec.d) * double(spec.group + 2) * 4.0 * 1.5;
+    const uint64_t mem = PhysicalMemoryBytes();
+    if (spec.seq < 2 || (mem && bytes > double(mem) / 2)) {
+      throw Error("synthetic workload of " + std::to_string(spec.seq) +
+                  " tokens x " + std::to_string(spec.n_kv_heads) +
+                  " KV heads needs about " + std::to_string(bytes / 1e9) +
+                  " GB; this machine has " + std::to_string(double(mem) / 1e9) +
+                  " GB (and at least 2 tokens are needed)");
+    }
     traces.push_back(MakeSynthetic(spec));
+    ValidateTrace(traces.back(), traces.back().name);
     *source = traces[0].name;
   }
   return traces;
 }
 
 void bench::CheckStorageRange(const std::vector<Trace>& traces, Storage s) {
-  const float limit = StorageMaxAbs(s);
+  const float limit = InputMaxAbs(s);
   for (const Trace& t : traces)
     for (size_t l = 0; l < t.layers; ++l)
       for (const auto* a : {&t.k[l], &t.v[l]})
@@ -286,6 +301,12 @@ int RunBench(const BenchOptions& opt) {
         "mean_rel_err,p50_rel_err,p95_rel_err,append_ns_per_token,"
         "attend_ns_per_query,positions,wall_s,error\n");
   }
+  if (opt.eval_max == 0) throw Error("--eval-max must be at least 1");
+  for (size_t b : opt.budgets)
+    if (b == 0 && !opt.budget_bytes)
+      throw Error("--budget-tokens must be at least 1 (got 0)");
+  size_t measured_rows = 0;
+  std::string first_failure;
   const size_t steps = budgets.size() * methods.size();
   size_t step = 0;
   const bool progress = !opt.quiet && isatty(2);
@@ -353,6 +374,13 @@ int RunBench(const BenchOptions& opt) {
         qs += r.attend_s;
       }
       positions = all.size();
+      // The exact reference alone is not a measurement of a method (unless
+      // it is all that was asked for).
+      const bool only_exact = methods.size() == 1 && m == Method::kExact;
+      if (failure.empty() && positions > 0 &&
+          (m != Method::kExact || only_exact))
+        ++measured_rows;
+      if (!failure.empty() && first_failure.empty()) first_failure = failure;
       size_t bb = 0;  // mean budget per head (differs per head when adaptive)
       for (const Result& r : res) bb += r.budget_bytes;
       bb /= res.size();
@@ -414,6 +442,14 @@ int RunBench(const BenchOptions& opt) {
         "KV head (state only; per-thread scratch is separate); peak RSS {:.1f} "
         "MiB, peak virtual {:.1f} MiB\n",
         PeakRssBytes() / 1048576.0, PeakVirtualBytes() / 1048576.0);
+  }
+  if (measured_rows == 0) {
+    std::fprintf(stderr,
+                 "kvsketch: bench measured nothing: every row failed or had "
+                 "no position to evaluate%s%s\n",
+                 first_failure.empty() ? "" : " (first error: ",
+                 first_failure.empty() ? "" : (first_failure + ")").c_str());
+    return 3;
   }
   return 0;
 }

@@ -15,6 +15,7 @@
 #include "arch/random.h"
 #include "arch/targets.h"
 #include "engine/cli/machine.h"
+#include "engine/io/file.h"
 #include "engine/lm/llama2c.h"
 #include "fmt/core.h"
 #include "kvsketch/error.h"
@@ -80,12 +81,13 @@ struct Progress {
 };
 
 int Eval(const LmOptions& o, const LlamaWeights& w, const Tokenizer& tok) {
-  std::ifstream in(o.eval, std::ios::binary);
-  if (!in) throw Error("eval text '" + o.eval + "' cannot be opened");
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  const std::vector<int> tokens = tok.EncodeDocuments(ss.str());
+  const std::vector<int> tokens = tok.EncodeDocuments(
+      ReadRegularFile(o.eval, "eval text", uint64_t(1) << 30));
   const size_t ctx = w.cfg.seq_len;
+  if (ctx < 2) {
+    throw Error("the model's context (seq_len " + std::to_string(ctx) +
+                ") is shorter than two tokens: nothing to evaluate");
+  }
   // Consecutive windows of the model's context; a shorter tail counts when
   // it has at least two tokens (one prediction).
   std::vector<std::pair<size_t, size_t>> windows;
@@ -171,6 +173,7 @@ int Eval(const LmOptions& o, const LlamaWeights& w, const Tokenizer& tok) {
     }
     std::fflush(stdout);
   }
+  if (kls.empty() || predicted == 0) throw Error("eval: nothing was predicted");
   std::vector<double> sorted = kls;
   std::sort(sorted.begin(), sorted.end());
   const double kl_mean =
@@ -183,9 +186,9 @@ int Eval(const LmOptions& o, const LlamaWeights& w, const Tokenizer& tok) {
   const double tps_full = double(total_tokens) / t_full;
   if (o.csv) {
     fmt::print(
-        "method,budget_tokens,budget_bytes,tokens,ppl_full,ppl,kl_mean,kl_p99,"
-        "top1_agree,tokens_per_s,tokens_per_s_full,threads\n{},{},{},{},{:.6f},"
-        "{:.6f},{:.6g},{:.6g},{:.6f},{:.1f},{:.1f},{}\n",
+        "method,storage,budget_tokens,budget_bytes,tokens,ppl_full,ppl,kl_mean,"
+        "kl_p99,top1_agree,tokens_per_s,tokens_per_s_full,threads\n{},{},{},{},"
+        "{},{:.6f},{:.6f},{:.6g},{:.6g},{:.6f},{:.1f},{:.1f},{}\n",
         comp_cfg.method, comp_cfg.storage, o.budget_bytes ? 0 : o.budget_tokens,
         o.budget_bytes, total_tokens, ppl_full, ppl, kl_mean, kl_p99,
         double(agree) / double(predicted), tps, tps_full,

@@ -1,5 +1,7 @@
 // The `kvsketch` command-line tool.
 #include <cstdio>
+#include <exception>
+#include <new>
 #include <string>
 
 #include "CLI/CLI.hpp"
@@ -72,6 +74,21 @@ void AddWorkloadOptions(CLI::App* c, bench::Workload& w) {
   c->add_option("--length", w.length, "synthetic length override");
   c->add_option("--kv-heads", w.kv_heads,
                 "synthetic KV heads override (default 4)");
+}
+
+// A count that must be at least 1 (CLI11's PositiveNumber message prints
+// the whole double range).
+CLI::Validator AtLeastOne() {
+  return CLI::Validator(
+      [](std::string& s) -> std::string {
+        try {
+          size_t pos = 0;
+          if (std::stoll(s, &pos) >= 1 && pos == s.size()) return "";
+        } catch (...) {
+        }
+        return "must be a whole number >= 1, got '" + s + "'";
+      },
+      "INT>=1");
 }
 
 int RunTargets() {
@@ -159,6 +176,7 @@ int main(int argc, char** argv) {
   bench
       ->add_option("--eval-max", bench_opt.eval_max,
                    "max evaluated positions per head")
+      ->check(kvsketch::AtLeastOne())
       ->capture_default_str();
   bench->add_flag("--json", bench_opt.json, "one JSON object per line");
   bench->add_flag("--csv", bench_opt.csv, "CSV rows (for bench/plot.py)");
@@ -187,6 +205,7 @@ int main(int argc, char** argv) {
   analyze->add_option("--storage", an_storage, "f16, f32 or bf16")
       ->capture_default_str();
   analyze->add_option("--eval-max", an_opt.eval_max, "positions per head")
+      ->check(kvsketch::AtLeastOne())
       ->capture_default_str();
   analyze->add_option("--threads", an_opt.threads, "threads (0 = all cores)");
   analyze->add_flag("--json", an_opt.json, "one JSON object per line");
@@ -209,6 +228,7 @@ int main(int argc, char** argv) {
                    "f16, f32 or bf16 (decides the tokens a budget holds)")
       ->capture_default_str();
   oracle->add_option("--eval-max", or_opt.eval_max, "positions per head")
+      ->check(kvsketch::AtLeastOne())
       ->capture_default_str();
   oracle->add_option("--threads", or_opt.threads, "threads (0 = all cores)");
   oracle->add_flag("--json", or_opt.json, "one JSON object per budget");
@@ -252,6 +272,8 @@ int main(int argc, char** argv) {
   lm->add_flag("--csv", lm_opt.csv, "one CSV summary row (bench/plot.py)");
   lm->add_flag("-q,--quiet", lm_opt.quiet, "no progress on stderr");
   CLI11_PARSE(app, argc, argv);
+  // Every failure ends here with a message and a non-zero status: nothing
+  // aborts (out of memory and library errors included).
   try {
     if (bench->parsed()) {
       if (!budget_bytes_text.empty()) {
@@ -275,11 +297,22 @@ int main(int argc, char** argv) {
       lm_opt.prompt_set = prompt_opt->count() > 0;
       return kvsketch::RunLm(lm_opt);
     }
+    if (targets->parsed()) return kvsketch::RunTargets();
+    if (speed->parsed()) return kvsketch::RunSpeed(speed_opt);
   } catch (const kvsketch::Error& e) {
     std::fprintf(stderr, "kvsketch: %s\n", e.what());
     return 2;
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr,
+                 "kvsketch: out of memory (the workload or file is larger "
+                 "than this machine can hold)\n");
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "kvsketch: internal error: %s\n", e.what());
+    return 2;
+  } catch (...) {
+    std::fprintf(stderr, "kvsketch: unknown internal error\n");
+    return 2;
   }
-  if (targets->parsed()) return kvsketch::RunTargets();
-  if (speed->parsed()) return kvsketch::RunSpeed(speed_opt);
   return 0;
 }

@@ -4,8 +4,10 @@
 #include <cstdint>
 #include <cstring>
 #include <fstream>
+#include <new>
 #include <sstream>
 
+#include "engine/io/file.h"
 #include "kvsketch/error.h"
 
 namespace kvsketch {
@@ -42,7 +44,10 @@ std::string HeaderValue(const std::string& h, const std::string& key,
 
 }  // namespace
 
-NpyArray ParseNpy(const std::string& b, const std::string& what) {
+// Header of a .npy file (`b`: at least its first bytes): dtype and shape in
+// the result, the data offset in *data_at, the data bytes in *need.
+static NpyArray ParseNpyHeader(const std::string& b, const std::string& what,
+                               size_t* data_at, size_t* need) {
   if (b.size() < 10 || std::memcmp(b.data(), "\x93NUMPY", 6) != 0) {
     throw Error(what + ": not a .npy file (bad magic)");
   }
@@ -103,14 +108,21 @@ NpyArray ParseNpy(const std::string& b, const std::string& what) {
       throw Error(what + ": malformed npy shape " + shape);
     }
   }
-  const size_t data_at = offset + header_len;
-  const size_t need = total * 4;
+  *data_at = offset + header_len;
+  *need = total * 4;
+  return a;
+}
+
+NpyArray ParseNpy(const std::string& b, const std::string& what) {
+  size_t data_at = 0, need = 0;
+  NpyArray a = ParseNpyHeader(b, what, &data_at, &need);
+  const size_t total = need / 4;
   if (b.size() - data_at < need) {
     throw Error(what + ": truncated npy data (" +
                 std::to_string(b.size() - data_at) + " bytes, need " +
                 std::to_string(need) + ")");
   }
-  if (descr == "<f4") {
+  if (a.dtype == "<f4") {
     a.f32.resize(total);
     if (need) std::memcpy(a.f32.data(), b.data() + data_at, need);
   } else {
@@ -121,11 +133,35 @@ NpyArray ParseNpy(const std::string& b, const std::string& what) {
 }
 
 NpyArray LoadNpy(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error("cannot open " + path);
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ParseNpy(ss.str(), path);
+  // The header first; the data only once the file is known to hold exactly
+  // what the header promises (a huge or sparse file is refused unread).
+  const uint64_t size = RegularFileSize(path, ".npy file");
+  std::string head(size_t(std::min<uint64_t>(size, 1 << 20)), '\0');
+  if (!head.empty()) ReadFileRange(path, ".npy file", 0, &head[0], head.size());
+  size_t data_at = 0, need = 0;
+  NpyArray a = ParseNpyHeader(head, path, &data_at, &need);
+  if (size - data_at < need) {
+    throw Error(path + ": truncated npy data (" +
+                std::to_string(size - data_at) + " bytes, need " +
+                std::to_string(need) + ")");
+  }
+  const uint64_t mem = PhysicalMemoryBytes();
+  if (mem && need > mem / 2) {
+    throw Error(path + ": " + std::to_string(need) +
+                " bytes of data, more than half of this machine's memory");
+  }
+  try {
+    if (a.dtype == "<f4") {
+      a.f32.resize(need / 4);
+      if (need) ReadFileRange(path, ".npy file", data_at, a.f32.data(), need);
+    } else {
+      a.i32.resize(need / 4);
+      if (need) ReadFileRange(path, ".npy file", data_at, a.i32.data(), need);
+    }
+  } catch (const std::bad_alloc&) {
+    throw Error(path + ": cannot allocate " + std::to_string(need) + " bytes");
+  }
+  return a;
 }
 
 void SaveNpyF32(const std::string& path, const std::vector<size_t>& shape,

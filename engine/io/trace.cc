@@ -2,10 +2,13 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 
+#include "arch/attend.h"  // kMaxGroup, kMaxHeadDim
+#include "engine/io/file.h"
 #include "engine/io/npy.h"
 #include "kvsketch/error.h"
 #include "nlohmann/json.hpp"
@@ -24,10 +27,11 @@ void ParseTraceJson(const std::string& text, const std::string& what,
   if (!j.is_object() || !j.contains("scale") || !j["scale"].is_number()) {
     throw Error(what + ": needs a numeric \"scale\"");
   }
-  t->scale = j["scale"].get<float>();
-  if (!std::isfinite(t->scale) || t->scale <= 0.0f) {
+  const double scale = j["scale"].get<double>();
+  if (!(scale > 0.0) || !(scale <= 1e30)) {
     throw Error(what + ": \"scale\" must be positive and finite");
   }
+  t->scale = float(scale);
   if (j.contains("rope")) {
     const auto& r = j["rope"];
     if (!r.is_object()) throw Error(what + ": \"rope\" must be an object");
@@ -35,7 +39,9 @@ void ParseTraceJson(const std::string& text, const std::string& what,
     if (r.contains("theta")) {
       if (!r["theta"].is_number())
         throw Error(what + ": rope.theta not a number");
-      t->rope.theta = r["theta"].get<float>();
+      const double theta = r["theta"].get<double>();
+      ValidateRope(theta, 0, 0, what);
+      t->rope.theta = float(theta);
     }
     if (r.contains("layout")) {
       if (!r["layout"].is_string())
@@ -61,11 +67,7 @@ void ParseTraceJson(const std::string& text, const std::string& what,
 }
 
 static std::string ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error("cannot open " + path);
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
+  return ReadRegularFile(path, "trace file", uint64_t(1) << 20);  // 1 MiB
 }
 
 static void CheckFinite(const std::vector<float>& x, const std::string& what) {
@@ -116,7 +118,60 @@ Trace LoadTrace(const std::string& dir) {
   }
   t.layers = t.q.size();
   if (t.layers == 0) throw Error(dir + ": no L0_q.npy found");
+  ValidateTrace(t, dir);
   return t;
+}
+
+void ValidateRope(double theta, size_t dims, size_t dk,
+                  const std::string& what) {
+  if (!(theta >= 0.0) || !(theta <= 3.4e38)) {
+    char text[32];
+    std::snprintf(text, sizeof(text), "%g", theta);
+    throw Error(what + ": rope theta " + text +
+                " must be 0 (none) or positive and finite (f32)");
+  }
+  if (dims % 2 != 0 || (dk && dims > dk)) {
+    throw Error(what + ": rope dims " + std::to_string(dims) +
+                " must be even and at most the head dimension " +
+                std::to_string(dk));
+  }
+}
+
+void ValidateTrace(const Trace& t, const std::string& what) {
+  if (t.seq < 2) {
+    throw Error(what + ": " + std::to_string(t.seq) +
+                " tokens; a trace needs at least 2");
+  }
+  if (t.dk == 0 || t.dv == 0 || t.dk > kMaxHeadDim || t.dv > kMaxHeadDim) {
+    throw Error(what + ": head dimensions dk=" + std::to_string(t.dk) +
+                " dv=" + std::to_string(t.dv) + " must be in [1, " +
+                std::to_string(kMaxHeadDim) + "]");
+  }
+  if (t.n_kv_heads == 0 || t.n_heads % t.n_kv_heads != 0 ||
+      t.n_heads / t.n_kv_heads > kMaxGroup) {
+    throw Error(what + ": " + std::to_string(t.n_heads) + " query heads over " +
+                std::to_string(t.n_kv_heads) +
+                " KV heads (need a multiple, at most " +
+                std::to_string(kMaxGroup) + " per KV head)");
+  }
+  if (!(t.scale > 0.0f) || !std::isfinite(t.scale))
+    throw Error(what + ": scale must be positive and finite");
+  if (t.rope.present) ValidateRope(t.rope.theta, t.rope.dims, t.dk, what);
+  for (size_t l = 0; l < t.layers; ++l) {
+    for (const auto* a : {&t.q[l], &t.k[l], &t.v[l]}) {
+      for (size_t i = 0; i < a->size(); ++i) {
+        if (!(std::fabs((*a)[i]) <= kInputMaxAbs)) {
+          throw Error(what + ": layer " + std::to_string(l) + " " +
+                      (a == &t.q[l]   ? "query"
+                       : a == &t.k[l] ? "key"
+                                      : "value") +
+                      " value " + std::to_string((*a)[i]) + " at flat index " +
+                      std::to_string(i) +
+                      " is beyond the input range |x| <= 1e8");
+        }
+      }
+    }
+  }
 }
 
 std::vector<std::string> FindTraceDirs(const std::string& path) {

@@ -37,6 +37,17 @@ struct Trace {
   size_t group() const { return n_heads / n_kv_heads; }
 };
 
+// The one validation of a trace's shape and settings, shared with the
+// session's own checks (what a Session would reject, a trace may not hold):
+// seq >= 2, head dims in [1, kMaxHeadDim], at most kMaxGroup query heads per
+// KV head, scale positive and finite, RoPE as ValidateRope, every key,
+// value and query within the input bound (1e8).
+void ValidateTrace(const Trace& t, const std::string& what);
+
+// RoPE settings: theta 0 (none) or positive and finite, dims even and <= dk.
+void ValidateRope(double theta, size_t dims, size_t dk,
+                  const std::string& what);
+
 // Parses trace.json text (scale, rope); throws Error naming the problem.
 void ParseTraceJson(const std::string& text, const std::string& what,
                     Trace* trace);

@@ -12,17 +12,16 @@
 
 #include "arch/dot.h"
 #include "arch/targets.h"
+#include "engine/io/file.h"
 #include "kvsketch/error.h"
 
 namespace kvsketch {
 namespace {
 
 std::string ReadFile(const std::string& path, const char* what) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error(std::string(what) + " '" + path + "' cannot be opened");
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
+  // 64 GiB: a checkpoint larger than this machine's memory is refused
+  // before anything is read (ReadRegularFile also caps at half the RAM).
+  return ReadRegularFile(path, what, uint64_t(1) << 36);
 }
 
 // Sequential reader over a byte buffer that names what ran out.
@@ -111,6 +110,22 @@ LlamaWeights ParseCheckpoint(const std::string& bytes,
                 " must be even and at most 512");
   }
   // The exact file size the header implies (with the legacy RoPE tables).
+  // Header fields are at most 2^20, so products reach 2^62 and their sum
+  // can wrap 64 bits: bound it in floating point first.
+  {
+    const double Ld = double(c.layers), Dd = double(c.dim),
+                 Hd = double(c.hidden), KVd = double(c.kv_dim()),
+                 Vd = double(c.vocab);
+    const double approx = Vd * Dd * (c.shared_classifier ? 1 : 2) +
+                          Ld * Dd * (2 + 2 * Dd + 2 * KVd + 3 * Hd) + Dd +
+                          double(c.seq_len) * double(c.head_dim());
+    if (approx * 4 + 28 > 0x1p62) {
+      throw Error(what + ": the header implies about " +
+                  std::to_string(approx * 4) +
+                  " bytes of weights (the file has " +
+                  std::to_string(bytes.size()) + ")");
+    }
+  }
   const uint64_t L = c.layers, D = c.dim, H = c.hidden, KV = c.kv_dim();
   const uint64_t floats = uint64_t(c.vocab) * D + L * D * 2 + L * D * D * 2 +
                           L * D * KV * 2 + L * D * H * 3 + D +

@@ -13,6 +13,7 @@
 #include "arch/attend.h"   // kMaxGroup, kMaxHeadDim
 #include "arch/targets.h"  // PaddedCols
 #include "engine/budget/arena.h"
+#include "engine/io/trace.h"  // ValidateRope
 #include "engine/session/state_io.h"
 #include "engine/sketch/sketch.h"
 #include "kvsketch/kvsketch.h"
@@ -136,13 +137,13 @@ struct Session::Impl {
     base.seed = c.seed;
     base.sinks = c.sinks;
     base.window = c.window;
-    base.block = c.block < 2 ? 2 : c.block;
+    if (c.block < 2 || c.block > 4096) {
+      throw Error("block must be in [2, 4096], got " + std::to_string(c.block));
+    }
+    base.block = c.block;
     base.degree = c.degree;
     base.max_group = G;
-    if (!(c.rope_theta >= 0.0f) || !std::isfinite(c.rope_theta) ||
-        c.rope_dims > c.dk || c.rope_dims % 2 != 0) {
-      throw Error("rope: theta must be >= 0 and dims even and <= dk");
-    }
+    ValidateRope(c.rope_theta, c.rope_dims, c.dk, "rope");
     base.rope_theta = c.rope_theta;
     base.rope_dims = c.rope_dims;
     base.rope_interleaved = c.rope_interleaved;

@@ -4,9 +4,10 @@
 #include <cstring>
 #include <limits>
 
-#include "arch/attend.h"   // AttendGroup, MergePartials
-#include "arch/convert.h"  // ConvertRow
-#include "arch/targets.h"  // PaddedCols
+#include "arch/attend.h"      // AttendGroup, MergePartials
+#include "arch/convert.h"     // ConvertRow
+#include "arch/targets.h"     // PaddedCols
+#include "engine/io/trace.h"  // ValidateRope
 #include "engine/sketch/methods.h"
 #include "hwy/base.h"  // HWY_MIN
 #include "kvsketch/error.h"
@@ -422,6 +423,10 @@ std::unique_ptr<Sketch> Sketch::Create(const SketchConfig& c, Arena& arena) {
   }
   if (!(c.scale > 0.0f) || !std::isfinite(c.scale)) {
     throw Error("score scale must be positive and finite");
+  }
+  ValidateRope(c.rope_theta, c.rope_dims, c.dk, "rope");
+  if (c.block < 2 || c.block > 4096) {
+    throw Error("block must be in [2, 4096], got " + std::to_string(c.block));
   }
   if (!(c.risk_ridge >= 0.0f) || !std::isfinite(c.risk_ridge) ||
       c.risk_iterations < 1 || c.risk_iterations > 100000) {

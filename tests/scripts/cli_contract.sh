@@ -1,0 +1,120 @@
+#!/bin/sh
+# The CLI's contracts end to end: every output mode of every subcommand
+# works; hostile inputs end in a clear error and a small non-zero status
+# (never a signal: no abort, no crash, no hang); bench/sweep.sh + plot.py.
+# Usage: cli_contract.sh KVSKETCH SOURCE_DIR
+set -u
+kv="$1"
+src="$2"
+s="$src/../shared/data/stories260K"
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+fails=0 passes=0
+ok() { passes=$((passes + 1)); }
+bad() { echo "FAIL: $*"; fails=$((fails + 1)); }
+
+# expect_ok REGEX ARGS...: status 0 and stdout matching REGEX.
+expect_ok() {
+  re=$1; shift
+  if out=$(timeout 300 "$kv" "$@" 2>"$work/err"); then
+    if printf '%s\n' "$out" | grep -Eq -- "$re"; then ok; else
+      bad "$* : output lacks /$re/"; fi
+  else
+    bad "$* : status $? ($(head -c 300 "$work/err"))"
+  fi
+}
+# expect_err REGEX ARGS...: status 1..127 (no signal) and stderr matching.
+expect_err() {
+  re=$1; shift
+  timeout 60 "$kv" "$@" >/dev/null 2>"$work/err"
+  st=$?
+  if [ "$st" -eq 0 ] || [ "$st" -ge 124 ]; then
+    bad "$* : status $st, want a clean error"
+  elif ! grep -Eq -- "$re" "$work/err"; then
+    bad "$* : stderr lacks /$re/: $(head -c 300 "$work/err")"
+  else ok; fi
+}
+
+# Every output mode of every subcommand.
+expect_ok "chosen:" targets
+expect_ok "GB/s|gram" speed --quick --reps 1
+expect_ok '"kernel":"gram"' speed --quick --reps 1 --json
+expect_ok '^\| risk \| 32 ' bench -q --length 300 --method window,risk --budget-tokens 32
+expect_ok '"method":"risk"' bench -q --length 300 --method window,risk --budget-tokens 32 --json
+expect_ok '^synthetic:default,uniform,f16,risk,32,' bench -q --length 300 --method window,risk --budget-tokens 32 --csv
+expect_ok 'Spearman|spearman' analyze --length 300 --kv-heads 2 --budget-tokens 32
+expect_ok '"summary":true' analyze --length 300 --kv-heads 2 --budget-tokens 32 --json
+expect_ok 'clairvoyant' oracle --length 300 --kv-heads 2 --budget-tokens 32
+expect_ok '"clairvoyant":' oracle --length 300 --kv-heads 2 --budget-tokens 32 --json
+if [ -f "$s/stories260K.bin" ]; then
+  lm="lm -q --model $s/stories260K.bin --tokenizer $s/tok512.bin"
+  # shellcheck disable=SC2086
+  {
+    expect_ok 'summary:.*ppl full' $lm --eval "$s/tinystories_valid_excerpt.txt" --max-windows 1 --budget-tokens 32
+    expect_ok '"kl_p99"' $lm --eval "$s/tinystories_valid_excerpt.txt" --max-windows 1 --budget-tokens 32 --json
+    expect_ok '^risk,f16,32,0,[0-9]+,' $lm --eval "$s/tinystories_valid_excerpt.txt" --max-windows 1 --budget-tokens 32 --csv
+    expect_ok '^Once' $lm --prompt "Once" -n 8 --temperature 0
+  }
+  # The CSV header and row have the same number of fields.
+  # shellcheck disable=SC2086
+  "$kv" $lm --eval "$s/tinystories_valid_excerpt.txt" --max-windows 1 --budget-tokens 32 --csv > "$work/lm.csv"
+  if [ "$(head -1 "$work/lm.csv" | tr -cd , | wc -c)" = "$(tail -1 "$work/lm.csv" | tr -cd , | wc -c)" ]; then ok; else bad "lm --csv header and row differ"; fi
+  # Hostile checkpoints: a header whose implied size wraps 64 bits, a FIFO.
+  python3 - "$work" <<'PY'
+import struct, sys, os
+d = sys.argv[1]
+with open(d + "/wrap.bin", "wb") as f:  # dim, hidden, layers, heads, kv, vocab, seq
+    f.write(struct.pack("<7i", 1 << 20, 1 << 20, 1 << 20, 1 << 12, 1 << 12, 512, 512))
+    f.write(b"\0" * 4096)
+os.mkfifo(d + "/fifo.bin")
+PY
+  expect_err "header implies|does not match" lm --model "$work/wrap.bin" --tokenizer "$s/tok512.bin" --prompt a
+  expect_err "not a regular file" lm --model "$work/fifo.bin" --tokenizer "$s/tok512.bin" --prompt a
+  expect_err "not a regular file" lm --model "$s/stories260K.bin" --tokenizer "$s/tok512.bin" --eval /dev/zero
+fi
+
+# Hostile options.
+expect_err "at least 1" bench --budget-tokens 0
+expect_err "measured nothing" bench -q --length 300 --sinks 100000000
+expect_err "needs about .* GB" bench --length 1000000000
+expect_err "needs about .* GB" bench --kv-heads 4096
+expect_err "block must be in" bench -q --length 300 --block 100000000000
+expect_err ">= 1" bench --eval-max 0
+expect_err ">= 1" analyze --eval-max 0
+expect_err ">= 1" oracle --eval-max 0
+expect_err "at least 2" bench --length 1
+
+# Hostile traces.
+(cd "$work" && python3 "$src/tests/scripts/hostile_traces.py")
+expect_ok '^\| window \| 16 ' bench -q --trace "$work/ok" --budget-tokens 16 --method window
+for sub in bench analyze oracle; do
+  expect_err "at least 2" $sub --trace "$work/seq0" --budget-tokens 16
+  expect_err "at least 2" $sub --trace "$work/seq1" --budget-tokens 16
+  expect_err "head dimensions" $sub --trace "$work/dk0" --budget-tokens 16
+  expect_err "head dimensions" $sub --trace "$work/dk4096" --budget-tokens 16
+  expect_err "rope theta" $sub --trace "$work/theta_neg" --budget-tokens 16
+  expect_err "rope theta" $sub --trace "$work/theta_huge" --budget-tokens 16
+  expect_err "rope dims" $sub --trace "$work/dims_odd" --budget-tokens 16
+  expect_err "scale" $sub --trace "$work/scale_neg" --budget-tokens 16
+  expect_err "input range" $sub --trace "$work/big" --budget-tokens 16 --storage f32
+  expect_err "query heads" $sub --trace "$work/group" --budget-tokens 16
+  expect_err "more than half" $sub --trace "$work/sparse" --budget-tokens 16
+  expect_err "not a regular file" $sub --trace "$work/fifo" --budget-tokens 16
+done
+
+# bench/sweep.sh + plot.py end to end (quick: two methods, two budgets).
+if python3 -c "import matplotlib" 2>/dev/null; then
+  if (cd "$src" && sh bench/sweep.sh "$(dirname "$kv")" "$work/plots" --quick >/dev/null 2>"$work/err"); then
+    for f in error_vs_budget attend_vs_retained; do
+      if head -c 8 "$work/plots/$f.png" 2>/dev/null | grep -q PNG; then ok; else bad "sweep: no $f.png"; fi
+    done
+    if [ -f "$s/stories260K.bin" ]; then
+      if head -c 8 "$work/plots/kl_vs_budget.png" 2>/dev/null | grep -q PNG; then ok; else bad "sweep: no kl_vs_budget.png"; fi
+    fi
+  else
+    bad "bench/sweep.sh --quick failed: $(head -c 300 "$work/err")"
+  fi
+fi
+
+echo "cli contract: $passes passed, $fails failed"
+[ "$fails" -eq 0 ] && echo "cli contract: OK"
