@@ -169,7 +169,9 @@ TEST_CASE("exact: a full session rejects the token and keeps its state") {
   CHECK(out1 == out2);
 }
 
-TEST_CASE("total budget: accounted bytes never exceed it, never move") {
+// (That nothing is carved or allocated after creation is alloc_test's job:
+// it counts every allocation of the process during append and attend.)
+TEST_CASE("total budget: accounted bytes never exceed it") {
   // Uneven weights: the heaviest head's scratch must be what is carved
   // (risk and balance workspaces grow with a head's budget).
   for (const char* m : {"balance", "risk", "h2o"}) {
@@ -183,7 +185,7 @@ TEST_CASE("total budget: accounted bytes never exceed it, never move") {
     const Stream st(c, 400);
     Drive(s, st, 0, 400);
     INFO(m);
-    CHECK(s.Stats().accounted_bytes == s0.accounted_bytes);
+    CHECK(s.Stats().accounted_bytes <= c.budget_bytes);
     CHECK(s.Stats().tokens == 400);
   }
 }
@@ -266,7 +268,7 @@ TEST_CASE("a state saved with N threads loads with M (per-head budgets)") {
                        doctest::Contains("threads=2"), Error);
 }
 
-TEST_CASE("one million tokens: accounted bytes never move") {
+TEST_CASE("one million tokens: held tokens stay within the budget") {
   SessionConfig c;
   c.layers = 1;
   c.n_heads = 2;
@@ -276,7 +278,6 @@ TEST_CASE("one million tokens: accounted bytes never move") {
   c.budget_tokens_per_head = 32;
   c.threads = 1;
   Session s(c);
-  const size_t used = s.Stats().accounted_bytes;
   std::vector<float> k(8), v(8), q(16), out(16);
   std::mt19937 rng(1);
   std::normal_distribution<float> g;
@@ -287,10 +288,11 @@ TEST_CASE("one million tokens: accounted bytes never move") {
     if (t % 4096 == 0) {
       for (auto& x : q) x = g(rng);
       s.Attend(0, q.data(), out.data());
-      CHECK(s.Stats().accounted_bytes == used);
+      for (float x : out) REQUIRE(std::isfinite(x));
+      REQUIRE(s.Stats().retained <= 64);
     }
   }
-  CHECK(s.Stats().accounted_bytes == used);
+  CHECK(s.Stats().tokens == 1000000);
   // Default f16 rows: 32 fp32 tokens of budget hold at most 64 tokens.
   CHECK(s.Stats().retained <= 64);
 }

@@ -80,20 +80,14 @@ struct Run {
 
 // Streams head 0 of `t`; returns the outputs of query heads of group 0 at
 // every position >= from (flattened).
-std::vector<float> Stream(const SketchConfig& c, const Trace& t, size_t from,
-                          bool blocks = false) {
+std::vector<float> Stream(const SketchConfig& c, const Trace& t, size_t from) {
   Run r(c);
   const size_t G = t.group();
   std::vector<float> q(G * t.dk), out(G * t.dv), all;
   size_t j = 0;
   while (j < t.seq) {
-    // Block mode: append up to 7 tokens at once, then answer the last one
-    // (positions in between are answered token by token below).
-    size_t n = blocks ? std::min<size_t>(7, t.seq - j) : 1;
-    if (blocks && j < from) n = std::min(n, from - j);
-    if (blocks && j >= from) n = 1;
-    r.sketch->AppendBlock(t.K(0, 0, j), t.V(0, 0, j), n, r.ws.data());
-    j += n;
+    r.sketch->Append(t.K(0, 0, j), t.V(0, 0, j), r.ws.data());
+    ++j;
     if (j - 1 >= from) {
       for (size_t g = 0; g < G; ++g) {
         std::memcpy(q.data() + g * t.dk, t.Q(0, g, j - 1),
@@ -197,6 +191,7 @@ TEST_CASE("budgets hold over a 100K-token stream; error stays bounded") {
   s.n_kv_heads = 1;
   s.group = 1;
   const Trace t = MakeSynthetic(s);
+  double window_err = 0, window_exact_err = 0;
   for (Method m : kAll) {
     if (m == Method::kExact) continue;
     SketchConfig c = Config(m, t, 64);
@@ -205,12 +200,51 @@ TEST_CASE("budgets hold over a 100K-token stream; error stays bounded") {
     CHECK(used <= c.budget_bytes);
     CHECK(r.sketch->bytes() <= c.budget_bytes);
     std::vector<float> out(t.dv);
+    double err = 0, zero_err = 0;
+    size_t checks = 0;
     for (size_t j = 0; j < t.seq; ++j) {
       r.sketch->Append(t.K(0, 0, j), t.V(0, 0, j), r.ws.data());
-      if (j % 997 == 0)
+      if (j % 997 == 996) {
         r.sketch->Attend(t.Q(0, 0, j), 1, out.data(), r.ws.data());
+        for (float x : out) REQUIRE(std::isfinite(x));
+        const auto ref = Reference(t, 0, 0, j);
+        double num = 0, den = 0;
+        for (size_t c = 0; c < t.dv; ++c) {
+          num += (out[c] - ref[c]) * (out[c] - ref[c]);
+          den += ref[c] * ref[c];
+        }
+        err += std::sqrt(num / den);
+        zero_err += 1.0;  // the error of answering 0
+        ++checks;
+        if (m == Method::kWindow) {  // sinks + the newest 60 tokens, exactly
+          std::vector<size_t> idx;
+          for (size_t i = 0; i < 4; ++i) idx.push_back(i);
+          for (size_t i = j - 59; i <= j; ++i) idx.push_back(i);
+          const auto w = AttendOver(t, 0, 0, j, idx);
+          double wn = 0, wd = 0;
+          for (size_t c = 0; c < t.dv; ++c) {
+            wn += (out[c] - w[c]) * (out[c] - w[c]);
+            wd += w[c] * w[c];
+          }
+          window_exact_err = std::max(window_exact_err, std::sqrt(wn / wd));
+        }
+      }
     }
-    INFO(std::string(MethodName(m)));
+    const std::string label = std::string(MethodName(m)) +
+                              " mean relative error " +
+                              std::to_string(err / double(checks));
+    INFO(label);
+    (void)zero_err;
+    // window is checked exactly (its answer is attention over the sinks and
+    // the newest tokens); every compressed method must stay no worse than
+    // window over the whole stream (measured: window 1.98, the others
+    // .84-1.74: at d = 8 outputs average many values, so ||y|| is small).
+    if (m == Method::kWindow) {
+      window_err = err / double(checks);
+      CHECK(window_exact_err < 1e-5);
+    } else {
+      CHECK(err / double(checks) <= window_err);
+    }
     CHECK(r.arena->used() == used);  // nothing carved after creation
     CHECK(r.sketch->tokens() == t.seq);
     CHECK(r.sketch->retained() <= 64);
@@ -218,15 +252,26 @@ TEST_CASE("budgets hold over a 100K-token stream; error stays bounded") {
   }
 }
 
-TEST_CASE("token-by-token and block appends give identical answers") {
-  const Trace t = SmallSynthetic(400);
-  for (Method m : kAll) {
-    SketchConfig c = Config(m, t, m == Method::kExact ? 400 : 48);
-    const auto a = Stream(c, t, 100, false);
-    const auto b = Stream(c, t, 100, true);
+TEST_CASE("sequence numbers and positions survive the 32-bit wrap") {
+  // The same stream with numbering started 300 tokens before 2^32 (the
+  // pools renumber their 32-bit copies, order preserved) and with RoPE
+  // positions starting there (probe ages are taken modulo 2^32): every
+  // answer is bit-identical to the run that starts at 1.
+  const Trace t = SmallSynthetic(1500);
+  for (Method m : {Method::kBalance, Method::kTaylor, Method::kHashed,
+                   Method::kH2O, Method::kTova, Method::kRisk}) {
+    SketchConfig a = Config(m, t, 48);
+    a.rope_theta = 10000.0f;
+    a.rope_first_position = 7;
+    if (m == Method::kBalance) a.window = 20;  // a fixed window
+    SketchConfig b = a;
+    b.first_seq = (uint64_t(1) << 32) - 300;
+    b.rope_first_position = (size_t(1) << 32) - 200;
+    if (sizeof(size_t) < 8) b.rope_first_position = size_t(0) - 200;
+    const auto ra = Stream(a, t, 100), rb = Stream(b, t, 100);
     INFO(std::string(MethodName(m)));
-    REQUIRE(a.size() == b.size());
-    CHECK(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0);
+    REQUIRE(ra.size() == rb.size());
+    CHECK(std::memcmp(ra.data(), rb.data(), ra.size() * sizeof(float)) == 0);
   }
 }
 
