@@ -14,8 +14,8 @@
 //
 // Kernel: exp(tau' * scale * <k~_i, k~_j>) * (<v_i, v_j> + c) on
 // block-centred keys, tau' = tau * mean|q| / mean|k| (the rescaling corollary
-// of algorithms.md 3.2: the kernel's diagonal matches what queries see) and
-// c = value_offset * mean |v|^2 (balances the denominator too).
+// of docs/algorithms.md 3.2: the kernel's diagonal matches what queries see)
+// and c = value_offset * mean |v|^2 (balances the denominator too).
 #include <algorithm>
 #include <cmath>
 #include <limits>

@@ -179,7 +179,7 @@ class Sketch {
   using Rows = RowStore;
   Rows CarveRows(const std::string& what, size_t cap);
   // mean |q| / mean |k| seen so far (1 before any query): the rescaling of
-  // algorithms.md 3.2 that matches a key kernel's diagonal to the queries.
+  // docs/algorithms.md 3.2 that matches a key kernel's diagonal to the queries.
   float QueryKeyRatio() const;
   static size_t RowBytes(const SketchConfig& c);
   // Largest |x| a stored key or value may hold (the input bound).

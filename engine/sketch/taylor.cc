@@ -10,7 +10,7 @@
 //             q>) v_j ]
 // The residual items are compacted with the residual kernel
 // r_t(tau' s <k_i - c, k_j - c>) (<v_i, v_j> + c0), whose diagonal is far
-// smaller than exp's for small arguments (algorithms.md 5.2). When nothing
+// smaller than exp's for small arguments (docs/algorithms.md 5.2). When nothing
 // can be halved, the oldest item keeps only its polynomial part.
 //
 // As in `balance`, the window's share of the pool follows the share of

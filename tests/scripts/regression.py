@@ -1,0 +1,70 @@
+#!/usr/bin/env python3
+"""Regression guards for the README's headline numbers (bundled data).
+
+Runs `kvsketch bench --trace` on the bundled traces (every method at 32/64/128
+tokens) and `kvsketch lm --eval` with the default method at 64 and 128 tokens,
+and fails when a number is worse than the README's by more than its margin.
+Usage: regression.py KVSKETCH SHARED_DATA_DIR
+"""
+import json
+import subprocess
+import sys
+
+kv, data = sys.argv[1], sys.argv[2]
+
+# README (f16 storage, mean relative error per head on the five traces).
+TRACES = {
+    "window": (0.088, 0.029, 0.0095),
+    "uniform": (0.188, 0.068, 0.014),
+    "balance": (0.142, 0.051, 0.017),
+    "taylor": (0.168, 0.068, 0.037),
+    "hashed": (0.159, 0.063, 0.021),
+    "h2o": (0.147, 0.058, 0.016),
+    "tova": (0.106, 0.049, 0.018),
+    "risk": (0.065, 0.022, 0.0064),
+    "blurry": (0.125, 0.053, 0.015),
+}
+TRACE_MARGIN = 1.10  # +10 %: run-to-run identical; leaves room for platforms
+# README: the default's model KL at 64 / 128 tokens (KL at 128 is dominated by
+# a few tokens, so its margin is wider); perplexity vs the full cache.
+LM = {64: (0.0044, 1.25), 128: (0.00020, 1.5)}
+PPL_MARGIN = 0.01  # ppl within 1 % of the full cache's
+
+failures = []
+out = subprocess.run(
+    [kv, "bench", "-q", "--json", "--trace", data + "/traces",
+     "--budget-tokens", "32,64,128"], check=True, capture_output=True,
+    text=True).stdout
+seen = 0
+for line in out.splitlines():
+    row = json.loads(line)
+    m = row.get("method")
+    if m not in TRACES:
+        continue
+    i = {32: 0, 64: 1, 128: 2}[row["budget_tokens"]]
+    got, want = row["mean_rel_err"], TRACES[m][i]
+    seen += 1
+    status = "ok" if got <= want * TRACE_MARGIN else "WORSE"
+    print(f"traces {m:8s} {row['budget_tokens']:4d}: {got:.4f} (README {want}) {status}")
+    if status != "ok":
+        failures.append(f"{m} at {row['budget_tokens']} tokens: {got:.4f} > {want} x {TRACE_MARGIN}")
+if seen != 27:
+    failures.append(f"bench printed {seen} method rows, expected 27")
+
+for budget, (want, margin) in LM.items():
+    out = subprocess.run(
+        [kv, "lm", "-q", "--json", "--model", data + "/stories260K.bin",
+         "--tokenizer", data + "/tok512.bin", "--eval",
+         data + "/tinystories_valid_excerpt.txt", "--budget-tokens",
+         str(budget)], check=True, capture_output=True, text=True).stdout
+    row = json.loads(out.splitlines()[-1])
+    kl, ppl, full = row["kl_mean"], row["ppl"], row["ppl_full"]
+    ok = kl <= want * margin and abs(ppl / full - 1) <= PPL_MARGIN
+    print(f"lm {row['method']} {budget}: KL {kl:.6f} (README {want}), ppl {ppl:.4f} vs full {full:.4f} {'ok' if ok else 'WORSE'}")
+    if not ok:
+        failures.append(f"lm at {budget} tokens: KL {kl:.6f} (limit {want * margin:.6f}), ppl {ppl:.4f} vs {full:.4f}")
+
+if failures:
+    print("regression: FAILED\n  " + "\n  ".join(failures))
+    sys.exit(1)
+print("regression: OK")
