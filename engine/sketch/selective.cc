@@ -228,8 +228,10 @@ class SelectiveSketch final : public Sketch {
     }
     if (logw_) {
       for (size_t i = 0; i < count_; ++i) {
+        // A weight stands for at most 2^62 tokens; far below e^100 either
+        // way (log-weights grow by the log of NNLS weights per compaction).
         const float lw = F16BitsToF32(st.At(logw_, i));
-        if (!std::isfinite(lw))
+        if (!(std::fabs(lw) <= 100.0f))
           InvalidState("pool log-weight [" + std::to_string(i) + "]");
       }
     }
@@ -554,7 +556,9 @@ class SelectiveSketch final : public Sketch {
         const size_t i = cand[piv[a]];
         if (w[a] > 0.0f) {
           drop[i] = 0;
-          logw_[i] = F32ToF16Bits(lw[i] + std::log(w[a]));
+          // Within [-80, 80]: what a saved state may hold (CheckState).
+          logw_[i] = F32ToF16Bits(
+              std::min(80.0f, std::max(-80.0f, lw[i] + std::log(w[a]))));
         }
       }
     }

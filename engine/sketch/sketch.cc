@@ -241,6 +241,10 @@ void Sketch::CheckState(const StagedState& st) const {
     InvalidState("key norm sum");
   if (!(query_norm_sum_ >= 0) || !std::isfinite(query_norm_sum_))
     InvalidState("query norm sum");
+  // The kernel temperature divides by both counts.
+  if (key_norm_sum_ > 0 && tokens_ == 0) InvalidState("key norm sum (no tokens)");
+  if (query_norm_sum_ > 0 && queries_ == 0)
+    InvalidState("query norm sum (no queries)");
   st.CheckRows(sinks_, sinks_used_, RowLimit(), "sink");
   st.CheckRows(window_, window_used_, RowLimit(), "window");
 }
