@@ -236,6 +236,25 @@ TEST_CASE("huge but accepted inputs keep every method finite; beyond: error") {
     const std::string before = s.SaveBytes();
     Session t(Config(m, "f32"));  // its own state always loads back
     CHECK_NOTHROW(t.LoadBytes(before));
+    // Constant extremes: every key +1e8, values -1e8, queries +-1e8.
+    {
+      Session e(Config(m, "f32"));
+      std::vector<float> k(2 * 16, 1e8f), v(2 * 12, -1e8f), q(4 * 16),
+          o(4 * 12);
+      bool finite = true;
+      for (size_t i = 0; i < 150; ++i) {
+        for (size_t j = 0; j < q.size(); ++j) q[j] = (i + j) % 3 ? 1e8f : -1e8f;
+        for (size_t l = 0; l < 2; ++l) {
+          e.Append(l, k.data(), v.data());
+          e.Attend(l, q.data(), o.data());
+          for (float x : o) finite = finite && std::isfinite(x);
+        }
+        k[i % k.size()] = -1e8f;  // drift the keys
+      }
+      CHECK(finite);
+      Session f(Config(m, "f32"));
+      CHECK_NOTHROW(f.LoadBytes(e.SaveBytes()));
+    }
     std::vector<float> k(2 * 16, 1.5e8f), v(2 * 12, 1.0f), q(4 * 16, 1e9f);
     CHECK_THROWS_WITH_AS(s.Append(0, k.data(), v.data()),
                          doctest::Contains("1e8"), Error);
