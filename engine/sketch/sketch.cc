@@ -134,29 +134,29 @@ void StagedState::CheckRows(const RowStore& rows, size_t n, float limit,
   }
 }
 
-void StagedState::CheckFloats(const float* live, size_t n, float limit,
-                              const std::string& what) const {
+template <typename T>
+void StagedState::CheckBounded(const T* live, size_t n, double limit,
+                               const std::string& what) const {
   if (n == 0) return;
-  const uint8_t* p = Where(live, n * sizeof(float));
+  const uint8_t* p = Where(live, n * sizeof(T));
   for (size_t i = 0; i < n; ++i) {
-    float x;
-    std::memcpy(&x, p + i * sizeof(float), sizeof(float));
-    if (!(std::fabs(x) <= limit)) {
+    T x;
+    std::memcpy(&x, p + i * sizeof(T), sizeof(T));
+    if (!(std::fabs(double(x)) <= limit)) {  // NaN fails too
       InvalidState(what + " [" + std::to_string(i) +
                    "] = " + std::to_string(x));
     }
   }
 }
 
+void StagedState::CheckFloats(const float* live, size_t n, float limit,
+                              const std::string& what) const {
+  CheckBounded(live, n, double(limit), what);
+}
+
 void StagedState::CheckDoubles(const double* live, size_t n,
                                const std::string& what) const {
-  if (n == 0) return;
-  const uint8_t* p = Where(live, n * sizeof(double));
-  for (size_t i = 0; i < n; ++i) {
-    double x;
-    std::memcpy(&x, p + i * sizeof(double), sizeof(double));
-    if (!std::isfinite(x)) InvalidState(what + " [" + std::to_string(i) + "]");
-  }
+  CheckBounded(live, n, std::numeric_limits<double>::max(), what);
 }
 
 size_t Sketch::RowBytes(const SketchConfig& c) {
@@ -242,7 +242,8 @@ void Sketch::CheckState(const StagedState& st) const {
   if (!(query_norm_sum_ >= 0) || !std::isfinite(query_norm_sum_))
     InvalidState("query norm sum");
   // The kernel temperature divides by both counts.
-  if (key_norm_sum_ > 0 && tokens_ == 0) InvalidState("key norm sum (no tokens)");
+  if (key_norm_sum_ > 0 && tokens_ == 0)
+    InvalidState("key norm sum (no tokens)");
   if (query_norm_sum_ > 0 && queries_ == 0)
     InvalidState("query norm sum (no queries)");
   st.CheckRows(sinks_, sinks_used_, RowLimit(), "sink");

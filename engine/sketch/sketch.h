@@ -106,6 +106,9 @@ class StagedState {
 
  private:
   const uint8_t* Where(const void* live, size_t bytes) const;
+  template <typename T>
+  void CheckBounded(const T* live, size_t n, double limit,
+                    const std::string& what) const;
   const uint8_t* live_;
   const uint8_t* staged_;
   size_t size_;
