@@ -52,11 +52,11 @@ class BalanceSketch final : public Sketch {
     if (coreset_.cap() == 0) return;
     if (coreset_.full()) {
       if (!coreset_.Compact(Kernel(), nullptr, ws, protect_)) {
-        coreset_.ReplaceOldest(k, v, 0);
+        coreset_.ReplaceOldest(k, v, 0, ws);
         return;
       }
     }
-    coreset_.Insert(k, v, 0);
+    coreset_.Insert(k, v, 0, ws);
   }
 
   void AttendCompressed(const float* qp, size_t G, float* m, float* z, float* N,

@@ -1,5 +1,6 @@
 #include "engine/sketch/coreset.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -72,33 +73,29 @@ void Coreset::SetFirstSeq(uint64_t first) {
 }
 
 // Items get 1..count in their current order; the tracked boundary maps to
-// the number of items at or below it. O(count^2), once per ~4e9 items.
-void Coreset::Renumber() {
+// the number of items at or below it. O(count log count) in the scratch
+// (no allocation), once per ~4e9 items.
+void Coreset::Renumber(float* ws) {
   if (boundary_) {
     uint32_t below = 0;
     for (size_t i = 0; i < count_; ++i) below += seq_[i] <= *boundary_;
     *boundary_ = below;
   }
-  for (size_t r = 1; r <= count_; ++r) {
-    size_t best = SIZE_MAX;
-    for (size_t i = 0; i < count_; ++i) {
-      if (level_[i] & 0x80) continue;  // renumbered already
-      if (best == SIZE_MAX || seq_[i] < seq_[best]) best = i;
-    }
-    seq_[best] = uint32_t(r);
-    level_[best] |= 0x80;
-  }
-  for (size_t i = 0; i < count_; ++i) level_[i] &= 0x7F;
+  uint32_t* idx = reinterpret_cast<uint32_t*>(ws);
+  for (size_t i = 0; i < count_; ++i) idx[i] = uint32_t(i);
+  std::sort(idx, idx + count_,
+            [&](uint32_t a, uint32_t b) { return seq_[a] < seq_[b]; });
+  for (size_t r = 0; r < count_; ++r) seq_[idx[r]] = uint32_t(r + 1);
   next_seq_ = count_ + 1;
 }
 
-uint32_t Coreset::NextSeq() {
-  if (next_seq_ >= UINT32_MAX) Renumber();
+uint32_t Coreset::NextSeq(float* ws) {
+  if (next_seq_ >= UINT32_MAX) Renumber(ws);
   return uint32_t(next_seq_++);
 }
 
-void Coreset::Insert(const float* k, const float* v, uint16_t tag) {
-  const uint32_t s = NextSeq();
+void Coreset::Insert(const float* k, const float* v, uint16_t tag, float* ws) {
+  const uint32_t s = NextSeq(ws);
   rows_.Put(count_, k, v);
   level_[count_] = 0;
   if (tag_) tag_[count_] = tag;
@@ -106,7 +103,8 @@ void Coreset::Insert(const float* k, const float* v, uint16_t tag) {
   ++count_;
 }
 
-void Coreset::ReplaceOldest(const float* k, const float* v, uint16_t tag) {
+void Coreset::ReplaceOldest(const float* k, const float* v, uint16_t tag,
+                            float* ws) {
   size_t oldest = 0;
   for (size_t i = 1; i < count_; ++i) {
     if (seq_[i] < seq_[oldest]) oldest = i;
@@ -114,7 +112,7 @@ void Coreset::ReplaceOldest(const float* k, const float* v, uint16_t tag) {
   rows_.Put(oldest, k, v);
   level_[oldest] = 0;
   if (tag_) tag_[oldest] = tag;
-  seq_[oldest] = NextSeq();
+  seq_[oldest] = NextSeq(ws);
 }
 
 bool Coreset::Compact(const CompactKernel& kern, const float* centres,

@@ -78,10 +78,11 @@ class Coreset {
              size_t used_tags) const;
 
   // Appends an item (requires !full()).
-  void Insert(const float* k, const float* v, uint16_t tag);
+  // `ws`: scratch of at least cap() floats (a renumbering sorts in it).
+  void Insert(const float* k, const float* v, uint16_t tag, float* ws);
   // Overwrites the oldest item with a new one (window behaviour when nothing
   // may be compacted); requires full().
-  void ReplaceOldest(const float* k, const float* v, uint16_t tag);
+  void ReplaceOldest(const float* k, const float* v, uint16_t tag, float* ws);
   // Halves one (tag, level) group among the items that are not among the
   // `protect` newest. `centres` (per tag, [tags][ks]) recentres keys before
   // the kernel (taylor/hashed residual kernels), else the kernel's own
@@ -97,8 +98,8 @@ class Coreset {
   uint32_t* seq_ = nullptr;
   uint32_t* boundary_ = nullptr;
   uint64_t next_seq_ = 1;  // < 2^32 (renumbered before)
-  void Renumber();
-  uint32_t NextSeq();
+  void Renumber(float* ws);
+  uint32_t NextSeq(float* ws);
   size_t count_ = 0, block_ = 0, tags_ = 1;
   uint64_t compactions_ = 0;
 };

@@ -130,7 +130,7 @@ class HashedSketch final : public Sketch {
       coreset_.Compact(kern, centres_, ws);
       MarkCompacted();  // cells that lost items now need their moments
     }
-    coreset_.Insert(k, v, uint16_t(cell));
+    coreset_.Insert(k, v, uint16_t(cell), ws);
   }
 
   void AttendCompressed(const float* qp, size_t G, float* m, float* z, float* N,

@@ -145,15 +145,15 @@ class SelectiveSketch final : public Sketch {
   void Evict(const float* k, const float* v, float* ws) override {
     if (rows_.cap == 0) return;
     if (count_ < rows_.cap) {
-      Put(count_++, k, v);
+      Put(count_++, k, v, ws);
       return;
     }
     if (mode_ == Method::kRisk) {
       if (probe_count_ == 0 || !Compact(ws)) DropOldest();
-      Put(count_++, k, v);
+      Put(count_++, k, v, ws);
       return;
     }
-    Put(Victim(), k, v);
+    Put(Victim(), k, v, ws);
   }
 
   void AttendCompressed(const float* qp, size_t G, float* m, float* z, float* N,
@@ -261,8 +261,8 @@ class SelectiveSketch final : public Sketch {
   }
 
  private:
-  void Put(size_t i, const float* k, const float* v) {
-    if (seq_ && next_seq_ >= UINT32_MAX) Renumber(i);
+  void Put(size_t i, const float* k, const float* v, float* ws) {
+    if (seq_ && next_seq_ >= UINT32_MAX) Renumber(i, ws);
     rows_.Put(i, k, v);
     if (seq_) seq_[i] = uint32_t(next_seq_);
     ++next_seq_;
@@ -276,23 +276,16 @@ class SelectiveSketch final : public Sketch {
   }
   // h2o / tova: before the 32-bit per-item numbers would wrap, the items
   // get 1..n in their order (slot `skip`, about to be overwritten, drops
-  // out). O(n^2), once per ~4e9 tokens; the score's sign bit marks the
-  // items done (scores are >= 0).
-  void Renumber(size_t skip) {
-    uint32_t r = 0;
-    for (size_t round = 0; round < count_; ++round) {
-      size_t best = SIZE_MAX;
-      for (size_t i = 0; i < count_; ++i) {
-        if (i == skip || std::signbit(score_[i])) continue;
-        if (best == SIZE_MAX || seq_[i] < seq_[best]) best = i;
-      }
-      if (best == SIZE_MAX) break;
-      seq_[best] = ++r;
-      score_[best] = -score_[best];  // mark: exact, and -0.0 has the sign bit
-    }
+  // out). O(n log n) in the scratch (no allocation), once per ~4e9 tokens.
+  void Renumber(size_t skip, float* ws) {
+    uint32_t* idx = reinterpret_cast<uint32_t*>(ws);
+    size_t n = 0;
     for (size_t i = 0; i < count_; ++i)
-      if (i != skip && std::signbit(score_[i])) score_[i] = -score_[i];
-    next_seq_ = uint64_t(r) + 1;
+      if (i != skip) idx[n++] = uint32_t(i);
+    std::sort(idx, idx + n,
+              [&](uint32_t a, uint32_t b) { return seq_[a] < seq_[b]; });
+    for (size_t r = 0; r < n; ++r) seq_[idx[r]] = uint32_t(r + 1);
+    next_seq_ = uint64_t(n) + 1;
   }
   // The newest protect_ items (risk's pool is in insertion order).
   bool Protected(size_t i) const {
@@ -386,7 +379,7 @@ class SelectiveSketch final : public Sketch {
     // Probe queries, rotated to a future position when RoPE is known.
     float* q = ws;
     ws += P * ks_;
-    const double now = double(cfg_.rope_first_position + tokens_);
+    const uint32_t now32 = uint32_t(cfg_.rope_first_position + tokens_);
     for (size_t p = 0; p < P; ++p) {
       const size_t src = p / H;
       ConvertRowToF32(Storage::kF16, probe_q_ + src * cfg_.dk, q + p * ks_,
@@ -395,7 +388,7 @@ class SelectiveSketch final : public Sketch {
       if (cfg_.rope_theta > 0.0f) {
         const double horizon = kHorizons[p % H] * double(protect_ + 1);
         // Positions are kept modulo 2^32: the age is their difference.
-        const uint32_t age = uint32_t(uint32_t(now) - probe_pos_[src]);
+        const uint32_t age = uint32_t(now32 - probe_pos_[src]);
         RotateForward(q + p * ks_, cfg_, double(age) + horizon);
       }
     }

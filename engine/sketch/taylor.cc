@@ -84,12 +84,12 @@ class TaylorSketch final : public Sketch {
           moments_.Add(kr, vr, ws + ks_ + vs_);
           folded_ = seq[oldest];
         }
-        pool_.ReplaceOldest(k, v, 0);
+        pool_.ReplaceOldest(k, v, 0, ws);
         Fold(ws);
         return;
       }
     }
-    pool_.Insert(k, v, 0);
+    pool_.Insert(k, v, 0, ws);
     Fold(ws);
   }
 
@@ -196,7 +196,11 @@ class TaylorSketch final : public Sketch {
     Sketch::CheckState(st);
     moments_.Check(st, tokens_, "taylor");
     pool_.Check(st, tokens_, RowLimit(), 1);
-    if (folded_ > pool_.last_seq()) InvalidState("taylor folded boundary");
+    // Every item newer than the boundary is still in the pool (only folded
+    // items are compacted), so the boundary trails the newest by <= count.
+    if (folded_ > pool_.last_seq() ||
+        pool_.last_seq() - folded_ > pool_.count())
+      InvalidState("taylor folded boundary");
     if (!(window_share_ >= 0.0 && window_share_ <= 1.0))
       InvalidState("window share");
   }
