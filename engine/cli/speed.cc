@@ -103,7 +103,8 @@ int RunSpeed(const SpeedOptions& opt) {
         read_gbps, best_pf);
     fmt::print(
         "| kernel | d | n | dtype | G | us/call | us/query | GB/s | "
-        "bw ratio | call vs G=1 |\n|---|---|---|---|---|---|---|---|---|---|\n");
+        "bw ratio | call vs G=1 "
+        "|\n|---|---|---|---|---|---|---|---|---|---|\n");
   }
 
   // 2. Attend over cold K/V: cycle through copies that exceed the caches.
