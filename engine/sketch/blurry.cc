@@ -4,6 +4,7 @@
 // mass merges into one slot: keys and values are mass-weighted averages and
 // the slot enters the score with log(mass) as its log-weight. Old context
 // thus blurs progressively (older slots hold more tokens).
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -98,8 +99,13 @@ class BlurrySketch final : public Sketch {
     slots_.Get(best + 1, k1, v1);
     const float a = std::exp(logw_[best]) / best_mass;
     const float b = 1.0f - a;
-    for (size_t c = 0; c < ks_; ++c) k0[c] = a * k0[c] + b * k1[c];
-    for (size_t c = 0; c < vs_; ++c) v0[c] = a * v0[c] + b * v1[c];
+    // A convex combination: within the inputs' bound but for rounding,
+    // which is clamped away (a saved state must pass its own checks).
+    const float lim = RowLimit();
+    for (size_t c = 0; c < ks_; ++c)
+      k0[c] = std::min(lim, std::max(-lim, a * k0[c] + b * k1[c]));
+    for (size_t c = 0; c < vs_; ++c)
+      v0[c] = std::min(lim, std::max(-lim, a * v0[c] + b * v1[c]));
     slots_.Put(best, k0, v0);
     logw_[best] = std::log(best_mass);
     for (size_t i = best + 1; i + 1 < count_; ++i) {

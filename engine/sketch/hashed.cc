@@ -237,7 +237,8 @@ class HashedSketch final : public Sketch {
       if (a < used_cells_ && cells_[a].count() == 0)
         InvalidState(name + " count (cell in use but empty)");
       routed += cells_[a].count();
-      st.CheckFloats(centres_ + a * ks_, ks_, RowLimit(), name + " centre");
+      st.CheckFloats(centres_ + a * ks_, ks_, RowLimit() * (1.0f + 1e-6f),
+                     name + " centre");
       const uint8_t flag = st.At(compacted_, a);
       if (flag > 1) InvalidState(name + " compacted flag");
     }
