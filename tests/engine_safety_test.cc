@@ -13,6 +13,7 @@
 #include "doctest/doctest.h"
 #include "engine/session/state_io.h"
 #include "kvsketch/kvsketch.h"
+#include "tests/emulated.h"
 
 namespace kvsketch {
 namespace {
@@ -120,7 +121,7 @@ TEST_CASE("crafted states behind a valid checksum: rejected, nothing changes") {
       }
       // Every 8-byte scalar field set to all ones (counters of 2^64 - 1,
       // NaN doubles), then random corruptions of both sections.
-      for (int trial = 0; trial < 160; ++trial) {
+      for (int trial = 0; trial < int(test::Reps(160, 4)); ++trial) {
         std::string bad = good;
         if (trial < int((L.end - L.scalars) / 4)) {
           const size_t at = L.scalars + 4 * size_t(trial);
@@ -156,7 +157,7 @@ TEST_CASE("crafted states behind a valid checksum: rejected, nothing changes") {
   }
   MESSAGE("crafted states: " << rejected << " rejected, " << accepted
                              << " accepted and answered finitely");
-  CHECK(rejected > 1000);
+  CHECK(rejected > test::Reps(1000, 4));
 }
 
 TEST_CASE("identical sessions save identical bytes, whatever the heap held") {
@@ -176,6 +177,8 @@ TEST_CASE("identical sessions save identical bytes, whatever the heap held") {
   }
 }
 
+constexpr size_t kThreadTokens = test::Reps(300, 2);
+
 TEST_CASE("one session from two threads equals the same calls made serially") {
   for (const char* m : kMethods) {
     const std::string label = m;
@@ -184,11 +187,11 @@ TEST_CASE("one session from two threads equals the same calls made serially") {
       SessionConfig c = Config(m, "f16", threads);
       if (std::string(m) != "exact") c.budget_tokens_per_head = 400;
       Session ref(c), shared(c);
-      const std::vector<float> r0 = Drive(ref, 0, 300, 1.0f, 0);
-      const std::vector<float> r1 = Drive(ref, 0, 300, 1.0f, 1);
+      const std::vector<float> r0 = Drive(ref, 0, kThreadTokens, 1.0f, 0);
+      const std::vector<float> r1 = Drive(ref, 0, kThreadTokens, 1.0f, 1);
       std::vector<float> o0, o1;
-      std::thread t0([&] { o0 = Drive(shared, 0, 300, 1.0f, 0); });
-      std::thread t1([&] { o1 = Drive(shared, 0, 300, 1.0f, 1); });
+      std::thread t0([&] { o0 = Drive(shared, 0, kThreadTokens, 1.0f, 0); });
+      std::thread t1([&] { o1 = Drive(shared, 0, kThreadTokens, 1.0f, 1); });
       t0.join();
       t1.join();
       CHECK(o0 == r0);

@@ -11,6 +11,7 @@
 #include "engine/io/trace.h"
 #include "engine/sketch/sketch.h"
 #include "kvsketch/error.h"
+#include "tests/emulated.h"
 
 namespace kvsketch {
 namespace {
@@ -257,7 +258,7 @@ TEST_CASE("sequence numbers and positions survive the 32-bit wrap") {
   // pools renumber their 32-bit copies, order preserved) and with RoPE
   // positions starting there (probe ages are taken modulo 2^32): every
   // answer is bit-identical to the run that starts at 1.
-  const Trace t = SmallSynthetic(1500);
+  const Trace t = SmallSynthetic(test::kEmulated ? 700 : 1500);
   for (Method m : {Method::kBalance, Method::kTaylor, Method::kHashed,
                    Method::kH2O, Method::kTova, Method::kRisk}) {
     SketchConfig a = Config(m, t, 48);
