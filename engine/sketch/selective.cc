@@ -289,7 +289,8 @@ class SelectiveSketch final : public Sketch {
   }
   // The newest protect_ items (risk's pool is in insertion order).
   bool Protected(size_t i) const {
-    return seq_ ? seq_[i] + protect_ >= next_seq_ : i + protect_ >= count_;
+    return seq_ ? uint64_t(seq_[i]) + protect_ >= next_seq_
+                : i + protect_ >= count_;
   }
   // risk without a usable compaction (no probes yet, e.g. a prefill without
   // queries, or nothing old): the oldest items leave, 1/32 of the pool at a
