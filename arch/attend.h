@@ -14,8 +14,13 @@ namespace kvsketch {
 inline constexpr size_t kMaxGroup = 16;  // queries per KV head (GQA)
 inline constexpr size_t kMaxHeadDim = 512;
 
+// Storage pairs (keys, values) the kernels take: equal types, or any mix of
+// f16 and the quantized storages (q8, q4, q4a).
+bool SupportedViewPair(Storage k, Storage v);
+
 // G queries that share one KV head, answered reading each K/V row once.
-//  K, V: row views (same rows; f32/f16/bf16; padding lanes zero).
+//  K, V: row views (same rows; a SupportedViewPair; padding lanes zero;
+//  quantized views may be `rotated`, see RowsView).
 //  q: [G][K.stride] f32, padding lanes zero. logw: [rows] or nullptr (= 0).
 //  m, z: [G]; N: [G][V.stride] (padding lanes written as zero).
 //  scores: [G][rows] raw s_i, or nullptr; for heavy-hitter statistics
@@ -41,6 +46,16 @@ void ResidualAccumulate(const RowsView& K, const RowsView& V, const float* logw,
                         const float* q, float scale, float shift,
                         const float* shifts, float ref, int degree, float* N,
                         float* Z);
+
+// The same two kernels for views with a quantized side (arch/attend_quant.cc;
+// AttendGroup and ResidualAccumulate forward to them).
+void AttendGroupQuant(const RowsView& K, const RowsView& V, const float* logw,
+                      const float* q, size_t G, float scale, float* m, float* z,
+                      float* N, float* scores);
+void ResidualAccumulateQuant(const RowsView& K, const RowsView& V,
+                             const float* logw, const float* q, float scale,
+                             float shift, const float* shifts, float ref,
+                             int degree, float* N, float* Z);
 
 // Merges partial 2 into partial 1 exactly: (m1, z1, N1) <- (m1,z1,N1) (+)
 // (m2,z2,N2). Empty partials have m = -inf and z = 0.

@@ -38,28 +38,28 @@ void FromT(const T* HWY_RESTRICT src, float* HWY_RESTRICT dst, size_t n) {
 
 void ConvertRowImpl(const float* src, Storage type, void* dst, size_t n) {
   switch (type) {
-    case Storage::kF32:
-      std::memcpy(dst, src, n * sizeof(float));
-      break;
     case Storage::kF16:
       ToT(src, static_cast<hwy::float16_t*>(dst), n);
       break;
     case Storage::kBF16:
       ToT(src, static_cast<hwy::bfloat16_t*>(dst), n);
       break;
+    default:  // f32 (quantized types go through EncodeRow)
+      std::memcpy(dst, src, n * sizeof(float));
+      break;
   }
 }
 
 void ConvertRowToF32Impl(Storage type, const void* src, float* dst, size_t n) {
   switch (type) {
-    case Storage::kF32:
-      std::memcpy(dst, src, n * sizeof(float));
-      break;
     case Storage::kF16:
       FromT(static_cast<const hwy::float16_t*>(src), dst, n);
       break;
     case Storage::kBF16:
       FromT(static_cast<const hwy::bfloat16_t*>(src), dst, n);
+      break;
+    default:  // f32 (quantized types go through DecodeRow)
+      std::memcpy(dst, src, n * sizeof(float));
       break;
   }
 }
@@ -74,9 +74,11 @@ HWY_EXPORT(ConvertRowImpl);
 HWY_EXPORT(ConvertRowToF32Impl);
 
 void ConvertRow(const float* src, Storage dst_type, void* dst, size_t n) {
+  HWY_ASSERT(!IsQuantized(dst_type));
   HWY_DYNAMIC_DISPATCH(ConvertRowImpl)(src, dst_type, dst, n);
 }
 void ConvertRowToF32(Storage src_type, const void* src, float* dst, size_t n) {
+  HWY_ASSERT(!IsQuantized(src_type));
   HWY_DYNAMIC_DISPATCH(ConvertRowToF32Impl)(src_type, src, dst, n);
 }
 

@@ -9,6 +9,8 @@
 #define KVSKETCH_ARCH_ROWS_INL_H_
 #endif
 
+#include <cmath>
+
 #include "hwy/highway.h"
 
 HWY_BEFORE_NAMESPACE();
@@ -48,6 +50,38 @@ HWY_INLINE float DotPadded(D d, const float* HWY_RESTRICT a,
   }
   if (i < n) s0 = hn::MulAdd(hn::LoadU(d, a + i), hn::LoadU(d, b + i), s0);
   return hn::GetLane(hn::SumOfLanes(d, hn::Add(s0, s1)));
+}
+
+// Normalised Walsh-Hadamard transform of row[0, dim) in place (dim a power
+// of two): butterflies of stride h (vectors when h >= lanes), then 1/sqrt(dim).
+// Every target computes the same sums in the same order: bit-identical.
+HWY_INLINE void HadamardInPlace(float* HWY_RESTRICT row, size_t dim) {
+  const hn::CappedTag<float, 16> d;
+  const size_t N = hn::Lanes(d);
+  for (size_t h = 1; h < dim; h *= 2) {
+    for (size_t i = 0; i < dim; i += 2 * h) {
+      if (h >= N) {
+        for (size_t j = i; j < i + h; j += N) {
+          const auto a = hn::LoadU(d, row + j);
+          const auto b = hn::LoadU(d, row + j + h);
+          hn::StoreU(hn::Add(a, b), d, row + j);
+          hn::StoreU(hn::Sub(a, b), d, row + j + h);
+        }
+      } else {
+        for (size_t j = i; j < i + h; ++j) {
+          const float a = row[j], b = row[j + h];
+          row[j] = a + b;
+          row[j + h] = a - b;
+        }
+      }
+    }
+  }
+  const float norm = 1.0f / std::sqrt(float(dim));
+  size_t c = 0;
+  for (; c + N <= dim; c += N) {
+    hn::StoreU(hn::Mul(hn::LoadU(d, row + c), hn::Set(d, norm)), d, row + c);
+  }
+  for (; c < dim; ++c) row[c] *= norm;
 }
 
 }  // namespace HWY_NAMESPACE

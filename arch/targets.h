@@ -6,19 +6,10 @@
 #include <string>
 #include <vector>
 
+#include "arch/types.h"  // kRowAlignFloats, RoundUp, PaddedCols
+
 namespace kvsketch {
 
-// Rows of K/V matrices are stored with a stride that is a multiple of this many
-// floats; padding lanes are zero. Kernels use the widest vector (at most 16
-// lanes) whose length divides the stride, so they never read past a row.
-inline constexpr size_t kRowAlignFloats = 4;
-
-inline constexpr size_t RoundUp(size_t n, size_t a) {
-  return (n + a - 1) / a * a;
-}
-inline constexpr size_t PaddedCols(size_t d) {
-  return RoundUp(d, kRowAlignFloats);
-}
 
 struct TargetInfo {
   std::vector<std::string> compiled;   // HWY_TARGETS, best first

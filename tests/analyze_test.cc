@@ -65,11 +65,27 @@ TEST_CASE("oracle: clairvoyant eviction keeps what the future asks for") {
 
 TEST_CASE("bench: keys beyond the f16 range are a clear error under f16") {
   std::vector<Trace> t{LowRankHead(2, 50, 3)};
-  CHECK_NOTHROW(bench::CheckStorageRange(t, Storage::kF16));
+  const auto rows = [](Storage k, Storage v) {
+    SketchConfig c;
+    c.storage_k = k;
+    c.storage_v = v;
+    return c;
+  };
+  CHECK_NOTHROW(bench::CheckStorageRange(t, rows(Storage::kF16, Storage::kF16)));
   t[0].v[0][17] = 1e5f;
-  CHECK_THROWS_WITH_AS(bench::CheckStorageRange(t, Storage::kF16),
-                       doctest::Contains("f16 storage range"), Error);
-  CHECK_NOTHROW(bench::CheckStorageRange(t, Storage::kF32));
+  CHECK_THROWS_WITH_AS(
+      bench::CheckStorageRange(t, rows(Storage::kF16, Storage::kF16)),
+      doctest::Contains("f16 storage range"), Error);
+  // Quantized values have f16 scales: the same range.
+  CHECK_THROWS_WITH_AS(
+      bench::CheckStorageRange(t, rows(Storage::kQ8, Storage::kQ8)),
+      doctest::Contains("q8 storage range"), Error);
+  // Only the values are out of range: f16 keys with f32 values is not a
+  // supported pair, but f32 for both is.
+  CHECK_THROWS_WITH_AS(
+      bench::CheckStorageRange(t, rows(Storage::kF16, Storage::kF32)),
+      doctest::Contains("not supported"), Error);
+  CHECK_NOTHROW(bench::CheckStorageRange(t, rows(Storage::kF32, Storage::kF32)));
 }
 
 TEST_CASE("diagnostic: a rank-r response is explained by r pivots") {

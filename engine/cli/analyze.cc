@@ -220,24 +220,27 @@ double Spearman(const std::vector<double>& x, const std::vector<double>& y) {
 }  // namespace
 
 HeadDiagnostic SplitDiagnose(const Unit& u, size_t budget, size_t sinks,
-                             Storage s) {
-  const size_t held = HeldTokens(budget, s);
+                             const SketchConfig& c) {
+  const size_t held = HeldTokens(budget, c, u.trace->dk, u.trace->dv);
   const size_t window_min = 2 * SplitMinTokens(held, sinks) - sinks;
   return Diagnose(u, {window_min}, sinks, 4 * held);
 }
 
 std::vector<size_t> AdaptiveBudgetSplit(const std::vector<HeadDiagnostic>& d,
                                         size_t budget, size_t sinks,
-                                        Storage s) {
-  const size_t held = HeldTokens(budget, s);
+                                        const SketchConfig& c, size_t dk,
+                                        size_t dv) {
+  const size_t held = HeldTokens(budget, c, dk, dv);
   const std::vector<size_t> split =
       AdaptiveSplit(d, held, SplitMinTokens(held, sinks));
   // Held tokens back to fp32-token equivalents: floor, the remainder
   // round-robin.
-  const size_t eb = StorageBytes(s);
+  const size_t row = StorageRowBytes(c.storage_k, dk) +
+                     StorageRowBytes(c.storage_v, dv);
   std::vector<size_t> t(split.size());
   size_t sum = 0;
-  for (size_t u = 0; u < t.size(); ++u) sum += t[u] = split[u] * eb / 4;
+  for (size_t u = 0; u < t.size(); ++u)
+    sum += t[u] = split[u] * row / BudgetBytesForTokens(1, dk, dv);
   size_t left = t.size() * budget > sum ? t.size() * budget - sum : 0;
   for (size_t u = 0; left > 0 && !t.empty(); u = (u + 1) % t.size(), --left)
     ++t[u];
@@ -247,7 +250,7 @@ std::vector<size_t> AdaptiveBudgetSplit(const std::vector<HeadDiagnostic>& d,
 int RunAnalyze(const AnalyzeOptions& opt) {
   std::string source;
   const std::vector<Trace> traces = bench::LoadWorkload(opt.workload, &source);
-  bench::CheckStorageRange(traces, opt.base.storage);
+  bench::CheckStorageRange(traces, opt.base);
   if (opt.budgets.empty()) throw Error("analyze needs at least one budget");
   std::vector<Unit> units;
   for (const Trace& t : traces)
@@ -259,7 +262,7 @@ int RunAnalyze(const AnalyzeOptions& opt) {
   const size_t nb = opt.budgets.size();
   std::vector<size_t> held(nb);  // tokens each budget holds
   for (size_t b = 0; b < nb; ++b)
-    held[b] = HeldTokens(opt.budgets[b], base.storage);
+    held[b] = HeldTokens(opt.budgets[b], base, traces[0].dk, traces[0].dv);
   const size_t max_rank = *std::max_element(held.begin(), held.end()) * 2;
   std::vector<HeadDiagnostic> diag(units.size());
   std::vector<std::vector<HeadDiagnostic>> split_diag(
@@ -274,7 +277,7 @@ int RunAnalyze(const AnalyzeOptions& opt) {
       diag[i] = Diagnose(units[i], held, base.sinks, max_rank);
       for (size_t b = 0; b < nb; ++b) {
         split_diag[b][i] =
-            SplitDiagnose(units[i], opt.budgets[b], base.sinks, base.storage);
+            SplitDiagnose(units[i], opt.budgets[b], base.sinks, base);
       }
       for (size_t b = 0; b < nb; ++b) {
         const auto pos = bench::EvalPositions(units[i].trace->seq,
@@ -294,7 +297,7 @@ int RunAnalyze(const AnalyzeOptions& opt) {
   std::vector<std::vector<size_t>> split(nb);
   for (size_t b = 0; b < nb; ++b)
     split[b] = AdaptiveBudgetSplit(split_diag[b], opt.budgets[b], base.sinks,
-                                   base.storage);
+                                   base, traces[0].dk, traces[0].dv);
   // Per (layer, head): mean over the traces of a set.
   struct Row {
     size_t layer, head, count = 0;

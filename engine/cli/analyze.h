@@ -60,10 +60,13 @@ inline size_t SplitMinTokens(size_t budget, size_t sinks) {
 std::vector<size_t> AdaptiveSplit(const std::vector<HeadDiagnostic>& d,
                                   size_t per_unit, size_t min_tokens);
 
-// Tokens a budget of `budget` fp32-token equivalents holds in `s` rows: the
-// diagnostic and the split speak in held tokens.
-inline size_t HeldTokens(size_t budget, Storage s) {
-  return budget * 4 / StorageBytes(s);
+// Tokens a budget of `budget` fp32-token equivalents holds in rows of the
+// configuration's storages (dk, dv of the unit): the diagnostic and the
+// split speak in held tokens.
+inline size_t HeldTokens(size_t budget, const SketchConfig& c, size_t dk,
+                         size_t dv) {
+  return BudgetBytesForTokens(budget, dk, dv) /
+         (StorageRowBytes(c.storage_k, dk) + StorageRowBytes(c.storage_v, dv));
 }
 // The adaptive split of `budget` fp32-token equivalents per unit, the way
 // `bench --budget-split adaptive` and `analyze` do it: each unit's
@@ -71,8 +74,10 @@ inline size_t HeldTokens(size_t budget, Storage s) {
 // greedy split in held tokens, returned in fp32-token equivalents (same
 // total, units * budget).
 HeadDiagnostic SplitDiagnose(const bench::Unit& u, size_t budget, size_t sinks,
-                             Storage s);
+                             const SketchConfig& c);
 std::vector<size_t> AdaptiveBudgetSplit(const std::vector<HeadDiagnostic>& d,
-                                        size_t budget, size_t sinks, Storage s);
+                                        size_t budget, size_t sinks,
+                                        const SketchConfig& c, size_t dk,
+                                        size_t dv);
 
 }  // namespace kvsketch

@@ -95,8 +95,7 @@ Result RunUnit(const Unit& u, const SketchConfig& base, size_t budget_tokens,
                        : BudgetBytesForTokens(budget_tokens, t.dk, t.dv);
   // The reference keeps everything: give it the whole sequence.
   if (c.method == Method::kExact) {
-    c.budget_bytes =
-        BudgetBytesForTokens(t.seq, t.dk, t.dv) * StorageBytes(c.storage) / 4;
+    c.budget_bytes = t.seq * StateRowBytes(c);
   }
   c.stream = (uint64_t(u.layer) << 32) | u.head;
   r.budget_bytes = c.budget_bytes;
@@ -240,11 +239,14 @@ std::vector<Trace> bench::LoadWorkload(const Workload& w, std::string* source) {
   return traces;
 }
 
-void bench::CheckStorageRange(const std::vector<Trace>& traces, Storage s) {
-  const float limit = InputMaxAbs(s);
+void bench::CheckStorageRange(const std::vector<Trace>& traces,
+                              const SketchConfig& c) {
+  CheckStoragePair(c.storage_k, c.storage_v);
   for (const Trace& t : traces)
     for (size_t l = 0; l < t.layers; ++l)
-      for (const auto* a : {&t.k[l], &t.v[l]})
+      for (const auto* a : {&t.k[l], &t.v[l]}) {
+        const Storage s = a == &t.k[l] ? c.storage_k : c.storage_v;
+        const float limit = InputMaxAbs(s);
         for (float x : *a)
           if (std::fabs(x) > limit) {
             throw Error(t.name + ": layer " + std::to_string(l) + " has " +
@@ -253,12 +255,13 @@ void bench::CheckStorageRange(const std::vector<Trace>& traces, Storage s) {
                         " storage range (|x| <= " + std::to_string(limit) +
                         "); use --storage f32");
           }
+      }
 }
 
 int RunBench(const BenchOptions& opt) {
   std::string source;
   const std::vector<Trace> traces = LoadWorkload(opt.workload, &source);
-  CheckStorageRange(traces, opt.base.storage);
+  CheckStorageRange(traces, opt.base);
   for (const Trace& t : traces) {
     if (t.dk != traces[0].dk || t.dv != traces[0].dv) {
       throw Error("all traces of a set must share head dimensions");
@@ -281,6 +284,15 @@ int RunBench(const BenchOptions& opt) {
       opt.threads > 0 ? opt.threads : int(tbb::info::default_concurrency());
   tbb::task_arena pool(threads);
   const bool table = !opt.json && !opt.csv;
+  SketchConfig with_dims = opt.base;
+  with_dims.dk = traces[0].dk;
+  with_dims.dv = traces[0].dv;
+  const std::string storage_label =
+      StorageLabel(opt.base.storage_k, opt.base.storage_v) +
+      (RotatedSide(opt.base.storage_k, with_dims.dk, opt.base.rotate) ||
+               RotatedSide(opt.base.storage_v, with_dims.dv, opt.base.rotate)
+           ? "+rot"
+           : "");
   if (table) {
     const Trace& t0 = traces[0];
     fmt::print(
@@ -291,7 +303,7 @@ int RunBench(const BenchOptions& opt) {
         "tokens)\n",
         CpuModel(), ChosenTargetName(), threads, source, t0.dk, t0.dv,
         t0.n_heads, t0.n_kv_heads, t0.layers, t0.seq, opt.base.sinks,
-        opt.base.seed, StorageName(opt.base.storage));
+        opt.base.seed, StorageSummary(with_dims));
   }
   if (!opt.csv) PrintNorms(traces, opt.json);
   if (opt.csv) {
@@ -340,11 +352,11 @@ int RunBench(const BenchOptions& opt) {
       pool.execute([&] {
         tbb::parallel_for(size_t(0), units.size(), [&](size_t i) {
           diag[i] =
-              SplitDiagnose(units[i], budget, opt.base.sinks, opt.base.storage);
+              SplitDiagnose(units[i], budget, opt.base.sinks, opt.base);
         });
       });
-      unit_tokens =
-          AdaptiveBudgetSplit(diag, budget, opt.base.sinks, opt.base.storage);
+      unit_tokens = AdaptiveBudgetSplit(diag, budget, opt.base.sinks, opt.base,
+                                        traces[0].dk, traces[0].dv);
     }
     for (Method m : methods) {
       SketchConfig base = opt.base;
@@ -403,7 +415,7 @@ int RunBench(const BenchOptions& opt) {
           if (ch == ',' || ch == '"' || ch == '\n') ch = ' ';
         fmt::print(
             "{},{},{},{},{},{},{},{:.2f},{},{},{},{:.1f},{:.1f},{},{:.4f},{}\n",
-            source, opt.budget_split, StorageName(opt.base.storage),
+            source, opt.budget_split, storage_label,
             MethodName(m), budget, bb, used, ret, JsonNum(mean), JsonNum(p50),
             JsonNum(p95), ans, qns, positions, wall_s, err);
       } else if (opt.json) {
@@ -414,7 +426,7 @@ int RunBench(const BenchOptions& opt) {
             "\"p50_rel_err\":{},\"p95_rel_err\":{},"
             "\"append_ns_per_token\":{:.1f},\"attend_ns_per_query\":{:.1f},"
             "\"positions\":{},\"wall_s\":{:.4f}{}}}\n",
-            MethodName(m), StorageName(opt.base.storage), budget, bb, used, ret,
+            MethodName(m), storage_label, budget, bb, used, ret,
             JsonNum(mean), JsonNum(p50), JsonNum(p95), ans, qns, positions,
             wall_s, failure.empty() ? "" : ",\"error\":\"" + failure + "\"");
       } else if (!failure.empty()) {

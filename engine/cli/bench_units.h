@@ -49,7 +49,7 @@ std::vector<Trace> LoadWorkload(const Workload& w, std::string* source);
 double Quantile(std::vector<double> v, double q);
 // Keys or values a storage type cannot hold (beyond +-65504 in f16) are a
 // clear error instead of infinities in every sketch.
-void CheckStorageRange(const std::vector<Trace>& traces, Storage s);
+void CheckStorageRange(const std::vector<Trace>& traces, const SketchConfig& c);
 
 }  // namespace bench
 }  // namespace kvsketch

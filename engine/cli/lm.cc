@@ -17,6 +17,7 @@
 #include "engine/cli/machine.h"
 #include "engine/io/file.h"
 #include "engine/lm/llama2c.h"
+#include "engine/sketch/sketch.h"  // StorageSummary
 #include "fmt/core.h"
 #include "kvsketch/error.h"
 
@@ -38,11 +39,28 @@ SessionConfig Compressed(const LlamaWeights& w, const LmOptions& o) {
     s.budget_tokens_per_head = o.budget_tokens;
   }
   s.storage = o.storage;
+  s.storage_k = o.storage_k;
+  s.storage_v = o.storage_v;
+  s.rotate = o.rotate;
   s.sinks = o.sinks;
   s.window = o.window;
   s.threads = o.threads;
   s.seed = o.seed;
   return s;
+}
+
+// Short ("q8/q4+rot") and long (with bits per element) labels of the rows.
+std::pair<std::string, std::string> RowsConfig(const SessionConfig& s,
+                                               size_t head_dim) {
+  SketchConfig c;
+  c.storage_k = ParseStorage(s.storage_k.empty() ? s.storage : s.storage_k);
+  c.storage_v = ParseStorage(s.storage_v.empty() ? s.storage : s.storage_v);
+  c.rotate = s.rotate;
+  c.dk = c.dv = head_dim;
+  const bool rot = RotatedSide(c.storage_k, c.dk, c.rotate) ||
+                   RotatedSide(c.storage_v, c.dv, c.rotate);
+  return {StorageLabel(c.storage_k, c.storage_v) + (rot ? "+rot" : ""),
+          StorageSummary(c)};
 }
 
 SessionConfig Full(const LlamaWeights& w, const LmOptions& o) {
@@ -116,7 +134,7 @@ int Eval(const LmOptions& o, const LlamaWeights& w, const Tokenizer& tok) {
         o.threads > 0 ? o.threads : int(tbb::info::default_concurrency()),
         w.cfg.dim, w.cfg.layers, w.cfg.n_heads, w.cfg.n_kv_heads,
         w.cfg.head_dim(), V, ctx, o.eval, tokens.size(), windows.size(),
-        comp_cfg.method, comp_cfg.storage,
+        comp_cfg.method, RowsConfig(comp_cfg, w.cfg.head_dim()).second,
         o.budget_bytes ? std::to_string(o.budget_bytes) + " B"
                        : std::to_string(o.budget_tokens) + " tokens");
     fmt::print(
@@ -189,7 +207,7 @@ int Eval(const LmOptions& o, const LlamaWeights& w, const Tokenizer& tok) {
         "method,storage,budget_tokens,budget_bytes,tokens,ppl_full,ppl,kl_mean,"
         "kl_p99,top1_agree,tokens_per_s,tokens_per_s_full,threads\n{},{},{},{},"
         "{},{:.6f},{:.6f},{:.6g},{:.6g},{:.6f},{:.1f},{:.1f},{}\n",
-        comp_cfg.method, comp_cfg.storage, o.budget_bytes ? 0 : o.budget_tokens,
+        comp_cfg.method, RowsConfig(comp_cfg, w.cfg.head_dim()).first, o.budget_bytes ? 0 : o.budget_tokens,
         o.budget_bytes, total_tokens, ppl_full, ppl, kl_mean, kl_p99,
         double(agree) / double(predicted), tps, tps_full,
         o.threads > 0 ? o.threads : int(tbb::info::default_concurrency()));
@@ -201,7 +219,7 @@ int Eval(const LmOptions& o, const LlamaWeights& w, const Tokenizer& tok) {
         "\"kl_mean\":{:.6g},\"kl_p99\":{:.6g},\"top1_agree\":{:.6f},"
         "\"tokens_per_s\":{:.1f},\"tokens_per_s_full\":{:.1f},"
         "\"state_bytes\":{},\"peak_rss_bytes\":{}}}\n",
-        comp_cfg.method, comp_cfg.storage, o.budget_bytes ? 0 : o.budget_tokens,
+        comp_cfg.method, RowsConfig(comp_cfg, w.cfg.head_dim()).first, o.budget_bytes ? 0 : o.budget_tokens,
         o.budget_bytes, total_tokens, predicted, ppl_full, ppl, kl_mean, kl_p99,
         double(agree) / double(predicted), tps, tps_full, state_bytes,
         PeakRssBytes());

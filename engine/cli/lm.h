@@ -22,6 +22,8 @@ struct LmOptions {
   size_t budget_tokens = 128;
   size_t budget_bytes = 0;  // per KV head, alternative to budget_tokens
   std::string storage = "f16";
+  std::string storage_k, storage_v;  // empty: `storage`
+  bool rotate = true;
   size_t sinks = 4;
   long window = -1;
   int threads = 0;

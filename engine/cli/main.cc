@@ -57,11 +57,31 @@ size_t ParseBytes(const std::string& text) {
   return size_t(value * mult);
 }
 
-Storage ParseStorage(const std::string& s) {
-  if (s == "f32") return Storage::kF32;
-  if (s == "f16") return Storage::kF16;
-  if (s == "bf16") return Storage::kBF16;
-  throw Error("storage '" + s + "' is not f32, f16 or bf16");
+// --storage / --storage-k / --storage-v / --rotate.
+struct StorageFlags {
+  std::string all = "f16", k, v, rotate = "on";
+  Storage K() const { return ParseStorage(k.empty() ? all : k); }
+  Storage V() const { return ParseStorage(v.empty() ? all : v); }
+  void ApplyTo(SketchConfig& c) const {
+    c.storage_k = K();
+    c.storage_v = V();
+    CheckStoragePair(c.storage_k, c.storage_v);
+    c.rotate = rotate == "on";
+  }
+};
+
+void AddStorageOptions(CLI::App* c, StorageFlags& f) {
+  c->add_option("--storage", f.all,
+                "rows of keys and values: f16, f32, bf16, q8, q4 or q4a")
+      ->capture_default_str();
+  c->add_option("--storage-k", f.k, "storage of the keys (default: --storage)");
+  c->add_option("--storage-v", f.v,
+                "storage of the values (default: --storage)");
+  c->add_option("--rotate", f.rotate,
+                "Hadamard rotation of quantized rows of a power-of-two head "
+                "dimension: on or off")
+      ->check(CLI::IsMember({"on", "off"}))
+      ->capture_default_str();
 }
 
 // --trace / --synthetic / --length / --kv-heads of bench, analyze, oracle.
@@ -124,7 +144,8 @@ int main(int argc, char** argv) {
   speed->add_option("--reps", speed_opt.reps, "repetitions (median)")
       ->check(CLI::PositiveNumber);
   kvsketch::BenchOptions bench_opt;
-  std::string budget_bytes_text, storage = "f16";
+  std::string budget_bytes_text;
+  kvsketch::StorageFlags bench_storage;
   auto* bench = app.add_subcommand(
       "bench", "accuracy, memory and speed of the sketches under a budget");
   kvsketch::AddWorkloadOptions(bench, bench_opt.workload);
@@ -149,8 +170,7 @@ int main(int argc, char** argv) {
           "--window-share", bench_opt.base.window_share,
           "default window as a share of the budget (-1: method default)")
       ->capture_default_str();
-  bench->add_option("--storage", storage, "f16, f32 or bf16")
-      ->capture_default_str();
+  kvsketch::AddStorageOptions(bench, bench_storage);
   bench
       ->add_option("--block", bench_opt.base.block,
                    "balance: items per halving")
@@ -201,16 +221,15 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   analyze->add_option("--sinks", an_opt.base.sinks, "exact first tokens")
       ->capture_default_str();
-  std::string an_storage = "f16";
-  analyze->add_option("--storage", an_storage, "f16, f32 or bf16")
-      ->capture_default_str();
+  kvsketch::StorageFlags an_storage;
+  kvsketch::AddStorageOptions(analyze, an_storage);
   analyze->add_option("--eval-max", an_opt.eval_max, "positions per head")
       ->check(kvsketch::AtLeastOne())
       ->capture_default_str();
   analyze->add_option("--threads", an_opt.threads, "threads (0 = all cores)");
   analyze->add_flag("--json", an_opt.json, "one JSON object per line");
   kvsketch::OracleOptions or_opt;
-  std::string or_storage = "f16";
+  kvsketch::StorageFlags or_storage;
   auto* oracle = app.add_subcommand(
       "oracle",
       "clairvoyant eviction (knows every future query) vs sinks + window: "
@@ -223,10 +242,7 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   oracle->add_option("--sinks", or_opt.sinks, "exact first tokens")
       ->capture_default_str();
-  oracle
-      ->add_option("--storage", or_storage,
-                   "f16, f32 or bf16 (decides the tokens a budget holds)")
-      ->capture_default_str();
+  kvsketch::AddStorageOptions(oracle, or_storage);  // the tokens a budget holds
   oracle->add_option("--eval-max", or_opt.eval_max, "positions per head")
       ->check(kvsketch::AtLeastOne())
       ->capture_default_str();
@@ -257,8 +273,8 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   lm->add_option("--budget", lm_budget_text,
                  "budget in bytes per KV head, e.g. 4KiB");
-  lm->add_option("--storage", lm_opt.storage, "f16, f32 or bf16")
-      ->capture_default_str();
+  kvsketch::StorageFlags lm_storage;
+  kvsketch::AddStorageOptions(lm, lm_storage);
   lm->add_option("--sinks", lm_opt.sinks, "exact first tokens")
       ->capture_default_str();
   lm->add_option("--window", lm_opt.window, "exact recent tokens (-1: default)")
@@ -279,15 +295,15 @@ int main(int argc, char** argv) {
       if (!budget_bytes_text.empty()) {
         bench_opt.budget_bytes = kvsketch::ParseBytes(budget_bytes_text);
       }
-      bench_opt.base.storage = kvsketch::ParseStorage(storage);
+      bench_storage.ApplyTo(bench_opt.base);
       return kvsketch::RunBench(bench_opt);
     }
     if (analyze->parsed()) {
-      an_opt.base.storage = kvsketch::ParseStorage(an_storage);
+      an_storage.ApplyTo(an_opt.base);
       return kvsketch::RunAnalyze(an_opt);
     }
     if (oracle->parsed()) {
-      or_opt.storage = kvsketch::ParseStorage(or_storage);
+      or_storage.ApplyTo(or_opt.rows);
       return kvsketch::RunOracle(or_opt);
     }
     if (lm->parsed()) {
@@ -295,6 +311,10 @@ int main(int argc, char** argv) {
         lm_opt.budget_bytes = kvsketch::ParseBytes(lm_budget_text);
       }
       lm_opt.prompt_set = prompt_opt->count() > 0;
+      lm_opt.storage = lm_storage.all;
+      lm_opt.storage_k = lm_storage.k;
+      lm_opt.storage_v = lm_storage.v;
+      lm_opt.rotate = lm_storage.rotate == "on";
       return kvsketch::RunLm(lm_opt);
     }
     if (targets->parsed()) return kvsketch::RunTargets();

@@ -118,10 +118,12 @@ int RunOracle(const OracleOptions& opt) {
         "## kvsketch oracle\n\nmachine: {} | workload: {} | sinks: {} | "
         "storage: {}\n\n| budget tokens | held tokens | window | clairvoyant "
         "eviction | ratio |\n|---|---|---|---|---|\n",
-        CpuModel(), source, opt.sinks, StorageName(opt.storage));
+        CpuModel(), source, opt.sinks,
+        StorageLabel(opt.rows.storage_k, opt.rows.storage_v));
   }
   for (size_t budget : opt.budgets) {
-    const size_t held = HeldTokens(budget, opt.storage);
+    const size_t held =
+        HeldTokens(budget, opt.rows, traces[0].dk, traces[0].dv);
     if (held <= opt.sinks) throw Error("oracle: budget holds only the sinks");
     std::vector<OracleErrors> res(units.size());
     pool.execute([&] {
@@ -143,7 +145,8 @@ int RunOracle(const OracleOptions& opt) {
       fmt::print(
           "{{\"budget_tokens\":{},\"held_tokens\":{},\"storage\":\"{}\","
           "\"window\":{},\"clairvoyant\":{},\"ratio\":{}}}\n",
-          budget, held, StorageName(opt.storage), bench::JsonNum(w),
+          budget, held, StorageLabel(opt.rows.storage_k, opt.rows.storage_v),
+          bench::JsonNum(w),
           bench::JsonNum(c), bench::JsonNum(c / w));
     } else {
       fmt::print("| {} | {} | {:.4f} | {:.4f} | {:.2f} |\n", budget, held, w, c,

@@ -17,7 +17,12 @@ struct OracleOptions {
   std::vector<size_t> budgets = {32, 64, 128};
   size_t sinks = 4;
   size_t eval_max = 512;
-  Storage storage = Storage::kF16;  // decides the held tokens of a budget
+  // Row storages (storage_k, storage_v): decide the held tokens of a budget.
+  SketchConfig rows = [] {
+    SketchConfig c;
+    c.storage_k = c.storage_v = Storage::kF16;
+    return c;
+  }();
   int threads = 0;
   bool json = false;
 };

@@ -22,13 +22,6 @@ namespace kvsketch {
 
 namespace {
 
-Storage ParseStorageName(const std::string& s) {
-  if (s == "f32") return Storage::kF32;
-  if (s == "f16") return Storage::kF16;
-  if (s == "bf16") return Storage::kBF16;
-  throw Error("storage '" + s + "' is not f32, f16 or bf16");
-}
-
 void CheckFinite(const float* x, size_t n, const char* what, size_t layer,
                  Storage storage = Storage::kF32) {
   const float limit = InputMaxAbs(storage);
@@ -133,7 +126,10 @@ struct Session::Impl {
     base.dv = c.dv;
     base.scale = c.scale > 0 ? c.scale : 1.0f / std::sqrt(float(c.dk));
     if (!std::isfinite(base.scale)) throw Error("scale must be finite");
-    base.storage = ParseStorageName(c.storage);
+    base.storage_k = ParseStorage(c.storage_k.empty() ? c.storage : c.storage_k);
+    base.storage_v = ParseStorage(c.storage_v.empty() ? c.storage : c.storage_v);
+    CheckStoragePair(base.storage_k, base.storage_v);
+    base.rotate = c.rotate;
     base.seed = c.seed;
     base.sinks = c.sinks;
     base.window = c.window;
@@ -300,8 +296,9 @@ struct Session::Impl {
       throw Error("append: " + std::to_string(n) +
                   " tokens overflow the address space");
     }
-    CheckFinite(k, n * cfg.n_kv_heads * cfg.dk, "keys", layer, base.storage);
-    CheckFinite(v, n * cfg.n_kv_heads * cfg.dv, "values", layer, base.storage);
+    CheckFinite(k, n * cfg.n_kv_heads * cfg.dk, "keys", layer, base.storage_k);
+    CheckFinite(v, n * cfg.n_kv_heads * cfg.dv, "values", layer,
+                base.storage_v);
     for (size_t h = 0; h < cfg.n_kv_heads; ++h) {
       if (At(layer, h).tokens_left() < n) {
         throw BudgetError("append: head " + std::to_string(h) + " of layer " +

@@ -100,7 +100,8 @@ std::string ConfigFingerprint(const SessionConfig& c) {
     << " dk=" << c.dk << " dv=" << c.dv << " scale=" << c.scale
     << " method=" << c.method << " budget=" << c.budget_bytes << "/"
     << c.budget_bytes_per_head << "/" << c.budget_tokens_per_head
-    << " storage=" << c.storage;
+    << " storage=" << c.storage << "/" << c.storage_k << "/" << c.storage_v
+    << " rotate=" << c.rotate;
   // Results do not depend on the thread count, and neither does the state
   // under per-head budgets: a state saved with 8 threads loads with 1. A
   // total budget also pays for the per-thread scratch, so there the

@@ -142,7 +142,7 @@ class BalanceSketch final : public Sketch {
 size_t BalanceWorkspaceFloats(const SketchConfig& c) {
   const size_t ks = PaddedCols(c.dk), vs = PaddedCols(c.dv);
   // Attend: scores of every pool item for every query of the group.
-  const size_t items = c.budget_bytes / ((ks + vs) * StorageBytes(c.storage));
+  const size_t items = c.budget_bytes / StateRowBytes(c);
   const size_t attend = (c.max_group + 1) * items + 16;
   const size_t compact = Coreset::WorkspaceFloats(c.block, ks, vs);
   return (attend > compact ? attend : compact) + 64;

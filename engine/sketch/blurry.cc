@@ -17,8 +17,7 @@ namespace kvsketch {
 namespace {
 
 size_t SlotCapacity(const SketchConfig& c, size_t bytes) {
-  const size_t ks = PaddedCols(c.dk), vs = PaddedCols(c.dv);
-  const size_t row = (ks + vs) * StorageBytes(c.storage);
+  const size_t row = StateRowBytes(c);
   const size_t slack = 4 * Arena::kCarveAlign;
   return bytes > slack ? (bytes - slack) / (row + 4) : 0;
 }

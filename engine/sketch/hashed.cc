@@ -313,7 +313,7 @@ class HashedSketch final : public Sketch {
 size_t HashedWorkspaceFloats(const SketchConfig& c) {
   const size_t ks = PaddedCols(c.dk), vs = PaddedCols(c.dv);
   // Attend: per-item shifts over the whole coreset (bounded by the budget).
-  const size_t items = c.budget_bytes / ((ks + vs) * StorageBytes(c.storage));
+  const size_t items = c.budget_bytes / StateRowBytes(c);
   const size_t attend =
       3 * items + kMaxCells + vs + Moments::WorkspaceFloats(c.dk, 1);
   const size_t cs = Coreset::WorkspaceFloats(c.block, ks, vs, kMaxCells);

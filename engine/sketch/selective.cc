@@ -65,9 +65,8 @@ size_t MaxCandidates(const SketchConfig& c) {
 // aligned as the arena carves it).
 size_t PoolBytes(const SketchConfig& c, size_t cap, size_t probes) {
   if (cap == 0) return 0;
-  const size_t ks = PaddedCols(c.dk), vs = PaddedCols(c.dv);
-  const size_t eb = StorageBytes(c.storage);
-  size_t b = Arena::Aligned(cap * ks * eb) + Arena::Aligned(cap * vs * eb) +
+  size_t b = Arena::Aligned(cap * StorageRowBytes(c.storage_k, c.dk)) +
+             Arena::Aligned(cap * StorageRowBytes(c.storage_v, c.dv)) +
              Arena::Aligned(cap * ItemMeta(c));
   if (probes)
     b += Arena::Aligned(probes * c.dk * 2) + Arena::Aligned(probes * 4);
@@ -77,8 +76,7 @@ size_t PoolBytes(const SketchConfig& c, size_t cap, size_t probes) {
 // Items of the pool for a budget: the most whose rows, metadata and probes
 // fit exactly.
 size_t PoolCapacity(const SketchConfig& c, size_t bytes, size_t probes) {
-  const size_t ks = PaddedCols(c.dk), vs = PaddedCols(c.dv);
-  const size_t row = (ks + vs) * StorageBytes(c.storage) + ItemMeta(c);
+  const size_t row = StateRowBytes(c) + ItemMeta(c);
   size_t cap = bytes / row;
   while (cap > 0 && PoolBytes(c, cap, probes) > bytes) --cap;
   return cap;
@@ -599,7 +597,7 @@ class SelectiveSketch final : public Sketch {
 size_t SelectiveWorkspaceFloats(const SketchConfig& c) {
   auto up = [](size_t x) { return (x + 15) / 16 * 16; };
   const size_t ks = PaddedCols(c.dk), vs = PaddedCols(c.dv);
-  const size_t rows = c.budget_bytes / ((ks + vs) * StorageBytes(c.storage));
+  const size_t rows = c.budget_bytes / StateRowBytes(c);
   const size_t P0 = ProbeCount(c, rows);
   const size_t cap = PoolCapacity(c, c.budget_bytes, P0);
   const size_t P = P0 * (c.rope_theta > 0.0f ? kHorizonCount : 1);

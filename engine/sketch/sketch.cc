@@ -1,11 +1,13 @@
 #include "engine/sketch/sketch.h"
 
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <limits>
 
 #include "arch/attend.h"      // AttendGroup, MergePartials
 #include "arch/convert.h"     // ConvertRow
+#include "arch/quant.h"       // EncodeRow, DecodeRow, HadamardRows
 #include "arch/targets.h"     // PaddedCols
 #include "engine/io/trace.h"  // ValidateRope
 #include "engine/sketch/methods.h"
@@ -52,42 +54,94 @@ Method ParseMethod(const std::string& name) {
               "h2o, tova, risk, blurry)");
 }
 
+Storage ParseStorage(const std::string& name) {
+  for (size_t i = 0; i < kStorageCount; ++i) {
+    if (name == StorageName(Storage(i))) return Storage(i);
+  }
+  throw Error("unknown storage '" + name +
+              "' (known: f32, f16, bf16, q8, q4, q4a)");
+}
+
+void CheckStoragePair(Storage k, Storage v) {
+  if (!SupportedViewPair(k, v)) {
+    throw Error(std::string("storage: keys ") + StorageName(k) +
+                " with values " + StorageName(v) +
+                " is not supported (keys and values must use the same "
+                "storage, or both one of f16, q8, q4, q4a)");
+  }
+}
+
+std::string StorageSummary(const SketchConfig& c) {
+  char bits[64];
+  const double bk = StorageBits(c.storage_k, c.dk),
+               bv = StorageBits(c.storage_v, c.dv);
+  if (c.storage_k == c.storage_v && bk == bv) {
+    std::snprintf(bits, sizeof(bits), "%.2f", bk);
+  } else {
+    std::snprintf(bits, sizeof(bits), "%.2f/%.2f", bk, bv);
+  }
+  const bool rk = RotatedSide(c.storage_k, c.dk, c.rotate),
+             rv = RotatedSide(c.storage_v, c.dv, c.rotate);
+  return StorageLabel(c.storage_k, c.storage_v) + " (" + bits +
+         " bits per element" +
+         (rk || rv ? std::string(rk && rv ? ", rotated" : (rk ? ", keys rotated" : ", values rotated"))
+                   : "") +
+         ")";
+}
+
 // ---------------------------------------------------------------- Rows
 
 RowsView RowStore::KView(size_t begin, size_t n) const {
   RowsView r;
-  r.data = k + begin * ks * eb;
+  r.data = k + begin * kb;
   r.rows = n;
   r.cols = dk;
   r.stride = ks;
-  r.type = type;
+  r.type = tk;
+  r.rotated = krot;
   return r;
 }
 
 RowsView RowStore::VView(size_t begin, size_t n) const {
   RowsView r;
-  r.data = v + begin * vs * eb;
+  r.data = v + begin * vb;
   r.rows = n;
   r.cols = dv;
   r.stride = vs;
-  r.type = type;
+  r.type = tv;
+  r.rotated = vrot;
   return r;
 }
 
+namespace {
+void PutRow(const float* x, size_t cols, Storage type, bool rot, uint8_t* dst) {
+  if (!rot) return EncodeRow(x, cols, type, dst);
+  float tmp[kMaxHeadDim];
+  std::memcpy(tmp, x, cols * sizeof(float));
+  HadamardRows(tmp, 1, cols, cols);
+  EncodeRow(tmp, cols, type, dst);
+}
+void GetRow(Storage type, bool rot, const uint8_t* src, size_t cols,
+            float* x) {
+  DecodeRow(type, src, cols, x);
+  if (rot) HadamardRows(x, 1, cols, cols);
+}
+}  // namespace
+
 void RowStore::Put(size_t i, const float* kr, const float* vr) const {
-  ConvertRow(kr, type, k + i * ks * eb, ks);
-  ConvertRow(vr, type, v + i * vs * eb, vs);
+  PutRow(kr, dk, tk, krot, k + i * kb);
+  PutRow(vr, dv, tv, vrot, v + i * vb);
 }
 
 void RowStore::Get(size_t i, float* kr, float* vr) const {
-  ConvertRowToF32(type, k + i * ks * eb, kr, ks);
-  ConvertRowToF32(type, v + i * vs * eb, vr, vs);
+  GetRow(tk, krot, k + i * kb, dk, kr);
+  GetRow(tv, vrot, v + i * vb, dv, vr);
 }
 
 void RowStore::Move(size_t dst, size_t src) const {
   if (dst == src) return;
-  std::memcpy(k + dst * ks * eb, k + src * ks * eb, ks * eb);
-  std::memcpy(v + dst * vs * eb, v + src * vs * eb, vs * eb);
+  std::memcpy(k + dst * kb, k + src * kb, kb);
+  std::memcpy(v + dst * vb, v + src * vb, vb);
 }
 
 // ---------------------------------------------------------------- staged
@@ -108,29 +162,35 @@ void StagedState::CheckRows(const RowStore& rows, size_t n, float limit,
                             const std::string& what) const {
   if (n == 0) return;
   if (n > rows.cap) InvalidState(what + " count");
-  const uint8_t* k = Where(rows.k, n * rows.ks * rows.eb);
-  const uint8_t* v = Where(rows.v, n * rows.vs * rows.eb);
+  const uint8_t* k = Where(rows.k, n * rows.kb);
+  const uint8_t* v = Where(rows.v, n * rows.vb);
   float buf[kMaxHeadDim + 64];
-  // Rows the methods derive (merges, means) may exceed the inputs' bound by
-  // a rounding error.
-  limit *= 1.0f + 1e-6f;
   for (int part = 0; part < 2; ++part) {
     const uint8_t* base = part ? v : k;
     const size_t cols = part ? rows.dv : rows.dk;
-    const size_t stride = part ? rows.vs : rows.ks;
+    const size_t rb = part ? rows.vb : rows.kb;
+    const Storage type = part ? rows.tv : rows.tk;
+    const bool quant = IsQuantized(type);
+    // Rows the methods derive (merges, means) may exceed the inputs' bound by
+    // a rounding error; quantized rows by their quantization error (less
+    // than the bound itself: docs/quantization.md).
+    const float lim = limit * (quant ? 2.0f : 1.0f + 1e-6f);
     for (size_t i = 0; i < n; ++i) {
-      // Copy out (the staged bytes may be unaligned), then convert.
+      // Copy out (the staged bytes may be unaligned), then decode.
       alignas(64) uint8_t raw[(kMaxHeadDim + 64) * 4];
-      std::memcpy(raw, base + i * stride * rows.eb, stride * rows.eb);
-      ConvertRowToF32(rows.type, raw, buf, stride);
-      for (size_t c = 0; c < stride; ++c) {
+      std::memcpy(raw, base + i * rb, rb);
+      GetRow(type, part ? rows.vrot : rows.krot, raw, cols, buf);
+      // Quantized padding is never read as data (the kernels' queries are
+      // zero there and the outputs' padding is discarded).
+      const size_t check = quant ? cols : PaddedCols(cols);
+      for (size_t c = 0; c < check; ++c) {
         const float x = buf[c];
-        if (c >= cols ? x != 0.0f : !(std::fabs(x) <= limit)) {
+        if (c >= cols ? x != 0.0f : !(std::fabs(x) <= lim)) {
           InvalidState(
               what + (part ? " value" : " key") + " row " + std::to_string(i) +
               " column " + std::to_string(c) +
               (c >= cols ? ": padding is not zero"
-                         : ": not finite or beyond " + std::to_string(limit)));
+                         : ": not finite or beyond " + std::to_string(lim)));
         }
       }
     }
@@ -162,9 +222,7 @@ void StagedState::CheckDoubles(const double* live, size_t n,
   CheckBounded(live, n, std::numeric_limits<double>::max(), what);
 }
 
-size_t Sketch::RowBytes(const SketchConfig& c) {
-  return (PaddedCols(c.dk) + PaddedCols(c.dv)) * StorageBytes(c.storage);
-}
+size_t Sketch::RowBytes(const SketchConfig& c) { return StateRowBytes(c); }
 
 RowStore Sketch::CarveRows(const std::string& what, size_t cap) {
   Rows r;
@@ -173,11 +231,15 @@ RowStore Sketch::CarveRows(const std::string& what, size_t cap) {
   r.dv = cfg_.dv;
   r.ks = ks_;
   r.vs = vs_;
-  r.eb = StorageBytes(cfg_.storage);
-  r.type = cfg_.storage;
+  r.kb = StorageRowBytes(cfg_.storage_k, cfg_.dk);
+  r.vb = StorageRowBytes(cfg_.storage_v, cfg_.dv);
+  r.tk = cfg_.storage_k;
+  r.tv = cfg_.storage_v;
+  r.krot = RotatedSide(cfg_.storage_k, cfg_.dk, cfg_.rotate);
+  r.vrot = RotatedSide(cfg_.storage_v, cfg_.dv, cfg_.rotate);
   if (cap == 0) return r;
-  r.k = arena_.CarveArray<uint8_t>(what + " keys", cap * ks_ * r.eb);
-  r.v = arena_.CarveArray<uint8_t>(what + " values", cap * vs_ * r.eb);
+  r.k = arena_.CarveArray<uint8_t>(what + " keys", cap * r.kb);
+  r.v = arena_.CarveArray<uint8_t>(what + " values", cap * r.vb);
   return r;
 }
 
@@ -268,7 +330,11 @@ std::string Sketch::Describe() const {
   return std::string(MethodName(cfg_.method)) +
          " sinks=" + std::to_string(cfg_.sinks) +
          " window=" + std::to_string(window_cap_) + " " +
-         StorageName(cfg_.storage);
+         StorageLabel(cfg_.storage_k, cfg_.storage_v) +
+         (cfg_.rotate && (IsQuantized(cfg_.storage_k) ||
+                          IsQuantized(cfg_.storage_v))
+              ? " rotated"
+              : "");
 }
 
 static double Norm(const float* x, size_t n) {

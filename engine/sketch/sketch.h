@@ -33,6 +33,10 @@ enum class Method : uint8_t {
 };
 const char* MethodName(Method m);
 Method ParseMethod(const std::string& name);  // throws Error on unknown names
+// f32, f16, bf16, q8, q4, q4a; throws Error naming the known ones.
+Storage ParseStorage(const std::string& name);
+// Throws Error unless keys and values may use these storages together.
+void CheckStoragePair(Storage k, Storage v);
 
 struct SketchConfig {
   Method method = Method::kBalance;
@@ -46,7 +50,12 @@ struct SketchConfig {
   // Default window as a share of the token budget (< 0: the method's
   // default, 0.5 for most, 0.25 for risk).
   float window_share = -1.0f;
-  Storage storage = Storage::kF32;
+  // Storage of keys and of values (any pair arch's SupportedViewPair
+  // takes), and whether quantized sides of a power-of-two width are stored
+  // Hadamard-rotated (docs/quantization.md).
+  Storage storage_k = Storage::kF32;
+  Storage storage_v = Storage::kF32;
+  bool rotate = true;
   uint64_t seed = 0;
   uint64_t stream = 0;   // (layer, head) key for the counter-based generator
   size_t max_group = 1;  // query heads answered per Attend call
@@ -117,6 +126,11 @@ class StagedState {
 // Throws IoError "state file: invalid <what>".
 [[noreturn]] void InvalidState(const std::string& what);
 
+// Bytes of one stored token (key row + value row in their storages).
+inline size_t StateRowBytes(const SketchConfig& c) {
+  return StorageRowBytes(c.storage_k, c.dk) + StorageRowBytes(c.storage_v, c.dv);
+}
+
 // Floats of per-thread scratch a sketch of this configuration needs.
 size_t WorkspaceFloats(const SketchConfig& c);
 
@@ -186,7 +200,11 @@ class Sketch {
   float QueryKeyRatio() const;
   static size_t RowBytes(const SketchConfig& c);
   // Largest |x| a stored key or value may hold (the input bound).
-  float RowLimit() const { return InputMaxAbs(cfg_.storage); }
+  float RowLimit() const {
+    return InputMaxAbs(cfg_.storage_k) < InputMaxAbs(cfg_.storage_v)
+               ? InputMaxAbs(cfg_.storage_k)
+               : InputMaxAbs(cfg_.storage_v);
+  }
 
   SketchConfig cfg_;
   Arena& arena_;
@@ -205,6 +223,16 @@ class Sketch {
   Rows sinks_, window_;
   size_t sinks_used_ = 0, window_cap_ = 0, window_used_ = 0, window_head_ = 0;
 };
+
+// "q8" for one storage, "q8/q4" for keys/values that differ.
+inline std::string StorageLabel(Storage k, Storage v) {
+  return k == v ? std::string(StorageName(k))
+                : std::string(StorageName(k)) + "/" + StorageName(v);
+}
+
+// "q8/q4 (8.50/4.50 bits per element, rotated)" for a configuration whose
+// dk / dv are set: what a report prints about the rows.
+std::string StorageSummary(const SketchConfig& c);
 
 // Token budget -> bytes: B * (dk + dv) * 4 (the bytes of B fp32 tokens).
 inline size_t BudgetBytesForTokens(size_t tokens, size_t dk, size_t dv) {

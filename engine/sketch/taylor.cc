@@ -250,7 +250,7 @@ class TaylorSketch final : public Sketch {
 size_t TaylorWorkspaceFloats(const SketchConfig& c) {
   const size_t ks = PaddedCols(c.dk), vs = PaddedCols(c.dv);
   const int t = c.degree > 2 ? 2 : (c.degree < 0 ? 0 : c.degree);
-  const size_t items = c.budget_bytes / ((ks + vs) * StorageBytes(c.storage));
+  const size_t items = c.budget_bytes / StateRowBytes(c);
   const size_t poly = Moments::WorkspaceFloats(c.dk, t);
   const size_t attend = 3 * items + vs + poly;
   const size_t append = ks + vs + poly;

@@ -43,8 +43,17 @@ struct SessionConfig {
   // Optional relative weights [layers][n_kv_heads] for splitting budget_bytes.
   std::vector<float> head_weights;
   // Element type of retained keys/values: f16 (default: half the bytes of
-  // f32 per token, so twice the tokens in a budget), f32, bf16.
+  // f32 per token, so twice the tokens in a budget), f32, bf16, or the
+  // quantized q8 (8.5 bits per element at head_dim >= 32), q4 (4.5), q4a
+  // (5; with an offset). `storage_k` / `storage_v` override it for keys /
+  // values (empty: `storage`); they must be equal or both among f16, q8, q4,
+  // q4a. See docs/quantization.md.
   std::string storage = "f16";
+  std::string storage_k, storage_v;
+  // Quantized keys / values of a power-of-two head dimension are stored
+  // multiplied by a normalised Walsh-Hadamard matrix (scores unchanged; the
+  // rotation spreads outliers across a group before quantizing).
+  bool rotate = true;
   int threads = 0;  // 0 = all cores
   uint64_t seed = 0;
   size_t sinks = 4;

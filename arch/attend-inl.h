@@ -1,0 +1,549 @@
+// Per-target attention kernels over rows in any storage, shared by
+// arch/attend.cc (float rows) and arch/attend_quant.cc (rows with a
+// quantized side). Include after hwy/highway.h, load-inl.h, rows-inl.h,
+// hwy/contrib/math/math-inl.h and taylor-inl.h.
+
+#if defined(KVSKETCH_ARCH_ATTEND_INL_H_) == defined(HWY_TARGET_TOGGLE)
+#ifdef KVSKETCH_ARCH_ATTEND_INL_H_
+#undef KVSKETCH_ARCH_ATTEND_INL_H_
+#else
+#define KVSKETCH_ARCH_ATTEND_INL_H_
+#endif
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <type_traits>
+
+#include "arch/attend.h"
+#include "hwy/cache_control.h"
+#include "hwy/highway.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace kvsketch {
+namespace HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+// Rows per online-softmax tile: scores of a tile are computed, then its max,
+// then exp of the whole tile with vector Exp, then the value accumulation.
+constexpr size_t kTile = 16;
+// Software prefetch distance per stream (K and V), in bytes. The hardware
+// prefetcher alone left cold attend at ~0.75 of the read bandwidth on the
+// development machine (AMD EPYC, AVX3); prefetching every line of the tile
+// ~2 KiB ahead brought it to 0.75-1.0 (noisy VM) (see `kvsketch speed`).
+constexpr size_t kPrefetchBytes = 2048;
+
+// f16 bits -> f32 for the finite values a validated row holds (normals and
+// subnormals): the bits shifted into place, then rescaled by 2^112 (exact).
+HWY_INLINE float HalfAt(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  const uint32_t bits = uint32_t(h & 0x7FFFu) << 13;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  f *= 5.192296858534828e33f;  // 2^112
+  return (h & 0x8000u) ? -f : f;
+}
+
+// Float rows: `cols` is the valid columns rounded up to the tag's lanes.
+template <typename T>
+struct FloatRows {
+  const T* p;
+  size_t stride, cols;
+  size_t row_bytes() const { return stride * sizeof(T); }
+};
+
+// Quantized rows (q8, q4, q4a): `groups` blocks of `block` bytes per row.
+struct QuantRows {
+  const uint8_t* p;
+  size_t rowb, groups, group, block;
+  bool q8, asym;
+  size_t row_bytes() const { return rowb; }
+  const uint8_t* Block(size_t r, size_t j) const {
+    return p + r * rowb + j * block;
+  }
+  size_t code_offset() const { return asym ? 4 : 2; }
+};
+
+inline QuantRows MakeQuantRows(const RowsView& v) {
+  QuantRows r;
+  r.p = static_cast<const uint8_t*>(v.data);
+  r.rowb = v.row_bytes();
+  r.group = QuantGroup(v.cols);
+  r.groups = QuantCols(v.cols) / r.group;
+  r.block = QuantBlockBytes(v.type, r.group);
+  r.q8 = v.type == Storage::kQ8;
+  r.asym = v.type == Storage::kQ4A;
+  return r;
+}
+
+// Lanes that divide what one row side processes per step.
+template <typename T, class F>
+HWY_INLINE void WithTagFor(const FloatRows<T>& /*rows*/, const RowsView& v,
+                           const F& f) {
+  WithRowTag(v.stride, f);
+}
+template <class F>
+HWY_INLINE void WithTagFor(const QuantRows& rows, const RowsView& /*v*/,
+                           const F& f) {
+  WithRowTag(rows.q8 ? rows.group : rows.group / 2, f);
+}
+
+template <class D, typename TK>
+HWY_INLINE float DotRow(D d, const TK* HWY_RESTRICT k,
+                        const float* HWY_RESTRICT q, size_t cols) {
+  const size_t N = hn::Lanes(d);
+  auto s0 = hn::Zero(d);
+  auto s1 = hn::Zero(d);
+  size_t i = 0;
+  for (; i + 2 * N <= cols; i += 2 * N) {
+    s0 = hn::MulAdd(LoadF32(d, k + i), hn::LoadU(d, q + i), s0);
+    s1 = hn::MulAdd(LoadF32(d, k + i + N), hn::LoadU(d, q + i + N), s1);
+  }
+  if (i < cols) s0 = hn::MulAdd(LoadF32(d, k + i), hn::LoadU(d, q + i), s0);
+  return hn::GetLane(hn::SumOfLanes(d, hn::Add(s0, s1)));
+}
+
+// Exp of `n` <= kTile floats in place (tile buffer padded to kTile).
+HWY_INLINE float ExpTileSum(float* HWY_RESTRICT x, size_t n) {
+  const hn::CappedTag<float, 16> d;
+  const size_t N = hn::Lanes(d);
+  auto sum = hn::Zero(d);
+  for (size_t i = 0; i < kTile; i += N) {
+    const auto e = hn::Exp(d, hn::LoadU(d, x + i));
+    hn::StoreU(e, d, x + i);
+  }
+  for (size_t i = n; i < kTile; ++i) x[i] = 0.0f;  // unused rows weigh 0
+  for (size_t i = 0; i < kTile; i += N) sum = hn::Add(sum, hn::LoadU(d, x + i));
+  return hn::GetLane(hn::SumOfLanes(d, sum));
+}
+
+// Scores of rows [r0, r0 + rows) against one query (qsum: unused for float
+// rows). For the usual head dimensions (cols <= 8 vectors) the query stays
+// in registers, so each row costs only its own loads; otherwise a generic
+// loop.
+template <class D, typename TK>
+HWY_INLINE void ScoreTile(D d, const FloatRows<TK>& KR, size_t r0,
+                          const float* HWY_RESTRICT q,
+                          const float* HWY_RESTRICT /*qsum*/,
+                          const float* HWY_RESTRICT bias, size_t rows,
+                          float* HWY_RESTRICT s) {
+  const size_t N = hn::Lanes(d);
+  const size_t k_stride = KR.stride, kcols = KR.cols;
+  const TK* HWY_RESTRICT K = KR.p + r0 * k_stride;
+  if (kcols > 8 * N) {
+    for (size_t r = 0; r < rows; ++r) {
+      s[r] = DotRow(d, K + r * k_stride, q, kcols) + (bias ? bias[r] : 0.0f);
+    }
+    return;
+  }
+  const auto z = hn::Zero(d);
+  const auto q0 = hn::LoadU(d, q);
+  const auto q1 = kcols > 1 * N ? hn::LoadU(d, q + 1 * N) : z;
+  const auto q2 = kcols > 2 * N ? hn::LoadU(d, q + 2 * N) : z;
+  const auto q3 = kcols > 3 * N ? hn::LoadU(d, q + 3 * N) : z;
+  const auto q4 = kcols > 4 * N ? hn::LoadU(d, q + 4 * N) : z;
+  const auto q5 = kcols > 5 * N ? hn::LoadU(d, q + 5 * N) : z;
+  const auto q6 = kcols > 6 * N ? hn::LoadU(d, q + 6 * N) : z;
+  const auto q7 = kcols > 7 * N ? hn::LoadU(d, q + 7 * N) : z;
+  for (size_t r = 0; r < rows; ++r) {
+    const TK* HWY_RESTRICT k = K + r * k_stride;
+    auto a0 = hn::Mul(LoadF32(d, k), q0);
+    auto a1 = z;
+    if (kcols > 1 * N) a1 = hn::Mul(LoadF32(d, k + 1 * N), q1);
+    if (kcols > 2 * N) a0 = hn::MulAdd(LoadF32(d, k + 2 * N), q2, a0);
+    if (kcols > 3 * N) a1 = hn::MulAdd(LoadF32(d, k + 3 * N), q3, a1);
+    if (kcols > 4 * N) a0 = hn::MulAdd(LoadF32(d, k + 4 * N), q4, a0);
+    if (kcols > 5 * N) a1 = hn::MulAdd(LoadF32(d, k + 5 * N), q5, a1);
+    if (kcols > 6 * N) a0 = hn::MulAdd(LoadF32(d, k + 6 * N), q6, a0);
+    if (kcols > 7 * N) a1 = hn::MulAdd(LoadF32(d, k + 7 * N), q7, a1);
+    s[r] = hn::GetLane(hn::SumOfLanes(d, hn::Add(a0, a1))) +
+           (bias ? bias[r] : 0.0f);
+  }
+}
+
+// Codes of a q8 group as f32 lanes [i, i + Lanes).
+template <class D>
+HWY_INLINE hn::Vec<D> LoadQ8(D d, const uint8_t* HWY_RESTRICT codes,
+                             size_t i) {
+  const hn::Rebind<int8_t, D> di8;
+  const hn::Rebind<int32_t, D> di;
+  return hn::ConvertTo(
+      d, hn::PromoteTo(di, hn::LoadU(di8, reinterpret_cast<const int8_t*>(
+                                              codes + i))));
+}
+// Codes of a q4 group's bytes [i, i + Lanes) as the low nibbles (elements
+// i..) and high nibbles (elements half + i..), widened to i32.
+template <class D>
+HWY_INLINE hn::Vec<hn::Rebind<int32_t, D>> LoadQ4Bytes(
+    D /*d*/, const uint8_t* HWY_RESTRICT codes, size_t i) {
+  const hn::Rebind<uint8_t, D> du8;
+  const hn::Rebind<uint32_t, D> du;
+  const hn::Rebind<int32_t, D> di;
+  return hn::BitCast(di, hn::PromoteTo(du, hn::LoadU(du8, codes + i)));
+}
+
+// Quantized keys: per group, the dot of the codes with the query times the
+// group's scale, plus offset * (sum of the query over the group).
+template <class D>
+HWY_INLINE void ScoreTile(D d, const QuantRows& KR, size_t r0,
+                          const float* HWY_RESTRICT q,
+                          const float* HWY_RESTRICT qsum,
+                          const float* HWY_RESTRICT bias, size_t rows,
+                          float* HWY_RESTRICT s) {
+  const size_t N = hn::Lanes(d);
+  const hn::Rebind<int32_t, D> di;
+  const size_t g = KR.group, half = g / 2;
+  for (size_t r = 0; r < rows; ++r) {
+    auto acc = hn::Zero(d);
+    float off = 0.0f;
+    for (size_t j = 0; j < KR.groups; ++j) {
+      const uint8_t* blk = KR.Block(r0 + r, j);
+      const uint8_t* codes = blk + KR.code_offset();
+      const float* HWY_RESTRICT qg = q + j * g;
+      const float sc = HalfAt(blk);
+      auto p0 = hn::Zero(d);
+      auto p1 = hn::Zero(d);
+      if (KR.q8) {
+        size_t i = 0;
+        for (; i + 2 * N <= g; i += 2 * N) {
+          p0 = hn::MulAdd(LoadQ8(d, codes, i), hn::LoadU(d, qg + i), p0);
+          p1 = hn::MulAdd(LoadQ8(d, codes, i + N), hn::LoadU(d, qg + i + N),
+                          p1);
+        }
+        if (i < g) p0 = hn::MulAdd(LoadQ8(d, codes, i), hn::LoadU(d, qg + i), p0);
+      } else {
+        const auto mask = hn::Set(di, 0xF);
+        for (size_t i = 0; i < half; i += N) {
+          const auto b = LoadQ4Bytes(d, codes, i);
+          p0 = hn::MulAdd(hn::ConvertTo(d, hn::And(b, mask)),
+                          hn::LoadU(d, qg + i), p0);
+          p1 = hn::MulAdd(hn::ConvertTo(d, hn::ShiftRight<4>(b)),
+                          hn::LoadU(d, qg + half + i), p1);
+        }
+        off += (KR.asym ? HalfAt(blk + 2) : -8.0f * sc) * qsum[j];
+      }
+      acc = hn::MulAdd(hn::Set(d, sc), hn::Add(p0, p1), acc);
+    }
+    s[r] = hn::GetLane(hn::SumOfLanes(d, acc)) + off + (bias ? bias[r] : 0.0f);
+  }
+}
+
+// acc[0, cols) += sum_r p[r] * V[r0 + r]: the accumulator stays in registers
+// for the whole tile (two vectors at a time), V rows come from L1.
+template <class D, typename TV>
+HWY_INLINE void AccumulateTile(D d, const FloatRows<TV>& VR, size_t r0,
+                               const float* HWY_RESTRICT p, size_t rows,
+                               float* HWY_RESTRICT acc) {
+  const size_t N = hn::Lanes(d);
+  const size_t v_stride = VR.stride, vcols = VR.cols;
+  const TV* HWY_RESTRICT V = VR.p + r0 * v_stride;
+  size_t c = 0;
+  for (; c + 2 * N <= vcols; c += 2 * N) {
+    auto a0 = hn::LoadU(d, acc + c);
+    auto a1 = hn::LoadU(d, acc + c + N);
+    for (size_t r = 0; r < rows; ++r) {
+      const auto pr = hn::Set(d, p[r]);
+      a0 = hn::MulAdd(pr, LoadF32(d, V + r * v_stride + c), a0);
+      a1 = hn::MulAdd(pr, LoadF32(d, V + r * v_stride + c + N), a1);
+    }
+    hn::StoreU(a0, d, acc + c);
+    hn::StoreU(a1, d, acc + c + N);
+  }
+  if (c < vcols) {
+    auto a0 = hn::LoadU(d, acc + c);
+    for (size_t r = 0; r < rows; ++r) {
+      a0 = hn::MulAdd(hn::Set(d, p[r]), LoadF32(d, V + r * v_stride + c), a0);
+    }
+    hn::StoreU(a0, d, acc + c);
+  }
+}
+
+// Quantized values: per group, the weights p[r] * scale enter the codes and
+// sum_r p[r] * offset is added to every element of the group once per tile.
+template <class D>
+HWY_INLINE void AccumulateTile(D d, const QuantRows& VR, size_t r0,
+                               const float* HWY_RESTRICT p, size_t rows,
+                               float* HWY_RESTRICT acc) {
+  const size_t N = hn::Lanes(d);
+  const hn::Rebind<int32_t, D> di;
+  const size_t g = VR.group, half = g / 2;
+  HWY_ALIGN float w[kTile];
+  const uint8_t* codes[kTile];
+  for (size_t j = 0; j < VR.groups; ++j) {
+    float off = 0.0f;
+    for (size_t r = 0; r < rows; ++r) {
+      const uint8_t* blk = VR.Block(r0 + r, j);
+      const float sc = HalfAt(blk);
+      w[r] = p[r] * sc;
+      codes[r] = blk + VR.code_offset();
+      if (!VR.q8) off += p[r] * (VR.asym ? HalfAt(blk + 2) : -8.0f * sc);
+    }
+    float* HWY_RESTRICT a = acc + j * g;
+    if (VR.q8) {
+      size_t c = 0;
+      for (; c + 2 * N <= g; c += 2 * N) {
+        auto a0 = hn::LoadU(d, a + c);
+        auto a1 = hn::LoadU(d, a + c + N);
+        for (size_t r = 0; r < rows; ++r) {
+          const auto wr = hn::Set(d, w[r]);
+          a0 = hn::MulAdd(wr, LoadQ8(d, codes[r], c), a0);
+          a1 = hn::MulAdd(wr, LoadQ8(d, codes[r], c + N), a1);
+        }
+        hn::StoreU(a0, d, a + c);
+        hn::StoreU(a1, d, a + c + N);
+      }
+      if (c < g) {
+        auto a0 = hn::LoadU(d, a + c);
+        for (size_t r = 0; r < rows; ++r) {
+          a0 = hn::MulAdd(hn::Set(d, w[r]), LoadQ8(d, codes[r], c), a0);
+        }
+        hn::StoreU(a0, d, a + c);
+      }
+      continue;
+    }
+    const auto mask = hn::Set(di, 0xF);
+    const auto vo = hn::Set(d, off);
+    for (size_t c = 0; c < half; c += N) {
+      auto a0 = hn::Add(hn::LoadU(d, a + c), vo);
+      auto a1 = hn::Add(hn::LoadU(d, a + half + c), vo);
+      for (size_t r = 0; r < rows; ++r) {
+        const auto wr = hn::Set(d, w[r]);
+        const auto b = LoadQ4Bytes(d, codes[r], c);
+        a0 = hn::MulAdd(wr, hn::ConvertTo(d, hn::And(b, mask)), a0);
+        a1 = hn::MulAdd(wr, hn::ConvertTo(d, hn::ShiftRight<4>(b)), a1);
+      }
+      hn::StoreU(a0, d, a + c);
+      hn::StoreU(a1, d, a + half + c);
+    }
+  }
+}
+
+template <class KR>
+HWY_INLINE void PrefetchTile(const KR& rows, size_t r_ahead) {
+  const char* p = reinterpret_cast<const char*>(rows.p) +
+                  r_ahead * rows.row_bytes();
+  const size_t bytes = kTile * rows.row_bytes();
+  for (size_t off = 0; off < bytes; off += 64) hwy::Prefetch(p + off);
+}
+
+template <class DK, class DV, class KR, class VR>
+void AttendT(DK dk, DV dv, const KR& K, const VR& V, size_t n,
+             const float* HWY_RESTRICT logw, const float* HWY_RESTRICT qs,
+             size_t q_stride, const float* HWY_RESTRICT qsum, size_t qsum_stride,
+             size_t G, float* HWY_RESTRICT m, float* HWY_RESTRICT z,
+             float* HWY_RESTRICT acc, size_t acc_stride, size_t acc_cols,
+             float* HWY_RESTRICT scores) {
+  const size_t NV = hn::Lanes(dv);
+  HWY_ALIGN float s[kTile];
+  const size_t pf_rows = RoundUp(
+      HWY_MAX(size_t{1}, kPrefetchBytes / K.row_bytes()), kTile);
+  for (size_t r0 = 0; r0 < n; r0 += kTile) {
+    const size_t rows = HWY_MIN(kTile, n - r0);
+    if (r0 + kTile + pf_rows <= n) {
+      // Every cache line of the tile pf_rows ahead (K and V).
+      PrefetchTile(K, r0 + pf_rows);
+      PrefetchTile(V, r0 + pf_rows);
+    }
+    // The tile's K and V rows are read from memory once; the G queries of
+    // the group re-read them from L1.
+    for (size_t g = 0; g < G; ++g) {
+      ScoreTile(dk, K, r0, qs + g * q_stride, qsum + g * qsum_stride,
+                logw ? logw + r0 : nullptr, rows, s);
+      if (scores) {
+        for (size_t r = 0; r < rows; ++r) scores[g * n + r0 + r] = s[r];
+      }
+      // Online softmax: rescale what was accumulated when the max grows.
+      float mt = s[0];
+      for (size_t r = 1; r < rows; ++r) mt = HWY_MAX(mt, s[r]);
+      float* a = acc + g * acc_stride;
+      if (mt > m[g]) {
+        const float f = std::exp(m[g] - mt);  // 0 on the first tile
+        z[g] *= f;
+        const auto vf = hn::Set(dv, f);
+        for (size_t c = 0; c < acc_cols; c += NV) {
+          hn::StoreU(hn::Mul(hn::LoadU(dv, a + c), vf), dv, a + c);
+        }
+        m[g] = mt;
+      }
+      for (size_t r = 0; r < rows; ++r) s[r] -= m[g];
+      z[g] += ExpTileSum(s, rows);
+      AccumulateTile(dv, V, r0, s, rows, a);
+    }
+  }
+}
+
+// Residual sums of a Taylor-split attention (see ResidualAccumulate).
+template <class DK, class DV, class KR, class VR>
+void ResidualT(DK dk, DV dv, const KR& K, const VR& V, size_t n,
+               const float* HWY_RESTRICT logw, const float* HWY_RESTRICT qs,
+               const float* HWY_RESTRICT qsum, float shift,
+               const float* HWY_RESTRICT shifts, float ref, int degree,
+               float* HWY_RESTRICT N, float* HWY_RESTRICT Z) {
+  const hn::CappedTag<float, 16> d;
+  const size_t L = hn::Lanes(d);
+  HWY_ALIGN float s[kTile];
+  HWY_ALIGN float bias[kTile];
+  float zsum = 0.0f;
+  for (size_t r0 = 0; r0 < n; r0 += kTile) {
+    const size_t rows = HWY_MIN(kTile, n - r0);
+    ScoreTile(dk, K, r0, qs, qsum, nullptr, rows, s);
+    for (size_t r = 0; r < rows; ++r) {
+      const float sh = shifts ? shifts[r0 + r] : shift;
+      s[r] -= sh;                                         // x_j
+      bias[r] = (logw ? logw[r0 + r] : 0.0f) + sh - ref;  // log factor
+    }
+    for (size_t r = rows; r < kTile; ++r) {
+      s[r] = 0.0f;
+      bias[r] = -INFINITY;
+    }
+    for (size_t i = 0; i < kTile; i += L) {
+      const auto fac = hn::Exp(d, hn::LoadU(d, bias + i));
+      const auto res = TaylorResidual(d, hn::LoadU(d, s + i), degree);
+      // A zero factor (skipped rows, padding) must not meet an infinite
+      // residual: 0 * inf would be NaN.
+      const auto w =
+          hn::IfThenZeroElse(hn::Eq(fac, hn::Zero(d)), hn::Mul(fac, res));
+      hn::StoreU(w, d, s + i);
+    }
+    for (size_t r = 0; r < rows; ++r) zsum += s[r];
+    AccumulateTile(dv, V, r0, s, rows, N);
+  }
+  *Z += zsum;
+}
+
+// ------------------------------------------------- queries in, outputs out
+
+// Max groups of a quantized row (kMaxHeadDim / 8).
+constexpr size_t kMaxQuantGroups = kMaxHeadDim / 8;
+
+// Columns a row side processes, for the chosen lanes.
+template <typename T>
+HWY_INLINE void AdjustCols(FloatRows<T>& r, size_t lanes, const RowsView& v) {
+  r.cols = RoundUp(v.cols, lanes);
+}
+HWY_INLINE void AdjustCols(QuantRows& /*r*/, size_t /*lanes*/,
+                           const RowsView& /*v*/) {}
+// Columns of the accumulator the online softmax rescales.
+template <typename T>
+HWY_INLINE size_t AccCols(const FloatRows<T>& r, size_t /*acc_stride*/) {
+  return r.cols;
+}
+HWY_INLINE size_t AccCols(const QuantRows& /*r*/, size_t acc_stride) {
+  return acc_stride;
+}
+
+// Values accumulate straight into N unless they are quantized (then a
+// scratch [G][QuantCols] is rotated back if needed and copied to N).
+template <class VR>
+constexpr bool kDirectOutput = !std::is_same<VR, QuantRows>::value;
+
+// Scaled (and, for rotated keys, rotated) copies of G queries [G][q_stride],
+// plus their sums per quantization group of the keys (qsum [G][groups]).
+// Returns q_stride.
+inline size_t PrepareQueries(const RowsView& K, const float* q, size_t G,
+                             float scale, float* HWY_RESTRICT qs,
+                             float* HWY_RESTRICT qsum) {
+  const bool quant = IsQuantized(K.type);
+  const size_t q_stride = quant ? QuantCols(K.cols) : K.stride;
+  for (size_t g = 0; g < G; ++g) {
+    float* row = qs + g * q_stride;
+    for (size_t c = 0; c < K.cols; ++c) row[c] = q[g * K.stride + c] * scale;
+    for (size_t c = K.cols; c < q_stride; ++c) row[c] = 0.0f;
+    if (K.rotated) HadamardInPlace(row, K.cols);
+    if (quant) {
+      const size_t grp = QuantGroup(K.cols), groups = q_stride / grp;
+      for (size_t j = 0; j < groups; ++j) {
+        float sum = 0.0f;
+        for (size_t c = 0; c < grp; ++c) sum += row[j * grp + c];
+        qsum[g * kMaxQuantGroups + j] = sum;
+      }
+    }
+  }
+  return q_stride;
+}
+
+inline size_t AccStride(const RowsView& V) {
+  return IsQuantized(V.type) ? QuantCols(V.cols) : V.stride;
+}
+inline void FinishOutputs(const RowsView& V, size_t G, float* HWY_RESTRICT acc,
+                          size_t acc_stride, float* HWY_RESTRICT N) {
+  for (size_t g = 0; g < G; ++g) {
+    float* a = acc + g * acc_stride;
+    if (V.rotated) HadamardInPlace(a, V.cols);
+    float* out = N + g * V.stride;
+    for (size_t c = 0; c < V.cols; ++c) out[c] = a[c];
+    for (size_t c = V.cols; c < V.stride; ++c) out[c] = 0.0f;
+  }
+}
+
+template <class KR, class VR>
+void AttendRows(const KR& kr, const VR& vr, const RowsView& K,
+                const RowsView& V, const float* logw, const float* q, size_t G,
+                float scale, float* m, float* z, float* N, float* scores) {
+  // Scaled copies of the queries (stack; Attend never allocates).
+  HWY_ALIGN float qs[kMaxGroup * kMaxHeadDim];
+  HWY_ALIGN float qsum[kMaxGroup * kMaxQuantGroups];
+  constexpr bool direct = kDirectOutput<VR>;
+  HWY_ALIGN float scratch[direct ? 1 : kMaxGroup * kMaxHeadDim];
+  const size_t q_stride = PrepareQueries(K, q, G, scale, qs, qsum);
+  float* acc = direct ? N : scratch;
+  const size_t acc_stride = direct ? V.stride : AccStride(V);
+  for (size_t g = 0; g < G; ++g) {
+    m[g] = -std::numeric_limits<float>::infinity();
+    z[g] = 0.0f;
+    for (size_t c = 0; c < acc_stride; ++c) acc[g * acc_stride + c] = 0.0f;
+  }
+  const size_t qsum_stride = kMaxQuantGroups;
+  WithTagFor(kr, K, [&](auto dk) {
+    WithTagFor(vr, V, [&](auto dv) {
+      auto k2 = kr;
+      auto v2 = vr;
+      AdjustCols(k2, hn::Lanes(dk), K);
+      AdjustCols(v2, hn::Lanes(dv), V);
+      AttendT(dk, dv, k2, v2, K.rows, logw, qs, q_stride, qsum, qsum_stride,
+              G, m, z, acc, acc_stride, AccCols(v2, acc_stride),
+              scores);
+    });
+  });
+  if (!direct) FinishOutputs(V, G, acc, acc_stride, N);
+}
+
+template <class KR, class VR>
+void ResidualRows(const KR& kr, const VR& vr, const RowsView& K,
+                  const RowsView& V, const float* logw, const float* q,
+                  float scale, float shift, const float* shifts, float ref,
+                  int degree, float* N, float* Z) {
+  HWY_ALIGN float qs[kMaxHeadDim];
+  HWY_ALIGN float qsum[kMaxQuantGroups];
+  constexpr bool direct = kDirectOutput<VR>;
+  HWY_ALIGN float scratch[direct ? 1 : kMaxHeadDim];
+  PrepareQueries(K, q, 1, scale, qs, qsum);
+  // The residual adds to N: accumulate the rotated / quantized part apart,
+  // then add it back.
+  float* acc = direct ? N : scratch;
+  const size_t acc_stride = direct ? V.stride : AccStride(V);
+  if (!direct) {
+    for (size_t c = 0; c < acc_stride; ++c) acc[c] = 0.0f;
+  }
+  WithTagFor(kr, K, [&](auto dk) {
+    WithTagFor(vr, V, [&](auto dv) {
+      auto k2 = kr;
+      auto v2 = vr;
+      AdjustCols(k2, hn::Lanes(dk), K);
+      AdjustCols(v2, hn::Lanes(dv), V);
+      ResidualT(dk, dv, k2, v2, K.rows, logw, qs, qsum, shift, shifts, ref,
+                degree, acc, Z);
+    });
+  });
+  if (!direct) {
+    if (V.rotated) HadamardInPlace(acc, V.cols);
+    for (size_t c = 0; c < V.cols; ++c) N[c] += acc[c];
+  }
+}
+
+}  // namespace HWY_NAMESPACE
+}  // namespace kvsketch
+HWY_AFTER_NAMESPACE();
+
+#endif  // per-target include guard
