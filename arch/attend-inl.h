@@ -164,13 +164,12 @@ HWY_INLINE void ScoreTile(D d, const FloatRows<TK>& KR, size_t r0,
 
 // Codes of a q8 group as f32 lanes [i, i + Lanes).
 template <class D>
-HWY_INLINE hn::Vec<D> LoadQ8(D d, const uint8_t* HWY_RESTRICT codes,
-                             size_t i) {
+HWY_INLINE hn::Vec<D> LoadQ8(D d, const uint8_t* HWY_RESTRICT codes, size_t i) {
   const hn::Rebind<int8_t, D> di8;
   const hn::Rebind<int32_t, D> di;
   return hn::ConvertTo(
-      d, hn::PromoteTo(di, hn::LoadU(di8, reinterpret_cast<const int8_t*>(
-                                              codes + i))));
+      d, hn::PromoteTo(
+             di, hn::LoadU(di8, reinterpret_cast<const int8_t*>(codes + i))));
 }
 // Codes of a q4 group's bytes [i, i + Lanes) as the low nibbles (elements
 // i..) and high nibbles (elements half + i..), widened to i32.
@@ -208,10 +207,11 @@ HWY_INLINE void ScoreTile(D d, const QuantRows& KR, size_t r0,
         size_t i = 0;
         for (; i + 2 * N <= g; i += 2 * N) {
           p0 = hn::MulAdd(LoadQ8(d, codes, i), hn::LoadU(d, qg + i), p0);
-          p1 = hn::MulAdd(LoadQ8(d, codes, i + N), hn::LoadU(d, qg + i + N),
-                          p1);
+          p1 =
+              hn::MulAdd(LoadQ8(d, codes, i + N), hn::LoadU(d, qg + i + N), p1);
         }
-        if (i < g) p0 = hn::MulAdd(LoadQ8(d, codes, i), hn::LoadU(d, qg + i), p0);
+        if (i < g)
+          p0 = hn::MulAdd(LoadQ8(d, codes, i), hn::LoadU(d, qg + i), p0);
       } else {
         const auto mask = hn::Set(di, 0xF);
         for (size_t i = 0; i < half; i += N) {
@@ -321,8 +321,8 @@ HWY_INLINE void AccumulateTile(D d, const QuantRows& VR, size_t r0,
 
 template <class KR>
 HWY_INLINE void PrefetchTile(const KR& rows, size_t r_ahead) {
-  const char* p = reinterpret_cast<const char*>(rows.p) +
-                  r_ahead * rows.row_bytes();
+  const char* p =
+      reinterpret_cast<const char*>(rows.p) + r_ahead * rows.row_bytes();
   const size_t bytes = kTile * rows.row_bytes();
   for (size_t off = 0; off < bytes; off += 64) hwy::Prefetch(p + off);
 }
@@ -330,14 +330,14 @@ HWY_INLINE void PrefetchTile(const KR& rows, size_t r_ahead) {
 template <class DK, class DV, class KR, class VR>
 void AttendT(DK dk, DV dv, const KR& K, const VR& V, size_t n,
              const float* HWY_RESTRICT logw, const float* HWY_RESTRICT qs,
-             size_t q_stride, const float* HWY_RESTRICT qsum, size_t qsum_stride,
-             size_t G, float* HWY_RESTRICT m, float* HWY_RESTRICT z,
-             float* HWY_RESTRICT acc, size_t acc_stride, size_t acc_cols,
-             float* HWY_RESTRICT scores) {
+             size_t q_stride, const float* HWY_RESTRICT qsum,
+             size_t qsum_stride, size_t G, float* HWY_RESTRICT m,
+             float* HWY_RESTRICT z, float* HWY_RESTRICT acc, size_t acc_stride,
+             size_t acc_cols, float* HWY_RESTRICT scores) {
   const size_t NV = hn::Lanes(dv);
   HWY_ALIGN float s[kTile];
-  const size_t pf_rows = RoundUp(
-      HWY_MAX(size_t{1}, kPrefetchBytes / K.row_bytes()), kTile);
+  const size_t pf_rows =
+      RoundUp(HWY_MAX(size_t{1}, kPrefetchBytes / K.row_bytes()), kTile);
   for (size_t r0 = 0; r0 < n; r0 += kTile) {
     const size_t rows = HWY_MIN(kTile, n - r0);
     if (r0 + kTile + pf_rows <= n) {
@@ -501,9 +501,8 @@ void AttendRows(const KR& kr, const VR& vr, const RowsView& K,
       auto v2 = vr;
       AdjustCols(k2, hn::Lanes(dk), K);
       AdjustCols(v2, hn::Lanes(dv), V);
-      AttendT(dk, dv, k2, v2, K.rows, logw, qs, q_stride, qsum, qsum_stride,
-              G, m, z, acc, acc_stride, AccCols(v2, acc_stride),
-              scores);
+      AttendT(dk, dv, k2, v2, K.rows, logw, qs, q_stride, qsum, qsum_stride, G,
+              m, z, acc, acc_stride, AccCols(v2, acc_stride), scores);
     });
   });
   if (!direct) FinishOutputs(V, G, acc, acc_stride, N);

@@ -42,8 +42,8 @@ void ResidualAccumulateImpl(const RowsView& K, const RowsView& V,
       return ResidualRows(MakeFloatRows<F16>(K), MakeFloatRows<F16>(V), K, V,
                           logw, q, scale, shift, shifts, ref, degree, N, Z);
     case Storage::kBF16:
-      return ResidualRows(MakeFloatRows<BF16>(K), MakeFloatRows<BF16>(V), K,
-                          V, logw, q, scale, shift, shifts, ref, degree, N, Z);
+      return ResidualRows(MakeFloatRows<BF16>(K), MakeFloatRows<BF16>(V), K, V,
+                          logw, q, scale, shift, shifts, ref, degree, N, Z);
     default:
       return ResidualRows(MakeFloatRows<float>(K), MakeFloatRows<float>(V), K,
                           V, logw, q, scale, shift, shifts, ref, degree, N, Z);
@@ -91,7 +91,9 @@ HWY_EXPORT(ResidualAccumulateImpl);
 
 bool SupportedViewPair(Storage k, Storage v) {
   if (k == v) return true;
-  const auto ok = [](Storage s) { return s == Storage::kF16 || IsQuantized(s); };
+  const auto ok = [](Storage s) {
+    return s == Storage::kF16 || IsQuantized(s);
+  };
   return ok(k) && ok(v);
 }
 

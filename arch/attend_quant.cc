@@ -51,9 +51,9 @@ void AttendGroupQuantImpl(const RowsView& K, const RowsView& V,
 }
 
 void ResidualAccumulateQuantImpl(const RowsView& K, const RowsView& V,
-                                 const float* logw, const float* q,
-                                 float scale, float shift, const float* shifts,
-                                 float ref, int degree, float* N, float* Z) {
+                                 const float* logw, const float* q, float scale,
+                                 float shift, const float* shifts, float ref,
+                                 int degree, float* N, float* Z) {
   WithQuantPair(K, V, [&](const auto& kr, const auto& vr) {
     ResidualRows(kr, vr, K, V, logw, q, scale, shift, shifts, ref, degree, N,
                  Z);

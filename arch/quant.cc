@@ -31,11 +31,11 @@ HWY_INLINE hn::Vec<hn::Rebind<int32_t, D>> Codes(D d, hn::Vec<D> x,
     c = hn::Min(hn::Max(c, hn::Set(d, -127.0f)), hn::Set(d, 127.0f));
     return hn::ConvertTo(di, c);
   }
-  auto c = type == Storage::kQ4
-               ? hn::Add(hn::Round(hn::Mul(x, hn::Set(d, p.inv))),
-                         hn::Set(d, 8.0f))
-               : hn::Round(hn::Mul(hn::Sub(x, hn::Set(d, p.offset)),
-                                   hn::Set(d, p.inv)));
+  auto c =
+      type == Storage::kQ4
+          ? hn::Add(hn::Round(hn::Mul(x, hn::Set(d, p.inv))), hn::Set(d, 8.0f))
+          : hn::Round(
+                hn::Mul(hn::Sub(x, hn::Set(d, p.offset)), hn::Set(d, p.inv)));
   c = hn::Min(hn::Max(c, hn::Zero(d)), hn::Set(d, 15.0f));
   return hn::ConvertTo(di, c);
 }
@@ -106,7 +106,7 @@ void DequantizeGroup(D d, const uint8_t* HWY_RESTRICT blk, size_t g,
   const auto mask = hn::Set(di, 0xF);
   for (size_t i = 0; i < half; i += N) {
     const auto b = hn::BitCast(di, hn::PromoteTo(hn::Rebind<uint32_t, D>(),
-                                                  hn::LoadU(du8, codes + i)));
+                                                 hn::LoadU(du8, codes + i)));
     const auto lo = hn::ConvertTo(d, hn::And(b, mask));
     const auto hi = hn::ConvertTo(d, hn::ShiftRight<4>(b));
     if (type == Storage::kQ4) {

@@ -111,3 +111,98 @@ inline std::vector<uint32_t> PivotedCholesky(const float* G, size_t m,
 
 }  // namespace ref
 }  // namespace kvsketch
+
+#include <cstring>
+
+#include "arch/quant.h"  // MakeQuantParams, QuantGroup, ...
+
+namespace kvsketch {
+namespace ref {
+
+// Quantized row by the definition (docs/quantization.md), element by
+// element: the group's max / min, MakeQuantParams, codes by nearbyint.
+inline void QuantizeRow(const float* src, size_t cols, Storage type,
+                        uint8_t* dst) {
+  const size_t g = QuantGroup(cols), qc = QuantCols(cols);
+  const size_t bb = QuantBlockBytes(type, g);
+  std::vector<float> x(qc, 0.0f);
+  for (size_t c = 0; c < cols; ++c) x[c] = src[c];
+  for (size_t j = 0; j < qc / g; ++j) {
+    const float* xg = x.data() + j * g;
+    float mx = xg[0], mn = xg[0];
+    for (size_t i = 1; i < g; ++i) {
+      mx = std::max(mx, xg[i]);
+      mn = std::min(mn, xg[i]);
+    }
+    const QuantParams p = MakeQuantParams(type, mx, mn);
+    uint8_t* blk = dst + j * bb;
+    std::memcpy(blk, &p.scale_bits, 2);
+    uint8_t* codes = blk + 2;
+    if (type == Storage::kQ4A) {
+      std::memcpy(blk + 2, &p.offset_bits, 2);
+      codes = blk + 4;
+    }
+    auto code = [&](float v) -> int {
+      if (type == Storage::kQ8) {
+        return int(
+            std::min(127.0f, std::max(-127.0f, std::nearbyint(v * p.inv))));
+      }
+      const float c = type == Storage::kQ4
+                          ? std::nearbyint(v * p.inv) + 8.0f
+                          : std::nearbyint((v - p.offset) * p.inv);
+      return int(std::min(15.0f, std::max(0.0f, c)));
+    };
+    if (type == Storage::kQ8) {
+      for (size_t i = 0; i < g; ++i) codes[i] = uint8_t(int8_t(code(xg[i])));
+    } else {
+      for (size_t i = 0; i < g / 2; ++i) {
+        codes[i] = uint8_t(code(xg[i]) | (code(xg[i + g / 2]) << 4));
+      }
+    }
+  }
+}
+
+// x_i = s * c_i (q8), s * (u_i - 8) (q4), s * u_i + o (q4a), in double.
+inline void DequantizeRow(const uint8_t* src, size_t cols, Storage type,
+                          double* dst) {
+  const size_t g = QuantGroup(cols), qc = QuantCols(cols);
+  const size_t bb = QuantBlockBytes(type, g);
+  for (size_t j = 0; j < qc / g; ++j) {
+    const uint8_t* blk = src + j * bb;
+    uint16_t sb, ob = 0;
+    std::memcpy(&sb, blk, 2);
+    const double s = F16BitsToF32(sb);
+    const uint8_t* codes = blk + 2;
+    if (type == Storage::kQ4A) {
+      std::memcpy(&ob, blk + 2, 2);
+      codes = blk + 4;
+    }
+    const double o = F16BitsToF32(ob);
+    for (size_t i = 0; i < g; ++i) {
+      const size_t c = j * g + i;
+      if (c >= cols) break;
+      double v;
+      if (type == Storage::kQ8) {
+        v = s * double(int8_t(codes[i]));
+      } else {
+        const int u = i < g / 2 ? codes[i] & 0xF : codes[i - g / 2] >> 4;
+        v = type == Storage::kQ4 ? s * double(u - 8) : s * double(u) + o;
+      }
+      dst[c] = v;
+    }
+  }
+}
+
+// y = H_d x / sqrt(d) by the matrix: H[i][j] = (-1)^popcount(i & j).
+inline void Hadamard(const double* x, size_t d, double* y) {
+  for (size_t i = 0; i < d; ++i) {
+    double s = 0;
+    for (size_t j = 0; j < d; ++j) {
+      s += (__builtin_popcountll(i & j) & 1) ? -x[j] : x[j];
+    }
+    y[i] = s / std::sqrt(double(d));
+  }
+}
+
+}  // namespace ref
+}  // namespace kvsketch

@@ -10,7 +10,6 @@
 
 namespace kvsketch {
 
-
 struct TargetInfo {
   std::vector<std::string> compiled;   // HWY_TARGETS, best first
   std::vector<std::string> supported;  // compiled and supported by this CPU

@@ -7,6 +7,7 @@
 #include "arch/attend.h"
 #include "arch/balance.h"
 #include "arch/convert.h"
+#include "arch/quant.h"
 #include "arch/dot.h"
 #include "arch/hash.h"
 #include "arch/poly.h"
@@ -39,19 +40,24 @@ void BM_MatVec(benchmark::State& state) {
 }
 BENCHMARK(BM_MatVec)->Args({64, 4096})->Args({128, 4096});
 
-// Args: d, rows, storage (0 f32, 1 f16, 2 bf16), group size.
+// Args: d, rows, storage (0 f32, 1 f16, 2 bf16, 3 q8, 4 q4, 5 q4a), group
+// size. Quantized rows are rotated as the engine stores them by default.
 void BM_Attend(benchmark::State& state) {
   const size_t d = state.range(0), n = state.range(1), G = state.range(3);
   const Storage type = Storage(state.range(2));
   const auto f = Random(2 * n * d);
-  std::vector<uint8_t> kv(2 * n * d * StorageBytes(type));
-  ConvertRow(f.data(), type, kv.data(), 2 * n * d);
+  const size_t rb = StorageRowBytes(type, d);
+  std::vector<uint8_t> kv(2 * n * rb);
+  for (size_t r = 0; r < 2 * n; ++r) {
+    EncodeRow(f.data() + r * d, d, type, kv.data() + r * rb);
+  }
   RowsView K, V;
   K.data = kv.data();
-  V.data = kv.data() + n * d * StorageBytes(type);
+  V.data = kv.data() + n * rb;
   K.rows = V.rows = n;
   K.cols = V.cols = K.stride = V.stride = d;
   K.type = V.type = type;
+  K.rotated = V.rotated = RotatedSide(type, d, true);
   const auto q = Random(G * d, 7);
   std::vector<float> m(G), z(G), N(G * d);
   for (auto _ : state) {
@@ -67,7 +73,42 @@ BENCHMARK(BM_Attend)
     ->Args({128, 4096, 0, 1})
     ->Args({128, 4096, 1, 1})
     ->Args({128, 4096, 2, 1})
-    ->Args({128, 4096, 0, 4});
+    ->Args({128, 4096, 0, 4})
+    ->Args({64, 4096, 1, 1})
+    ->Args({64, 4096, 3, 1})
+    ->Args({64, 4096, 4, 1})
+    ->Args({128, 4096, 3, 1})
+    ->Args({128, 4096, 4, 1})
+    ->Args({128, 4096, 3, 4});
+
+// Args: d, storage. Quantize (EncodeRow) then decode a row.
+void BM_QuantizeRow(benchmark::State& state) {
+  const size_t d = state.range(0);
+  const Storage type = Storage(state.range(1));
+  const auto f = Random(d);
+  std::vector<uint8_t> row(StorageRowBytes(type, d));
+  std::vector<float> back(PaddedCols(d));
+  for (auto _ : state) {
+    EncodeRow(f.data(), d, type, row.data());
+    DecodeRow(type, row.data(), d, back.data());
+    benchmark::DoNotOptimize(back.data());
+  }
+  state.SetLabel(std::string(ChosenTargetName()) + " " + StorageName(type));
+}
+BENCHMARK(BM_QuantizeRow)->Args({128, 3})->Args({128, 4})->Args({128, 5});
+
+// Args: d. The normalised Walsh-Hadamard transform of 64 rows.
+void BM_Hadamard(benchmark::State& state) {
+  const size_t d = state.range(0);
+  auto x = Random(64 * d);
+  for (auto _ : state) {
+    HadamardRows(x.data(), 64, d, d);
+    benchmark::DoNotOptimize(x.data());
+  }
+  state.SetItemsProcessed(int64_t(state.iterations()) * 64);
+  state.SetLabel(ChosenTargetName());
+}
+BENCHMARK(BM_Hadamard)->Arg(64)->Arg(128);
 
 void BM_GramLower(benchmark::State& state) {
   const size_t m = state.range(0), d = state.range(1);

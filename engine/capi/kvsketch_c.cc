@@ -51,6 +51,7 @@ void kvs_config_init(kvs_config* c) {
   c->sinks = 4;
   c->window = -1;
   c->rope_interleaved = 1;
+  c->rotate = 1;
 }
 
 kvs_status kvs_create(const kvs_config* c, kvs_session** out) {
@@ -82,6 +83,9 @@ kvs_status kvs_create(const kvs_config* c, kvs_session** out) {
                               c->head_weights + c->layers * c->n_kv_heads);
     }
     if (c->storage) cfg.storage = c->storage;
+    if (c->storage_k) cfg.storage_k = c->storage_k;
+    if (c->storage_v) cfg.storage_v = c->storage_v;
+    cfg.rotate = c->rotate != 0;
     cfg.threads = c->threads;
     cfg.seed = c->seed;
     cfg.sinks = c->sinks;

@@ -5,11 +5,13 @@
 #include <cstring>
 #include <random>
 #include <string>
+#include <map>
+#include <tuple>
 #include <vector>
 
 #include "arch/attend.h"   // AttendGroup
 #include "arch/balance.h"  // GramLower, BalanceWalk
-#include "arch/convert.h"  // ConvertRow
+#include "arch/quant.h"  // EncodeRow
 #include "arch/probe.h"    // ReadSum, FmaProbe
 #include "arch/targets.h"  // ChosenTargetName
 #include "engine/cli/machine.h"
@@ -30,16 +32,19 @@ double Median(std::vector<double> v) {
   return v[v.size() / 2];
 }
 
-// Fills `bytes` of buf with finite values of the given storage type.
-void Fill(uint8_t* buf, size_t bytes, Storage type) {
+// Fills `bytes` of buf with rows of d finite values in the given storage
+// type (quantized rows: valid scales and codes).
+void Fill(uint8_t* buf, size_t bytes, Storage type, size_t d) {
   std::mt19937 rng(1);
   std::uniform_real_distribution<float> u(-1.0f, 1.0f);
-  const size_t pattern_elems = 1 << 20;
-  std::vector<float> f(pattern_elems);
+  const size_t rows = (1 << 20) / d;
+  std::vector<float> f(rows * d);
   for (auto& x : f) x = u(rng);
-  const size_t eb = StorageBytes(type);
-  std::vector<uint8_t> pattern(pattern_elems * eb);
-  ConvertRow(f.data(), type, pattern.data(), pattern_elems);
+  const size_t rb = StorageRowBytes(type, d);
+  std::vector<uint8_t> pattern(rows * rb);
+  for (size_t r = 0; r < rows; ++r) {
+    EncodeRow(f.data() + r * d, d, type, pattern.data() + r * rb);
+  }
   for (size_t off = 0; off < bytes; off += pattern.size()) {
     std::memcpy(buf + off, pattern.data(),
                 std::min(pattern.size(), bytes - off));
@@ -73,7 +78,7 @@ int RunSpeed(const SpeedOptions& opt) {
 
   // 1. Read bandwidth: streaming SIMD sum over the cold set; the best over
   // software-prefetch distances (median over reps for each).
-  Fill(buf.get(), cold, Storage::kF32);
+  Fill(buf.get(), cold, Storage::kF32, 64);
   float sink = 0;
   std::vector<double> t;
   double read_gbps = 0;
@@ -102,22 +107,26 @@ int RunSpeed(const SpeedOptions& opt) {
         "GB/s (prefetch {})\n\n",
         read_gbps, best_pf);
     fmt::print(
-        "| kernel | d | n | dtype | G | us/call | us/query | GB/s | "
-        "bw ratio | call vs G=1 "
-        "|\n|---|---|---|---|---|---|---|---|---|---|\n");
+        "| kernel | d | n | dtype | bits | G | us/call | us/query | GB/s | "
+        "bw ratio | call vs G=1 | f16 time / this "
+        "|\n|---|---|---|---|---|---|---|---|---|---|---|---|\n");
   }
 
   // 2. Attend over cold K/V: cycle through copies that exceed the caches.
-  for (Storage type : {Storage::kF32, Storage::kF16, Storage::kBF16}) {
-    Fill(buf.get(), buf_bytes - 4096, type);
-    const size_t eb = StorageBytes(type);
+  // f16 calls by (d, n, G), for the speed-up of the other storages.
+  std::map<std::tuple<size_t, size_t, size_t>, double> f16_call;
+  for (Storage type : {Storage::kF16, Storage::kF32, Storage::kBF16,
+                       Storage::kQ8, Storage::kQ4, Storage::kQ4A}) {
     for (size_t d : dims) {
+      Fill(buf.get(), buf_bytes - 4096, type, d);
       for (size_t n : lengths) {
         double g1_call = 0;  // the G=1 call of this (dtype, d, n)
         // GQA groups: Llama-3 (4 query heads per KV head), 8 (the memory
         // limit at f16 needs the group's FMAs to fit in the read time).
         for (size_t G : {size_t{1}, size_t{4}, size_t{8}}) {
-          const size_t kv_bytes = n * d * eb;  // K or V of one copy
+          // K or V of one copy (rows of one type: whole rows, so a copy
+          // starts on a row boundary of the filled pattern's type).
+          const size_t kv_bytes = n * StorageRowBytes(type, d);
           const size_t copy_bytes = 2 * kv_bytes;
           const size_t copies = std::max<size_t>(1, cold / copy_bytes);
           std::vector<float> q(G * d), m(G), z(G), N(G * d);
@@ -131,6 +140,8 @@ int RunSpeed(const SpeedOptions& opt) {
             K.rows = V.rows = n;
             K.cols = V.cols = K.stride = V.stride = d;
             K.type = V.type = type;
+            // Quantized rows as the engine stores them by default: rotated.
+            K.rotated = V.rotated = RotatedSide(type, d, true);
             AttendGroup(K, V, nullptr, q.data(), G, 0.125f, m.data(), z.data(),
                         N.data());
             sink += N[0];
@@ -144,20 +155,24 @@ int RunSpeed(const SpeedOptions& opt) {
           }
           const double call = Median(t);
           if (G == 1) g1_call = call;
+          if (type == Storage::kF16) f16_call[{d, n, G}] = call;
+          const double vs_f16 = f16_call[{d, n, G}] / call;
+          const double bits = StorageBits(type, d);
           const double gbps = copy_bytes / call * 1e-9;
           if (opt.json) {
             fmt::print(
                 "{{\"kernel\":\"attend\",\"d\":{},\"n\":{},\"dtype\":\"{}\","
-                "\"group\":{},\"us_per_query\":{:.3f},\"us_per_call\":{:.3f},"
-                "\"gbps\":{:.3f},\"bw_ratio\":{:.3f},\"vs_g1\":{:.3f}}}\n",
-                d, n, StorageName(type), G, call * 1e6 / G, call * 1e6, gbps,
-                gbps / read_gbps, call / g1_call);
+                "\"bits\":{:.2f},\"group\":{},\"us_per_query\":{:.3f},"
+                "\"us_per_call\":{:.3f},\"gbps\":{:.3f},\"bw_ratio\":{:.3f},"
+                "\"vs_g1\":{:.3f},\"speedup_vs_f16\":{:.3f}}}\n",
+                d, n, StorageName(type), bits, G, call * 1e6 / G, call * 1e6,
+                gbps, gbps / read_gbps, call / g1_call, vs_f16);
           } else {
             fmt::print(
-                "| attend | {} | {} | {} | {} | {:.1f} | {:.2f} | {:.2f} | "
-                "{:.2f} | {:.2f} |\n",
-                d, n, StorageName(type), G, call * 1e6, call * 1e6 / G, gbps,
-                gbps / read_gbps, call / g1_call);
+                "| attend | {} | {} | {} | {:.2f} | {} | {:.1f} | {:.2f} | "
+                "{:.2f} | {:.2f} | {:.2f} | {:.2f} |\n",
+                d, n, StorageName(type), bits, G, call * 1e6, call * 1e6 / G,
+                gbps, gbps / read_gbps, call / g1_call, vs_f16);
           }
         }
       }

@@ -35,7 +35,7 @@ typedef struct kvs_config {
   size_t budget_bytes_per_head;
   size_t budget_tokens_per_head;
   const float* head_weights; /* NULL or [layers * n_kv_heads] */
-  const char* storage;       /* NULL: "f16"; "f32", "bf16" */
+  const char* storage; /* NULL: "f16"; "f32", "bf16", "q8", "q4", "q4a" */
   int threads;               /* 0: all cores */
   uint64_t seed;
   size_t sinks;
@@ -47,6 +47,12 @@ typedef struct kvs_config {
   size_t rope_dims;     /* rotated dims per head, even; 0: all of dk */
   int rope_interleaved; /* 1: pairs (x[2i], x[2i+1]) as llama2.c/Meta;
                            0: halves (x[i], x[i + dims/2]) as NeoX/HF */
+  /* Keys' / values' storage (NULL: `storage`); equal, or both among f16,
+   * q8, q4, q4a. */
+  const char* storage_k;
+  const char* storage_v;
+  int rotate; /* 1 (default): quantized rows of a power-of-two head dim are
+                 stored Hadamard-rotated; 0: not */
 } kvs_config;
 
 typedef struct kvs_stats {
@@ -57,7 +63,7 @@ typedef struct kvs_stats {
 typedef struct kvs_session kvs_session;
 
 /* Fills defaults: method NULL (risk), storage NULL (f16), 4 sinks, window
- * -1, no RoPE (theta 0, interleaved pairs when set).
+ * -1, no RoPE (theta 0, interleaved pairs when set), rotate 1.
  *
  * Threads: a session may be called from several threads; its calls are
  * serialized (one runs at a time, using all of the session's threads), so
