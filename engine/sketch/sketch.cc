@@ -510,7 +510,19 @@ std::unique_ptr<Sketch> Sketch::Create(const SketchConfig& c, Arena& arena) {
     throw Error("group size must be in [1, " + std::to_string(kMaxGroup) + "]");
   }
   const size_t row = RowBytes(c);
-  const size_t rows = c.budget_bytes / row;
+  // Rows of the budget as sinks + window carve them: four arrays (keys and
+  // values of each), every one 16-byte aligned. Float rows are multiples of
+  // 16 bytes at the usual head dims; quantized rows (d = 64 q8: 68 bytes)
+  // are not, so the carve, not the division, decides.
+  const size_t kb = StorageRowBytes(c.storage_k, c.dk);
+  const size_t vb = StorageRowBytes(c.storage_v, c.dv);
+  const auto carved = [&](size_t R) {
+    const size_t s = R < c.sinks ? R : c.sinks;
+    return Arena::Aligned(s * kb) + Arena::Aligned(s * vb) +
+           Arena::Aligned((R - s) * kb) + Arena::Aligned((R - s) * vb);
+  };
+  size_t rows = c.budget_bytes / row;
+  while (rows > 0 && carved(rows) > c.budget_bytes) --rows;
   const size_t token_bytes = BudgetBytesForTokens(1, c.dk, c.dv);
   if (c.method != Method::kExact && rows < c.sinks + 2) {
     throw BudgetError(std::string(MethodName(c.method)) + ": budget of " +
