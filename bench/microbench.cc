@@ -7,10 +7,10 @@
 #include "arch/attend.h"
 #include "arch/balance.h"
 #include "arch/convert.h"
-#include "arch/quant.h"
 #include "arch/dot.h"
 #include "arch/hash.h"
 #include "arch/poly.h"
+#include "arch/quant.h"
 #include "arch/targets.h"
 #include "benchmark/benchmark.h"
 

@@ -1,5 +1,5 @@
 // libFuzzer target: loading a state into a session of any method and
-// storage. Byte 0 picks the session (index % 30); its bit 7 clear means the
+// storage. Byte 0 picks the session (index % 60); its bit 7 clear means the
 // section checksums are recomputed first, so the fuzzer reaches the field
 // validation behind them (bit 7 set: the file is loaded as given). Any input
 // must be rejected with an error (session unchanged) or accepted, and the

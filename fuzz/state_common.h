@@ -15,8 +15,10 @@ namespace kvsketch_fuzz {
 inline const char* const kMethods[] = {"exact",  "window", "uniform", "balance",
                                        "taylor", "hashed", "h2o",     "tova",
                                        "risk",   "blurry"};
-inline const char* const kStorages[] = {"f32", "f16", "bf16"};
-constexpr size_t kSessions = 30;  // methods x storages
+inline const char* const kStorages[] = {"f32", "f16", "bf16",
+                                        "q8",  "q4",  "q4a"};
+constexpr size_t kStorageCount = 6;
+constexpr size_t kSessions = 10 * kStorageCount;  // methods x storages
 
 inline kvsketch::SessionConfig Config(size_t i) {
   kvsketch::SessionConfig c;
@@ -24,8 +26,8 @@ inline kvsketch::SessionConfig Config(size_t i) {
   c.n_heads = 2;
   c.n_kv_heads = 1;
   c.dk = c.dv = 8;
-  c.method = kMethods[i / 3];
-  c.storage = kStorages[i % 3];
+  c.method = kMethods[i / kStorageCount];
+  c.storage = kStorages[i % kStorageCount];
   c.budget_tokens_per_head = c.method == "exact" ? 160 : 24;
   c.threads = 1;
   c.rope_theta = 10000.0f;

@@ -71,7 +71,8 @@ TEST_CASE("bench: keys beyond the f16 range are a clear error under f16") {
     c.storage_v = v;
     return c;
   };
-  CHECK_NOTHROW(bench::CheckStorageRange(t, rows(Storage::kF16, Storage::kF16)));
+  CHECK_NOTHROW(
+      bench::CheckStorageRange(t, rows(Storage::kF16, Storage::kF16)));
   t[0].v[0][17] = 1e5f;
   CHECK_THROWS_WITH_AS(
       bench::CheckStorageRange(t, rows(Storage::kF16, Storage::kF16)),
@@ -85,7 +86,8 @@ TEST_CASE("bench: keys beyond the f16 range are a clear error under f16") {
   CHECK_THROWS_WITH_AS(
       bench::CheckStorageRange(t, rows(Storage::kF16, Storage::kF32)),
       doctest::Contains("not supported"), Error);
-  CHECK_NOTHROW(bench::CheckStorageRange(t, rows(Storage::kF32, Storage::kF32)));
+  CHECK_NOTHROW(
+      bench::CheckStorageRange(t, rows(Storage::kF32, Storage::kF32)));
 }
 
 TEST_CASE("diagnostic: a rank-r response is explained by r pivots") {

@@ -2,6 +2,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "kvsketch/kvsketch_c.h"
 
@@ -167,6 +168,38 @@ int main(void) {
     CHECK(a == NULL);
     cfg.rope_dims = 0;
     cfg.rope_theta = 0.0f;
+  }
+  /* Keys and values stored apart: q8 keys with q4 values hold more tokens
+   * than f16 in the same bytes; unsupported pairs and names are rejected. */
+  {
+    kvs_session* a = NULL;
+    kvs_stats sa;
+    cfg.storage_k = "q8";
+    cfg.storage_v = "q4";
+    CHECK(kvs_create(&cfg, &a) == KVS_OK);
+    for (t = 0; t < 200; ++t) {
+      for (i = 0; i < 16; ++i) {
+        k[i] = (float)sin(0.3 * (double)(t * 16 + i));
+        v[i] = (float)cos(0.7 * (double)(t * 16 + i));
+      }
+      CHECK(kvs_append(a, 0, k, v, 1) == KVS_OK);
+    }
+    CHECK(kvs_attend(a, 0, q, out) == KVS_OK);
+    for (i = 0; i < 32; ++i) CHECK(isfinite(out[i]));
+    CHECK(kvs_stats_get(a, &sa) == KVS_OK);
+    /* 24 f32 tokens of 8 + 8 dims: 48 f16 rows, here rows of 10 + 6 bytes. */
+    CHECK(sa.retained > 2 * 48);
+    kvs_destroy(a);
+    a = NULL;
+    cfg.storage_k = "f32";
+    CHECK(kvs_create(&cfg, &a) == KVS_INVALID_ARGUMENT);
+    CHECK(strstr(kvs_last_error(NULL), "not supported") != NULL);
+    cfg.storage_k = "q3";
+    CHECK(kvs_create(&cfg, &a) == KVS_INVALID_ARGUMENT);
+    CHECK(strstr(kvs_last_error(NULL), "unknown storage") != NULL);
+    CHECK(a == NULL);
+    cfg.storage_k = NULL;
+    cfg.storage_v = NULL;
   }
   /* Answers equal exact attention (exact) and sinks + window (window). */
   CHECK(CheckAgainstReference("exact", 120, 4, 1000) == 0);

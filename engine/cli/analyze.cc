@@ -235,8 +235,8 @@ std::vector<size_t> AdaptiveBudgetSplit(const std::vector<HeadDiagnostic>& d,
       AdaptiveSplit(d, held, SplitMinTokens(held, sinks));
   // Held tokens back to fp32-token equivalents: floor, the remainder
   // round-robin.
-  const size_t row = StorageRowBytes(c.storage_k, dk) +
-                     StorageRowBytes(c.storage_v, dv);
+  const size_t row =
+      StorageRowBytes(c.storage_k, dk) + StorageRowBytes(c.storage_v, dv);
   std::vector<size_t> t(split.size());
   size_t sum = 0;
   for (size_t u = 0; u < t.size(); ++u)

@@ -351,8 +351,7 @@ int RunBench(const BenchOptions& opt) {
       std::vector<HeadDiagnostic> diag(units.size());
       pool.execute([&] {
         tbb::parallel_for(size_t(0), units.size(), [&](size_t i) {
-          diag[i] =
-              SplitDiagnose(units[i], budget, opt.base.sinks, opt.base);
+          diag[i] = SplitDiagnose(units[i], budget, opt.base.sinks, opt.base);
         });
       });
       unit_tokens = AdaptiveBudgetSplit(diag, budget, opt.base.sinks, opt.base,
@@ -415,9 +414,9 @@ int RunBench(const BenchOptions& opt) {
           if (ch == ',' || ch == '"' || ch == '\n') ch = ' ';
         fmt::print(
             "{},{},{},{},{},{},{},{:.2f},{},{},{},{:.1f},{:.1f},{},{:.4f},{}\n",
-            source, opt.budget_split, storage_label,
-            MethodName(m), budget, bb, used, ret, JsonNum(mean), JsonNum(p50),
-            JsonNum(p95), ans, qns, positions, wall_s, err);
+            source, opt.budget_split, storage_label, MethodName(m), budget, bb,
+            used, ret, JsonNum(mean), JsonNum(p50), JsonNum(p95), ans, qns,
+            positions, wall_s, err);
       } else if (opt.json) {
         fmt::print(
             "{{\"method\":\"{}\",\"storage\":\"{}\",\"budget_tokens\":{},"
@@ -426,9 +425,9 @@ int RunBench(const BenchOptions& opt) {
             "\"p50_rel_err\":{},\"p95_rel_err\":{},"
             "\"append_ns_per_token\":{:.1f},\"attend_ns_per_query\":{:.1f},"
             "\"positions\":{},\"wall_s\":{:.4f}{}}}\n",
-            MethodName(m), storage_label, budget, bb, used, ret,
-            JsonNum(mean), JsonNum(p50), JsonNum(p95), ans, qns, positions,
-            wall_s, failure.empty() ? "" : ",\"error\":\"" + failure + "\"");
+            MethodName(m), storage_label, budget, bb, used, ret, JsonNum(mean),
+            JsonNum(p50), JsonNum(p95), ans, qns, positions, wall_s,
+            failure.empty() ? "" : ",\"error\":\"" + failure + "\"");
       } else if (!failure.empty()) {
         fmt::print("| {} | {} | {} | - | - | failed: {} | | | | | | |\n",
                    MethodName(m), budget, bb, failure);

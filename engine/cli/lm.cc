@@ -207,9 +207,10 @@ int Eval(const LmOptions& o, const LlamaWeights& w, const Tokenizer& tok) {
         "method,storage,budget_tokens,budget_bytes,tokens,ppl_full,ppl,kl_mean,"
         "kl_p99,top1_agree,tokens_per_s,tokens_per_s_full,threads\n{},{},{},{},"
         "{},{:.6f},{:.6f},{:.6g},{:.6g},{:.6f},{:.1f},{:.1f},{}\n",
-        comp_cfg.method, RowsConfig(comp_cfg, w.cfg.head_dim()).first, o.budget_bytes ? 0 : o.budget_tokens,
-        o.budget_bytes, total_tokens, ppl_full, ppl, kl_mean, kl_p99,
-        double(agree) / double(predicted), tps, tps_full,
+        comp_cfg.method, RowsConfig(comp_cfg, w.cfg.head_dim()).first,
+        o.budget_bytes ? 0 : o.budget_tokens, o.budget_bytes, total_tokens,
+        ppl_full, ppl, kl_mean, kl_p99, double(agree) / double(predicted), tps,
+        tps_full,
         o.threads > 0 ? o.threads : int(tbb::info::default_concurrency()));
   } else if (o.json) {
     fmt::print(
@@ -219,8 +220,9 @@ int Eval(const LmOptions& o, const LlamaWeights& w, const Tokenizer& tok) {
         "\"kl_mean\":{:.6g},\"kl_p99\":{:.6g},\"top1_agree\":{:.6f},"
         "\"tokens_per_s\":{:.1f},\"tokens_per_s_full\":{:.1f},"
         "\"state_bytes\":{},\"peak_rss_bytes\":{}}}\n",
-        comp_cfg.method, RowsConfig(comp_cfg, w.cfg.head_dim()).first, o.budget_bytes ? 0 : o.budget_tokens,
-        o.budget_bytes, total_tokens, predicted, ppl_full, ppl, kl_mean, kl_p99,
+        comp_cfg.method, RowsConfig(comp_cfg, w.cfg.head_dim()).first,
+        o.budget_bytes ? 0 : o.budget_tokens, o.budget_bytes, total_tokens,
+        predicted, ppl_full, ppl, kl_mean, kl_p99,
         double(agree) / double(predicted), tps, tps_full, state_bytes,
         PeakRssBytes());
   } else {

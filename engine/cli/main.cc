@@ -141,6 +141,15 @@ int main(int argc, char** argv) {
   speed->add_option("--cold-mib", speed_opt.cold_mib,
                     "MiB cycled through for cold data (default 2x LLC, "
                     "64..1024)");
+  speed->add_option("--n", speed_opt.lengths, "attend rows (comma-separated)")
+      ->delimiter(',');
+  speed->add_option("--d", speed_opt.dims, "head dims (comma-separated)")
+      ->delimiter(',');
+  speed
+      ->add_option("--storage", speed_opt.storages,
+                   "storages (comma-separated; f16 is always measured as "
+                   "the baseline)")
+      ->delimiter(',');
   speed->add_option("--reps", speed_opt.reps, "repetitions (median)")
       ->check(CLI::PositiveNumber);
   kvsketch::BenchOptions bench_opt;

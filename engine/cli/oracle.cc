@@ -146,8 +146,7 @@ int RunOracle(const OracleOptions& opt) {
           "{{\"budget_tokens\":{},\"held_tokens\":{},\"storage\":\"{}\","
           "\"window\":{},\"clairvoyant\":{},\"ratio\":{}}}\n",
           budget, held, StorageLabel(opt.rows.storage_k, opt.rows.storage_v),
-          bench::JsonNum(w),
-          bench::JsonNum(c), bench::JsonNum(c / w));
+          bench::JsonNum(w), bench::JsonNum(c), bench::JsonNum(c / w));
     } else {
       fmt::print("| {} | {} | {:.4f} | {:.4f} | {:.2f} |\n", budget, held, w, c,
                  c / w);

@@ -3,20 +3,22 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <map>
 #include <random>
 #include <string>
-#include <map>
 #include <tuple>
 #include <vector>
 
 #include "arch/attend.h"   // AttendGroup
 #include "arch/balance.h"  // GramLower, BalanceWalk
-#include "arch/quant.h"  // EncodeRow
 #include "arch/probe.h"    // ReadSum, FmaProbe
+#include "arch/quant.h"    // EncodeRow
 #include "arch/targets.h"  // ChosenTargetName
 #include "engine/cli/machine.h"
+#include "engine/sketch/sketch.h"  // ParseStorage
 #include "fmt/core.h"
 #include "hwy/aligned_allocator.h"
+#include "kvsketch/error.h"
 
 namespace kvsketch {
 namespace {
@@ -58,11 +60,34 @@ int RunSpeed(const SpeedOptions& opt) {
   size_t cold = opt.cold_mib ? opt.cold_mib << 20
                              : std::clamp<size_t>(2 * llc, 64u << 20, 1u << 30);
   if (opt.quick && !opt.cold_mib) cold = 8u << 20;
-  const std::vector<size_t> dims = {64, 128};
-  const std::vector<size_t> lengths =
+  std::vector<size_t> dims = {64, 128};
+  if (!opt.dims.empty()) dims = opt.dims;
+  std::vector<size_t> lengths =
       opt.quick ? std::vector<size_t>{1024, 4096}
                 : std::vector<size_t>{1024, 4096, 16384, 65536, 262144};
-  const size_t max_copy = lengths.back() * 2 * 128 * 4;
+  if (!opt.lengths.empty()) lengths = opt.lengths;
+  for (size_t d : dims) {
+    if (d == 0 || d > kMaxHeadDim) {
+      throw Error("speed: head dims must be in [1, " +
+                  std::to_string(kMaxHeadDim) + "]");
+    }
+  }
+  for (size_t n : lengths) {
+    if (n == 0 || n > (size_t(1) << 24)) {
+      throw Error("speed: row counts must be in [1, 2^24]");
+    }
+  }
+  std::vector<Storage> types = {Storage::kF16, Storage::kF32, Storage::kBF16,
+                                Storage::kQ8,  Storage::kQ4,  Storage::kQ4A};
+  if (!opt.storages.empty()) {
+    types = {Storage::kF16};
+    for (const std::string& s : opt.storages) {
+      const Storage t = ParseStorage(s);
+      if (t != Storage::kF16) types.push_back(t);
+    }
+  }
+  const size_t max_copy = *std::max_element(lengths.begin(), lengths.end()) *
+                          2 * *std::max_element(dims.begin(), dims.end()) * 4;
   const size_t buf_bytes = std::max(cold, max_copy) + 4096;
   hwy::AlignedFreeUniquePtr<uint8_t[]> buf =
       hwy::AllocateAligned<uint8_t>(buf_bytes);
@@ -115,8 +140,7 @@ int RunSpeed(const SpeedOptions& opt) {
   // 2. Attend over cold K/V: cycle through copies that exceed the caches.
   // f16 calls by (d, n, G), for the speed-up of the other storages.
   std::map<std::tuple<size_t, size_t, size_t>, double> f16_call;
-  for (Storage type : {Storage::kF16, Storage::kF32, Storage::kBF16,
-                       Storage::kQ8, Storage::kQ4, Storage::kQ4A}) {
+  for (Storage type : types) {
     for (size_t d : dims) {
       Fill(buf.get(), buf_bytes - 4096, type, d);
       for (size_t n : lengths) {

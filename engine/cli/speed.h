@@ -2,6 +2,8 @@
 #pragma once
 
 #include <cstddef>
+#include <string>
+#include <vector>
 
 namespace kvsketch {
 
@@ -10,6 +12,9 @@ struct SpeedOptions {
   bool quick = false;   // small sizes only (tests, slow emulators)
   size_t cold_mib = 0;  // bytes cycled through for cold data (0 = auto)
   int reps = 7;         // repetitions per row; the median is reported
+  // Attend only at these row counts / head dims / storages (empty: all).
+  std::vector<size_t> lengths, dims;
+  std::vector<std::string> storages;
 };
 
 int RunSpeed(const SpeedOptions& opt);

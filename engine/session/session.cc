@@ -126,8 +126,10 @@ struct Session::Impl {
     base.dv = c.dv;
     base.scale = c.scale > 0 ? c.scale : 1.0f / std::sqrt(float(c.dk));
     if (!std::isfinite(base.scale)) throw Error("scale must be finite");
-    base.storage_k = ParseStorage(c.storage_k.empty() ? c.storage : c.storage_k);
-    base.storage_v = ParseStorage(c.storage_v.empty() ? c.storage : c.storage_v);
+    base.storage_k =
+        ParseStorage(c.storage_k.empty() ? c.storage : c.storage_k);
+    base.storage_v =
+        ParseStorage(c.storage_v.empty() ? c.storage : c.storage_v);
     CheckStoragePair(base.storage_k, base.storage_v);
     base.rotate = c.rotate;
     base.seed = c.seed;

@@ -84,7 +84,9 @@ std::string StorageSummary(const SketchConfig& c) {
              rv = RotatedSide(c.storage_v, c.dv, c.rotate);
   return StorageLabel(c.storage_k, c.storage_v) + " (" + bits +
          " bits per element" +
-         (rk || rv ? std::string(rk && rv ? ", rotated" : (rk ? ", keys rotated" : ", values rotated"))
+         (rk || rv ? std::string(rk && rv ? ", rotated"
+                                          : (rk ? ", keys rotated"
+                                                : ", values rotated"))
                    : "") +
          ")";
 }
@@ -121,8 +123,7 @@ void PutRow(const float* x, size_t cols, Storage type, bool rot, uint8_t* dst) {
   HadamardRows(tmp, 1, cols, cols);
   EncodeRow(tmp, cols, type, dst);
 }
-void GetRow(Storage type, bool rot, const uint8_t* src, size_t cols,
-            float* x) {
+void GetRow(Storage type, bool rot, const uint8_t* src, size_t cols, float* x) {
   DecodeRow(type, src, cols, x);
   if (rot) HadamardRows(x, 1, cols, cols);
 }
@@ -186,11 +187,11 @@ void StagedState::CheckRows(const RowStore& rows, size_t n, float limit,
       for (size_t c = 0; c < check; ++c) {
         const float x = buf[c];
         if (c >= cols ? x != 0.0f : !(std::fabs(x) <= lim)) {
-          InvalidState(
-              what + (part ? " value" : " key") + " row " + std::to_string(i) +
-              " column " + std::to_string(c) +
-              (c >= cols ? ": padding is not zero"
-                         : ": not finite or beyond " + std::to_string(lim)));
+          InvalidState(what + (part ? " value" : " key") + " row " +
+                       std::to_string(i) + " column " + std::to_string(c) +
+                       (c >= cols
+                            ? ": padding is not zero"
+                            : ": not finite or beyond " + std::to_string(lim)));
         }
       }
     }
@@ -331,8 +332,8 @@ std::string Sketch::Describe() const {
          " sinks=" + std::to_string(cfg_.sinks) +
          " window=" + std::to_string(window_cap_) + " " +
          StorageLabel(cfg_.storage_k, cfg_.storage_v) +
-         (cfg_.rotate && (IsQuantized(cfg_.storage_k) ||
-                          IsQuantized(cfg_.storage_v))
+         (cfg_.rotate &&
+                  (IsQuantized(cfg_.storage_k) || IsQuantized(cfg_.storage_v))
               ? " rotated"
               : "");
 }

@@ -128,7 +128,8 @@ class StagedState {
 
 // Bytes of one stored token (key row + value row in their storages).
 inline size_t StateRowBytes(const SketchConfig& c) {
-  return StorageRowBytes(c.storage_k, c.dk) + StorageRowBytes(c.storage_v, c.dv);
+  return StorageRowBytes(c.storage_k, c.dk) +
+         StorageRowBytes(c.storage_v, c.dv);
 }
 
 // Floats of per-thread scratch a sketch of this configuration needs.

@@ -83,6 +83,13 @@ expect_err ">= 1" bench --eval-max 0
 expect_err ">= 1" analyze --eval-max 0
 expect_err ">= 1" oracle --eval-max 0
 expect_err "at least 2" bench --length 1
+expect_err "unknown storage 'q3'" bench -q --length 300 --storage q3
+expect_err "not supported" bench -q --length 300 --storage-k f32 --storage-v q8
+expect_err "on or off|not in" bench -q --length 300 --storage q8 --rotate maybe
+expect_ok "q8/q4\+rot" bench -q --csv --length 300 --method window --budget-tokens 16 --storage-k q8 --storage-v q4
+expect_ok "q4 \(4.50 bits per element, rotated\)" bench -q --length 300 --method window --budget-tokens 16 --storage q4
+expect_ok "speedup_vs_f16" speed --quick --reps 1 --json --n 256 --d 64 --storage q8
+expect_err "row counts" speed --n 0
 
 # Hostile traces.
 (cd "$work" && python3 "$src/tests/scripts/hostile_traces.py")

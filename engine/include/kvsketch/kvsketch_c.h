@@ -35,7 +35,7 @@ typedef struct kvs_config {
   size_t budget_bytes_per_head;
   size_t budget_tokens_per_head;
   const float* head_weights; /* NULL or [layers * n_kv_heads] */
-  const char* storage; /* NULL: "f16"; "f32", "bf16", "q8", "q4", "q4a" */
+  const char* storage;       /* NULL: "f16"; "f32", "bf16", "q8", "q4", "q4a" */
   int threads;               /* 0: all cores */
   uint64_t seed;
   size_t sinks;
