@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/io/serial.h"  // StateWriter, StateReader
 #include "kvsketch/error.h"
 
 namespace kvsketch {
@@ -16,47 +17,6 @@ namespace kvsketch {
 class Arena;
 class Sketch;
 struct SessionConfig;
-
-// Little helpers for the scalar section: fixed-width little-endian fields.
-class StateWriter {
- public:
-  template <typename T>
-  void Put(const T& x) {
-    const size_t at = buf_.size();
-    buf_.resize(at + sizeof(T));
-    std::memcpy(&buf_[at], &x, sizeof(T));
-  }
-  std::string& bytes() { return buf_; }
-
- private:
-  std::string buf_;
-};
-
-class StateReader {
- public:
-  StateReader(const char* p, size_t n) : p_(p), end_(p + n) {}
-  template <typename T>
-  T Get() {
-    if (size_t(end_ - p_) < sizeof(T))
-      throw IoError("state file: scalar section truncated");
-    T x;
-    std::memcpy(&x, p_, sizeof(T));
-    p_ += sizeof(T);
-    return x;
-  }
-  // Reads a value and checks it is <= max (guards sizes from the file).
-  template <typename T>
-  T GetAtMost(T max, const char* what) {
-    const T x = Get<T>();
-    if (x > max) throw IoError(std::string("state file: invalid ") + what);
-    return x;
-  }
-  bool done() const { return p_ == end_; }
-
- private:
-  const char* p_;
-  const char* end_;
-};
 
 // Canonical text of the configuration (what must match to load a state).
 std::string ConfigFingerprint(const SessionConfig& c);

@@ -15,7 +15,7 @@
 
 #include "arch/balance.h"  // BalanceParams, KernelKind
 #include "engine/budget/arena.h"
-#include "engine/session/state_io.h"
+#include "engine/io/serial.h"
 #include "engine/sketch/rows.h"
 #include "engine/sketch/sketch.h"  // StagedState
 

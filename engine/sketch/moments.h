@@ -12,7 +12,7 @@
 #include <string>
 
 #include "engine/budget/arena.h"
-#include "engine/session/state_io.h"
+#include "engine/io/serial.h"
 #include "engine/sketch/sketch.h"  // StagedState
 
 namespace kvsketch {

@@ -14,7 +14,7 @@
 
 #include "arch/types.h"  // Storage, RowsView
 #include "engine/budget/arena.h"
-#include "engine/session/state_io.h"
+#include "engine/io/serial.h"
 #include "engine/sketch/rows.h"
 
 namespace kvsketch {
