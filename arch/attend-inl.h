@@ -42,7 +42,11 @@ HWY_INLINE float HalfAt(const uint8_t* p) {
   float f;
   std::memcpy(&f, &bits, 4);
   f *= 5.192296858534828e33f;  // 2^112
-  return (h & 0x8000u) ? -f : f;
+  uint32_t out;
+  std::memcpy(&out, &f, 4);
+  out |= uint32_t(h & 0x8000u) << 16;
+  std::memcpy(&f, &out, 4);
+  return f;
 }
 
 // Float rows: `cols` is the valid columns rounded up to the tag's lanes.
@@ -192,37 +196,57 @@ HWY_INLINE void ScoreTile(D d, const QuantRows& KR, size_t r0,
                           float* HWY_RESTRICT s) {
   const size_t N = hn::Lanes(d);
   const hn::Rebind<int32_t, D> di;
-  const size_t g = KR.group, half = g / 2;
-  for (size_t r = 0; r < rows; ++r) {
-    auto acc = hn::Zero(d);
-    float off = 0.0f;
-    for (size_t j = 0; j < KR.groups; ++j) {
-      const uint8_t* blk = KR.Block(r0 + r, j);
-      const uint8_t* codes = blk + KR.code_offset();
-      const float* HWY_RESTRICT qg = q + j * g;
-      const float sc = HalfAt(blk);
-      auto p0 = hn::Zero(d);
-      auto p1 = hn::Zero(d);
-      if (KR.q8) {
+  const size_t g = KR.group, half = g / 2, groups = KR.groups;
+  const size_t rowb = KR.rowb, block = KR.block;
+  const uint8_t* HWY_RESTRICT base = KR.p + r0 * rowb;
+  // One loop per code width (the branch stays out of the row loop).
+  if (KR.q8) {
+    for (size_t r = 0; r < rows; ++r) {
+      const uint8_t* HWY_RESTRICT row = base + r * rowb;
+      auto acc = hn::Zero(d);
+      for (size_t j = 0; j < groups; ++j) {
+        const uint8_t* HWY_RESTRICT codes = row + j * block + 2;
+        const float* HWY_RESTRICT qg = q + j * g;
+        auto p0 = hn::Zero(d);
+        auto p1 = hn::Zero(d);
         size_t i = 0;
         for (; i + 2 * N <= g; i += 2 * N) {
           p0 = hn::MulAdd(LoadQ8(d, codes, i), hn::LoadU(d, qg + i), p0);
           p1 =
               hn::MulAdd(LoadQ8(d, codes, i + N), hn::LoadU(d, qg + i + N), p1);
         }
-        if (i < g)
+        if (i < g) {
           p0 = hn::MulAdd(LoadQ8(d, codes, i), hn::LoadU(d, qg + i), p0);
-      } else {
-        const auto mask = hn::Set(di, 0xF);
-        for (size_t i = 0; i < half; i += N) {
-          const auto b = LoadQ4Bytes(d, codes, i);
-          p0 = hn::MulAdd(hn::ConvertTo(d, hn::And(b, mask)),
-                          hn::LoadU(d, qg + i), p0);
-          p1 = hn::MulAdd(hn::ConvertTo(d, hn::ShiftRight<4>(b)),
-                          hn::LoadU(d, qg + half + i), p1);
         }
-        off += (KR.asym ? HalfAt(blk + 2) : -8.0f * sc) * qsum[j];
+        acc = hn::MulAdd(hn::Set(d, HalfAt(row + j * block)), hn::Add(p0, p1),
+                         acc);
       }
+      s[r] = hn::GetLane(hn::SumOfLanes(d, acc)) + (bias ? bias[r] : 0.0f);
+    }
+    return;
+  }
+  const size_t co = KR.code_offset();
+  const bool asym = KR.asym;
+  const auto mask = hn::Set(di, 0xF);
+  for (size_t r = 0; r < rows; ++r) {
+    const uint8_t* HWY_RESTRICT row = base + r * rowb;
+    auto acc = hn::Zero(d);
+    float off = 0.0f;
+    for (size_t j = 0; j < groups; ++j) {
+      const uint8_t* HWY_RESTRICT blk = row + j * block;
+      const uint8_t* HWY_RESTRICT codes = blk + co;
+      const float* HWY_RESTRICT qg = q + j * g;
+      const float sc = HalfAt(blk);
+      auto p0 = hn::Zero(d);
+      auto p1 = hn::Zero(d);
+      for (size_t i = 0; i < half; i += N) {
+        const auto b = LoadQ4Bytes(d, codes, i);
+        p0 = hn::MulAdd(hn::ConvertTo(d, hn::And(b, mask)),
+                        hn::LoadU(d, qg + i), p0);
+        p1 = hn::MulAdd(hn::ConvertTo(d, hn::ShiftRight<4>(b)),
+                        hn::LoadU(d, qg + half + i), p1);
+      }
+      off += (asym ? HalfAt(blk + 2) : -8.0f * sc) * qsum[j];
       acc = hn::MulAdd(hn::Set(d, sc), hn::Add(p0, p1), acc);
     }
     s[r] = hn::GetLane(hn::SumOfLanes(d, acc)) + off + (bias ? bias[r] : 0.0f);

@@ -383,9 +383,14 @@ int RunAnalyze(const AnalyzeOptions& opt) {
   }
   fmt::print(
       "## kvsketch analyze\n\nmachine: {} | SIMD: {} | workload: {} | "
-      "method: {} | sinks: {}\n\n",
+      "method: {} | sinks: {} | storage: {}\n\n",
       CpuModel(), ChosenTargetName(), source, MethodName(base.method),
-      base.sinks);
+      base.sinks, [&] {
+        SketchConfig c = base;
+        c.dk = traces[0].dk;
+        c.dv = traces[0].dv;
+        return StorageSummary(c);
+      }());
   std::string head =
       "| layer | head | max abs k | max abs q | logit range | eff tokens |";
   std::string sep = "|---|---|---|---|---|---|";

@@ -118,8 +118,12 @@ int RunOracle(const OracleOptions& opt) {
         "## kvsketch oracle\n\nmachine: {} | workload: {} | sinks: {} | "
         "storage: {}\n\n| budget tokens | held tokens | window | clairvoyant "
         "eviction | ratio |\n|---|---|---|---|---|\n",
-        CpuModel(), source, opt.sinks,
-        StorageLabel(opt.rows.storage_k, opt.rows.storage_v));
+        CpuModel(), source, opt.sinks, [&] {
+          SketchConfig c = opt.rows;
+          c.dk = traces[0].dk;
+          c.dv = traces[0].dv;
+          return StorageSummary(c);
+        }());
   }
   for (size_t budget : opt.budgets) {
     const size_t held =
