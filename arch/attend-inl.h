@@ -501,6 +501,22 @@ inline void FinishOutputs(const RowsView& V, size_t G, float* HWY_RESTRICT acc,
   }
 }
 
+// Calls f(dk, dv, keys, values) with each side's lanes and its row source
+// adjusted to them.
+template <class KR, class VR, class F>
+HWY_INLINE void WithSides(const KR& kr, const VR& vr, const RowsView& K,
+                          const RowsView& V, const F& f) {
+  WithTagFor(kr, K, [&](auto dk) {
+    WithTagFor(vr, V, [&](auto dv) {
+      auto k2 = kr;
+      auto v2 = vr;
+      AdjustCols(k2, hn::Lanes(dk), K);
+      AdjustCols(v2, hn::Lanes(dv), V);
+      f(dk, dv, k2, v2);
+    });
+  });
+}
+
 template <class KR, class VR>
 void AttendRows(const KR& kr, const VR& vr, const RowsView& K,
                 const RowsView& V, const float* logw, const float* q, size_t G,
@@ -519,16 +535,11 @@ void AttendRows(const KR& kr, const VR& vr, const RowsView& K,
     for (size_t c = 0; c < acc_stride; ++c) acc[g * acc_stride + c] = 0.0f;
   }
   const size_t qsum_stride = kMaxQuantGroups;
-  WithTagFor(kr, K, [&](auto dk) {
-    WithTagFor(vr, V, [&](auto dv) {
-      auto k2 = kr;
-      auto v2 = vr;
-      AdjustCols(k2, hn::Lanes(dk), K);
-      AdjustCols(v2, hn::Lanes(dv), V);
-      AttendT(dk, dv, k2, v2, K.rows, logw, qs, q_stride, qsum, qsum_stride, G,
-              m, z, acc, acc_stride, AccCols(v2, acc_stride), scores);
-    });
-  });
+  WithSides(
+      kr, vr, K, V, [&](auto dk, auto dv, const auto& k2, const auto& v2) {
+        AttendT(dk, dv, k2, v2, K.rows, logw, qs, q_stride, qsum, qsum_stride,
+                G, m, z, acc, acc_stride, AccCols(v2, acc_stride), scores);
+      });
   if (!direct) FinishOutputs(V, G, acc, acc_stride, N);
 }
 
@@ -549,16 +560,11 @@ void ResidualRows(const KR& kr, const VR& vr, const RowsView& K,
   if (!direct) {
     for (size_t c = 0; c < acc_stride; ++c) acc[c] = 0.0f;
   }
-  WithTagFor(kr, K, [&](auto dk) {
-    WithTagFor(vr, V, [&](auto dv) {
-      auto k2 = kr;
-      auto v2 = vr;
-      AdjustCols(k2, hn::Lanes(dk), K);
-      AdjustCols(v2, hn::Lanes(dv), V);
-      ResidualT(dk, dv, k2, v2, K.rows, logw, qs, qsum, shift, shifts, ref,
-                degree, acc, Z);
-    });
-  });
+  WithSides(kr, vr, K, V,
+            [&](auto dk, auto dv, const auto& k2, const auto& v2) {
+              ResidualT(dk, dv, k2, v2, K.rows, logw, qs, qsum, shift, shifts,
+                        ref, degree, acc, Z);
+            });
   if (!direct) {
     if (V.rotated) HadamardInPlace(acc, V.cols);
     for (size_t c = 0; c < V.cols; ++c) N[c] += acc[c];
