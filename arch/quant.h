@@ -49,9 +49,15 @@ inline QuantParams MakeQuantParams(Storage type, float mx, float mn) {
     const float amax = std::fmax(std::fabs(mx), std::fabs(mn));
     s = amax / 127.0f;
   } else if (type == Storage::kQ4) {
-    // The signed value of largest magnitude maps to code 0 (= -8).
+    // The signed value of largest magnitude maps to code 0 (= -8), as
+    // llama.cpp's q4_0 does, unless the other extreme would then pass code
+    // 15 (+7): then the other extreme maps to 15 and nothing clips.
     const float v = -mn > mx ? mn : mx;
+    const float w = -mn > mx ? mx : mn;
     s = v / -8.0f;
+    if (w * v < 0.0f && std::fabs(w) * 8.0f > std::fabs(v) * 7.0f) {
+      s = w / 7.0f;
+    }
   } else {  // kQ4A
     p.offset_bits = SaturatingF16Bits(mn);
     p.offset = F16BitsToF32(p.offset_bits);
