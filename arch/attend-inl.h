@@ -61,6 +61,7 @@ struct FloatRows {
 struct QuantRows {
   const uint8_t* p;
   size_t rowb, groups, group, block;
+  size_t cols;  // valid columns
   bool q8, asym;
   size_t row_bytes() const { return rowb; }
   const uint8_t* Block(size_t r, size_t j) const {
@@ -78,6 +79,7 @@ inline QuantRows MakeQuantRows(const RowsView& v) {
   r.block = QuantBlockBytes(v.type, r.group);
   r.q8 = v.type == Storage::kQ8;
   r.asym = v.type == Storage::kQ4A;
+  r.cols = v.cols;
   return r;
 }
 
@@ -397,6 +399,376 @@ void AttendT(DK dk, DV dv, const KR& K, const VR& V, size_t n,
   }
 }
 
+// ------------------------------------------------ grouped queries (G > 1)
+//
+// A G-query call must cost about what a 1-query call costs: both read the
+// same K/V bytes, so the per-query work has to be only the FMAs it needs.
+// Per tile: the keys are converted to f32 once (f32 rows are read in place)
+// and each query's 16 scores come out of one reduction tree (no per-row
+// horizontal sum); the softmax bookkeeping is vectorised over the tile; then
+// every value vector is loaded (and converted) once for up to 8 queries,
+// whose accumulators stay in registers.
+
+#if HWY_TARGET != HWY_SCALAR
+// [N/2 pair sums of lo | N/2 pair sums of hi].
+template <class D>
+HWY_INLINE hn::Vec<D> Fold2(D d, hn::Vec<D> lo, hn::Vec<D> hi) {
+  return hn::Add(hn::ConcatEven(d, hi, lo), hn::ConcatOdd(d, hi, lo));
+}
+#endif
+
+// True if the reduction tree applies to tag D: at least 4 lanes, a power of
+// two (so it divides kTile). Otherwise per-row sums are used.
+template <class D>
+HWY_INLINE bool TreeLanes(D d) {
+  const size_t N = hn::Lanes(d);
+  return HWY_TARGET != HWY_SCALAR && hn::MaxLanes(d) >= 4 && N >= 4 &&
+         (N & (N - 1)) == 0 && N <= kTile;
+}
+
+// Scores of kTile f32 rows (`stride` apart; kcols a multiple of the lanes,
+// q zero beyond the valid columns) against one query: row r's partial-sum
+// vector, folded four rows at a time and then across the groups, gives the
+// kTile sums in order. Requires TreeLanes(d).
+template <class D>
+HWY_INLINE void ScoreTileTree(D d, const float* HWY_RESTRICT K, size_t stride,
+                              size_t kcols, const float* HWY_RESTRICT q,
+                              float* HWY_RESTRICT s) {
+#if HWY_TARGET != HWY_SCALAR
+  if constexpr (hn::MaxLanes(D()) >= 4) {
+    const size_t N = hn::Lanes(d);
+    HWY_ALIGN float part[kTile * kTile / 4];
+    if (kcols <= 8 * N) {
+      // The query in registers (up to 8 vectors: d = 128 at 16 lanes): each
+      // row costs its loads and FMAs.
+      const auto z = hn::Zero(d);
+      const auto q0 = hn::LoadU(d, q);
+      const auto q1 = kcols > 1 * N ? hn::LoadU(d, q + 1 * N) : z;
+      const auto q2 = kcols > 2 * N ? hn::LoadU(d, q + 2 * N) : z;
+      const auto q3 = kcols > 3 * N ? hn::LoadU(d, q + 3 * N) : z;
+      const auto q4 = kcols > 4 * N ? hn::LoadU(d, q + 4 * N) : z;
+      const auto q5 = kcols > 5 * N ? hn::LoadU(d, q + 5 * N) : z;
+      const auto q6 = kcols > 6 * N ? hn::LoadU(d, q + 6 * N) : z;
+      const auto q7 = kcols > 7 * N ? hn::LoadU(d, q + 7 * N) : z;
+      const size_t nv = kcols / N;
+      const auto row_vec = [&](const float* HWY_RESTRICT k) {
+        // Two chains when the row is long (FMA latency, not throughput).
+        auto a = hn::Mul(hn::LoadU(d, k), q0);
+        auto b = z;
+        if (nv > 1) a = hn::MulAdd(hn::LoadU(d, k + 1 * N), q1, a);
+        if (nv > 2) a = hn::MulAdd(hn::LoadU(d, k + 2 * N), q2, a);
+        if (nv > 3) a = hn::MulAdd(hn::LoadU(d, k + 3 * N), q3, a);
+        if (nv > 4) b = hn::Mul(hn::LoadU(d, k + 4 * N), q4);
+        if (nv > 5) b = hn::MulAdd(hn::LoadU(d, k + 5 * N), q5, b);
+        if (nv > 6) b = hn::MulAdd(hn::LoadU(d, k + 6 * N), q6, b);
+        if (nv > 7) b = hn::MulAdd(hn::LoadU(d, k + 7 * N), q7, b);
+        return nv > 4 ? hn::Add(a, b) : a;
+      };
+      for (size_t j = 0; j < kTile / 4; ++j) {
+        const float* HWY_RESTRICT k = K + 4 * j * stride;
+        const auto r0 = row_vec(k);
+        const auto r1 = row_vec(k + stride);
+        const auto r2 = row_vec(k + 2 * stride);
+        const auto r3 = row_vec(k + 3 * stride);
+        hn::Store(Fold2(d, Fold2(d, r0, r1), Fold2(d, r2, r3)), d,
+                  part + j * N);
+      }
+    } else {
+      const auto row_vec = [&](const float* HWY_RESTRICT k) {
+        auto a0 = hn::Mul(hn::LoadU(d, k), hn::LoadU(d, q));
+        auto a1 = hn::Mul(hn::LoadU(d, k + N), hn::LoadU(d, q + N));
+        size_t c = 2 * N;
+        for (; c + 2 * N <= kcols; c += 2 * N) {
+          a0 = hn::MulAdd(hn::LoadU(d, k + c), hn::LoadU(d, q + c), a0);
+          a1 = hn::MulAdd(hn::LoadU(d, k + c + N), hn::LoadU(d, q + c + N), a1);
+        }
+        if (c < kcols) {
+          a0 = hn::MulAdd(hn::LoadU(d, k + c), hn::LoadU(d, q + c), a0);
+        }
+        return hn::Add(a0, a1);
+      };
+      for (size_t j = 0; j < kTile / 4; ++j) {
+        const float* HWY_RESTRICT k = K + 4 * j * stride;
+        const auto r0 = row_vec(k);
+        const auto r1 = row_vec(k + stride);
+        const auto r2 = row_vec(k + 2 * stride);
+        const auto r3 = row_vec(k + 3 * stride);
+        hn::Store(Fold2(d, Fold2(d, r0, r1), Fold2(d, r2, r3)), d,
+                  part + j * N);
+      }
+    }
+    // Each fold halves the vectors; stop at kTile lanes of whole sums.
+    for (size_t count = kTile / 4; count * N > kTile; count /= 2) {
+      for (size_t j = 0; j < count / 2; ++j) {
+        const auto lo = hn::Load(d, part + 2 * j * N);
+        const auto hi = hn::Load(d, part + (2 * j + 1) * N);
+        hn::Store(Fold2(d, lo, hi), d, part + j * N);
+      }
+    }
+    std::memcpy(s, part, kTile * sizeof(float));
+    return;
+  }
+#endif
+  HWY_ASSERT(false);  // callers check TreeLanes
+  (void)d, (void)K, (void)stride, (void)kcols, (void)q, (void)s;
+}
+
+// Rows [r0, r0 + rows) as f32: f32 rows in place, others converted into
+// `buf` ([rows][stride], stride = the columns the kernels touch).
+template <class D>
+HWY_INLINE FloatRows<float> TileF32(D /*d*/, const FloatRows<float>& R,
+                                    size_t r0, size_t /*rows*/,
+                                    float* HWY_RESTRICT /*buf*/) {
+  return FloatRows<float>{R.p + r0 * R.stride, R.stride, R.cols};
+}
+template <class D, typename T>
+HWY_INLINE FloatRows<float> TileF32(D d, const FloatRows<T>& R, size_t r0,
+                                    size_t rows, float* HWY_RESTRICT buf) {
+  const size_t N = hn::Lanes(d), cols = R.cols;
+  for (size_t r = 0; r < rows; ++r) {
+    const T* HWY_RESTRICT src = R.p + (r0 + r) * R.stride;
+    float* HWY_RESTRICT dst = buf + r * cols;
+    for (size_t c = 0; c < cols; c += N) {
+      hn::StoreU(LoadF32(d, src + c), d, dst + c);
+    }
+  }
+  return FloatRows<float>{buf, cols, cols};
+}
+// Quantized rows decode to what they store (rotated rows stay rotated), all
+// quantized columns (whole groups).
+template <class D>
+HWY_INLINE FloatRows<float> TileF32(D d, const QuantRows& R, size_t r0,
+                                    size_t rows, float* HWY_RESTRICT buf) {
+  const size_t N = hn::Lanes(d);
+  const hn::Rebind<int32_t, D> di;
+  const size_t g = R.group, half = g / 2, qcols = R.groups * g;
+  const auto mask = hn::Set(di, 0xF);
+  for (size_t r = 0; r < rows; ++r) {
+    float* HWY_RESTRICT dst = buf + r * qcols;
+    for (size_t j = 0; j < R.groups; ++j) {
+      const uint8_t* HWY_RESTRICT blk = R.Block(r0 + r, j);
+      const uint8_t* HWY_RESTRICT codes = blk + R.code_offset();
+      const auto sc = hn::Set(d, HalfAt(blk));
+      float* HWY_RESTRICT out = dst + j * g;
+      if (R.q8) {
+        for (size_t i = 0; i < g; i += N) {
+          hn::StoreU(hn::Mul(sc, LoadQ8(d, codes, i)), d, out + i);
+        }
+        continue;
+      }
+      const auto off =
+          hn::Set(d, R.asym ? HalfAt(blk + 2) : -8.0f * HalfAt(blk));
+      for (size_t i = 0; i < half; i += N) {
+        const auto b = LoadQ4Bytes(d, codes, i);
+        hn::StoreU(hn::MulAdd(sc, hn::ConvertTo(d, hn::And(b, mask)), off), d,
+                   out + i);
+        hn::StoreU(hn::MulAdd(sc, hn::ConvertTo(d, hn::ShiftRight<4>(b)), off),
+                   d, out + half + i);
+      }
+    }
+  }
+  return FloatRows<float>{buf, qcols, RoundUp(R.cols, N)};
+}
+
+// Value rows the grouped accumulation reads: float rows in place (converted
+// in registers), quantized rows decoded into `buf` first.
+template <class D, typename T>
+HWY_INLINE FloatRows<T> ValueTile(D /*d*/, const FloatRows<T>& R, size_t r0,
+                                  size_t /*rows*/,
+                                  float* HWY_RESTRICT /*buf*/) {
+  return FloatRows<T>{R.p + r0 * R.stride, R.stride, R.cols};
+}
+template <class D>
+HWY_INLINE FloatRows<float> ValueTile(D d, const QuantRows& R, size_t r0,
+                                      size_t rows, float* HWY_RESTRICT buf) {
+  FloatRows<float> t = TileF32(d, R, r0, rows, buf);
+  t.cols = t.stride;  // the accumulator spans whole groups
+  return t;
+}
+
+// acc[g][0, cols) += sum_r P[g][r] * V[r] for g < kG (P rows kTile apart):
+// each value vector is loaded and converted once for the kG queries, whose
+// accumulators stay in registers.
+template <size_t kG, class D, typename TV>
+HWY_INLINE void AccumulateGroupTile(D d, const FloatRows<TV>& VR,
+                                    const float* HWY_RESTRICT P, size_t rows,
+                                    float* HWY_RESTRICT acc,
+                                    size_t acc_stride) {
+  static_assert(kG >= 1 && kG <= 8, "queries per pass");
+  const size_t N = hn::Lanes(d);
+  const TV* HWY_RESTRICT V = VR.p;
+  for (size_t c = 0; c < VR.cols; c += N) {
+    auto a0 = hn::LoadU(d, acc + c);
+    auto a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+    if constexpr (kG > 1) a1 = hn::LoadU(d, acc + 1 * acc_stride + c);
+    if constexpr (kG > 2) a2 = hn::LoadU(d, acc + 2 * acc_stride + c);
+    if constexpr (kG > 3) a3 = hn::LoadU(d, acc + 3 * acc_stride + c);
+    if constexpr (kG > 4) a4 = hn::LoadU(d, acc + 4 * acc_stride + c);
+    if constexpr (kG > 5) a5 = hn::LoadU(d, acc + 5 * acc_stride + c);
+    if constexpr (kG > 6) a6 = hn::LoadU(d, acc + 6 * acc_stride + c);
+    if constexpr (kG > 7) a7 = hn::LoadU(d, acc + 7 * acc_stride + c);
+    for (size_t r = 0; r < rows; ++r) {
+      const auto v = LoadF32(d, V + r * VR.stride + c);
+      a0 = hn::MulAdd(hn::Set(d, P[r]), v, a0);
+      if constexpr (kG > 1)
+        a1 = hn::MulAdd(hn::Set(d, P[1 * kTile + r]), v, a1);
+      if constexpr (kG > 2)
+        a2 = hn::MulAdd(hn::Set(d, P[2 * kTile + r]), v, a2);
+      if constexpr (kG > 3)
+        a3 = hn::MulAdd(hn::Set(d, P[3 * kTile + r]), v, a3);
+      if constexpr (kG > 4)
+        a4 = hn::MulAdd(hn::Set(d, P[4 * kTile + r]), v, a4);
+      if constexpr (kG > 5)
+        a5 = hn::MulAdd(hn::Set(d, P[5 * kTile + r]), v, a5);
+      if constexpr (kG > 6)
+        a6 = hn::MulAdd(hn::Set(d, P[6 * kTile + r]), v, a6);
+      if constexpr (kG > 7)
+        a7 = hn::MulAdd(hn::Set(d, P[7 * kTile + r]), v, a7);
+    }
+    hn::StoreU(a0, d, acc + c);
+    if constexpr (kG > 1) hn::StoreU(a1, d, acc + 1 * acc_stride + c);
+    if constexpr (kG > 2) hn::StoreU(a2, d, acc + 2 * acc_stride + c);
+    if constexpr (kG > 3) hn::StoreU(a3, d, acc + 3 * acc_stride + c);
+    if constexpr (kG > 4) hn::StoreU(a4, d, acc + 4 * acc_stride + c);
+    if constexpr (kG > 5) hn::StoreU(a5, d, acc + 5 * acc_stride + c);
+    if constexpr (kG > 6) hn::StoreU(a6, d, acc + 6 * acc_stride + c);
+    if constexpr (kG > 7) hn::StoreU(a7, d, acc + 7 * acc_stride + c);
+  }
+}
+
+template <class D, typename TV>
+HWY_INLINE void AccumulateGroup(D d, const FloatRows<TV>& VR,
+                                const float* HWY_RESTRICT P, size_t rows,
+                                size_t G, float* HWY_RESTRICT acc,
+                                size_t acc_stride) {
+  for (size_t g0 = 0; g0 < G; g0 += 8) {
+    const float* Pg = P + g0 * kTile;
+    float* a = acc + g0 * acc_stride;
+    switch (HWY_MIN(size_t{8}, G - g0)) {
+      case 1:
+      case 2:
+        // Too few chains to hide the FMA latency: two column vectors at a
+        // time per query instead.
+        for (size_t g = g0; g < G; ++g) {
+          AccumulateTile(d, VR, 0, P + g * kTile, rows, acc + g * acc_stride);
+        }
+        break;
+      case 3:
+        AccumulateGroupTile<3>(d, VR, Pg, rows, a, acc_stride);
+        break;
+      case 4:
+        AccumulateGroupTile<4>(d, VR, Pg, rows, a, acc_stride);
+        break;
+      case 5:
+        AccumulateGroupTile<5>(d, VR, Pg, rows, a, acc_stride);
+        break;
+      case 6:
+        AccumulateGroupTile<6>(d, VR, Pg, rows, a, acc_stride);
+        break;
+      case 7:
+        AccumulateGroupTile<7>(d, VR, Pg, rows, a, acc_stride);
+        break;
+      default:
+        AccumulateGroupTile<8>(d, VR, Pg, rows, a, acc_stride);
+        break;
+    }
+  }
+}
+
+// Online softmax of one query's tile scores s[0, rows) (s padded to kTile):
+// rescales the query's accumulator and lane sums zl[0, kTile) when its max
+// grows (the lane-wise max is compared with m; the reduction to one max only
+// runs then), writes the weights exp(s - m) to p[0, kTile) (zero beyond rows)
+// and adds them to zl lane by lane.
+template <class DV>
+HWY_INLINE void SoftmaxTile(DV dv, float* HWY_RESTRICT s, size_t rows,
+                            float* HWY_RESTRICT m, float* HWY_RESTRICT zl,
+                            float* HWY_RESTRICT a, size_t acc_cols,
+                            float* HWY_RESTRICT p) {
+  const hn::CappedTag<float, kTile> d;
+  const size_t L = hn::Lanes(d), NV = hn::Lanes(dv);
+  for (size_t r = rows; r < kTile; ++r) s[r] = -INFINITY;
+  auto vmax = hn::LoadU(d, s);
+  for (size_t i = L; i < kTile; i += L) {
+    vmax = hn::Max(vmax, hn::LoadU(d, s + i));
+  }
+  if (!hn::AllFalse(d, hn::Gt(vmax, hn::Set(d, *m)))) {
+    const float mt = hn::GetLane(hn::MaxOfLanes(d, vmax));
+    const float f = std::exp(*m - mt);  // 0 on the first tile
+    const auto vf = hn::Set(dv, f);
+    for (size_t c = 0; c < acc_cols; c += NV) {
+      hn::StoreU(hn::Mul(hn::LoadU(dv, a + c), vf), dv, a + c);
+    }
+    const auto vfz = hn::Set(d, f);
+    for (size_t i = 0; i < kTile; i += L) {
+      hn::StoreU(hn::Mul(hn::LoadU(d, zl + i), vfz), d, zl + i);
+    }
+    *m = mt;
+  }
+  const auto vm = hn::Set(d, *m);
+  const auto ninf = hn::Set(d, -INFINITY);
+  for (size_t i = 0; i < kTile; i += L) {
+    const auto x = hn::LoadU(d, s + i);
+    // Padding rows (-inf) weigh exactly 0.
+    const auto e =
+        hn::IfThenZeroElse(hn::Eq(x, ninf), hn::Exp(d, hn::Sub(x, vm)));
+    hn::StoreU(e, d, p + i);
+    hn::StoreU(hn::Add(hn::LoadU(d, zl + i), e), d, zl + i);
+  }
+}
+
+template <class DK, class DV, class KR, class VR>
+void AttendGroupT(DK dk, DV dv, const KR& K, const VR& V, size_t n,
+                  const float* HWY_RESTRICT logw, const float* HWY_RESTRICT qs,
+                  size_t q_stride, size_t G, float* HWY_RESTRICT m,
+                  float* HWY_RESTRICT z, float* HWY_RESTRICT acc,
+                  size_t acc_stride, size_t acc_cols,
+                  float* HWY_RESTRICT scores) {
+  HWY_ALIGN float s[kTile];
+  HWY_ALIGN float P[kMaxGroup * kTile];
+  HWY_ALIGN float zl[kMaxGroup * kTile];  // per-lane sums of the weights
+  for (size_t i = 0; i < G * kTile; ++i) zl[i] = 0.0f;
+  // The tile's rows as f32 when they are stored otherwise: at most
+  // kTile x kMaxHeadDim (4 KiB at d = 64, L1-resident).
+  HWY_ALIGN float kbuf[kTile * kMaxHeadDim];
+  HWY_ALIGN float
+      vbuf[std::is_same<VR, QuantRows>::value ? kTile * kMaxHeadDim : 1];
+  const bool tree = TreeLanes(dk);
+  const size_t pf_rows =
+      RoundUp(HWY_MAX(size_t{1}, kPrefetchBytes / K.row_bytes()), kTile);
+  for (size_t r0 = 0; r0 < n; r0 += kTile) {
+    const size_t rows = HWY_MIN(kTile, n - r0);
+    if (r0 + kTile + pf_rows <= n) {
+      PrefetchTile(K, r0 + pf_rows);
+      PrefetchTile(V, r0 + pf_rows);
+    }
+    const FloatRows<float> KT = TileF32(dk, K, r0, rows, kbuf);
+    for (size_t g = 0; g < G; ++g) {
+      const float* HWY_RESTRICT q = qs + g * q_stride;
+      if (tree && rows == kTile) {
+        ScoreTileTree(dk, KT.p, KT.stride, KT.cols, q, s);
+        if (logw) {
+          for (size_t r = 0; r < kTile; ++r) s[r] += logw[r0 + r];
+        }
+      } else {
+        ScoreTile(dk, KT, 0, q, nullptr, logw ? logw + r0 : nullptr, rows, s);
+      }
+      if (scores) {
+        for (size_t r = 0; r < rows; ++r) scores[g * n + r0 + r] = s[r];
+      }
+      SoftmaxTile(dv, s, rows, m + g, zl + g * kTile, acc + g * acc_stride,
+                  acc_cols, P + g * kTile);
+    }
+    AccumulateGroup(dv, ValueTile(dv, V, r0, rows, vbuf), P, rows, G, acc,
+                    acc_stride);
+  }
+  for (size_t g = 0; g < G; ++g) {
+    float sum = 0.0f;
+    for (size_t i = 0; i < kTile; ++i) sum += zl[g * kTile + i];
+    z[g] += sum;
+  }
+}
+
 // Residual sums of a Taylor-split attention (see ResidualAccumulate).
 template <class DK, class DV, class KR, class VR>
 void ResidualT(DK dk, DV dv, const KR& K, const VR& V, size_t n,
@@ -537,8 +909,13 @@ void AttendRows(const KR& kr, const VR& vr, const RowsView& K,
   const size_t qsum_stride = kMaxQuantGroups;
   WithSides(
       kr, vr, K, V, [&](auto dk, auto dv, const auto& k2, const auto& v2) {
-        AttendT(dk, dv, k2, v2, K.rows, logw, qs, q_stride, qsum, qsum_stride,
-                G, m, z, acc, acc_stride, AccCols(v2, acc_stride), scores);
+        if (G == 1) {
+          AttendT(dk, dv, k2, v2, K.rows, logw, qs, q_stride, qsum, qsum_stride,
+                  G, m, z, acc, acc_stride, AccCols(v2, acc_stride), scores);
+        } else {
+          AttendGroupT(dk, dv, k2, v2, K.rows, logw, qs, q_stride, G, m, z, acc,
+                       acc_stride, AccCols(v2, acc_stride), scores);
+        }
       });
   if (!direct) FinishOutputs(V, G, acc, acc_stride, N);
 }

@@ -54,14 +54,16 @@ Rows MakeRows(size_t n, size_t d, Storage type, std::mt19937& rng,
   return r;
 }
 
-TEST_CASE("a group's answers equal each query's alone, bit for bit") {
-  // The grouped kernel (each tile read and converted once, the group's
-  // scores in one pass) keeps every query's arithmetic: G = 2..16 (Qwen's 7
-  // included) against G single-query calls, every dtype and head dim.
+TEST_CASE("a group's answers equal each query's alone") {
+  // The grouped kernel (G >= 2: each tile read and converted once, each
+  // query's scores from one reduction tree, each value vector loaded once for
+  // up to 8 queries) against G single-query calls: the same answers up to the
+  // order of the additions. G = 2..16 (Qwen's 7 included; 9 and 10 leave one
+  // and two queries past a pass of 8), every dtype and head dim.
   test::ForEachTarget("AttendGroup", [](const char*) {
     for (Storage type : {Storage::kF32, Storage::kF16, Storage::kBF16}) {
       for (size_t d : {8u, 20u, 64u, 128u, 200u}) {
-        for (size_t G : {2u, 4u, 7u, 8u, 16u}) {
+        for (size_t G : {2u, 4u, 7u, 8u, 9u, 10u, 16u}) {
           const size_t n = 75;
           std::mt19937 rng(unsigned(d * 31 + G));
           const Rows K = MakeRows(n, d, type, rng, 1.0f);
@@ -80,12 +82,19 @@ TEST_CASE("a group's answers equal each query's alone, bit for bit") {
                         N1.data(), s1.data());
             INFO(std::string(StorageName(type))
                  << " d=" << d << " G=" << G << " g=" << g);
-            CHECK(m[g] == m1);
-            CHECK(z[g] == z1);
-            CHECK(std::memcmp(N.data() + g * V.stride, N1.data(),
-                              V.stride * sizeof(float)) == 0);
-            CHECK(std::memcmp(sc.data() + g * n, s1.data(),
-                              n * sizeof(float)) == 0);
+            // Both shift by their max score; the maxima agree to rounding.
+            CHECK(test::Near(m[g], m1, 1e-5, 1e-5));
+            const double shift = std::exp(double(m[g]) - double(m1));
+            CHECK(test::Near(double(z[g]) * shift, z1, 1e-5, 0));
+            double norm = 0;
+            for (size_t c = 0; c < d; ++c) norm += double(N1[c]) * N1[c];
+            for (size_t c = 0; c < V.stride; ++c) {
+              CHECK(test::Near(double(N[g * V.stride + c]) * shift, N1[c], 0,
+                               2e-6 * std::sqrt(norm) + 1e-6));
+            }
+            for (size_t i = 0; i < n; ++i) {
+              CHECK(test::Near(sc[g * n + i], s1[i], 1e-5, 1e-5));
+            }
           }
         }
       }
@@ -98,7 +107,7 @@ TEST_CASE("Attend matches the double reference (f32/f16/bf16, G=1..5)") {
     for (Storage type : {Storage::kF32, Storage::kF16, Storage::kBF16}) {
       for (size_t d : {4u, 8u, 12u, 20u, 64u, 128u}) {
         for (size_t n : {1u, 5u, 16u, 17u, 100u, 333u}) {
-          for (size_t G : {1u, 2u, 5u, 16u}) {
+          for (size_t G : {1u, 2u, 5u, 9u, 16u}) {
             std::mt19937 rng(unsigned(d * 1000 + n * 10 + G));
             const Rows K = MakeRows(n, d, type, rng, 1.0f);
             const Rows V = MakeRows(n, d, type, rng, 3.0f);

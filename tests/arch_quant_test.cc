@@ -252,7 +252,7 @@ TEST_CASE("attend over quantized rows equals the reference on every target") {
         for (size_t d : {8u, 20u, 64u, 128u}) {
           for (bool rotate : {false, true}) {
             if (rotate && !IsPowerOfTwo(d)) continue;
-            for (size_t G : {1u, 3u, 7u}) {
+            for (size_t G : {1u, 3u, 7u, 10u}) {
               const size_t n = 53;
               std::mt19937 rng(
                   unsigned(d * 13 + G + 7 * size_t(tk) + size_t(tv)));

@@ -59,23 +59,44 @@ install_consumer() {
 
 # libFuzzer (clang 14, ASan + UBSan) on every loader of outside data, a
 # bounded time each, starting from the small corpus kept in fuzz/corpus.
+fuzz_one() {  # fuzz_one TARGET: one bounded libFuzzer run
+  local t=$1 work seeds
+  work=$(mktemp -d)
+  seeds="fuzz/corpus/$t"
+  if [ "$t" = state ]; then  # a state of every method and storage
+    seeds=$(mktemp -d)
+    build/fuzz/fuzz/state_corpus "$seeds"
+  fi
+  "build/fuzz/fuzz/fuzz_$t" "$work" "$seeds" -max_total_time="${FUZZ_SECONDS:-30}" \
+    -max_len="$([ "$t" = state ] && echo 65536 || echo 4096)" -artifact_prefix="build/fuzz/crash-$t-" 2>&1 | grep -E "^Done|ERROR|SUMMARY"
+  rm -rf "$work"
+}
+
 fuzz() {
   cmake --preset fuzz >/dev/null
   cmake --build --preset fuzz
-  local t passed=0 work seeds
+  # Two fuzzers at a time (one per core), each to its own log.
+  local t pids=() names=() passed=0 failed=0 i
   for t in npy trace_json state checkpoint tokenizer; do
-    work=$(mktemp -d)
-    seeds="fuzz/corpus/$t"
-    if [ "$t" = state ]; then  # a state of every method and storage
-      seeds=$(mktemp -d)
-      build/fuzz/fuzz/state_corpus "$seeds"
+    fuzz_one "$t" >"build/fuzz/log-$t" 2>&1 &
+    pids+=($!)
+    names+=("$t")
+    if [ "${#pids[@]}" -eq 2 ] || [ "$t" = tokenizer ]; then
+      for i in "${!pids[@]}"; do
+        if wait "${pids[$i]}"; then
+          passed=$((passed + 1))
+        else
+          failed=$((failed + 1))
+          echo "fuzz_${names[$i]} FAILED"
+        fi
+        sed "s/^/  [${names[$i]}] /" "build/fuzz/log-${names[$i]}"
+      done
+      pids=()
+      names=()
     fi
-    "build/fuzz/fuzz/fuzz_$t" "$work" "$seeds" -max_total_time="${FUZZ_SECONDS:-30}" \
-      -max_len="$([ "$t" = state ] && echo 65536 || echo 4096)" -artifact_prefix="build/fuzz/crash-$t-" 2>&1 | grep -E "^Done|ERROR|SUMMARY"
-    rm -rf "$work"
-    passed=$((passed + 1))
   done
-  echo "fuzz: $passed passed, 0 failed"
+  echo "fuzz: $passed passed, $failed failed"
+  [ "$failed" -eq 0 ]
 }
 
 cross_aarch64() {

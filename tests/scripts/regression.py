@@ -25,9 +25,11 @@ TRACES = {
     "blurry": (0.125, 0.053, 0.015),
 }
 TRACE_MARGIN = 1.10  # +10 %: run-to-run identical; leaves room for platforms
-# README: the default's model KL at 64 / 128 tokens (KL at 128 is dominated by
-# a few tokens, so its margin is wider); perplexity vs the full cache.
-LM = {64: (0.0044, 1.25), 128: (0.00020, 1.5)}
+# README: the default's model KL at 64 tokens, and at 128 averaged over 120,
+# 124, .., 136 tokens (at 128 one eviction decision moves KL 2-3x between
+# neighbouring budgets, and ulp-level kernel changes move decisions); margin
+# on each; perplexity vs the full cache at the budget itself.
+LM = {64: (0.0044, 1.25, [64]), 128: (0.00029, 1.5, [120, 124, 128, 132, 136])}
 PPL_MARGIN = 0.01  # ppl within 1 % of the full cache's
 
 failures = []
@@ -51,18 +53,25 @@ for line in out.splitlines():
 if seen != 27:
     failures.append(f"bench printed {seen} method rows, expected 27")
 
-for budget, (want, margin) in LM.items():
+def lm_row(budget):
     out = subprocess.run(
         [kv, "lm", "-q", "--json", "--model", data + "/stories260K.bin",
          "--tokenizer", data + "/tok512.bin", "--eval",
          data + "/tinystories_valid_excerpt.txt", "--budget-tokens",
          str(budget)], check=True, capture_output=True, text=True).stdout
-    row = json.loads(out.splitlines()[-1])
-    kl, ppl, full = row["kl_mean"], row["ppl"], row["ppl_full"]
+    return json.loads(out.splitlines()[-1])
+
+
+for budget, (want, margin, budgets) in LM.items():
+    rows = {b: lm_row(b) for b in budgets}
+    kl = sum(r["kl_mean"] for r in rows.values()) / len(rows)
+    row = rows[budget]
+    ppl, full = row["ppl"], row["ppl_full"]
     ok = kl <= want * margin and abs(ppl / full - 1) <= PPL_MARGIN
-    print(f"lm {row['method']} {budget}: KL {kl:.6f} (README {want}), ppl {ppl:.4f} vs full {full:.4f} {'ok' if ok else 'WORSE'}")
+    over = "" if len(budgets) == 1 else f" (mean over {budgets[0]}..{budgets[-1]})"
+    print(f"lm {row['method']} {budget}: KL {kl:.6f}{over} (README {want}), ppl {ppl:.4f} vs full {full:.4f} {'ok' if ok else 'WORSE'}")
     if not ok:
-        failures.append(f"lm at {budget} tokens: KL {kl:.6f} (limit {want * margin:.6f}), ppl {ppl:.4f} vs {full:.4f}")
+        failures.append(f"lm at {budget} tokens: KL {kl:.6f}{over} (limit {want * margin:.6f}), ppl {ppl:.4f} vs {full:.4f}")
 
 if failures:
     print("regression: FAILED\n  " + "\n  ".join(failures))
