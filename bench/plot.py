@@ -5,10 +5,13 @@ python3-matplotlib; run with /usr/bin/python3).
   kvsketch bench --csv [--trace DIR] > bench.csv
   for m in ...; for b in ...: kvsketch lm ... --csv > lm_<m>_<b>.csv
   bench/plot.py --bench bench.csv [--lm lm_*.csv] --out plots/
+  kvsketch decode --csv > decode.csv; bench/plot.py --decode decode.csv
 
 Writes: error_vs_budget.png (mean relative error vs budget per method,
 log-log), attend_vs_retained.png (attend ns/query vs retained items) and,
-with --lm, kl_vs_budget.png (mean KL to the full cache vs budget).
+with --lm, kl_vs_budget.png (mean KL to the full cache vs budget); with
+--decode, decode_time.png (time per token vs context, one line per method,
+budget and thread count).
 """
 import argparse
 import csv
@@ -78,10 +81,12 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bench", nargs="*", default=[], help="bench --csv files")
     ap.add_argument("--lm", nargs="*", default=[], help="lm --csv files")
+    ap.add_argument("--decode", nargs="*", default=[],
+                    help="decode --csv files")
     ap.add_argument("--out", default=".", help="output directory")
     a = ap.parse_args()
-    if not a.bench and not a.lm:
-        ap.error("give --bench and/or --lm CSV files")
+    if not a.bench and not a.lm and not a.decode:
+        ap.error("give --bench, --lm and/or --decode CSV files")
     os.makedirs(a.out, exist_ok=True)
     if a.bench:
         rows = [r for r in read_rows(a.bench) if r["method"] != "exact"]
@@ -99,6 +104,21 @@ def main():
              "budget (tokens per KV head)", "mean KL to the full cache",
              "KL vs budget (kvsketch lm --eval)",
              os.path.join(a.out, "kl_vs_budget.png"))
+    if a.decode:
+        series = {}
+        for r in read_rows(a.decode):
+            x, y = num(r.get("context")), num(r.get("us_per_token"))
+            if x is None or y is None or x <= 0 or y <= 0:
+                continue
+            key = r["method"]
+            if r["method"] != "exact":
+                key += " " + r["budget_tokens"]
+            key += ", " + r["threads"] + " thr"
+            series.setdefault(key, []).append((x, y))
+        plot({k: sorted(v) for k, v in series.items()},
+             "context (tokens)", "time per token, all layers (us)",
+             "decode time vs context (kvsketch decode)",
+             os.path.join(a.out, "decode_time.png"))
     return 0
 
 

@@ -8,6 +8,7 @@
 #include "arch/targets.h"  // GetTargetInfo
 #include "engine/cli/analyze.h"
 #include "engine/cli/bench.h"
+#include "engine/cli/decode.h"
 #include "engine/cli/lm.h"
 #include "engine/cli/oracle.h"
 #include "engine/cli/speed.h"
@@ -152,6 +153,51 @@ int main(int argc, char** argv) {
       ->delimiter(',');
   speed->add_option("--reps", speed_opt.reps, "repetitions (median)")
       ->check(CLI::PositiveNumber);
+  kvsketch::DecodeOptions dec_opt;
+  auto* decode = app.add_subcommand(
+      "decode",
+      "per-token time of a decode loop (append + attend, all layers) on a "
+      "model's attention shapes at growing contexts");
+  decode
+      ->add_option("--preset", dec_opt.preset,
+                   "llama-3.2-1b, qwen2.5-0.5b or llama-3.1-8b")
+      ->capture_default_str();
+  decode->add_option("--layers", dec_opt.layers, "layers (default: preset)");
+  decode->add_option("--heads", dec_opt.heads, "query heads (default: preset)");
+  decode->add_option("--kv-heads", dec_opt.kv_heads,
+                     "KV heads (default: preset)");
+  decode->add_option("--head-dim", dec_opt.head_dim,
+                     "head dimension (default: preset)");
+  decode->add_option("--method", dec_opt.methods, "methods (comma-separated)")
+      ->delimiter(',')
+      ->capture_default_str();
+  decode
+      ->add_option("--budget-tokens", dec_opt.budgets,
+                   "budgets in tokens per KV head (comma-separated)")
+      ->delimiter(',')
+      ->capture_default_str();
+  decode
+      ->add_option("--contexts", dec_opt.contexts,
+                   "context checkpoints in tokens (comma-separated)")
+      ->delimiter(',')
+      ->capture_default_str();
+  decode
+      ->add_option("--threads", dec_opt.threads,
+                   "thread counts (comma-separated; 0 = all cores)")
+      ->delimiter(',')
+      ->capture_default_str();
+  decode->add_option("--steps", dec_opt.steps, "timed steps per checkpoint")
+      ->capture_default_str();
+  decode
+      ->add_option("--timed-layers", dec_opt.timed_layers,
+                   "layers actually run, times scaled to all (0 = all)")
+      ->capture_default_str();
+  decode->add_option("--storage", dec_opt.storage, "row storage")
+      ->capture_default_str();
+  decode->add_option("--seed", dec_opt.seed, "synthetic seed")
+      ->capture_default_str();
+  decode->add_flag("--json", dec_opt.json, "one JSON object per line");
+  decode->add_flag("--csv", dec_opt.csv, "CSV rows (bench/plot.py --decode)");
   kvsketch::BenchOptions bench_opt;
   std::string budget_bytes_text;
   kvsketch::StorageFlags bench_storage;
@@ -328,6 +374,7 @@ int main(int argc, char** argv) {
     }
     if (targets->parsed()) return kvsketch::RunTargets();
     if (speed->parsed()) return kvsketch::RunSpeed(speed_opt);
+    if (decode->parsed()) return kvsketch::RunDecode(dec_opt);
   } catch (const kvsketch::Error& e) {
     std::fprintf(stderr, "kvsketch: %s\n", e.what());
     return 2;

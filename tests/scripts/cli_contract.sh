@@ -109,6 +109,24 @@ for sub in bench analyze oracle; do
   expect_err "not a regular file" $sub --trace "$work/fifo" --budget-tokens 16
 done
 
+# kvsketch decode on a tiny model shape: every output mode, bad input.
+dec="decode --layers 2 --heads 4 --kv-heads 2 --head-dim 16 --contexts 64,192 --steps 4 --budget-tokens 32 --method window,exact,risk --threads 1"
+expect_ok "^\| risk \| 32 \| 1 \| 192 \|" $dec
+expect_ok '"method":"exact".*"context":192' $dec --json
+expect_ok "^window,32,1,192," $dec --csv
+expect_ok "qwen2.5-0.5b \| layers 3 \| heads 14/2" decode --preset qwen2.5-0.5b --layers 3 --contexts 32 --steps 2 --method window --budget-tokens 8 --threads 1
+expect_err "unknown --preset 'nope'" decode --preset nope
+expect_err "not a multiple of --kv-heads" decode --heads 6 --kv-heads 4
+expect_err "steps" decode --contexts 8 --steps 8
+expect_err "unknown method|method" decode --method nope --contexts 64 --steps 2 --layers 1
+expect_err "storage" decode --storage f8 --contexts 64 --steps 2 --layers 1
+if python3 -c "import matplotlib" 2>/dev/null; then
+  "$kv" $dec --csv >"$work/decode.csv" 2>/dev/null
+  if python3 "$src/bench/plot.py" --decode "$work/decode.csv" --out "$work/dplots" >/dev/null 2>"$work/err" &&
+    head -c 8 "$work/dplots/decode_time.png" | grep -q PNG; then ok; else
+    bad "plot.py --decode: $(head -c 300 "$work/err")"; fi
+fi
+
 # bench/sweep.sh + plot.py end to end (quick: two methods, two budgets).
 if python3 -c "import matplotlib" 2>/dev/null; then
   if (cd "$src" && sh bench/sweep.sh "$(dirname "$kv")" "$work/plots" --quick >/dev/null 2>"$work/err"); then
