@@ -431,9 +431,9 @@ HWY_INLINE bool TreeLanes(D d) {
 // vector, folded four rows at a time and then across the groups, gives the
 // kTile sums in order. Requires TreeLanes(d).
 template <class D>
-HWY_INLINE void ScoreTileTree(D d, const float* HWY_RESTRICT K, size_t stride,
-                              size_t kcols, const float* HWY_RESTRICT q,
-                              float* HWY_RESTRICT s) {
+HWY_NOINLINE void ScoreTileTree(D d, const float* HWY_RESTRICT K, size_t stride,
+                                size_t kcols, const float* HWY_RESTRICT q,
+                                float* HWY_RESTRICT s) {
 #if HWY_TARGET != HWY_SCALAR
   if constexpr (hn::MaxLanes(D()) >= 4) {
     const size_t N = hn::Lanes(d);
@@ -522,8 +522,8 @@ HWY_INLINE FloatRows<float> TileF32(D /*d*/, const FloatRows<float>& R,
   return FloatRows<float>{R.p + r0 * R.stride, R.stride, R.cols};
 }
 template <class D, typename T>
-HWY_INLINE FloatRows<float> TileF32(D d, const FloatRows<T>& R, size_t r0,
-                                    size_t rows, float* HWY_RESTRICT buf) {
+HWY_NOINLINE FloatRows<float> TileF32(D d, const FloatRows<T>& R, size_t r0,
+                                      size_t rows, float* HWY_RESTRICT buf) {
   const size_t N = hn::Lanes(d), cols = R.cols;
   for (size_t r = 0; r < rows; ++r) {
     const T* HWY_RESTRICT src = R.p + (r0 + r) * R.stride;
@@ -537,8 +537,8 @@ HWY_INLINE FloatRows<float> TileF32(D d, const FloatRows<T>& R, size_t r0,
 // Quantized rows decode to what they store (rotated rows stay rotated), all
 // quantized columns (whole groups).
 template <class D>
-HWY_INLINE FloatRows<float> TileF32(D d, const QuantRows& R, size_t r0,
-                                    size_t rows, float* HWY_RESTRICT buf) {
+HWY_NOINLINE FloatRows<float> TileF32(D d, const QuantRows& R, size_t r0,
+                                      size_t rows, float* HWY_RESTRICT buf) {
   const size_t N = hn::Lanes(d);
   const hn::Rebind<int32_t, D> di;
   const size_t g = R.group, half = g / 2, qcols = R.groups * g;
@@ -586,92 +586,85 @@ HWY_INLINE FloatRows<float> ValueTile(D d, const QuantRows& R, size_t r0,
   return t;
 }
 
-// acc[g][0, cols) += sum_r P[g][r] * V[r] for g < kG (P rows kTile apart):
-// each value vector is loaded and converted once for the kG queries, whose
-// accumulators stay in registers.
+// acc_i[0, cols) += sum_r P[i][r] * V[r] for i < kG (P rows kTile apart,
+// accumulators at acc[i]): each value vector is loaded and converted once for
+// the kG queries, whose accumulators stay in registers.
 template <size_t kG, class D, typename TV>
 HWY_INLINE void AccumulateGroupTile(D d, const FloatRows<TV>& VR,
                                     const float* HWY_RESTRICT P, size_t rows,
-                                    float* HWY_RESTRICT acc,
-                                    size_t acc_stride) {
-  static_assert(kG >= 1 && kG <= 8, "queries per pass");
+                                    float* const* acc) {
+  static_assert(kG == 4 || kG == 8, "queries per pass");
   const size_t N = hn::Lanes(d);
   const TV* HWY_RESTRICT V = VR.p;
   for (size_t c = 0; c < VR.cols; c += N) {
-    auto a0 = hn::LoadU(d, acc + c);
-    auto a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
-    if constexpr (kG > 1) a1 = hn::LoadU(d, acc + 1 * acc_stride + c);
-    if constexpr (kG > 2) a2 = hn::LoadU(d, acc + 2 * acc_stride + c);
-    if constexpr (kG > 3) a3 = hn::LoadU(d, acc + 3 * acc_stride + c);
-    if constexpr (kG > 4) a4 = hn::LoadU(d, acc + 4 * acc_stride + c);
-    if constexpr (kG > 5) a5 = hn::LoadU(d, acc + 5 * acc_stride + c);
-    if constexpr (kG > 6) a6 = hn::LoadU(d, acc + 6 * acc_stride + c);
-    if constexpr (kG > 7) a7 = hn::LoadU(d, acc + 7 * acc_stride + c);
+    auto a0 = hn::LoadU(d, acc[0] + c);
+    auto a1 = hn::LoadU(d, acc[1] + c);
+    auto a2 = hn::LoadU(d, acc[2] + c);
+    auto a3 = hn::LoadU(d, acc[3] + c);
+    auto a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+    if constexpr (kG > 4) {
+      a4 = hn::LoadU(d, acc[4] + c);
+      a5 = hn::LoadU(d, acc[5] + c);
+      a6 = hn::LoadU(d, acc[6] + c);
+      a7 = hn::LoadU(d, acc[7] + c);
+    }
     for (size_t r = 0; r < rows; ++r) {
       const auto v = LoadF32(d, V + r * VR.stride + c);
       a0 = hn::MulAdd(hn::Set(d, P[r]), v, a0);
-      if constexpr (kG > 1)
-        a1 = hn::MulAdd(hn::Set(d, P[1 * kTile + r]), v, a1);
-      if constexpr (kG > 2)
-        a2 = hn::MulAdd(hn::Set(d, P[2 * kTile + r]), v, a2);
-      if constexpr (kG > 3)
-        a3 = hn::MulAdd(hn::Set(d, P[3 * kTile + r]), v, a3);
-      if constexpr (kG > 4)
+      a1 = hn::MulAdd(hn::Set(d, P[1 * kTile + r]), v, a1);
+      a2 = hn::MulAdd(hn::Set(d, P[2 * kTile + r]), v, a2);
+      a3 = hn::MulAdd(hn::Set(d, P[3 * kTile + r]), v, a3);
+      if constexpr (kG > 4) {
         a4 = hn::MulAdd(hn::Set(d, P[4 * kTile + r]), v, a4);
-      if constexpr (kG > 5)
         a5 = hn::MulAdd(hn::Set(d, P[5 * kTile + r]), v, a5);
-      if constexpr (kG > 6)
         a6 = hn::MulAdd(hn::Set(d, P[6 * kTile + r]), v, a6);
-      if constexpr (kG > 7)
         a7 = hn::MulAdd(hn::Set(d, P[7 * kTile + r]), v, a7);
+      }
     }
-    hn::StoreU(a0, d, acc + c);
-    if constexpr (kG > 1) hn::StoreU(a1, d, acc + 1 * acc_stride + c);
-    if constexpr (kG > 2) hn::StoreU(a2, d, acc + 2 * acc_stride + c);
-    if constexpr (kG > 3) hn::StoreU(a3, d, acc + 3 * acc_stride + c);
-    if constexpr (kG > 4) hn::StoreU(a4, d, acc + 4 * acc_stride + c);
-    if constexpr (kG > 5) hn::StoreU(a5, d, acc + 5 * acc_stride + c);
-    if constexpr (kG > 6) hn::StoreU(a6, d, acc + 6 * acc_stride + c);
-    if constexpr (kG > 7) hn::StoreU(a7, d, acc + 7 * acc_stride + c);
+    hn::StoreU(a0, d, acc[0] + c);
+    hn::StoreU(a1, d, acc[1] + c);
+    hn::StoreU(a2, d, acc[2] + c);
+    hn::StoreU(a3, d, acc[3] + c);
+    if constexpr (kG > 4) {
+      hn::StoreU(a4, d, acc[4] + c);
+      hn::StoreU(a5, d, acc[5] + c);
+      hn::StoreU(a6, d, acc[6] + c);
+      hn::StoreU(a7, d, acc[7] + c);
+    }
   }
 }
 
+// The whole group's values for one tile: passes of 8 or 4 queries (a pass
+// with fewer queries left runs on zero weights into `spare`, so only two
+// variants are compiled), one or two leftover queries on their own.
+// P: [kMaxGroup][kTile], rows >= G zero.
 template <class D, typename TV>
-HWY_INLINE void AccumulateGroup(D d, const FloatRows<TV>& VR,
-                                const float* HWY_RESTRICT P, size_t rows,
-                                size_t G, float* HWY_RESTRICT acc,
-                                size_t acc_stride) {
-  for (size_t g0 = 0; g0 < G; g0 += 8) {
-    const float* Pg = P + g0 * kTile;
-    float* a = acc + g0 * acc_stride;
-    switch (HWY_MIN(size_t{8}, G - g0)) {
-      case 1:
-      case 2:
-        // Too few chains to hide the FMA latency: two column vectors at a
-        // time per query instead.
-        for (size_t g = g0; g < G; ++g) {
-          AccumulateTile(d, VR, 0, P + g * kTile, rows, acc + g * acc_stride);
-        }
-        break;
-      case 3:
-        AccumulateGroupTile<3>(d, VR, Pg, rows, a, acc_stride);
-        break;
-      case 4:
-        AccumulateGroupTile<4>(d, VR, Pg, rows, a, acc_stride);
-        break;
-      case 5:
-        AccumulateGroupTile<5>(d, VR, Pg, rows, a, acc_stride);
-        break;
-      case 6:
-        AccumulateGroupTile<6>(d, VR, Pg, rows, a, acc_stride);
-        break;
-      case 7:
-        AccumulateGroupTile<7>(d, VR, Pg, rows, a, acc_stride);
-        break;
-      default:
-        AccumulateGroupTile<8>(d, VR, Pg, rows, a, acc_stride);
-        break;
+HWY_NOINLINE void AccumulateGroup(D d, const FloatRows<TV>& VR,
+                                  const float* HWY_RESTRICT P, size_t rows,
+                                  size_t G, float* HWY_RESTRICT acc,
+                                  size_t acc_stride,
+                                  float* HWY_RESTRICT spare) {
+  for (size_t g0 = 0; g0 < G;) {
+    const size_t left = G - g0;
+    if (left <= 2) {
+      // Too few chains to hide the FMA latency in a pass: two column
+      // vectors at a time per query instead.
+      for (size_t g = g0; g < G; ++g) {
+        AccumulateTile(d, VR, 0, P + g * kTile, rows, acc + g * acc_stride);
+      }
+      return;
     }
+    const size_t width = left > 4 ? 8 : 4;
+    float* accp[8];
+    for (size_t i = 0; i < width; ++i) {
+      accp[i] = i < left ? acc + (g0 + i) * acc_stride : spare;
+    }
+    if (width == 8) {
+      AccumulateGroupTile<8>(d, VR, P + g0 * kTile, rows, accp);
+    } else {
+      AccumulateGroupTile<4>(d, VR, P + g0 * kTile, rows, accp);
+    }
+    g0 += HWY_MIN(width, left);
   }
 }
 
@@ -680,13 +673,14 @@ HWY_INLINE void AccumulateGroup(D d, const FloatRows<TV>& VR,
 // grows (the lane-wise max is compared with m; the reduction to one max only
 // runs then), writes the weights exp(s - m) to p[0, kTile) (zero beyond rows)
 // and adds them to zl lane by lane.
-template <class DV>
-HWY_INLINE void SoftmaxTile(DV dv, float* HWY_RESTRICT s, size_t rows,
-                            float* HWY_RESTRICT m, float* HWY_RESTRICT zl,
-                            float* HWY_RESTRICT a, size_t acc_cols,
-                            float* HWY_RESTRICT p) {
+// One copy per target (not per tag pair of the callers).
+static HWY_NOINLINE void SoftmaxTile(float* HWY_RESTRICT s, size_t rows,
+                                     float* HWY_RESTRICT m,
+                                     float* HWY_RESTRICT zl,
+                                     float* HWY_RESTRICT a, size_t acc_cols,
+                                     float* HWY_RESTRICT p) {
   const hn::CappedTag<float, kTile> d;
-  const size_t L = hn::Lanes(d), NV = hn::Lanes(dv);
+  const size_t L = hn::Lanes(d);
   for (size_t r = rows; r < kTile; ++r) s[r] = -INFINITY;
   auto vmax = hn::LoadU(d, s);
   for (size_t i = L; i < kTile; i += L) {
@@ -694,11 +688,8 @@ HWY_INLINE void SoftmaxTile(DV dv, float* HWY_RESTRICT s, size_t rows,
   }
   if (!hn::AllFalse(d, hn::Gt(vmax, hn::Set(d, *m)))) {
     const float mt = hn::GetLane(hn::MaxOfLanes(d, vmax));
-    const float f = std::exp(*m - mt);  // 0 on the first tile
-    const auto vf = hn::Set(dv, f);
-    for (size_t c = 0; c < acc_cols; c += NV) {
-      hn::StoreU(hn::Mul(hn::LoadU(dv, a + c), vf), dv, a + c);
-    }
+    const float f = std::exp(*m - mt);                // 0 on the first tile
+    for (size_t c = 0; c < acc_cols; ++c) a[c] *= f;  // rare: max grows
     const auto vfz = hn::Set(d, f);
     for (size_t i = 0; i < kTile; i += L) {
       hn::StoreU(hn::Mul(hn::LoadU(d, zl + i), vfz), d, zl + i);
@@ -728,6 +719,11 @@ void AttendGroupT(DK dk, DV dv, const KR& K, const VR& V, size_t n,
   HWY_ALIGN float P[kMaxGroup * kTile];
   HWY_ALIGN float zl[kMaxGroup * kTile];  // per-lane sums of the weights
   for (size_t i = 0; i < G * kTile; ++i) zl[i] = 0.0f;
+  // Weights of the queries a pass pads with (zero), and where their
+  // accumulator goes.
+  for (size_t i = G * kTile; i < kMaxGroup * kTile; ++i) P[i] = 0.0f;
+  HWY_ALIGN float spare[kMaxHeadDim];
+  for (size_t c = 0; c < acc_stride; ++c) spare[c] = 0.0f;
   // The tile's rows as f32 when they are stored otherwise: at most
   // kTile x kMaxHeadDim (4 KiB at d = 64, L1-resident).
   HWY_ALIGN float kbuf[kTile * kMaxHeadDim];
@@ -756,11 +752,11 @@ void AttendGroupT(DK dk, DV dv, const KR& K, const VR& V, size_t n,
       if (scores) {
         for (size_t r = 0; r < rows; ++r) scores[g * n + r0 + r] = s[r];
       }
-      SoftmaxTile(dv, s, rows, m + g, zl + g * kTile, acc + g * acc_stride,
+      SoftmaxTile(s, rows, m + g, zl + g * kTile, acc + g * acc_stride,
                   acc_cols, P + g * kTile);
     }
     AccumulateGroup(dv, ValueTile(dv, V, r0, rows, vbuf), P, rows, G, acc,
-                    acc_stride);
+                    acc_stride, spare);
   }
   for (size_t g = 0; g < G; ++g) {
     float sum = 0.0f;

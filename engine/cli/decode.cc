@@ -238,7 +238,7 @@ int RunDecode(const DecodeOptions& opt) {
                        method,
                        exact ? std::string("-") : fmt::format("{}", budget),
                        nthreads, target, row.us_per_token,
-                       vs > 0 ? fmt::format("{:.2f}", vs) : std::string("-"),
+                       vs > 0 ? fmt::format("{:.3f}", vs) : std::string("-"),
                        row.state_bytes / 1048576.0, row.retained);
           }
           std::fflush(stdout);
