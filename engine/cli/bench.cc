@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <map>
 #include <memory>
 #include <vector>
 
@@ -318,6 +319,8 @@ int RunBench(const BenchOptions& opt) {
     if (b == 0 && !opt.budget_bytes)
       throw Error("--budget-tokens must be at least 1 (got 0)");
   size_t measured_rows = 0;
+  // Mean error of each (budget, method) row, for the error / best table.
+  std::map<std::pair<size_t, Method>, double> means;
   std::string first_failure;
   const size_t steps = budgets.size() * methods.size();
   size_t step = 0;
@@ -408,6 +411,9 @@ int RunBench(const BenchOptions& opt) {
         if (step == steps) std::fprintf(stderr, "\n");
         std::fflush(stderr);
       }
+      if (failure.empty() && positions > 0 && m != Method::kExact) {
+        means[{budget, m}] = mean;
+      }
       if (opt.csv) {
         std::string err = failure;
         for (char& ch : err)
@@ -446,6 +452,39 @@ int RunBench(const BenchOptions& opt) {
     fmt::print("{{\"peak_rss_bytes\":{},\"peak_vm_bytes\":{}}}\n",
                PeakRssBytes(), PeakVirtualBytes());
   } else if (table) {
+    // Each method's mean error over the best method's at the same budget
+    // (exact excluded): "within 1.15x of the best" is one look.
+    std::vector<size_t> cols;
+    for (const auto& kv : means) {
+      if (cols.empty() || cols.back() != kv.first.first)
+        cols.push_back(kv.first.first);
+    }
+    if (!cols.empty()) {
+      fmt::print("\n| error / best |");
+      for (size_t b : cols) fmt::print(" {} |", b);
+      fmt::print("\n|---|");
+      for (size_t i = 0; i < cols.size(); ++i) fmt::print("---|");
+      fmt::print("\n");
+      for (Method m : methods) {
+        if (m == Method::kExact) continue;
+        fmt::print("| {} |", MethodName(m));
+        for (size_t b : cols) {
+          double best = INFINITY;
+          for (const auto& kv : means) {
+            if (kv.first.first == b) best = std::min(best, kv.second);
+          }
+          const auto it = means.find({b, m});
+          if (it == means.end()) {
+            fmt::print(" - |");
+          } else if (best > 0) {
+            fmt::print(" {:.2f} |", it->second / best);
+          } else {
+            fmt::print(" {} |", it->second == best ? "1.00" : "inf");
+          }
+        }
+        fmt::print("\n");
+      }
+    }
     fmt::print(
         "\nerror: relative L2 error of each query head's output vs exact "
         "causal "

@@ -40,6 +40,13 @@ expect_ok "chosen:" targets
 expect_ok "GB/s|gram" speed --quick --reps 1
 expect_ok '"kernel":"gram"' speed --quick --reps 1 --json
 expect_ok '^\| risk \| 32 ' bench -q --length 300 --method window,risk --budget-tokens 32
+# The error / best table: exactly one method at 1.00 per budget, none below.
+expect_ok '^\| error / best \| 32 \| 48 \|' bench -q --length 300 --method exact,window,risk --budget-tokens 32,48
+out=$("$kv" bench -q --length 300 --method exact,window,risk,blurry --budget-tokens 32 2>/dev/null |
+  sed -n '/^| error \/ best/,$p' | grep -E '^\| (window|risk|blurry) \|' | awk -F'|' '{print $3}')
+if [ "$(printf '%s\n' "$out" | grep -c ' 1.00 ')" -ge 1 ] &&
+  [ -z "$(printf '%s\n' "$out" | awk '$1 < 1.0')" ] && [ "$(printf '%s\n' "$out" | wc -l)" -eq 3 ]; then ok; else
+  bad "bench error / best column: $out"; fi
 expect_ok '"method":"risk"' bench -q --length 300 --method window,risk --budget-tokens 32 --json
 expect_ok '^synthetic:default,uniform,f16,risk,32,' bench -q --length 300 --method window,risk --budget-tokens 32 --csv
 expect_ok 'Spearman|spearman' analyze --length 300 --kv-heads 2 --budget-tokens 32
