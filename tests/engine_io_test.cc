@@ -1,5 +1,6 @@
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -10,6 +11,7 @@
 
 #include "doctest/doctest.h"
 #include "engine/io/npy.h"
+#include "engine/io/synthetic.h"
 #include "engine/io/trace.h"
 #include "kvsketch/error.h"
 
@@ -121,6 +123,67 @@ TEST_CASE("bundled stories260K traces load with the documented shapes") {
   CHECK(t.dk == 8);
   CHECK(t.scale == doctest::Approx(1.0 / std::sqrt(8.0)));
   CHECK(t.rope.present);
+}
+
+}  // namespace
+}  // namespace kvsketch
+
+namespace kvsketch {
+namespace {
+
+TEST_CASE("synthetic needle: each late evaluated query finds its old needle") {
+  const Trace t = MakeSynthetic(SyntheticByName("needle", 2048, 0));
+  REQUIRE(t.seq == 2048);
+  // 16 evaluated positions, ascending, all in the last sixteenth.
+  REQUIRE(t.eval_positions.size() == 16);
+  for (size_t j = 0; j < t.eval_positions.size(); ++j) {
+    CHECK(t.eval_positions[j] >= t.seq - t.seq / 16);
+    CHECK(t.eval_positions[j] < t.seq);
+    if (j) CHECK(t.eval_positions[j] > t.eval_positions[j - 1]);
+  }
+  // Every query head's query at evaluated position j scores one key in the
+  // first quarter of the stream far above all others (its needle), and the
+  // needles are distinct tokens.
+  for (size_t qh = 0; qh < t.n_heads; ++qh) {
+    const size_t kvh = qh / t.group();
+    std::vector<size_t> found;
+    for (size_t p : t.eval_positions) {
+      const float* q = t.Q(0, qh, p);
+      size_t best = 0;
+      double s1 = -1e30;
+      std::vector<double> sc(p + 1);
+      for (size_t i = 0; i <= p; ++i) {
+        double s = 0;
+        const float* k = t.K(0, kvh, i);
+        for (size_t c = 0; c < t.dk; ++c) s += double(q[c]) * k[c];
+        sc[i] = s * t.scale;
+        if (sc[i] > s1) {
+          s1 = sc[i];
+          best = i;
+        }
+      }
+      double z = 0, passage = 0;
+      for (size_t i = 0; i <= p; ++i) {
+        const double w = std::exp(sc[i] - s1);
+        z += w;
+        // The needle's passage: 4 adjacent tokens around the best key.
+        if (i + 3 >= best && i <= best + 3) passage += w;
+      }
+      INFO("head " << qh << " position " << p);
+      CHECK(best < t.seq / 4);
+      // The passage holds a large share of the attention (any other key
+      // holds about 1 / p of it).
+      CHECK(passage / z > 0.25);
+      found.push_back(best);
+    }
+    std::sort(found.begin(), found.end());
+    CHECK(std::unique(found.begin(), found.end()) == found.end());
+  }
+  // Unevaluated workloads name no positions; too short a needle is refused.
+  CHECK(
+      MakeSynthetic(SyntheticByName("default", 600, 0)).eval_positions.empty());
+  CHECK_THROWS_WITH_AS(SyntheticByName("needle", 300, 0),
+                       doctest::Contains("at least 512 tokens"), Error);
 }
 
 }  // namespace

@@ -280,8 +280,8 @@ int RunAnalyze(const AnalyzeOptions& opt) {
             SplitDiagnose(units[i], opt.budgets[b], base.sinks, base);
       }
       for (size_t b = 0; b < nb; ++b) {
-        const auto pos = bench::EvalPositions(units[i].trace->seq,
-                                              opt.budgets[b], opt.eval_max);
+        const auto pos = bench::TracePositions(*units[i].trace, opt.budgets[b],
+                                               opt.eval_max);
         const auto exact = bench::ExactOutputs(*units[i].trace, units[i].layer,
                                                units[i].head, pos);
         const bench::Result r =

@@ -75,6 +75,16 @@ std::vector<size_t> EvalPositions(size_t seq, size_t budget, size_t max) {
   return pos;
 }
 
+std::vector<size_t> TracePositions(const Trace& t, size_t budget, size_t max) {
+  if (t.eval_positions.empty()) return EvalPositions(t.seq, budget, max);
+  if (max == 0) throw Error("--eval-max must be at least 1");
+  std::vector<size_t> pos;
+  for (size_t p : t.eval_positions) {
+    if (p >= budget && p < t.seq) pos.push_back(p);
+  }
+  return pos;
+}
+
 Result RunUnit(const Unit& u, const SketchConfig& base, size_t budget_tokens,
                size_t budget_bytes, const std::vector<size_t>& pos,
                const std::vector<double>& exact) {
@@ -342,7 +352,7 @@ int RunBench(const BenchOptions& opt) {
     std::vector<std::vector<double>> exact(units.size());
     pool.execute([&] {
       tbb::parallel_for(size_t(0), units.size(), [&](size_t i) {
-        pos[i] = EvalPositions(units[i].trace->seq, eval_from, opt.eval_max);
+        pos[i] = TracePositions(*units[i].trace, eval_from, opt.eval_max);
         exact[i] = ExactOutputs(*units[i].trace, units[i].layer, units[i].head,
                                 pos[i]);
       });

@@ -31,6 +31,9 @@ std::vector<double> ExactOutputs(const Trace& t, size_t l, size_t kvh,
                                  const std::vector<size_t>& pos);
 // Positions >= budget, at most `max` of them, evenly strided.
 std::vector<size_t> EvalPositions(size_t seq, size_t budget, size_t max);
+// The positions a trace is evaluated at: its own eval_positions >= budget
+// when it names them (the `needle` workload), else EvalPositions.
+std::vector<size_t> TracePositions(const Trace& t, size_t budget, size_t max);
 // Streams the unit through a sketch; relative errors at `pos`.
 Result RunUnit(const Unit& u, const SketchConfig& base, size_t budget_tokens,
                size_t budget_bytes, const std::vector<size_t>& pos,

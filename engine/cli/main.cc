@@ -90,7 +90,7 @@ void AddWorkloadOptions(CLI::App* c, bench::Workload& w) {
   c->add_option("--trace", w.trace,
                 "trace directory or folder of traces (docs/DESIGN.md)");
   c->add_option("--synthetic", w.synthetic,
-                "built-in workload: default, d128, long")
+                "built-in workload: default, d128, long, needle")
       ->capture_default_str();
   c->add_option("--length", w.length, "synthetic length override");
   c->add_option("--kv-heads", w.kv_heads,

@@ -134,7 +134,7 @@ int RunOracle(const OracleOptions& opt) {
       tbb::parallel_for(size_t(0), units.size(), [&](size_t i) {
         res[i] = OracleUnit(
             units[i], held, opt.sinks,
-            bench::EvalPositions(units[i].trace->seq, budget, opt.eval_max));
+            bench::TracePositions(*units[i].trace, budget, opt.eval_max));
       });
     });
     OracleErrors sum;

@@ -1,14 +1,26 @@
 #include "engine/io/synthetic.h"
 
+#include <algorithm>
 #include <cmath>
+#include <string>
 
 #include "arch/random.h"
 #include "kvsketch/error.h"
 
 namespace kvsketch {
 
+namespace {
+// needle: old passages per KV head, each queried once near the end, and
+// their length in tokens.
+constexpr size_t kNeedles = 16;
+constexpr size_t kNeedleTokens = 4;
+constexpr size_t kNeedleMinSeq = 512;
+// needle: the other queries look this far back at most.
+constexpr size_t kRecentSpan = 256;
+}  // namespace
+
 std::vector<std::string> SyntheticNames() {
-  return {"default", "d128", "long"};
+  return {"default", "d128", "long", "needle"};
 }
 
 SyntheticSpec SyntheticByName(const std::string& name, size_t seq,
@@ -20,11 +32,18 @@ SyntheticSpec SyntheticByName(const std::string& name, size_t seq,
     s.d = 128;
   } else if (name == "long") {
     s.seq = 65536;
+  } else if (name == "needle") {
+    s.seq = 16384;
   } else {
     throw Error("unknown synthetic workload '" + name +
-                "' (known: default, d128, long)");
+                "' (known: default, d128, long, needle)");
   }
   if (seq) s.seq = seq;
+  if (name == "needle" && s.seq < kNeedleMinSeq) {
+    throw Error("synthetic workload 'needle' needs at least " +
+                std::to_string(kNeedleMinSeq) + " tokens (--length " +
+                std::to_string(s.seq) + ")");
+  }
   if (seed) s.seed = seed;
   return s;
 }
@@ -68,6 +87,17 @@ Trace MakeSynthetic(const SyntheticSpec& s) {
   t.k.assign(1, std::vector<float>(t.n_kv_heads * n * d));
   t.v.assign(1, std::vector<float>(t.n_kv_heads * n * d));
   const size_t topics = 48;
+  const bool needle = s.name == "needle";
+  // needle: the needles sit in the first quarter, their queries in the last
+  // sixteenth (the same positions in every head); only those are evaluated.
+  std::vector<size_t> needle_pos, needle_query;
+  if (needle) {
+    for (size_t j = 0; j < kNeedles; ++j) {
+      needle_pos.push_back((j + 1) * n / (4 * (kNeedles + 1)));
+      needle_query.push_back(n - n / 16 + j * (n / 16) / kNeedles);
+    }
+    t.eval_positions = needle_query;
+  }
   for (size_t h = 0; h < s.n_kv_heads; ++h) {
     Gauss g{s.seed, 1000 + h};
     std::vector<float> u(d), mu(topics * d), nu(topics * d);
@@ -79,6 +109,14 @@ Trace MakeSynthetic(const SyntheticSpec& s) {
     for (auto& x : u) x = float(x / std::sqrt(un));
     for (auto& x : mu) x = g();
     for (auto& x : nu) x = g() * 2.8f / std::sqrt(float(d));
+    // needle: each needle its own key centre and value, unlike any topic.
+    std::vector<float> eta, nv;
+    if (needle) {
+      eta.resize(kNeedles * d);
+      nv.resize(kNeedles * d);
+      for (auto& x : eta) x = g();
+      for (auto& x : nv) x = g() * 2.8f / std::sqrt(float(d));
+    }
     std::vector<uint32_t> topic(n);
     uint32_t cur = 0;
     for (size_t i = 0; i < n; ++i) {
@@ -94,18 +132,50 @@ Trace MakeSynthetic(const SyntheticSpec& s) {
       k[0] += 8.0f;  // outlier channels
       k[1] -= 6.0f;
     }
+    // Each needle is a short passage of kNeedleTokens adjacent tokens.
+    for (size_t j = 0; j < needle_pos.size(); ++j) {
+      for (size_t r = 0; r < kNeedleTokens; ++r) {
+        float* k = t.k[0].data() + (h * n + needle_pos[j] + r) * d;
+        float* v = t.v[0].data() + (h * n + needle_pos[j] + r) * d;
+        for (size_t c = 0; c < d; ++c) {
+          k[c] = 4.0f * u[c] + eta[j * d + c] + 0.6f * g();
+          v[c] = nv[j * d + c] + g() / std::sqrt(float(d));
+        }
+        k[0] += 8.0f;
+        k[1] -= 6.0f;
+      }
+    }
     for (size_t j = 0; j < s.group; ++j) {
       const size_t qh = h * s.group + j;
       const float gain = 4.0f + 5.0f * float(qh % 4) / 3.0f;  // 4 .. 9
+      size_t next_needle = 0;
       for (size_t i = 0; i < n; ++i) {
         uint32_t target = topic[i];
-        if (g.Uniform() < 0.5f)
-          target = topic[size_t(g.Uniform() * (i + 1)) % (i + 1)];
-        const float* m = mu.data() + target * d;
+        const float* m;
+        float qgain = gain;
+        if (needle) {
+          // Recent context only, except one query per needle, late: a
+          // retrieval whose logit ln(i / kNeedleTokens) + 1 above the rest
+          // gives the passage most of the attention among i tokens.
+          if (next_needle < kNeedles && i == needle_query[next_needle]) {
+            m = eta.data() + next_needle * d;
+            qgain = std::log(float(i) / float(kNeedleTokens)) + 1.0f;
+            ++next_needle;
+          } else {
+            const size_t span = std::min(i + 1, kRecentSpan);
+            target =
+                topic[i + 1 - span + size_t(g.Uniform() * float(span)) % span];
+            m = mu.data() + target * d;
+          }
+        } else {
+          if (g.Uniform() < 0.5f)
+            target = topic[size_t(g.Uniform() * (i + 1)) % (i + 1)];
+          m = mu.data() + target * d;
+        }
         double mn = 0;
         for (size_t c = 0; c < d; ++c) mn += double(m[c]) * m[c];
         // <q, mu> * scale = gain  =>  q = gain * mu / |mu|^2 / scale.
-        const float a = gain / float(mn) / t.scale;
+        const float a = qgain / float(mn) / t.scale;
         float* q = t.q[0].data() + (qh * n + i) * d;
         for (size_t c = 0; c < d; ++c)
           q[c] = a * m[c] + 0.5f * u[c] + 0.3f * g();

@@ -24,6 +24,10 @@ struct Trace {
   RopeInfo rope;
   // Per layer, row-major: q [n_heads][seq][dk], k [n_kv][seq][dk], v [...][dv].
   std::vector<std::vector<float>> q, k, v;
+  // Positions whose queries the benchmarks evaluate (ascending, < seq);
+  // empty: every position after the budget (strided). Set by workloads whose
+  // point is a few queries (the synthetic `needle`), never by trace files.
+  std::vector<size_t> eval_positions;
 
   const float* Q(size_t l, size_t h, size_t t) const {
     return q[l].data() + (h * seq + t) * dk;

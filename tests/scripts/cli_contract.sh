@@ -40,6 +40,9 @@ expect_ok "chosen:" targets
 expect_ok "GB/s|gram" speed --quick --reps 1
 expect_ok '"kernel":"gram"' speed --quick --reps 1 --json
 expect_ok '^\| risk \| 32 ' bench -q --length 300 --method window,risk --budget-tokens 32
+# The needle workload evaluates only its 16 late questions per head.
+expect_ok '^\| window \| 32 \| 16384 \| 16384 \| 64.0 \| [0-9.]* \| [0-9.]* \| [0-9.]* \| [0-9]* \| [0-9]* \| 32 \|' bench -q --synthetic needle --length 1024 --kv-heads 1 --method window --budget-tokens 32
+expect_err "at least 512 tokens" bench -q --synthetic needle --length 300
 # The error / best table: exactly one method at 1.00 per budget, none below.
 expect_ok '^\| error / best \| 32 \| 48 \|' bench -q --length 300 --method exact,window,risk --budget-tokens 32,48
 out=$("$kv" bench -q --length 300 --method exact,window,risk,blurry --budget-tokens 32 2>/dev/null |
