@@ -18,7 +18,9 @@ inline constexpr size_t kMaxHeadDim = 512;
 // f16 and the quantized storages (q8, q4, q4a).
 bool SupportedViewPair(Storage k, Storage v);
 
-// G queries that share one KV head, answered reading each K/V row once.
+// G queries that share one KV head, answered reading each K/V row once
+// (G >= 2: one key conversion and one value load per tile for the whole
+// group; the answers equal G single-query calls up to rounding).
 //  K, V: row views (same rows; a SupportedViewPair; padding lanes zero;
 //  quantized views may be `rotated`, see RowsView).
 //  q: [G][K.stride] f32, padding lanes zero. logw: [rows] or nullptr (= 0).
