@@ -353,13 +353,14 @@ HWY_INLINE void PrefetchTile(const KR& rows, size_t r_ahead) {
   for (size_t off = 0; off < bytes; off += 64) hwy::Prefetch(p + off);
 }
 
+// One query (G = 1): scores, online softmax and values per tile, straight
+// from the stored rows (grouped calls: AttendGroupT below).
 template <class DK, class DV, class KR, class VR>
 void AttendT(DK dk, DV dv, const KR& K, const VR& V, size_t n,
-             const float* HWY_RESTRICT logw, const float* HWY_RESTRICT qs,
-             size_t q_stride, const float* HWY_RESTRICT qsum,
-             size_t qsum_stride, size_t G, float* HWY_RESTRICT m,
-             float* HWY_RESTRICT z, float* HWY_RESTRICT acc, size_t acc_stride,
-             size_t acc_cols, float* HWY_RESTRICT scores) {
+             const float* HWY_RESTRICT logw, const float* HWY_RESTRICT q,
+             const float* HWY_RESTRICT qsum, float* HWY_RESTRICT m,
+             float* HWY_RESTRICT z, float* HWY_RESTRICT acc, size_t acc_cols,
+             float* HWY_RESTRICT scores) {
   const size_t NV = hn::Lanes(dv);
   HWY_ALIGN float s[kTile];
   const size_t pf_rows =
@@ -371,31 +372,25 @@ void AttendT(DK dk, DV dv, const KR& K, const VR& V, size_t n,
       PrefetchTile(K, r0 + pf_rows);
       PrefetchTile(V, r0 + pf_rows);
     }
-    // The tile's K and V rows are read from memory once; the G queries of
-    // the group re-read them from L1.
-    for (size_t g = 0; g < G; ++g) {
-      ScoreTile(dk, K, r0, qs + g * q_stride, qsum + g * qsum_stride,
-                logw ? logw + r0 : nullptr, rows, s);
-      if (scores) {
-        for (size_t r = 0; r < rows; ++r) scores[g * n + r0 + r] = s[r];
-      }
-      // Online softmax: rescale what was accumulated when the max grows.
-      float mt = s[0];
-      for (size_t r = 1; r < rows; ++r) mt = HWY_MAX(mt, s[r]);
-      float* a = acc + g * acc_stride;
-      if (mt > m[g]) {
-        const float f = std::exp(m[g] - mt);  // 0 on the first tile
-        z[g] *= f;
-        const auto vf = hn::Set(dv, f);
-        for (size_t c = 0; c < acc_cols; c += NV) {
-          hn::StoreU(hn::Mul(hn::LoadU(dv, a + c), vf), dv, a + c);
-        }
-        m[g] = mt;
-      }
-      for (size_t r = 0; r < rows; ++r) s[r] -= m[g];
-      z[g] += ExpTileSum(s, rows);
-      AccumulateTile(dv, V, r0, s, rows, a);
+    ScoreTile(dk, K, r0, q, qsum, logw ? logw + r0 : nullptr, rows, s);
+    if (scores) {
+      for (size_t r = 0; r < rows; ++r) scores[r0 + r] = s[r];
     }
+    // Online softmax: rescale what was accumulated when the max grows.
+    float mt = s[0];
+    for (size_t r = 1; r < rows; ++r) mt = HWY_MAX(mt, s[r]);
+    if (mt > *m) {
+      const float f = std::exp(*m - mt);  // 0 on the first tile
+      *z *= f;
+      const auto vf = hn::Set(dv, f);
+      for (size_t c = 0; c < acc_cols; c += NV) {
+        hn::StoreU(hn::Mul(hn::LoadU(dv, acc + c), vf), dv, acc + c);
+      }
+      *m = mt;
+    }
+    for (size_t r = 0; r < rows; ++r) s[r] -= *m;
+    *z += ExpTileSum(s, rows);
+    AccumulateTile(dv, V, r0, s, rows, acc);
   }
 }
 
@@ -902,12 +897,11 @@ void AttendRows(const KR& kr, const VR& vr, const RowsView& K,
     z[g] = 0.0f;
     for (size_t c = 0; c < acc_stride; ++c) acc[g * acc_stride + c] = 0.0f;
   }
-  const size_t qsum_stride = kMaxQuantGroups;
   WithSides(
       kr, vr, K, V, [&](auto dk, auto dv, const auto& k2, const auto& v2) {
         if (G == 1) {
-          AttendT(dk, dv, k2, v2, K.rows, logw, qs, q_stride, qsum, qsum_stride,
-                  G, m, z, acc, acc_stride, AccCols(v2, acc_stride), scores);
+          AttendT(dk, dv, k2, v2, K.rows, logw, qs, qsum, m, z, acc,
+                  AccCols(v2, acc_stride), scores);
         } else {
           AttendGroupT(dk, dv, k2, v2, K.rows, logw, qs, q_stride, G, m, z, acc,
                        acc_stride, AccCols(v2, acc_stride), scores);

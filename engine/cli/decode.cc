@@ -170,14 +170,12 @@ int RunDecode(const DecodeOptions& opt) {
         cfg.budget_tokens_per_head = exact ? max_ctx + 64 : budget;
         Session session(cfg);
         size_t t = 0;  // tokens appended
-        const auto step = [&](bool timed_attend) {
+        const auto step = [&] {
           const size_t at = t % period;
           for (size_t l = 0; l < run_layers; ++l) {
             session.Append(l, K.data() + at * shape.kv_heads * d,
                            V.data() + at * shape.kv_heads * d);
-            if (timed_attend) {
-              session.Attend(l, Q.data() + at * shape.heads * d, out.data());
-            }
+            session.Attend(l, Q.data() + at * shape.heads * d, out.data());
           }
           ++t;
         };
@@ -201,7 +199,7 @@ int RunDecode(const DecodeOptions& opt) {
           // the last `steps` tokens.
           const size_t from = exact ? timed_from : t;
           const auto t0 = Clock::now();
-          while (t < target) step(true);
+          while (t < target) step();
           const double per_token =
               std::chrono::duration<double>(Clock::now() - t0).count() /
               double(target - from);
