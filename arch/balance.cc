@@ -28,33 +28,18 @@ constexpr size_t kGramRows = 4;
 constexpr size_t kGramRows = 8;
 #endif
 
-// Lower triangle of C = A A^T (C[i][j] for j <= i; whole 2N-column blocks, so
-// some entries right of the diagonal are written too). A is transposed into
-// At [cols][ms] (ms = GramStride(m), zero columns past m) so the micro-kernel
-// is a broadcast-FMA outer product: kGramRows rows x 2 vectors of columns,
-// no horizontal sums. The walk and the point kernel only read j <= i.
-void GramLowerImpl(const float* HWY_RESTRICT A, size_t m, size_t cols,
-                   size_t stride, float* HWY_RESTRICT C,
-                   float* HWY_RESTRICT At) {
+// Lower triangle of C = A A^T from A given transposed: At [cols][ms] (ms =
+// GramStride(m), zero columns past m), so the micro-kernel is a
+// broadcast-FMA outer product: kGramRows rows x 2 vectors of columns, no
+// horizontal sums. Whole 2N-column blocks, so some entries right of the
+// diagonal are written too; rows past m (zero) land in padding rows of C.
+HWY_INLINE void GramFromTransposed(const float* HWY_RESTRICT At, size_t m,
+                                   size_t cols, float* HWY_RESTRICT C) {
   const hn::CappedTag<float, 16> d;
   const size_t N = hn::Lanes(d);
   const size_t ms = GramStride(m);
-  // Transpose in panels of 16 rows: reads stay within 16 rows (L1), writes
-  // are runs of 16 contiguous floats.
-  for (size_t i0 = 0; i0 < ms; i0 += 16) {
-    const size_t iend = HWY_MIN(i0 + 16, m);
-    for (size_t k = 0; k < cols; ++k) {
-      float* row = At + k * ms + i0;
-      size_t i = i0;
-      for (; i < iend; ++i) row[i - i0] = A[i * stride + k];
-      for (; i < i0 + 16; ++i) row[i - i0] = 0.0f;
-    }
-  }
   constexpr size_t R = kGramRows;
   for (size_t i0 = 0; i0 < m; i0 += R) {
-    // Rows past m repeat row m-1; their results land in padding rows of C.
-    const float* a[R];
-    for (size_t r = 0; r < R; ++r) a[r] = A + HWY_MIN(i0 + r, m - 1) * stride;
     const size_t jend = RoundUp(HWY_MIN(i0 + R, m), 2 * N);
     for (size_t j = 0; j < jend; j += 2 * N) {
       auto c00 = hn::Zero(d), c01 = hn::Zero(d), c10 = hn::Zero(d),
@@ -64,32 +49,33 @@ void GramLowerImpl(const float* HWY_RESTRICT A, size_t m, size_t cols,
            c51 = hn::Zero(d), c60 = hn::Zero(d), c61 = hn::Zero(d),
            c70 = hn::Zero(d), c71 = hn::Zero(d);
       const float* bt = At + j;
-      for (size_t k = 0; k < cols; ++k, bt += ms) {
+      const float* a = At + i0;  // a[r] = A[i0 + r][k]
+      for (size_t k = 0; k < cols; ++k, bt += ms, a += ms) {
         const auto b0 = hn::LoadU(d, bt);
         const auto b1 = hn::LoadU(d, bt + N);
-        auto x = hn::Set(d, a[0][k]);
+        auto x = hn::Set(d, a[0]);
         c00 = hn::MulAdd(x, b0, c00);
         c01 = hn::MulAdd(x, b1, c01);
-        x = hn::Set(d, a[1][k]);
+        x = hn::Set(d, a[1]);
         c10 = hn::MulAdd(x, b0, c10);
         c11 = hn::MulAdd(x, b1, c11);
-        x = hn::Set(d, a[2][k]);
+        x = hn::Set(d, a[2]);
         c20 = hn::MulAdd(x, b0, c20);
         c21 = hn::MulAdd(x, b1, c21);
-        x = hn::Set(d, a[3][k]);
+        x = hn::Set(d, a[3]);
         c30 = hn::MulAdd(x, b0, c30);
         c31 = hn::MulAdd(x, b1, c31);
         if (R == 8) {
-          x = hn::Set(d, a[R == 8 ? 4 : 0][k]);
+          x = hn::Set(d, a[R == 8 ? 4 : 0]);
           c40 = hn::MulAdd(x, b0, c40);
           c41 = hn::MulAdd(x, b1, c41);
-          x = hn::Set(d, a[R == 8 ? 5 : 0][k]);
+          x = hn::Set(d, a[R == 8 ? 5 : 0]);
           c50 = hn::MulAdd(x, b0, c50);
           c51 = hn::MulAdd(x, b1, c51);
-          x = hn::Set(d, a[R == 8 ? 6 : 0][k]);
+          x = hn::Set(d, a[R == 8 ? 6 : 0]);
           c60 = hn::MulAdd(x, b0, c60);
           c61 = hn::MulAdd(x, b1, c61);
-          x = hn::Set(d, a[R == 8 ? 7 : 0][k]);
+          x = hn::Set(d, a[R == 8 ? 7 : 0]);
           c70 = hn::MulAdd(x, b0, c70);
           c71 = hn::MulAdd(x, b1, c71);
         }
@@ -115,6 +101,30 @@ void GramLowerImpl(const float* HWY_RESTRICT A, size_t m, size_t cols,
       }
     }
   }
+}
+
+// Lower triangle of C = A A^T (C[i][j] for j <= i): A is transposed into At
+// [cols][ms] in panels of 16 rows (reads stay within 16 rows, in L1; writes
+// are runs of 16 contiguous floats), then GramFromTransposed.
+void GramLowerImpl(const float* HWY_RESTRICT A, size_t m, size_t cols,
+                   size_t stride, float* HWY_RESTRICT C,
+                   float* HWY_RESTRICT At) {
+  const size_t ms = GramStride(m);
+  for (size_t i0 = 0; i0 < ms; i0 += 16) {
+    const size_t iend = HWY_MIN(i0 + 16, m);
+    for (size_t k = 0; k < cols; ++k) {
+      float* row = At + k * ms + i0;
+      size_t i = i0;
+      for (; i < iend; ++i) row[i - i0] = A[i * stride + k];
+      for (; i < i0 + 16; ++i) row[i - i0] = 0.0f;
+    }
+  }
+  GramFromTransposed(At, m, cols, C);
+}
+
+void GramLowerTransposedImpl(const float* HWY_RESTRICT At, size_t m,
+                             size_t cols, float* HWY_RESTRICT C) {
+  GramFromTransposed(At, m, cols, C);
 }
 
 float BuildBalanceKernelImpl(const float* HWY_RESTRICT K, size_t k_stride,
@@ -218,6 +228,7 @@ size_t BalanceScratchFloats(size_t m, size_t k_stride, size_t v_stride) {
 }
 
 HWY_EXPORT(GramLowerImpl);
+HWY_EXPORT(GramLowerTransposedImpl);
 HWY_EXPORT(BuildBalanceKernelImpl);
 HWY_EXPORT(BalanceWalkImpl);
 
@@ -225,6 +236,11 @@ void GramLower(const float* A, size_t m, size_t cols, size_t stride, float* C,
                float* scratch) {
   HWY_ASSERT(m >= 1 && stride >= cols);
   HWY_DYNAMIC_DISPATCH(GramLowerImpl)(A, m, cols, stride, C, scratch);
+}
+
+void GramLowerTransposed(const float* At, size_t m, size_t cols, float* C) {
+  HWY_ASSERT(m >= 1);
+  HWY_DYNAMIC_DISPATCH(GramLowerTransposedImpl)(At, m, cols, C);
 }
 
 float BuildBalanceKernel(const float* K, size_t k_stride, size_t dk,

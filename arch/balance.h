@@ -38,6 +38,9 @@ size_t GramScratchFloats(size_t m, size_t cols);
 void GramLower(const float* A, size_t m, size_t cols, size_t stride, float* C,
                float* scratch);
 
+// The same Gram from A given transposed: At [cols][GramStride(m)], columns
+// past m zero (callers that build their rows column-wise skip the transpose).
+void GramLowerTransposed(const float* At, size_t m, size_t cols, float* C);
 // Floats of scratch Balance needs (centred keys, two Grams, walk state).
 size_t BalanceScratchFloats(size_t m, size_t k_stride, size_t v_stride);
 

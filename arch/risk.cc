@@ -12,7 +12,7 @@ namespace kvsketch {
 namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
-// y[0..n) += a * x[0..n)
+// y[0..n) += a * x[0..n): whole vectors, then vectors of 4, then scalars.
 HWY_INLINE void Axpy(float a, const float* HWY_RESTRICT x,
                      float* HWY_RESTRICT y, size_t n) {
   const hn::CappedTag<float, 16> d;
@@ -23,7 +23,75 @@ HWY_INLINE void Axpy(float a, const float* HWY_RESTRICT x,
     hn::StoreU(hn::MulAdd(va, hn::LoadU(d, x + i), hn::LoadU(d, y + i)), d,
                y + i);
   }
+  const hn::CappedTag<float, 4> d4;
+  const size_t N4 = hn::Lanes(d4);
+  const auto va4 = hn::Set(d4, a);
+  for (; i + N4 <= n; i += N4) {
+    hn::StoreU(hn::MulAdd(va4, hn::LoadU(d4, x + i), hn::LoadU(d4, y + i)), d4,
+               y + i);
+  }
   for (; i < n; ++i) y[i] += a * x[i];
+}
+
+// col[j] -= sum_{t < rank} L_t[p] L_t[j] for j < m: each block of columns
+// stays in registers across the rank updates (one load and one FMA per
+// vector and update; no stores in between).
+HWY_INLINE void UpdateColumn(const float* HWY_RESTRICT L, size_t lstride,
+                             size_t rank, size_t p, size_t m,
+                             float* HWY_RESTRICT col) {
+  const hn::CappedTag<float, 16> d;
+  const size_t N = hn::Lanes(d);
+  size_t j = 0;
+  for (; j + 4 * N <= m; j += 4 * N) {
+    auto c0 = hn::LoadU(d, col + j), c1 = hn::LoadU(d, col + j + N),
+         c2 = hn::LoadU(d, col + j + 2 * N), c3 = hn::LoadU(d, col + j + 3 * N);
+    const float* lt = L + j;
+    for (size_t t = 0; t < rank; ++t, lt += lstride) {
+      const auto s = hn::Set(d, -L[t * lstride + p]);
+      c0 = hn::MulAdd(s, hn::LoadU(d, lt), c0);
+      c1 = hn::MulAdd(s, hn::LoadU(d, lt + N), c1);
+      c2 = hn::MulAdd(s, hn::LoadU(d, lt + 2 * N), c2);
+      c3 = hn::MulAdd(s, hn::LoadU(d, lt + 3 * N), c3);
+    }
+    hn::StoreU(c0, d, col + j);
+    hn::StoreU(c1, d, col + j + N);
+    hn::StoreU(c2, d, col + j + 2 * N);
+    hn::StoreU(c3, d, col + j + 3 * N);
+  }
+  for (; j + N <= m; j += N) {
+    auto c0 = hn::LoadU(d, col + j);
+    const float* lt = L + j;
+    for (size_t t = 0; t < rank; ++t, lt += lstride)
+      c0 = hn::MulAdd(hn::Set(d, -L[t * lstride + p]), hn::LoadU(d, lt), c0);
+    hn::StoreU(c0, d, col + j);
+  }
+  for (; j < m; ++j) {
+    float c = col[j];
+    for (size_t t = 0; t < rank; ++t)
+      c -= L[t * lstride + p] * L[t * lstride + j];
+    col[j] = c;
+  }
+}
+
+// col *= inv; diag = max(diag - col^2, 0) over [0, m).
+HWY_INLINE void ScaleAndDeflate(float inv, size_t m, float* HWY_RESTRICT col,
+                                float* HWY_RESTRICT diag) {
+  const hn::CappedTag<float, 16> d;
+  const size_t N = hn::Lanes(d);
+  const auto vinv = hn::Set(d, inv);
+  const auto zero = hn::Zero(d);
+  size_t j = 0;
+  for (; j + N <= m; j += N) {
+    const auto c = hn::Mul(hn::LoadU(d, col + j), vinv);
+    hn::StoreU(c, d, col + j);
+    const auto r = hn::NegMulAdd(c, c, hn::LoadU(d, diag + j));
+    hn::StoreU(hn::Max(r, zero), d, diag + j);
+  }
+  for (; j < m; ++j) {
+    col[j] *= inv;
+    diag[j] -= col[j] * col[j];
+    if (diag[j] < 0.0f) diag[j] = 0.0f;
+  }
 }
 
 size_t PivotedCholeskyImpl(const float* HWY_RESTRICT G, size_t m, size_t stride,
@@ -55,21 +123,16 @@ size_t PivotedCholeskyImpl(const float* HWY_RESTRICT G, size_t m, size_t stride,
     for (size_t j = 0; j < m; ++j) {
       col[j] = j <= p ? G[p * stride + j] : G[j * stride + p];
     }
-    for (size_t t = 0; t < rank; ++t) {
-      const float* lt = L + t * lstride;
-      Axpy(-lt[p], lt, col, m);
-    }
+    UpdateColumn(L, lstride, rank, p, m, col);
     const float inv = 1.0f / std::sqrt(best);
-    for (size_t j = 0; j < m; ++j) {
-      col[j] *= inv;
-      diag[j] -= col[j] * col[j];
-      if (diag[j] < 0.0f) diag[j] = 0.0f;
-    }
+    ScaleAndDeflate(inv, m, col, diag);
     diag[p] = 0.0f;
     piv[rank] = uint32_t(p);
-    left = 0;
-    for (size_t j = 0; j < m; ++j) left += diag[j];
-    if (residual) residual[rank] = float(left);
+    if (residual) {
+      left = 0;
+      for (size_t j = 0; j < m; ++j) left += diag[j];
+      residual[rank] = float(left);
+    }
     ++rank;
   }
   return rank;

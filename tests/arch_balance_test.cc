@@ -64,6 +64,35 @@ TEST_CASE("GramLower equals the lower triangle of A A^T") {
   });
 }
 
+TEST_CASE("GramLowerTransposed equals GramLower bit for bit") {
+  test::ForEachTarget("GramLowerTransposed", [](const char*) {
+    for (size_t m : {1u, 5u, 17u, 64u, 100u, 128u}) {
+      for (size_t cols : {3u, 8u, 96u}) {
+        const size_t stride = PaddedCols(cols), ms = GramStride(m);
+        const auto A =
+            RandomRows(m, cols, stride, unsigned(m * 7 + cols), false);
+        std::vector<float> At(cols * ms, 0.0f);
+        for (size_t i = 0; i < m; ++i)
+          for (size_t k = 0; k < cols; ++k) At[k * ms + i] = A[i * stride + k];
+        std::vector<float> C(GramRows(m) * ms, -7.0f), C2(C);
+        std::vector<float> scratch(GramScratchFloats(m, cols));
+        GramLower(A.data(), m, cols, stride, C.data(), scratch.data());
+        GramLowerTransposed(At.data(), m, cols, C2.data());
+        for (size_t i = 0; i < m; ++i) {
+          for (size_t j = 0; j <= i; ++j) {
+            INFO("m=" << m << " cols=" << cols << " i=" << i << " j=" << j);
+            CHECK(C2[i * ms + j] == C[i * ms + j]);
+            const double want =
+                ref::Dot(A.data() + i * stride, A.data() + j * stride, cols);
+            CHECK(test::Near(C2[i * ms + j], want, 1e-5,
+                             1e-5 * std::sqrt(double(cols))));
+          }
+        }
+      }
+    }
+  });
+}
+
 TEST_CASE("Balance kernel matches the reference (exp and Taylor residual)") {
   test::ForEachTarget("BuildBalanceKernel", [](const char*) {
     const size_t m = 37, dk = 12, dv = 8, ks = PaddedCols(dk),

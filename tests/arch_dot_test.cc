@@ -58,5 +58,45 @@ TEST_CASE("MatVec over padded rows matches the reference on every target") {
   });
 }
 
+TEST_CASE("MatMulTransposed equals the double product on every target") {
+  test::ForEachTarget("MatMulTransposed", [](const char*) {
+    for (size_t m : {1u, 3u, 4u, 7u, 9u, 96u}) {
+      for (size_t k : {1u, 5u, 8u, 64u}) {
+        for (size_t n : {1u, 13u, 16u, 31u, 33u, 128u}) {
+          const size_t nn = (n + 15) / 16 * 16;
+          const size_t astride = k + 3, bstride = nn + 16, cstride = nn + 32;
+          const auto A = RandomVector(m * astride, unsigned(m * 131 + k));
+          auto Bt = RandomVector(k * bstride, unsigned(n * 17 + k));
+          // The padding columns of Bt are zero (the contract callers keep).
+          for (size_t x = 0; x < k; ++x)
+            for (size_t j = n; j < bstride; ++j) Bt[x * bstride + j] = 0.0f;
+          std::vector<float> C(m * cstride, -7.0f);
+          MatMulTransposed(A.data(), m, k, astride, Bt.data(), n, bstride,
+                           C.data(), cstride);
+          for (size_t i = 0; i < m; ++i) {
+            for (size_t j = 0; j < cstride; ++j) {
+              INFO("m=" << m << " k=" << k << " n=" << n << " i=" << i
+                        << " j=" << j);
+              if (j >= nn) {  // beyond RoundUp(n, 16): untouched
+                CHECK(C[i * cstride + j] == -7.0f);
+                continue;
+              }
+              double want = 0, mag = 0;
+              for (size_t x = 0; x < k; ++x) {
+                const double t =
+                    double(A[i * astride + x]) * Bt[x * bstride + j];
+                want += t;
+                mag += std::fabs(t);
+              }
+              CHECK(test::Near(C[i * cstride + j], want, 0,
+                               1e-6 * mag * std::sqrt(double(k)) + 1e-7));
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
 }  // namespace
 }  // namespace kvsketch

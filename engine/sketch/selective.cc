@@ -22,9 +22,9 @@
 #include <limits>
 
 #include "arch/attend.h"
-#include "arch/balance.h"  // GramLower, GramRows, GramStride
+#include "arch/balance.h"  // GramLowerTransposed, GramRows, GramStride
 #include "arch/convert.h"  // probes in f16
-#include "arch/dot.h"      // MatVec
+#include "arch/dot.h"      // MatMulTransposed
 #include "arch/random.h"   // CounterHash
 #include "arch/risk.h"
 #include "arch/targets.h"  // PaddedCols
@@ -82,14 +82,19 @@ size_t PoolCapacity(const SketchConfig& c, size_t bytes, size_t probes) {
   return cap;
 }
 
-// Rotates a post-RoPE query by `delta` positions (same layout as the keys).
-void RotateForward(float* q, const SketchConfig& c, double delta) {
+// RoPE frequencies theta^(-2i/dims) of the rotated pairs (freq [dims/2]).
+size_t RopeFrequencies(const SketchConfig& c, double* freq) {
   const size_t dims = c.rope_dims ? std::min(c.rope_dims, c.dk) : c.dk;
-  const size_t pairs = dims / 2;
+  for (size_t i = 0; i < dims / 2; ++i)
+    freq[i] = std::pow(double(c.rope_theta), -2.0 * double(i) / double(dims));
+  return dims / 2;
+}
+
+// Rotates a post-RoPE query by `delta` positions (same layout as the keys).
+void RotateForward(float* q, const SketchConfig& c, const double* freq,
+                   size_t pairs, double delta) {
   for (size_t i = 0; i < pairs; ++i) {
-    const double freq =
-        std::pow(double(c.rope_theta), -2.0 * double(i) / double(dims));
-    const double a = delta * freq;
+    const double a = delta * freq[i];
     const float cs = float(std::cos(a)), sn = float(std::sin(a));
     const size_t i0 = c.rope_interleaved ? 2 * i : i;
     const size_t i1 = c.rope_interleaved ? 2 * i + 1 : i + pairs;
@@ -98,6 +103,81 @@ void RotateForward(float* q, const SketchConfig& c, double delta) {
     q[i1] = x * sn + y * cs;
   }
 }
+
+size_t RoundUp16(size_t x) { return (x + 15) / 16 * 16; }
+
+// Scratch of one compaction, declared once: sizing (base == nullptr, at the
+// largest P and C) and carving (at the actual ones) run the same code, so
+// the size always covers the pointers. Every array starts 16 floats apart.
+struct CompactScratch {
+  uint32_t* cand;  // [cap] candidate indices
+  float* lw;       // [cap] log-weights of the pool (f32)
+  float* lwc;      // [Cs] log-weights of the candidates
+  float* q;        // [P][ks] probe queries (rotated)
+  float* pm;       // [P] probe partials over everything retained
+  float* pz;       // [P]
+  float* pN;       // [P][vs] -> o_p
+  float* tm;       // [kMaxGroup] partials of one group of probes
+  float* tz;       // [kMaxGroup]
+  float* tN;       // [kMaxGroup][vs]
+  float* row;      // [ks + vs] one candidate's rows
+  float* Kt;       // [dk][Cs] candidate keys, transposed
+  float* Vt;       // [dv][Cs] candidate values, transposed
+  float* vnorm;    // [Cs] |v_c|
+  float* a;        // [P][Cs] attention of probe p to candidate c
+  float* vo;       // [P][Cs] <v_c, o_p>
+  float* onorm;    // [P] sqrt(|o_p|^2 + lambda^2)
+  float* Y;        // [P][Cs] a <v, o>
+  float* YA;       // [P][Cs] Y + a
+  float* Dm;       // [P][Cs] a * onorm
+  float* gram;     // [GramRows(C)][GramStride(C)]
+  float* tmp;      // the same: a second Gram, then the factor L, then H
+  float* rowsum;   // [Cs] row sums of the response Gram
+  float* diag;     // [Cs]
+  uint32_t* piv;   // [Cs]
+  float* nnls;     // [4][RoundUp(C, 16)] b, w, w0, grad
+  uint8_t* drop;   // [cap]
+  size_t floats;   // total
+
+  CompactScratch(float* base, size_t cap, size_t P, size_t C, size_t dk,
+                 size_t dv, size_t ks, size_t vs) {
+    size_t used = 0;
+    auto take = [&](size_t n) {
+      float* p = base ? base + used : nullptr;
+      used += RoundUp16(n);
+      return p;
+    };
+    const size_t Cs = GramStride(C);
+    cand = reinterpret_cast<uint32_t*>(take(cap));
+    lw = take(cap);
+    lwc = take(Cs);
+    q = take(P * ks);
+    pm = take(P);
+    pz = take(P);
+    pN = take(P * vs);
+    tm = take(kMaxGroup);
+    tz = take(kMaxGroup);
+    tN = take(kMaxGroup * vs);
+    row = take(ks + vs);
+    Kt = take(dk * Cs);
+    Vt = take(dv * Cs);
+    vnorm = take(Cs);
+    a = take(P * Cs);
+    vo = take(P * Cs);
+    onorm = take(P);
+    Y = take(P * Cs);
+    YA = take(P * Cs);
+    Dm = take(P * Cs);
+    gram = take(GramRows(C) * Cs);
+    tmp = take(GramRows(C) * Cs);
+    rowsum = take(Cs);
+    diag = take(Cs);
+    piv = reinterpret_cast<uint32_t*>(take(Cs));
+    nnls = take(4 * RoundUp16(C));
+    drop = reinterpret_cast<uint8_t*>(take((cap + 3) / 4));
+    floats = used;
+  }
+};
 
 class SelectiveSketch final : public Sketch {
  public:
@@ -357,164 +437,159 @@ class SelectiveSketch final : public Sketch {
 
   // Risk-guided compaction of the old items; false when nothing is old.
   bool Compact(float* ws) {
-    const size_t vs = vs_, n = count_;
+    const size_t vs = vs_, n = count_, dk = cfg_.dk, dv = cfg_.dv;
     // Each stored probe is used at kHorizons future offsets (with RoPE).
     const size_t H = cfg_.rope_theta > 0.0f ? kHorizonCount : 1;
     const size_t P = probe_count_ * H;
     // Candidates: the oldest old items (at most MaxCandidates; the pool is
     // in insertion order).
-    uint32_t* cand = reinterpret_cast<uint32_t*>(ws);
-    ws += RoundUp(rows_.cap, 16);
-    const float* lw = LogW(ws);
-    ws += RoundUp(rows_.cap, 16);
     size_t C = 0;
-    const size_t cmax = MaxCandidates(cfg_);
+    const size_t cmax = std::min(rows_.cap, MaxCandidates(cfg_));
+    for (size_t i = 0; i < n && C < cmax; ++i) C += !Protected(i);
+    if (C == 0) return false;
+    const CompactScratch s(ws, rows_.cap, P, C, dk, dv, ks_, vs);
+    uint32_t* cand = s.cand;
+    C = 0;
     for (size_t i = 0; i < n && C < cmax; ++i)
       if (!Protected(i)) cand[C++] = uint32_t(i);
-    if (C == 0) return false;
+    const float* lw = LogW(s.lw);
+    const size_t Cs = GramStride(C);
     const size_t drop_target = std::max<size_t>(1, C / kDropDiv);
     const size_t keep = C - drop_target;
 
     // Probe queries, rotated to a future position when RoPE is known.
-    float* q = ws;
-    ws += P * ks_;
+    float* q = s.q;
+    double freq[kMaxHeadDim / 2];
+    const size_t pairs =
+        cfg_.rope_theta > 0.0f ? RopeFrequencies(cfg_, freq) : 0;
     const uint32_t now32 = uint32_t(cfg_.rope_first_position + tokens_);
     for (size_t p = 0; p < P; ++p) {
       const size_t src = p / H;
-      ConvertRowToF32(Storage::kF16, probe_q_ + src * cfg_.dk, q + p * ks_,
-                      cfg_.dk);
-      for (size_t x = cfg_.dk; x < ks_; ++x) q[p * ks_ + x] = 0.0f;
+      ConvertRowToF32(Storage::kF16, probe_q_ + src * dk, q + p * ks_, dk);
+      for (size_t x = dk; x < ks_; ++x) q[p * ks_ + x] = 0.0f;
       if (cfg_.rope_theta > 0.0f) {
         const double horizon = kHorizons[p % H] * double(protect_ + 1);
         // Positions are kept modulo 2^32: the age is their difference.
         const uint32_t age = uint32_t(now32 - probe_pos_[src]);
-        RotateForward(q + p * ks_, cfg_, double(age) + horizon);
+        RotateForward(q + p * ks_, cfg_, freq, pairs, double(age) + horizon);
       }
     }
     // Probe partials over everything retained: sinks, then the pool.
-    float* pm = ws;
-    float* pz = pm + P;
-    float* pN = pz + P;      // [P][vs]
-    float* a = pN + P * vs;  // [P][C] attention of probe p to candidate c
-    float* tm = a + P * C;
-    float* tz = tm + kMaxGroup;
-    float* tN = tz + kMaxGroup;       // [kMaxGroup][vs]
-    float* kc = tN + kMaxGroup * vs;  // [C][ks] candidate keys
-    float* Vc = kc + C * ks_;         // [C][vs] candidate values
-    ws = Vc + C * vs;
-    for (size_t ci = 0; ci < C; ++ci)
-      rows_.Get(cand[ci], kc + ci * ks_, Vc + ci * vs);
+    float* pm = s.pm;
+    float* pz = s.pz;
+    float* pN = s.pN;
     for (size_t p0 = 0; p0 < P; p0 += kMaxGroup) {
       const size_t g = std::min(kMaxGroup, P - p0);
-      AttendSinks(q + p0 * ks_, g, pm + p0, pz + p0, pN + p0 * vs, tm, tz, tN);
+      AttendSinks(q + p0 * ks_, g, pm + p0, pz + p0, pN + p0 * vs, s.tm, s.tz,
+                  s.tN);
       AttendGroup(rows_.KView(0, n), rows_.VView(0, n), lw, q + p0 * ks_, g,
-                  cfg_.scale, tm, tz, tN);
+                  cfg_.scale, s.tm, s.tz, s.tN);
       for (size_t j = 0; j < g; ++j) {
         const size_t p = p0 + j;
-        MergePartials(pm + p, pz + p, pN + p * vs, tm[j], tz[j], tN + j * vs,
-                      vs);
+        MergePartials(pm + p, pz + p, pN + p * vs, s.tm[j], s.tz[j],
+                      s.tN + j * vs, vs);
         const float inv = pz[p] > 0.0f ? 1.0f / pz[p] : 0.0f;
         for (size_t c = 0; c < vs; ++c) pN[p * vs + c] *= inv;  // o_p
       }
     }
-    // a_pc = exp(s_pc - m_p) / Z_p with s = scale <q_p, k_c> + logw_c.
-    MatMulRows(q, P, kc, C, a);
-    for (size_t p = 0; p < P; ++p) {
-      const float inv = pz[p] > 0.0f ? 1.0f / pz[p] : 0.0f;
-      for (size_t ci = 0; ci < C; ++ci) {
-        const float sc = cfg_.scale * a[p * C + ci] + lw[cand[ci]];
-        a[p * C + ci] = std::exp(sc - pm[p]) * inv;
+    // Candidate rows, transposed (zero columns past C): the products below
+    // are broadcast-FMA outer products.
+    float* Kt = s.Kt;
+    float* Vt = s.Vt;
+    std::memset(Kt, 0, dk * Cs * sizeof(float));
+    std::memset(Vt, 0, dv * Cs * sizeof(float));
+    double vnorm = 0;
+    for (size_t ci = 0; ci < C; ++ci) {
+      rows_.Get(cand[ci], s.row, s.row + ks_);
+      const float* vi = s.row + ks_;
+      double vn = 0;
+      for (size_t x = 0; x < dk; ++x) Kt[x * Cs + ci] = s.row[x];
+      for (size_t x = 0; x < dv; ++x) {
+        Vt[x * Cs + ci] = vi[x];
+        vn += double(vi[x]) * vi[x];
       }
+      vnorm += std::sqrt(vn);
+      s.lwc[ci] = lw[cand[ci]];
+    }
+    const double lambda = vnorm / double(C) + 1e-6;
+    // a_pc = exp(s_pc - m_p) / Z_p with s = scale <q_p, k_c> + logw_c.
+    float* a = s.a;
+    MatMulTransposed(q, P, dk, ks_, Kt, C, Cs, a, Cs);
+    for (size_t p = 0; p < P; ++p) {
+      float* ap = a + p * Cs;
+      if (!(pz[p] > 0.0f)) {
+        std::memset(ap, 0, Cs * sizeof(float));
+        continue;
+      }
+      for (size_t ci = 0; ci < C; ++ci)
+        ap[ci] = std::max(cfg_.scale * ap[ci] + s.lwc[ci] - pm[p], -87.0f);
+      ExpArray(ap, ap, C);
+      const float inv = 1.0f / pz[p];
+      for (size_t ci = 0; ci < C; ++ci) ap[ci] *= inv;
+      for (size_t ci = C; ci < Cs; ++ci) ap[ci] = 0.0f;
     }
     // Response Gram of the candidates without materialising the features
     // f_i = [a_pi (v_i - o_p), lambda a_pi]_p (P * (dv + 1) floats each):
     //   G_ij = <v_i, v_j> S_ij - (X_ij + X_ji) + sum_p a_pi a_pj (|o_p|^2 +
     //   lambda^2),  S = A A', X_ij = sum_p a_pi <v_i, o_p> a_pj,
     // each term a Gram of C x P rows (X + X' = (Y+A)(Y+A)' - Y Y' - A A'
-    // with Y_ip = a_pi <v_i, o_p>).
-    const size_t Pp = RoundUp(P, 16);
-    float* A = ws;  // [C][Pp] a_pi
-    float* Y = A + C * Pp;
-    float* YA = Y + C * Pp;
-    float* Dm = YA + C * Pp;
-    ws = Dm + C * Pp;
-    double vnorm = 0;
-    for (size_t ci = 0; ci < C; ++ci) {
-      const float* vi = Vc + ci * vs;
-      double vn = 0;
-      for (size_t c = 0; c < cfg_.dv; ++c) vn += double(vi[c]) * vi[c];
-      vnorm += std::sqrt(vn);
-    }
-    const double lambda = vnorm / double(C) + 1e-6;
-    // <v_i, o_p> for every candidate and probe (one MatVec per probe), and
-    // the per-probe factor sqrt(|o_p|^2 + lambda^2).
-    float* vo = ws;             // [P][C]
-    float* onorm = vo + P * C;  // [P]
-    ws = onorm + RoundUp(P, 16);
+    // with Y_ip = a_pi <v_i, o_p>), built transposed ([P][Cs]).
+    // <v_i, o_p> for every candidate and probe, and the per-probe factor
+    // sqrt(|o_p|^2 + lambda^2).
+    float* vo = s.vo;
+    MatMulTransposed(pN, P, dv, vs, Vt, C, Cs, vo, Cs);
     for (size_t p = 0; p < P; ++p) {
       const float* o = pN + p * vs;
-      MatVec(Vc, C, cfg_.dv, vs, o, vo + p * C);
       double oo = 0;
-      for (size_t c = 0; c < cfg_.dv; ++c) oo += double(o[c]) * o[c];
-      onorm[p] = float(std::sqrt(oo + lambda * lambda));
-    }
-    for (size_t ci = 0; ci < C; ++ci) {
-      for (size_t p = 0; p < Pp; ++p) {
-        float ap = 0, y = 0, dm = 0;
-        if (p < P) {
-          ap = a[p * C + ci];
-          y = ap * vo[p * C + ci];
-          dm = ap * onorm[p];
-        }
-        A[ci * Pp + p] = ap;
-        Y[ci * Pp + p] = y;
-        YA[ci * Pp + p] = y + ap;
-        Dm[ci * Pp + p] = dm;
+      for (size_t c = 0; c < dv; ++c) oo += double(o[c]) * o[c];
+      s.onorm[p] = float(std::sqrt(oo + lambda * lambda));
+      const float* ap = a + p * Cs;
+      const float* vop = vo + p * Cs;
+      float* y = s.Y + p * Cs;
+      float* ya = s.YA + p * Cs;
+      float* dm = s.Dm + p * Cs;
+      const float on = s.onorm[p];
+      for (size_t ci = 0; ci < Cs; ++ci) {
+        y[ci] = ap[ci] * vop[ci];
+        ya[ci] = y[ci] + ap[ci];
+        dm[ci] = ap[ci] * on;
       }
     }
-    const size_t gs = GramStride(C);
-    float* gram = ws;
-    ws += GramRows(C) * gs;
-    float* tmp = ws;  // a second Gram, then the factor L, then H
-    ws += GramRows(C) * gs;
-    float* gscratch = ws;
-    ws += GramScratchFloats(C, std::max(Pp, vs));
+    const size_t gs = Cs;  // GramStride(C)
+    float* gram = s.gram;
+    float* tmp = s.tmp;
     auto add = [&](float sign) {
       for (size_t i = 0; i < C; ++i)
         for (size_t j = 0; j <= i; ++j)
           gram[i * gs + j] += sign * tmp[i * gs + j];
     };
-    GramLower(A, C, P, Pp, gram, gscratch);        // S
-    GramLower(Vc, C, cfg_.dv, vs, tmp, gscratch);  // <v_i, v_j>
+    GramLowerTransposed(a, C, P, gram);   // S
+    GramLowerTransposed(Vt, C, dv, tmp);  // <v_i, v_j>
     for (size_t i = 0; i < C; ++i)
       for (size_t j = 0; j <= i; ++j) {
         const float sij = gram[i * gs + j];
         gram[i * gs + j] = tmp[i * gs + j] * sij + sij;  // + S for X + X'
       }
-    GramLower(YA, C, P, Pp, tmp, gscratch);
+    GramLowerTransposed(s.YA, C, P, tmp);
     add(-1.0f);
-    GramLower(Y, C, P, Pp, tmp, gscratch);
+    GramLowerTransposed(s.Y, C, P, tmp);
     add(1.0f);
-    GramLower(Dm, C, P, Pp, tmp, gscratch);
+    GramLowerTransposed(s.Dm, C, P, tmp);
     add(1.0f);
     float* L = tmp;  // keep * RoundUp(C, 16) <= GramRows(C) * gs
-    float* diag = ws;
-    ws += RoundUp(C, 16);
-    uint32_t* piv = reinterpret_cast<uint32_t*>(ws);
-    ws += RoundUp(C, 16);
+    uint32_t* piv = s.piv;
     size_t rank = PivotedCholesky(gram, C, gs, keep, 1e-7f, L, RoundUp(C, 16),
-                                  diag, piv, nullptr);
+                                  s.diag, piv, nullptr);
     if (rank > 0 && rank < keep) {
       // The probes are explained by fewer items: keep the newest of the
       // others too (free only what is needed; future queries differ).
       for (size_t ci = C; ci-- > 0 && rank < keep;) {
         bool chosen = false;
-        for (size_t a = 0; a < rank && !chosen; ++a) chosen = piv[a] == ci;
+        for (size_t r = 0; r < rank && !chosen; ++r) chosen = piv[r] == ci;
         if (!chosen) piv[rank++] = uint32_t(ci);
       }
     }
-    uint8_t* drop = reinterpret_cast<uint8_t*>(ws);
-    ws += RoundUp(rows_.cap, 64) / 4;
+    uint8_t* drop = s.drop;
     std::memset(drop, 0, n);
     for (size_t ci = 0; ci < C; ++ci) drop[cand[ci]] = 1;
     if (rank == 0) {
@@ -526,31 +601,34 @@ class SelectiveSketch final : public Sketch {
       auto G = [&](size_t i, size_t j) {
         return i >= j ? gram[i * gs + j] : gram[j * gs + i];
       };
+      for (size_t i = 0; i < C; ++i) {
+        double sum = 0;
+        for (size_t j = 0; j < C; ++j) sum += G(i, j);
+        s.rowsum[i] = float(sum);
+      }
       const size_t ss = RoundUp(rank, 16);
-      float* H = tmp;  // the factor L is no longer needed
-      float* b = ws;
-      float* w = b + ss;
-      float* w0 = w + ss;
-      float* grad = w0 + ss;
+      float* Hm = tmp;  // the factor L is no longer needed
+      float* b = s.nnls;
+      float* w = b + RoundUp16(C);
+      float* w0 = w + RoundUp16(C);
+      float* grad = w0 + RoundUp16(C);
       double mean_diag = 0;
-      for (size_t a = 0; a < rank; ++a) {
-        for (size_t c = 0; c < rank; ++c) H[a * ss + c] = G(piv[a], piv[c]);
-        double s = 0;
-        for (size_t j = 0; j < C; ++j) s += G(piv[a], j);
-        b[a] = float(s);
-        w[a] = w0[a] = 1.0f;
-        mean_diag += H[a * ss + a];
+      for (size_t r = 0; r < rank; ++r) {
+        for (size_t c = 0; c < rank; ++c) Hm[r * ss + c] = G(piv[r], piv[c]);
+        b[r] = s.rowsum[piv[r]];
+        w[r] = w0[r] = 1.0f;
+        mean_diag += Hm[r * ss + r];
       }
       const float ridge = cfg_.risk_ridge * float(mean_diag / double(rank));
-      NonNegativeLeastSquares(H, rank, ss, b, ridge, w0, cfg_.risk_iterations,
+      NonNegativeLeastSquares(Hm, rank, ss, b, ridge, w0, cfg_.risk_iterations,
                               1e-4f, w, grad);
-      for (size_t a = 0; a < rank; ++a) {
-        const size_t i = cand[piv[a]];
-        if (w[a] > 0.0f) {
+      for (size_t r = 0; r < rank; ++r) {
+        const size_t i = cand[piv[r]];
+        if (w[r] > 0.0f) {
           drop[i] = 0;
           // Within [-80, 80]: what a saved state may hold (CheckState).
           logw_[i] = F32ToF16Bits(
-              std::min(80.0f, std::max(-80.0f, lw[i] + std::log(w[a]))));
+              std::min(80.0f, std::max(-80.0f, lw[i] + std::log(w[r]))));
         }
       }
     }
@@ -571,13 +649,6 @@ class SelectiveSketch final : public Sketch {
   }
 
   static size_t RoundUp(size_t x, size_t a) { return (x + a - 1) / a * a; }
-  // out [P][C] = <q_p, k_c> over padded rows of ks_ floats.
-  void MatMulRows(const float* q, size_t P, const float* k, size_t C,
-                  float* out) const {
-    for (size_t p = 0; p < P; ++p)
-      MatVec(k, C, cfg_.dk, ks_, q + p * ks_, out + p * C);
-  }
-
   Method mode_;
   RowStore rows_;
   uint32_t* seq_ = nullptr;
@@ -595,22 +666,16 @@ class SelectiveSketch final : public Sketch {
 }  // namespace
 
 size_t SelectiveWorkspaceFloats(const SketchConfig& c) {
-  auto up = [](size_t x) { return (x + 15) / 16 * 16; };
   const size_t ks = PaddedCols(c.dk), vs = PaddedCols(c.dv);
   const size_t rows = c.budget_bytes / StateRowBytes(c);
   const size_t P0 = ProbeCount(c, rows);
   const size_t cap = PoolCapacity(c, c.budget_bytes, P0);
   const size_t P = P0 * (c.rope_theta > 0.0f ? kHorizonCount : 1);
   const size_t attend = c.max_group * cap + cap;
-  if (c.method != Method::kRisk) return attend + 64;
+  if (c.method != Method::kRisk || cap == 0) return attend + 64;
   const size_t C = std::min(cap, MaxCandidates(c));
-  const size_t Pp = up(P);
-  const size_t compact =
-      2 * up(cap) + P * ks + 2 * P + P * vs + 2 * P * C + up(P) +
-      C * (ks + vs) + 2 * kMaxGroup + kMaxGroup * vs + 4 * C * Pp +
-      2 * GramRows(C) * GramStride(C) + GramScratchFloats(C, std::max(Pp, vs)) +
-      2 * up(C) + up(cap) / 4 + 16 + 4 * up(C) + 64;
-  return std::max(attend, compact) + 64;
+  const CompactScratch s(nullptr, cap, P, C, c.dk, c.dv, ks, vs);
+  return std::max(attend, s.floats) + 64;
 }
 
 std::unique_ptr<Sketch> MakeSelective(const SketchConfig& c, Arena& a,
