@@ -246,6 +246,63 @@ int main(void) {
     CHECK(kvs_attend(a, 0, q, oa) == KVS_OK);
     for (i = 0; i < 32; ++i) CHECK(oa[i] == ob[i]);
     remove(path);
+    /* The state in caller memory: the size is fixed, a short buffer is an
+     * error that writes nothing, a good one restores b bit for bit, a
+     * corrupted one is KVS_IO with b unchanged. */
+    {
+      size_t size = 0, size2 = 0, written = 7;
+      unsigned char* buf;
+      CHECK(kvs_state_size(a, &size) == KVS_OK);
+      CHECK(size > 0);
+      buf = (unsigned char*)malloc(size + 1);
+      CHECK(buf != NULL);
+      memset(buf, 0xee, size + 1);
+      CHECK(kvs_state_get(a, buf, size - 1, &written) == KVS_INVALID_ARGUMENT);
+      CHECK(written == 0);
+      CHECK(buf[0] == 0xee);
+      CHECK(strstr(kvs_last_error(a), "needs") != NULL);
+      CHECK(kvs_state_get(a, buf, size + 1, &written) == KVS_OK);
+      CHECK(written == size);
+      CHECK(kvs_reset(b) == KVS_OK);
+      CHECK(kvs_state_size(b, &size2) == KVS_OK);
+      CHECK(size2 == size);
+      CHECK(kvs_state_set(b, buf, size) == KVS_OK);
+      CHECK(kvs_attend(a, 0, q, oa) == KVS_OK);
+      CHECK(kvs_attend(b, 0, q, ob) == KVS_OK);
+      for (i = 0; i < 32; ++i) CHECK(oa[i] == ob[i]);
+      buf[size / 2] ^= 0x40;
+      CHECK(kvs_state_set(b, buf, size) == KVS_IO);
+      CHECK(kvs_state_set(b, buf, 10) == KVS_IO);
+      CHECK(kvs_state_set(b, NULL, size) == KVS_INVALID_ARGUMENT);
+      CHECK(kvs_attend(a, 0, q, oa) == KVS_OK);
+      CHECK(kvs_attend(b, 0, q, ob) == KVS_OK);
+      for (i = 0; i < 32; ++i) CHECK(oa[i] == ob[i]);
+      free(buf);
+    }
+    /* Reset: as new (the same answers as a fresh session's). */
+    {
+      kvs_session* fresh = NULL;
+      kvs_stats st;
+      CHECK(kvs_create(&cfg, &fresh) == KVS_OK);
+      CHECK(kvs_reset(a) == KVS_OK);
+      CHECK(kvs_stats_get(a, &st) == KVS_OK);
+      CHECK(st.tokens == 0);
+      CHECK(st.retained == 0);
+      for (t = 0; t < 60; ++t) {
+        for (i = 0; i < 16; ++i) {
+          k[i] = (float)cos(0.17 * (double)(t * 16 + i));
+          v[i] = (float)sin(0.11 * (double)(t * 16 + i));
+        }
+        for (i = 0; i < 32; ++i) q[i] = (float)cos(0.07 * (double)(t + i));
+        CHECK(kvs_append(a, 0, k, v, 1) == KVS_OK);
+        CHECK(kvs_append(fresh, 0, k, v, 1) == KVS_OK);
+        CHECK(kvs_attend(a, 0, q, oa) == KVS_OK);
+        CHECK(kvs_attend(fresh, 0, q, ob) == KVS_OK);
+        for (i = 0; i < 32; ++i) CHECK(oa[i] == ob[i]);
+      }
+      CHECK(kvs_reset(NULL) == KVS_INVALID_ARGUMENT);
+      kvs_destroy(fresh);
+    }
     kvs_destroy(a);
     kvs_destroy(b);
   }

@@ -246,6 +246,42 @@ TEST_CASE("save / load restores a bit-identical session; bad files rejected") {
   fs::remove_all(dir);
 }
 
+TEST_CASE("state in caller buffers; Reset makes a session as new") {
+  for (const char* m : kMethods) {
+    SessionConfig c = SmallConfig(m, 2);
+    if (std::string(m) == "exact") c.budget_tokens_per_head = 400;
+    const Stream st(c, 200);
+    Session a(c), fresh(c);
+    const size_t size = fresh.StateSize();
+    Drive(a, st, 0, 120);
+    INFO(m);
+    // The size is the same for every state of a configuration.
+    REQUIRE(a.StateSize() == size);
+    std::vector<char> buf(size + 8, 'x');
+    CHECK_THROWS_WITH_AS(a.SaveState(buf.data(), size - 1),
+                         doctest::Contains("needs"), Error);
+    CHECK(buf[0] == 'x');
+    CHECK(a.SaveState(buf.data(), buf.size()) == size);
+    CHECK(std::string(buf.data(), size) == a.SaveBytes());
+    Session b(c);
+    b.LoadState(buf.data(), size);
+    CHECK(b.SaveBytes() == a.SaveBytes());
+    // A corrupted buffer is rejected and changes nothing.
+    const std::string before = b.SaveBytes();
+    buf[size / 3] ^= 0x21;
+    CHECK_THROWS_AS(b.LoadState(buf.data(), size), Error);
+    CHECK_THROWS_AS(b.LoadState(buf.data(), 12), Error);
+    CHECK(b.SaveBytes() == before);
+    // Reset: the state bytes equal a new session's, and so do the answers.
+    a.Reset();
+    CHECK(a.Stats().tokens == 0);
+    CHECK(a.Stats().retained == 0);
+    CHECK(a.Stats().accounted_bytes == fresh.Stats().accounted_bytes);
+    CHECK(a.SaveBytes() == fresh.SaveBytes());
+    CHECK(Drive(a, st, 0, 150) == Drive(fresh, st, 0, 150));
+  }
+}
+
 TEST_CASE("a state saved with N threads loads with M (per-head budgets)") {
   for (const char* m : {"risk", "balance", "window"}) {
     SessionConfig c = SmallConfig(m, 4);

@@ -56,4 +56,11 @@ void* Arena::Carve(const std::string& name, size_t bytes) {
   return p;
 }
 
+void Arena::Rewind(const Mark& m) {
+  if (m.used > used_) throw Error("arena: rewind past the carved bytes");
+  std::memset(base_ + m.used, 0, used_ - m.used);
+  used_ = m.used;
+  components_ = m.components;
+}
+
 }  // namespace kvsketch

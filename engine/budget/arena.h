@@ -45,6 +45,16 @@ class Arena {
   };
   const std::vector<Component>& components() const { return components_; }
 
+  // A point to come back to: every carve after it can be forgotten.
+  struct Mark {
+    size_t used = 0;
+    std::vector<Component> components;
+  };
+  Mark GetMark() const { return Mark{used_, components_}; }
+  // Forgets every carve made after `m` and zeroes its bytes, so what is
+  // carved again starts as it did in a new arena.
+  void Rewind(const Mark& m);
+
   // Bytes `n` occupies once carved (alignment included).
   static size_t Aligned(size_t n) {
     return (n + kCarveAlign - 1) / kCarveAlign * kCarveAlign;

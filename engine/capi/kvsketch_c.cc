@@ -145,6 +145,31 @@ kvs_status kvs_load(kvs_session* s, const char* path) {
   return Guard(&s->error, [&] { s->session->Load(path); });
 }
 
+kvs_status kvs_state_size(const kvs_session* s, size_t* size) {
+  if (!s || !size) return KVS_INVALID_ARGUMENT;
+  auto* m = const_cast<kvs_session*>(s);
+  return Guard(&m->error, [&] { *size = s->session->StateSize(); });
+}
+
+kvs_status kvs_state_get(const kvs_session* s, void* dst, size_t capacity,
+                         size_t* written) {
+  if (!s || !written) return KVS_INVALID_ARGUMENT;
+  auto* m = const_cast<kvs_session*>(s);
+  *written = 0;
+  return Guard(&m->error,
+               [&] { *written = s->session->SaveState(dst, capacity); });
+}
+
+kvs_status kvs_state_set(kvs_session* s, const void* src, size_t size) {
+  if (!s) return KVS_INVALID_ARGUMENT;
+  return Guard(&s->error, [&] { s->session->LoadState(src, size); });
+}
+
+kvs_status kvs_reset(kvs_session* s) {
+  if (!s) return KVS_INVALID_ARGUMENT;
+  return Guard(&s->error, [&] { s->session->Reset(); });
+}
+
 const char* kvs_last_error(const kvs_session* s) {
   return s ? s->error.c_str() : g_create_error.c_str();
 }

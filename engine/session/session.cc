@@ -223,21 +223,8 @@ struct Session::Impl {
     arena.reset(new Arena(total));
     workspaces = arena->CarveArray<float>(
         "per-thread scratch", threads * Arena::Aligned(ws_floats * 4) / 4);
-    for (size_t i = 0; i < heads; ++i) {
-      SketchConfig sc = base;
-      sc.budget_bytes = head_budget[i];
-      sc.stream = (uint64_t(i / c.n_kv_heads) << 32) | (i % c.n_kv_heads);
-      const size_t before = arena->used();
-      sketches.push_back(Sketch::Create(sc, *arena));
-      // Keep every head's region at its full budget so the layout does not
-      // depend on what the methods happened to use.
-      const size_t used = arena->used() - before;
-      if (Arena::Aligned(sc.budget_bytes) > used) {
-        arena->Carve("unused head budget",
-                     Arena::Aligned(sc.budget_bytes) - used);
-      }
-      state_bytes += sketches.back()->bytes();
-    }
+    state_mark = arena->GetMark();
+    CreateSketches();
     pool.reset(new tbb::task_arena(int(threads)));
     // Layers whose whole state is small run their heads on the calling
     // thread: a parallel region costs more than the work (results are the
@@ -251,6 +238,53 @@ struct Session::Impl {
     }
     all_serial = threads == 1 || state_bytes < kSerialBytes;
   }
+
+  // Every head's sketch, carved from the arena after the scratch.
+  void CreateSketches() {
+    const size_t heads = cfg.layers * cfg.n_kv_heads;
+    sketches.reserve(heads);
+    state_bytes = 0;
+    for (size_t i = 0; i < heads; ++i) {
+      SketchConfig sc = base;
+      sc.budget_bytes = head_budget[i];
+      sc.stream = (uint64_t(i / cfg.n_kv_heads) << 32) | (i % cfg.n_kv_heads);
+      const size_t before = arena->used();
+      sketches.push_back(Sketch::Create(sc, *arena));
+      // Keep every head's region at its full budget so the layout does not
+      // depend on what the methods happened to use.
+      const size_t used = arena->used() - before;
+      if (Arena::Aligned(sc.budget_bytes) > used) {
+        arena->Carve("unused head budget",
+                     Arena::Aligned(sc.budget_bytes) - used);
+      }
+      state_bytes += sketches.back()->bytes();
+    }
+  }
+
+  // Forgets every token: the state region is zeroed and every sketch built
+  // again in the same bytes (the layout is deterministic), as at creation.
+  void Reset() {
+    CheckUsable();
+    try {
+      sketches.clear();
+      arena->Rewind(state_mark);
+      CreateSketches();
+    } catch (const std::exception& e) {
+      // Only an allocation of the sketch objects can fail here (the same
+      // configuration fit a moment ago); the tokens are gone either way.
+      sketches.clear();
+      broken = std::string("reset failed (") + e.what() +
+               "); the session holds no state and must be destroyed";
+      throw Error(broken);
+    }
+  }
+
+  void CheckUsable() const {
+    if (!broken.empty()) throw Error(broken);
+  }
+
+  Arena::Mark state_mark;
+  std::string broken;  // set when a Reset could not rebuild the sketches
 
   // Below this much state per call, heads run serially (a oneTBB region
   // costs a few microseconds).
@@ -283,6 +317,7 @@ struct Session::Impl {
   }
 
   void CheckLayer(size_t layer) const {
+    CheckUsable();
     if (layer >= cfg.layers) {
       throw Error("layer " + std::to_string(layer) + " out of range [0, " +
                   std::to_string(cfg.layers) + ")");
@@ -377,9 +412,15 @@ void Session::AttendAll(const float* q, float* out) {
   });
 }
 
+void Session::Reset() {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  impl_->Reset();
+}
+
 SessionStats Session::Stats() const {
   const Impl& m = *impl_;
   std::lock_guard<std::mutex> lock(m.mu);
+  m.CheckUsable();
   SessionStats s;
   s.arena_bytes = m.arena->capacity();
   s.accounted_bytes = m.arena->used();
@@ -394,26 +435,50 @@ SessionStats Session::Stats() const {
 
 void Session::Save(const std::string& path) const {
   std::lock_guard<std::mutex> lock(impl_->mu);
-  SaveState(path, impl_->StateConfig(), *impl_->arena, impl_->StateBegin(),
-            impl_->sketches);
+  impl_->CheckUsable();
+  kvsketch::SaveState(path, impl_->StateConfig(), *impl_->arena,
+                      impl_->StateBegin(), impl_->sketches);
 }
 
 std::string Session::SaveBytes() const {
   std::lock_guard<std::mutex> lock(impl_->mu);
+  impl_->CheckUsable();
   return SaveStateBytes(impl_->StateConfig(), *impl_->arena,
                         impl_->StateBegin(), impl_->sketches);
 }
 
 void Session::LoadBytes(const std::string& bytes) {
   std::lock_guard<std::mutex> lock(impl_->mu);
+  impl_->CheckUsable();
   LoadStateBytes(bytes, "state", impl_->StateConfig(), *impl_->arena,
                  impl_->StateBegin(), impl_->sketches);
 }
 
+size_t Session::StateSize() const { return SaveBytes().size(); }
+
+size_t Session::SaveState(void* dst, size_t capacity) const {
+  const std::string bytes = SaveBytes();
+  if (!dst && capacity) throw Error("save state: null buffer");
+  if (capacity < bytes.size()) {
+    throw Error("save state: the buffer holds " + std::to_string(capacity) +
+                " bytes, the state needs " + std::to_string(bytes.size()) +
+                " (StateSize); nothing was written");
+  }
+  std::memcpy(dst, bytes.data(), bytes.size());
+  return bytes.size();
+}
+
+void Session::LoadState(const void* src, size_t size) {
+  if (!src && size) throw Error("load state: null buffer");
+  LoadBytes(size ? std::string(static_cast<const char*>(src), size)
+                 : std::string());
+}
+
 void Session::Load(const std::string& path) {
   std::lock_guard<std::mutex> lock(impl_->mu);
-  LoadState(path, impl_->StateConfig(), *impl_->arena, impl_->StateBegin(),
-            impl_->sketches);
+  impl_->CheckUsable();
+  kvsketch::LoadState(path, impl_->StateConfig(), *impl_->arena,
+                      impl_->StateBegin(), impl_->sketches);
 }
 
 }  // namespace kvsketch

@@ -109,6 +109,20 @@ class Session {
   // The same format in memory.
   std::string SaveBytes() const;
   void LoadBytes(const std::string& bytes);
+  // The same format in caller memory (llama_state_get_size / get_data /
+  // set_data): StateSize() bytes, the same for every state of a
+  // configuration; SaveState writes them to dst and returns how many (throws
+  // Error, writing nothing, when capacity is smaller); LoadState validates
+  // everything before it changes the session (unchanged on any error).
+  size_t StateSize() const;
+  size_t SaveState(void* dst, size_t capacity) const;
+  void LoadState(const void* src, size_t size);
+
+  // Forgets every token: the session is as newly created, in the same memory
+  // (nothing is allocated but the per-head sketch objects). The only
+  // possible failure is running out of memory for those; the session then
+  // refuses every call with that message and must be destroyed.
+  void Reset();
 
   struct Impl;
 

@@ -81,6 +81,20 @@ kvs_status kvs_attend(kvs_session* s, size_t layer, const float* q, float* out);
 kvs_status kvs_stats_get(const kvs_session* s, kvs_stats* out);
 kvs_status kvs_save(const kvs_session* s, const char* path);
 kvs_status kvs_load(kvs_session* s, const char* path);
+/* The same state in caller memory (llama_state_get_size / get_data /
+ * set_data): *size = the bytes a state of this configuration takes (the same
+ * for every state of it); kvs_state_get writes them to dst (capacity bytes;
+ * KVS_INVALID_ARGUMENT and nothing written when smaller) and sets *written;
+ * kvs_state_set validates everything first and leaves the session unchanged
+ * on any error (KVS_IO). */
+kvs_status kvs_state_size(const kvs_session* s, size_t* size);
+kvs_status kvs_state_get(const kvs_session* s, void* dst, size_t capacity,
+                         size_t* written);
+kvs_status kvs_state_set(kvs_session* s, const void* src, size_t size);
+/* Forgets every token: the session is as newly created, in the same memory.
+ * Fails only when memory for the per-head objects runs out; the session then
+ * refuses every call and must be destroyed. */
+kvs_status kvs_reset(kvs_session* s);
 /* Message of the last failed call on this session (or of kvs_create when s
  * is NULL, per thread). Valid until the next call. */
 const char* kvs_last_error(const kvs_session* s);
