@@ -80,7 +80,9 @@ namespace {
 const char* kMethods[] = {"exact",  "window", "uniform", "balance", "taylor",
                           "hashed", "h2o",    "tova",    "risk",    "blurry"};
 
-TEST_CASE("append and attend never allocate (every method, storage, threads)") {
+TEST_CASE(
+    "append, attend and prefill never allocate (every method, storage, "
+    "threads)") {
   const std::string counted = kMallocCounted ? "yes" : "no (sanitizer build)";
   MESSAGE("malloc itself counted: " << counted);
   std::mt19937 rng(3);
@@ -100,7 +102,7 @@ TEST_CASE("append and attend never allocate (every method, storage, threads)") {
         c.method = m;
         c.storage = st;
         // Large enough that layers run their heads in parallel (2 threads).
-        c.budget_tokens_per_head = std::string(m) == "exact" ? 600 : 140;
+        c.budget_tokens_per_head = std::string(m) == "exact" ? 640 : 140;
         c.threads = threads;
         c.rope_theta = 10000.0f;
         Session s(c);
@@ -132,6 +134,22 @@ TEST_CASE("append and attend never allocate (every method, storage, threads)") {
           g_allocs = 0;
           g_armed = true;
           step(t);
+          g_armed = false;
+          allocs += g_allocs.load();
+        }
+        // Batched prefill: two blocks of 20 tokens per layer (chunks of 16
+        // and 4, so both a full and a partial chunk).
+        const size_t P = 20;
+        std::vector<float> pk(P * KV * 32), pv(P * KV * 32), pq(P * H * 32),
+            pout(P * H * 32);
+        for (int rep = 0; rep < 2; ++rep) {
+          for (auto& x : pk) x = g(rng);
+          for (auto& x : pv) x = g(rng);
+          for (auto& x : pq) x = g(rng);
+          g_allocs = 0;
+          g_armed = true;
+          for (size_t l = 0; l < L; ++l)
+            s.Prefill(l, pq.data(), pk.data(), pv.data(), P, pout.data());
           g_armed = false;
           allocs += g_allocs.load();
         }

@@ -306,6 +306,52 @@ int main(void) {
     kvs_destroy(a);
     kvs_destroy(b);
   }
+  /* Prefill: 40 tokens in one call answer as 40 append + attend calls
+   * (exact, f32); a bad layer or a NaN query changes nothing. */
+  {
+    enum { NT = 40 };
+    kvs_session* a = NULL;
+    kvs_session* b = NULL;
+    static float pq[NT * 4 * 8], pk[NT * 2 * 8], pv[NT * 2 * 8],
+        pout[NT * 4 * 8];
+    double worst = 0.0;
+    kvs_stats st;
+    kvs_config_init(&cfg);
+    cfg.layers = 1;
+    cfg.n_heads = 4;
+    cfg.n_kv_heads = 2;
+    cfg.dk = cfg.dv = 8;
+    cfg.method = "exact";
+    cfg.storage = "f32";
+    cfg.budget_tokens_per_head = 64;
+    cfg.threads = 1;
+    CHECK(kvs_create(&cfg, &a) == KVS_OK);
+    CHECK(kvs_create(&cfg, &b) == KVS_OK);
+    for (i = 0; i < NT * 16; ++i) {
+      pk[i] = (float)sin(0.37 * (double)i);
+      pv[i] = (float)cos(0.23 * (double)i);
+    }
+    for (i = 0; i < NT * 32; ++i) pq[i] = (float)sin(0.11 * (double)i + 1.0);
+    CHECK(kvs_prefill(b, 0, pq, pk, pv, NT, pout) == KVS_OK);
+    for (t = 0; t < NT; ++t) {
+      CHECK(kvs_append(a, 0, pk + t * 16, pv + t * 16, 1) == KVS_OK);
+      CHECK(kvs_attend(a, 0, pq + t * 32, out) == KVS_OK);
+      for (i = 0; i < 32; ++i) {
+        const double e = fabs((double)out[i] - (double)pout[t * 32 + i]);
+        if (e > worst) worst = e;
+      }
+    }
+    CHECK(worst < 1e-5);
+    CHECK(kvs_prefill(b, 1, pq, pk, pv, 4, pout) == KVS_INVALID_ARGUMENT);
+    pq[5] = (float)NAN;
+    CHECK(kvs_prefill(b, 0, pq, pk, pv, 4, pout) == KVS_INVALID_ARGUMENT);
+    CHECK(strstr(kvs_last_error(b), "queries") != NULL);
+    CHECK(kvs_prefill(NULL, 0, pq, pk, pv, 4, pout) == KVS_INVALID_ARGUMENT);
+    CHECK(kvs_stats_get(b, &st) == KVS_OK);
+    CHECK(st.tokens == NT);
+    kvs_destroy(a);
+    kvs_destroy(b);
+  }
   /* Sizes that would overflow are clear errors, not crashes. */
   kvs_config_init(&cfg);
   cfg.layers = (size_t)1 << (sizeof(size_t) * 8 - 1);

@@ -1,5 +1,6 @@
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -244,6 +245,131 @@ TEST_CASE("save / load restores a bit-identical session; bad files rejected") {
     CHECK(before == after);
   }
   fs::remove_all(dir);
+}
+
+// Prefill of tokens [from, to) of every layer in one call per layer;
+// returns the outputs in Drive's order ([token][layer][heads][dv]).
+std::vector<float> DrivePrefill(Session& s, const Stream& st, size_t from,
+                                size_t to) {
+  const SessionConfig& c = s.config();
+  const size_t n = to - from, L = c.layers;
+  std::vector<float> q(n * c.n_heads * c.dk), k(n * c.n_kv_heads * c.dk),
+      v(n * c.n_kv_heads * c.dv), out(n * c.n_heads * c.dv);
+  std::vector<float> all(n * L * c.n_heads * c.dv);
+  for (size_t l = 0; l < L; ++l) {
+    for (size_t t = 0; t < n; ++t) {
+      const size_t i = (from + t) * L + l;
+      std::copy_n(st.q.data() + i * c.n_heads * c.dk, c.n_heads * c.dk,
+                  q.data() + t * c.n_heads * c.dk);
+      std::copy_n(st.k.data() + i * c.n_kv_heads * c.dk, c.n_kv_heads * c.dk,
+                  k.data() + t * c.n_kv_heads * c.dk);
+      std::copy_n(st.v.data() + i * c.n_kv_heads * c.dv, c.n_kv_heads * c.dv,
+                  v.data() + t * c.n_kv_heads * c.dv);
+    }
+    s.Prefill(l, q.data(), k.data(), v.data(), n, out.data());
+    for (size_t t = 0; t < n; ++t)
+      std::copy_n(out.data() + t * c.n_heads * c.dv, c.n_heads * c.dv,
+                  all.data() + (t * L + l) * c.n_heads * c.dv);
+  }
+  return all;
+}
+
+TEST_CASE("prefill: exact answers as token-by-token calls; chunks of 16") {
+  SessionConfig c = SmallConfig("exact", 2);
+  c.storage = "f32";
+  c.budget_tokens_per_head = 400;
+  const Stream st(c, 300);
+  Session a(c), b(c);
+  // An odd start, then blocks that cross the 16-token chunks.
+  Drive(a, st, 0, 7);
+  Drive(b, st, 0, 7);
+  for (size_t from : {7u, 8u, 45u, 46u, 100u}) {
+    const size_t to = from == 7    ? 8
+                      : from == 8  ? 45
+                      : from == 45 ? 46
+                      : from == 46 ? 100
+                                   : 300;
+    const auto ra = Drive(a, st, from, to);
+    const auto rb = DrivePrefill(b, st, from, to);
+    REQUIRE(ra.size() == rb.size());
+    double worst = 0;
+    for (size_t i = 0; i < ra.size(); ++i)
+      worst = std::max(worst, double(std::fabs(ra[i] - rb[i])));
+    INFO("tokens " << from << ".." << to);
+    CHECK(worst < 2e-5);
+  }
+  // The same tokens and queries: the same state, byte for byte (the query
+  // statistics and key norms are summed in the same order).
+  CHECK(a.SaveBytes() == b.SaveBytes());
+}
+
+TEST_CASE("prefill: every method within budget, = its chunks, any threads") {
+  for (const char* m : kMethods) {
+    SessionConfig c = SmallConfig(m, 1);
+    if (std::string(m) == "exact") c.budget_tokens_per_head = 400;
+    c.rope_theta = 10000.0f;
+    const Stream st(c, 200);
+    INFO(std::string(m));
+    Session one(c), chunks(c);
+    SessionConfig c2 = c;
+    c2.threads = 2;
+    Session two(c2);
+    Drive(one, st, 0, 5);
+    Drive(chunks, st, 0, 5);
+    Drive(two, st, 0, 5);
+    const auto r1 = DrivePrefill(one, st, 5, 150);
+    const auto r2 = DrivePrefill(two, st, 5, 150);
+    std::vector<float> rc;
+    for (size_t t = 5; t < 150; t += 16) {
+      const auto part =
+          DrivePrefill(chunks, st, t, std::min<size_t>(t + 16, 150));
+      // DrivePrefill orders [token][layer]; chunk outputs concatenate.
+      rc.insert(rc.end(), part.begin(), part.end());
+    }
+    CHECK(r1 == r2);
+    CHECK(r1 == rc);
+    CHECK(one.SaveBytes() == two.SaveBytes());
+    CHECK(one.SaveBytes() == chunks.SaveBytes());
+    for (float x : r1) REQUIRE(std::isfinite(x));
+    const SessionStats s = one.Stats();
+    CHECK(s.tokens == 150);
+    CHECK(s.state_bytes <= 2 * 4 * (c.budget_tokens_per_head * (16 + 12) * 4));
+    // Decoding continues from the prefilled state.
+    const auto d1 = Drive(one, st, 150, 170);
+    const auto d2 = Drive(two, st, 150, 170);
+    CHECK(d1 == d2);
+  }
+}
+
+TEST_CASE("prefill: bad input is rejected and changes nothing") {
+  SessionConfig c = SmallConfig("risk", 1);
+  const Stream st(c, 40);
+  Session s(c);
+  Drive(s, st, 0, 30);
+  const std::string before = s.SaveBytes();
+  std::vector<float> q(4 * c.n_heads * c.dk, 0.5f),
+      k(4 * c.n_kv_heads * c.dk, 0.5f), v(4 * c.n_kv_heads * c.dv, 0.5f),
+      out(4 * c.n_heads * c.dv);
+  CHECK_THROWS_WITH_AS(
+      s.Prefill(0, q.data(), k.data(), v.data(), 0, out.data()),
+      doctest::Contains("zero tokens"), Error);
+  CHECK_THROWS_WITH_AS(
+      s.Prefill(5, q.data(), k.data(), v.data(), 4, out.data()),
+      doctest::Contains("out of range"), Error);
+  CHECK_THROWS_AS(s.Prefill(0, nullptr, k.data(), v.data(), 4, out.data()),
+                  Error);
+  CHECK_THROWS_AS(s.Prefill(0, q.data(), k.data(), v.data(), 4, nullptr),
+                  Error);
+  q[3 * c.n_heads * c.dk + 5] = std::numeric_limits<float>::quiet_NaN();
+  CHECK_THROWS_WITH_AS(
+      s.Prefill(0, q.data(), k.data(), v.data(), 4, out.data()),
+      doctest::Contains("queries"), Error);
+  q[3 * c.n_heads * c.dk + 5] = 0.5f;
+  v[2] = std::numeric_limits<float>::infinity();
+  CHECK_THROWS_WITH_AS(
+      s.Prefill(0, q.data(), k.data(), v.data(), 4, out.data()),
+      doctest::Contains("values"), Error);
+  CHECK(s.SaveBytes() == before);
 }
 
 TEST_CASE("state in caller buffers; Reset makes a session as new") {

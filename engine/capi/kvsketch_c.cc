@@ -120,6 +120,12 @@ kvs_status kvs_attend(kvs_session* s, size_t layer, const float* q,
   return Guard(&s->error, [&] { s->session->Attend(layer, q, out); });
 }
 
+kvs_status kvs_prefill(kvs_session* s, size_t layer, const float* q,
+                       const float* k, const float* v, size_t n, float* out) {
+  if (!s) return KVS_INVALID_ARGUMENT;
+  return Guard(&s->error, [&] { s->session->Prefill(layer, q, k, v, n, out); });
+}
+
 kvs_status kvs_stats_get(const kvs_session* s, kvs_stats* out) {
   if (!s || !out) return KVS_INVALID_ARGUMENT;
   auto* m = const_cast<kvs_session*>(s);

@@ -387,6 +387,27 @@ void Session::Attend(size_t layer, const float* q, float* out) {
   impl_->DoAttend(layer, q, out);
 }
 
+void Session::Prefill(size_t layer, const float* q, const float* k,
+                      const float* v, size_t n, float* out) {
+  Impl& m = *impl_;
+  std::lock_guard<std::mutex> lock(m.mu);
+  m.ValidateAppend(layer, k, v, n);
+  if (!q || !out) throw Error("prefill: null query or output pointer");
+  if (n > SIZE_MAX / sizeof(float) / (m.cfg.n_heads * m.cfg.dk) ||
+      n > SIZE_MAX / sizeof(float) / (m.cfg.n_heads * m.cfg.dv)) {
+    throw Error("prefill: " + std::to_string(n) +
+                " tokens overflow the address space");
+  }
+  CheckFinite(q, n * m.cfg.n_heads * m.cfg.dk, "queries", layer);
+  const size_t nkv = m.cfg.n_kv_heads, dk = m.cfg.dk, dv = m.cfg.dv;
+  const size_t G = m.G, nh = m.cfg.n_heads;
+  m.ForHeads(m.layer_serial[layer], nkv, [&](size_t h, float* ws) {
+    m.At(layer, h).Prefill(q + h * G * dk, nh * dk, k + h * dk, nkv * dk,
+                           v + h * dv, nkv * dv, n, G, out + h * G * dv,
+                           nh * dv, ws);
+  });
+}
+
 void Session::AppendAll(const float* k, const float* v) {
   Impl& m = *impl_;
   std::lock_guard<std::mutex> lock(m.mu);

@@ -118,6 +118,9 @@ class BalanceSketch final : public Sketch {
         size_t(std::fmax(2.0, std::fmin(double(coreset_.cap()), target)));
   }
 
+  // The scratch holds scores for one group's queries (Adapt).
+  size_t MaxQueriesPerPass() const override { return cfg_.max_group; }
+
   CompactKernel Kernel() const {
     CompactKernel k;
     k.scale = cfg_.scale;

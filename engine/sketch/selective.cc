@@ -241,9 +241,15 @@ class SelectiveSketch final : public Sketch {
       EmptyPartial(G, m, z);
       return;
     }
-    AttendGroup(rows_.KView(0, count_), rows_.VView(0, count_),
-                mode_ == Method::kRisk ? LogW(ws + G * count_) : nullptr, qp, G,
-                cfg_.scale, m, z, N, ws);
+    // risk needs no per-item scores (its log-weights go to the scratch);
+    // h2o / tova keep the raw scores [G][n] there for Observe.
+    if (mode_ == Method::kRisk) {
+      AttendGroup(rows_.KView(0, count_), rows_.VView(0, count_), LogW(ws), qp,
+                  G, cfg_.scale, m, z, N);
+    } else {
+      AttendGroup(rows_.KView(0, count_), rows_.VView(0, count_), nullptr, qp,
+                  G, cfg_.scale, m, z, N, ws);
+    }
     if (probes_cap_) {
       const uint32_t pos = uint32_t(cfg_.rope_first_position + tokens_ - 1);
       for (size_t g = 0; g < G; ++g) AddProbe(qp + g * ks_, pos);
@@ -269,6 +275,10 @@ class SelectiveSketch final : public Sketch {
   }
 
   size_t CompressedRetained() const override { return count_; }
+  // h2o / tova: the scratch holds scores for one group's queries.
+  size_t MaxQueriesPerPass() const override {
+    return mode_ == Method::kRisk ? kMaxGroup : cfg_.max_group;
+  }
 
   void SaveScalars(StateWriter& w) const override {
     Sketch::SaveScalars(w);

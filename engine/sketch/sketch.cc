@@ -412,30 +412,46 @@ void Sketch::Attend(const float* q, size_t G, float* out, float* ws) {
     throw Error("attend: group size " + std::to_string(G) + " not in [1, " +
                 std::to_string(kMaxGroup) + "]");
   }
-  float* qp = ws;
-  float* m = qp + G * ks_;
+  float* m = ws;
   float* z = m + G;
   float* N = z + G;
-  float* m2 = N + G * vs_;
-  float* z2 = m2 + G;
-  float* N2 = z2 + G;
-  float* rest = N2 + G * vs_;
+  AttendPartial(q, 1, 0, G, m, z, N, N + G * vs_);
   for (size_t g = 0; g < G; ++g) {
-    std::memset(qp + g * ks_, 0, ks_ * sizeof(float));
-    std::memcpy(qp + g * ks_, q + g * cfg_.dk, cfg_.dk * sizeof(float));
-    query_norm_sum_ += Norm(q + g * cfg_.dk, cfg_.dk);
-    m[g] = -std::numeric_limits<float>::infinity();
-    z[g] = 0.0f;
-    std::memset(N + g * vs_, 0, vs_ * sizeof(float));
+    const float inv = z[g] > 0.0f ? 1.0f / z[g] : 0.0f;
+    for (size_t c = 0; c < cfg_.dv; ++c)
+      out[g * cfg_.dv + c] = N[g * vs_ + c] * inv;
   }
-  queries_ += G;
-  AttendRange(sinks_, 0, sinks_used_, qp, G, m, z, N, m2, z2, N2);
+}
+
+void Sketch::AttendPartial(const float* q, size_t T, size_t q_stride, size_t G,
+                           float* m, float* z, float* N, float* ws) {
+  const size_t Q = T * G;
+  if (G == 0 || T == 0 || Q > kMaxGroup) {
+    throw Error("attend: " + std::to_string(Q) + " queries not in [1, " +
+                std::to_string(kMaxGroup) + "]");
+  }
+  float* qp = ws;
+  float* m2 = qp + Q * ks_;
+  float* z2 = m2 + Q;
+  float* N2 = z2 + Q;
+  float* rest = N2 + Q * vs_;
+  for (size_t i = 0; i < Q; ++i) {
+    const float* qi = q + (i / G) * q_stride + (i % G) * cfg_.dk;
+    std::memset(qp + i * ks_, 0, ks_ * sizeof(float));
+    std::memcpy(qp + i * ks_, qi, cfg_.dk * sizeof(float));
+    query_norm_sum_ += Norm(qi, cfg_.dk);
+    m[i] = -std::numeric_limits<float>::infinity();
+    z[i] = 0.0f;
+    std::memset(N + i * vs_, 0, vs_ * sizeof(float));
+  }
+  queries_ += Q;
+  AttendRange(sinks_, 0, sinks_used_, qp, Q, m, z, N, m2, z2, N2);
   // The window ring as (up to) two contiguous segments.
   const size_t first = HWY_MIN(window_used_, window_cap_ - window_head_);
-  AttendRange(window_, window_head_, first, qp, G, m, z, N, m2, z2, N2);
-  AttendRange(window_, 0, window_used_ - first, qp, G, m, z, N, m2, z2, N2);
-  AttendCompressed(qp, G, m2, z2, N2, rest);
-  for (size_t g = 0; g < G; ++g) {
+  AttendRange(window_, window_head_, first, qp, Q, m, z, N, m2, z2, N2);
+  AttendRange(window_, 0, window_used_ - first, qp, Q, m, z, N, m2, z2, N2);
+  AttendCompressed(qp, Q, m2, z2, N2, rest);
+  for (size_t g = 0; g < Q; ++g) {
     // A compressed estimate that left f32's range (logit spreads beyond
     // exp's range in a Taylor split, say) is dropped for this query: the
     // answer stays finite, from the exact regions.
@@ -450,11 +466,81 @@ void Sketch::Attend(const float* q, size_t G, float* out, float* ws) {
     }
     MergePartials(m + g, z + g, N + g * vs_, m2[g], z2[g], N2 + g * vs_, vs_);
   }
-  Observe(m, z, G, rest);
-  for (size_t g = 0; g < G; ++g) {
-    const float inv = z[g] > 0.0f ? 1.0f / z[g] : 0.0f;
-    for (size_t c = 0; c < cfg_.dv; ++c)
-      out[g * cfg_.dv + c] = N[g * vs_ + c] * inv;
+  Observe(m, z, Q, rest);
+}
+
+size_t Sketch::PrefillWorkspaceFloats(const SketchConfig& c) {
+  const size_t ks = PaddedCols(c.dk), vs = PaddedCols(c.dv);
+  const size_t G = c.max_group;
+  // Chunk rows, partials of kMaxGroup queries, one token's padded queries
+  // and their partials over the chunk.
+  return kPrefillChunk * (ks + vs) + kMaxGroup * (vs + 2) + G * (ks + vs + 2) +
+         64;
+}
+
+void Sketch::Prefill(const float* q, size_t q_stride, const float* k,
+                     size_t k_stride, const float* v, size_t v_stride, size_t n,
+                     size_t G, float* out, size_t out_stride, float* ws) {
+  if (G == 0 || G > cfg_.max_group) {
+    throw Error("prefill: group size " + std::to_string(G) + " not in [1, " +
+                std::to_string(cfg_.max_group) + "]");
+  }
+  const size_t B = kPrefillChunk;
+  float* Kb = ws;                    // [B][ks] the chunk's keys, f32 padded
+  float* Vb = Kb + B * ks_;          // [B][vs]
+  float* pm = Vb + B * vs_;          // [kMaxGroup] partials over the state
+  float* pz = pm + kMaxGroup;        // [kMaxGroup]
+  float* pN = pz + kMaxGroup;        // [kMaxGroup][vs]
+  float* qp = pN + kMaxGroup * vs_;  // [G][ks] one token's queries, padded
+  float* m2 = qp + G * ks_;          // [G] their partials over the chunk
+  float* z2 = m2 + G;
+  float* N2 = z2 + G;  // [G][vs]
+  float* rest = ws + PrefillWorkspaceFloats(cfg_);
+  // Tokens whose queries share one pass over the state.
+  const size_t T = HWY_MAX(size_t(1), MaxQueriesPerPass() / G);
+  RowsView K, V;
+  K.data = Kb;
+  K.cols = cfg_.dk;
+  K.stride = ks_;
+  V.data = Vb;
+  V.cols = cfg_.dv;
+  V.stride = vs_;
+  for (size_t c0 = 0; c0 < n; c0 += B) {
+    const size_t cn = HWY_MIN(B, n - c0);
+    std::memset(Kb, 0, cn * ks_ * sizeof(float));
+    std::memset(Vb, 0, cn * vs_ * sizeof(float));
+    for (size_t j = 0; j < cn; ++j) {
+      std::memcpy(Kb + j * ks_, k + (c0 + j) * k_stride,
+                  cfg_.dk * sizeof(float));
+      std::memcpy(Vb + j * vs_, v + (c0 + j) * v_stride,
+                  cfg_.dv * sizeof(float));
+    }
+    for (size_t t0 = 0; t0 < cn; t0 += T) {
+      const size_t tn = HWY_MIN(T, cn - t0);
+      AttendPartial(q + (c0 + t0) * q_stride, tn, q_stride, G, pm, pz, pN,
+                    rest);
+      for (size_t j = 0; j < tn; ++j) {
+        const size_t t = t0 + j;  // within the chunk
+        const float* qt = q + (c0 + t) * q_stride;
+        for (size_t g = 0; g < G; ++g) {
+          std::memset(qp + g * ks_, 0, ks_ * sizeof(float));
+          std::memcpy(qp + g * ks_, qt + g * cfg_.dk, cfg_.dk * sizeof(float));
+        }
+        K.rows = V.rows = t + 1;  // causal: the chunk's tokens up to t
+        AttendGroup(K, V, nullptr, qp, G, cfg_.scale, m2, z2, N2);
+        float* o = out + (c0 + t) * out_stride;
+        for (size_t g = 0; g < G; ++g) {
+          const size_t i = j * G + g;
+          MergePartials(pm + i, pz + i, pN + i * vs_, m2[g], z2[g],
+                        N2 + g * vs_, vs_);
+          const float inv = pz[i] > 0.0f ? 1.0f / pz[i] : 0.0f;
+          for (size_t c = 0; c < cfg_.dv; ++c)
+            o[g * cfg_.dv + c] = pN[i * vs_ + c] * inv;
+        }
+      }
+    }
+    for (size_t j = 0; j < cn; ++j)
+      Append(k + (c0 + j) * k_stride, v + (c0 + j) * v_stride, rest);
   }
 }
 
@@ -484,10 +570,11 @@ size_t WorkspaceFloats(const SketchConfig& c) {
     default:
       break;
   }
-  // Append: padded token + evicted row; Attend: queries and partials.
+  // Append: padded token + evicted row; Attend: queries and partials;
+  // Prefill: its chunk in front of either.
   const size_t common =
       HWY_MAX(2 * (ks + vs), Sketch::CommonWorkspaceFloats(c));
-  return common + extra;
+  return Sketch::PrefillWorkspaceFloats(c) + common + extra;
 }
 
 std::unique_ptr<Sketch> Sketch::Create(const SketchConfig& c, Arena& arena) {

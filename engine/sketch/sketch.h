@@ -12,7 +12,8 @@
 #include <memory>
 #include <string>
 
-#include "arch/types.h"  // Storage, RowsView
+#include "arch/attend.h"  // kMaxGroup
+#include "arch/types.h"   // Storage, RowsView
 #include "engine/budget/arena.h"
 #include "engine/io/serial.h"
 #include "engine/sketch/rows.h"
@@ -149,6 +150,24 @@ class Sketch {
   void AppendBlock(const float* K, const float* V, size_t n, float* ws);
   // G queries of this KV head's group: q [G][dk] -> out [G][dv].
   void Attend(const float* q, size_t G, float* out, float* ws);
+  // The unnormalised partials of T tokens' G queries each (token j's at
+  // q + j * q_stride, [G][dk]; T * G <= kMaxGroup) over everything held:
+  // m, z [T * G], N [T * G][vs]. Query-aware statistics are updated as
+  // Attend updates them.
+  void AttendPartial(const float* q, size_t T, size_t q_stride, size_t G,
+                     float* m, float* z, float* N, float* ws);
+  // Batched causal prefill of n tokens: token t's key and value at
+  // k + t * k_stride, v + t * v_stride, its G queries at q + t * q_stride
+  // ([G][dk]), its answers to out + t * out_stride ([G][dv]). In chunks of
+  // kPrefillChunk tokens: a chunk's queries attend to the state (every
+  // earlier chunk appended) and causally to the chunk's own tokens (in
+  // f32), then the chunk is appended as Append would, token by token.
+  void Prefill(const float* q, size_t q_stride, const float* k, size_t k_stride,
+               const float* v, size_t v_stride, size_t n, size_t G, float* out,
+               size_t out_stride, float* ws);
+  static constexpr size_t kPrefillChunk = 16;
+  // Scratch floats Prefill needs in front of what Append and Attend need.
+  static size_t PrefillWorkspaceFloats(const SketchConfig& c);
 
   const SketchConfig& config() const { return cfg_; }
   size_t tokens() const { return tokens_; }
@@ -180,6 +199,9 @@ class Sketch {
   virtual void AttendCompressed(const float* qp, size_t G, float* m, float* z,
                                 float* N, float* ws) = 0;
   virtual size_t CompressedRetained() const = 0;
+  // Queries one AttendCompressed call may take (its scratch holds per-query
+  // scores for this many); Prefill batches tokens up to it.
+  virtual size_t MaxQueriesPerPass() const { return kMaxGroup; }
   // Called at the end of Attend with the final partials of every query
   // (m [G], z [G]) and the same scratch AttendCompressed got: query-aware
   // sketches turn the raw scores they kept there into attention weights.

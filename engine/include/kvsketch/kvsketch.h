@@ -94,6 +94,21 @@ class Session {
   void Append(size_t layer, const float* k, const float* v, size_t n = 1);
   // q [n_heads][dk] -> out [n_heads][dv] for one layer.
   void Attend(size_t layer, const float* q, float* out);
+  // Batched causal prefill of n tokens of one layer: q [n][n_heads][dk],
+  // k [n][n_kv_heads][dk], v [n][n_kv_heads][dv] -> out [n][n_heads][dv].
+  // Token t's queries attend to everything held before the block and to the
+  // block's tokens up to t; then the block is appended. The block goes in
+  // chunks of 16 tokens (each chunk's queries see the state with every
+  // earlier chunk appended), so a prefill of n tokens equals prefills of
+  // its 16-token chunks one after the other. The chunk's own keys and
+  // values are used verbatim in f32 while it is asked (not yet rounded to
+  // the storage or compressed): `exact` with f32 storage answers as n
+  // Append + Attend calls would, to rounding. Query-aware methods learn
+  // from the chunk's queries as Attend would (h2o/tova: their attention to
+  // the state before the chunk; risk: probes, recorded at the position of
+  // the last token before the chunk).
+  void Prefill(size_t layer, const float* q, const float* k, const float* v,
+               size_t n, float* out);
   // All layers of one token: k [layers][n_kv][dk], q [layers][n_heads][dk].
   void AppendAll(const float* k, const float* v);
   void AttendAll(const float* q, float* out);

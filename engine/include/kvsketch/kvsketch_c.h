@@ -78,6 +78,13 @@ kvs_status kvs_append(kvs_session* s, size_t layer, const float* k,
                       const float* v, size_t n);
 /* q: [n_heads][dk] -> out: [n_heads][dv]. */
 kvs_status kvs_attend(kvs_session* s, size_t layer, const float* q, float* out);
+/* Batched causal prefill of n tokens of one layer: q [n][n_heads][dk], k
+ * [n][n_kv_heads][dk], v [n][n_kv_heads][dv] -> out [n][n_heads][dv]; token
+ * t attends to the state before the block and to the block's tokens up to t,
+ * then the block is appended (in chunks of 16 tokens; see Session::Prefill
+ * in kvsketch.h). */
+kvs_status kvs_prefill(kvs_session* s, size_t layer, const float* q,
+                       const float* k, const float* v, size_t n, float* out);
 kvs_status kvs_stats_get(const kvs_session* s, kvs_stats* out);
 kvs_status kvs_save(const kvs_session* s, const char* path);
 kvs_status kvs_load(kvs_session* s, const char* path);
