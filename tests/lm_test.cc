@@ -116,6 +116,61 @@ TEST_CASE("full-cache perplexity and q/k/v match the bundled trace") {
   CHECK(max_err < 1e-3 * std::max(1.0, max_ref));
 }
 
+TEST_CASE("ForwardBlock (Session::Prefill) gives Forward's logits") {
+  if (!HaveModel()) return;
+  const LlamaWeights w = LoadCheckpoint(Shared() + "/stories260K.bin");
+  const auto dirs = FindTraceDirs(Shared() + "/traces");
+  const NpyArray tokens = LoadNpy(dirs[0] + "/tokens.npy");
+  const size_t V = w.cfg.vocab;
+  for (const char* m : {"exact", "risk"}) {
+    SessionConfig sc = LlamaSessionConfig(w.cfg);
+    sc.method = m;
+    sc.storage = "f32";
+    sc.budget_tokens_per_head = std::string(m) == "exact" ? w.cfg.seq_len : 96;
+    sc.threads = 1;
+    LlamaRunner one(w, sc), block(w, sc);
+    // Blocks of 1, 37 and 100 tokens, then token by token again.
+    const size_t sizes[] = {1, 37, 100, 1, 1};
+    size_t j = 0;
+    double worst = 0, kl_sum = 0;
+    size_t n_kl = 0;
+    for (size_t nb : sizes) {
+      const float* lb = block.ForwardBlock(tokens.i32.data() + j, nb);
+      for (size_t t = 0; t < nb; ++t, ++j) {
+        const float* lf = one.Forward(tokens.i32[j]);
+        double mf = -INFINITY, mb = -INFINITY, zf = 0, zb = 0;
+        for (size_t i = 0; i < V; ++i) {
+          worst = std::max(worst, double(std::fabs(lf[i] - lb[t * V + i])));
+          mf = std::max(mf, double(lf[i]));
+          mb = std::max(mb, double(lb[t * V + i]));
+        }
+        for (size_t i = 0; i < V; ++i) {
+          zf += std::exp(lf[i] - mf);
+          zb += std::exp(lb[t * V + i] - mb);
+        }
+        double kl = 0;
+        for (size_t i = 0; i < V; ++i) {
+          const double a = lf[i] - mf - std::log(zf);
+          const double b = lb[t * V + i] - mb - std::log(zb);
+          kl += std::exp(a) * (a - b);
+        }
+        kl_sum += kl;
+        ++n_kl;
+      }
+    }
+    CHECK(block.position() == j);
+    INFO(std::string(m) << ": max |logit diff| " << worst << ", mean KL "
+                        << kl_sum / double(n_kl));
+    if (std::string(m) == "exact") {
+      CHECK(worst < 1e-4);  // the same attention, summed in another order
+    } else {
+      // risk compresses after 96 tokens: the block path sees its chunk's
+      // tokens verbatim, so the two differ a little, never by much.
+      CHECK(kl_sum / double(n_kl) < 2e-3);
+    }
+  }
+}
+
 TEST_CASE("generation is deterministic for a seed, greedy and sampled") {
   if (!HaveModel()) return;
   const LlamaWeights w = LoadCheckpoint(Shared() + "/stories260K.bin");

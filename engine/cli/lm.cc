@@ -125,7 +125,9 @@ int Eval(const LmOptions& o, const LlamaWeights& w, const Tokenizer& tok) {
   const bool with_window = comp_cfg.method != "window";
   const size_t V = w.cfg.vocab;
   std::vector<double> lp_full, lp_comp, kls;
+  std::vector<float> full_logits;  // [window tokens][V] for the prefill run
   double nll_full = 0, nll_comp = 0, t_comp = 0, t_full = 0, t_win = 0;
+  double kl_pre = 0, nll_pre = 0, t_pre = 0;
   size_t predicted = 0, agree = 0, total_tokens = 0, state_bytes = 0;
   for (const auto& win : windows) total_tokens += win.second - win.first;
   const Progress progress(o.quiet || o.json || o.csv);
@@ -156,9 +158,11 @@ int Eval(const LmOptions& o, const LlamaWeights& w, const Tokenizer& tok) {
     const size_t b = windows[wi].first, e = windows[wi].second;
     double wf = 0, wc = 0, wkl = 0;
     size_t wn = 0, wa = 0;
+    if (o.prefill_block) full_logits.resize((e - b) * V);
     for (size_t j = b; j < e; ++j) {
       const auto t0 = Clock::now();
       const float* lf = full.Forward(tokens[j]);
+      if (o.prefill_block) std::copy_n(lf, V, full_logits.data() + (j - b) * V);
       const auto t1 = Clock::now();
       const float* lc = comp.Forward(tokens[j]);
       const auto t2 = Clock::now();
@@ -184,6 +188,25 @@ int Eval(const LmOptions& o, const LlamaWeights& w, const Tokenizer& tok) {
         ++wn;
       }
       progress.Show(++done, total_tokens, "tokens");
+    }
+    if (o.prefill_block) {
+      // The method again, fed in blocks: one Prefill per layer and block.
+      LlamaRunner pre(w, comp_cfg);
+      for (size_t j0 = b; j0 < e; j0 += o.prefill_block) {
+        const size_t nb = std::min(o.prefill_block, e - j0);
+        const auto t0 = Clock::now();
+        const float* lb = pre.ForwardBlock(tokens.data() + j0, nb);
+        t_pre += Seconds(t0, Clock::now());
+        for (size_t j = j0; j < j0 + nb && j + 1 < e; ++j) {
+          LogSoftmax(full_logits.data() + (j - b) * V, V, &lp_full);
+          LogSoftmax(lb + (j - j0) * V, V, &lp_comp);
+          double kl = 0;
+          for (size_t i = 0; i < V; ++i)
+            kl += std::exp(lp_full[i]) * (lp_full[i] - lp_comp[i]);
+          kl_pre += std::max(kl, 0.0);
+          nll_pre -= lp_comp[size_t(tokens[j + 1])];
+        }
+      }
     }
     state_bytes = comp.session().Stats().state_bytes;
     nll_full += wf;
@@ -215,18 +238,24 @@ int Eval(const LmOptions& o, const LlamaWeights& w, const Tokenizer& tok) {
   const double tps = double(total_tokens) / t_comp;
   const double tps_full = double(total_tokens) / t_full;
   const double tps_win = with_window ? double(total_tokens) / t_win : tps;
+  const bool pre = o.prefill_block > 0;
+  const double tps_pre = pre ? double(total_tokens) / t_pre : 0.0;
+  const double kl_mean_pre = pre ? kl_pre / double(predicted) : 0.0;
+  const double ppl_pre = pre ? std::exp(nll_pre / double(predicted)) : 0.0;
   if (o.csv) {
     fmt::print(
         "method,storage,budget_tokens,budget_bytes,tokens,ppl_full,ppl,kl_mean,"
         "kl_p99,top1_agree,tokens_per_s,tokens_per_s_full,threads,"
-        "tokens_per_s_window\n{},{},{},{},"
-        "{},{:.6f},{:.6f},{:.6g},{:.6g},{:.6f},{:.1f},{:.1f},{},{:.1f}\n",
+        "tokens_per_s_window,prefill_block,kl_mean_prefill,"
+        "tokens_per_s_prefill\n{},{},{},{},"
+        "{},{:.6f},{:.6f},{:.6g},{:.6g},{:.6f},{:.1f},{:.1f},{},{:.1f},{},"
+        "{:.6g},{:.1f}\n",
         comp_cfg.method, RowsConfig(comp_cfg, w.cfg.head_dim()).first,
         o.budget_bytes ? 0 : o.budget_tokens, o.budget_bytes, total_tokens,
         ppl_full, ppl, kl_mean, kl_p99, double(agree) / double(predicted), tps,
         tps_full,
         o.threads > 0 ? o.threads : int(tbb::info::default_concurrency()),
-        tps_win);
+        tps_win, o.prefill_block, kl_mean_pre, tps_pre);
   } else if (o.json) {
     fmt::print(
         "{{\"method\":\"{}\",\"storage\":\"{}\",\"budget_tokens\":{},"
@@ -234,12 +263,15 @@ int Eval(const LmOptions& o, const LlamaWeights& w, const Tokenizer& tok) {
         ",\"ppl\":{:.6f},"
         "\"kl_mean\":{:.6g},\"kl_p99\":{:.6g},\"top1_agree\":{:.6f},"
         "\"tokens_per_s\":{:.1f},\"tokens_per_s_full\":{:.1f},"
-        "\"tokens_per_s_window\":{:.1f},"
+        "\"tokens_per_s_window\":{:.1f},\"prefill_block\":{},"
+        "\"kl_mean_prefill\":{:.6g},\"ppl_prefill\":{:.6f},"
+        "\"tokens_per_s_prefill\":{:.1f},"
         "\"state_bytes\":{},\"peak_rss_bytes\":{}}}\n",
         comp_cfg.method, RowsConfig(comp_cfg, w.cfg.head_dim()).first,
         o.budget_bytes ? 0 : o.budget_tokens, o.budget_bytes, total_tokens,
         predicted, ppl_full, ppl, kl_mean, kl_p99,
-        double(agree) / double(predicted), tps, tps_full, tps_win, state_bytes,
+        double(agree) / double(predicted), tps, tps_full, tps_win,
+        o.prefill_block, kl_mean_pre, ppl_pre, tps_pre, state_bytes,
         PeakRssBytes());
   } else {
     fmt::print(
@@ -251,6 +283,13 @@ int Eval(const LmOptions& o, const LlamaWeights& w, const Tokenizer& tok) {
         (ppl / ppl_full - 1) * 100, kl_mean, kl_p99,
         double(agree) / double(predicted), tps, tps_win, tps_full, state_bytes,
         PeakRssBytes() / 1048576.0);
+    if (pre) {
+      fmt::print(
+          "prefill ({} tokens per Session::Prefill): ppl {} {:.4f} ({:+.2f}%) "
+          "| KL mean {:.5f} | {:.0f} tokens/s ({:.2f}x token by token)\n",
+          o.prefill_block, comp_cfg.method, ppl_pre,
+          (ppl_pre / ppl_full - 1) * 100, kl_mean_pre, tps_pre, tps_pre / tps);
+    }
   }
   return 0;
 }
@@ -270,11 +309,18 @@ int Generate(const LmOptions& o, const LlamaWeights& w, const Tokenizer& tok) {
   std::vector<std::pair<float, int>> probs(V);
   int prev = prompt[0];
   const float* logits = nullptr;
+  const auto tp = Clock::now();
+  if (o.prefill_block > 0) {
+    // The whole prompt in one Prefill per layer.
+    logits = run.ForwardBlock(prompt.data(), prompt.size()) +
+             (prompt.size() - 1) * V;
+  }
   for (size_t i = 0; i < prompt.size(); ++i) {
-    logits = run.Forward(prompt[i]);
+    if (o.prefill_block == 0) logits = run.Forward(prompt[i]);
     if (i > 0) std::fputs(tok.Decode(prev, prompt[i]).c_str(), stdout);
     prev = prompt[i];
   }
+  const double prompt_s = Seconds(tp, Clock::now());
   std::fflush(stdout);
   const auto t0 = Clock::now();
   size_t generated = 0;
@@ -320,10 +366,12 @@ int Generate(const LmOptions& o, const LlamaWeights& w, const Tokenizer& tok) {
   if (!o.quiet) {
     std::fprintf(
         stderr,
-        "[%zu prompt + %zu generated tokens | %s | %.1f tokens/s | "
-        "KV state %zu B]\n",
-        prompt.size(), generated, run.session().config().method.c_str(),
-        generated / std::max(s, 1e-9), run.session().Stats().state_bytes);
+        "[%zu prompt (%s, %.1f tokens/s) + %zu generated tokens | %s | "
+        "%.1f tokens/s | KV state %zu B]\n",
+        prompt.size(), o.prefill_block ? "one prefill" : "token by token",
+        prompt.size() / std::max(prompt_s, 1e-9), generated,
+        run.session().config().method.c_str(), generated / std::max(s, 1e-9),
+        run.session().Stats().state_bytes);
   }
   return 0;
 }

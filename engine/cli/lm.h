@@ -29,6 +29,10 @@ struct LmOptions {
   int threads = 0;
   uint64_t seed = 0;
   size_t max_windows = 0;  // 0 = all
+  // Tokens per Session::Prefill call: --eval runs the method a second time
+  // fed in blocks (KL and speed reported beside the token-by-token run);
+  // --prompt feeds the prompt in one call. 0: token by token only.
+  size_t prefill_block = 64;
   bool json = false;
   bool csv = false;  // one summary row (for bench/plot.py)
   bool quiet = false;

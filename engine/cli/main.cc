@@ -339,6 +339,11 @@ int main(int argc, char** argv) {
   lm->add_option("--seed", lm_opt.seed, "random seed")->capture_default_str();
   lm->add_option("--max-windows", lm_opt.max_windows,
                  "evaluate at most this many context windows (0 = all)");
+  lm->add_option("--prefill-block", lm_opt.prefill_block,
+                 "--eval: also run the method with the text fed in blocks of "
+                 "this many tokens (Session::Prefill; 0: skip); --prompt: the "
+                 "prompt goes in one Prefill when > 0")
+      ->capture_default_str();
   lm->add_flag("--json", lm_opt.json, "one JSON object per line");
   lm->add_flag("--csv", lm_opt.csv, "one CSV summary row (bench/plot.py)");
   lm->add_flag("-q,--quiet", lm_opt.quiet, "no progress on stderr");

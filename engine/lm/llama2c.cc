@@ -459,4 +459,66 @@ const float* LlamaRunner::Forward(int token) {
   return logits_.data();
 }
 
+const float* LlamaRunner::ForwardBlock(const int* tokens, size_t n) {
+  const LlamaConfig& c = w_.cfg;
+  if (n == 0) throw Error("forward: an empty block");
+  for (size_t t = 0; t < n; ++t) {
+    if (tokens[t] < 0 || size_t(tokens[t]) >= c.vocab) {
+      throw Error("token " + std::to_string(tokens[t]) +
+                  " is outside the vocabulary");
+    }
+  }
+  const size_t D = c.dim, hd = c.head_dim(), qd = c.n_heads * hd,
+               kvd = c.kv_dim();
+  if (bx_.size() < n * D) {
+    bx_.resize(n * D);
+    bq_.resize(n * qd);
+    bk_.resize(n * kvd);
+    bv_.resize(n * kvd);
+    batt_.resize(n * qd);
+    blogits_.resize(n * c.vocab);
+  }
+  for (size_t t = 0; t < n; ++t)
+    std::copy(w_.embedding.begin() + size_t(tokens[t]) * D,
+              w_.embedding.begin() + (size_t(tokens[t]) + 1) * D,
+              bx_.begin() + t * D);
+  for (size_t l = 0; l < c.layers; ++l) {
+    for (size_t t = 0; t < n; ++t) {
+      RmsNorm(xb_.data(), bx_.data() + t * D, w_.rms_att[l].data(), D);
+      MatVec(w_.wq[l], xb_.data(), q_.data());
+      MatVec(w_.wk[l], xb_.data(), k_.data());
+      MatVec(w_.wv[l], xb_.data(), v_.data());
+      Rope(q_.data(), c.n_heads, hd, pos_ + t, c.rope_theta);
+      Rope(k_.data(), c.n_kv_heads, hd, pos_ + t, c.rope_theta);
+      if (hook_) hook_(l, pos_ + t, q_.data(), k_.data(), v_.data());
+      std::copy_n(q_.data(), qd, bq_.data() + t * qd);
+      std::copy_n(k_.data(), kvd, bk_.data() + t * kvd);
+      std::copy_n(v_.data(), kvd, bv_.data() + t * kvd);
+    }
+    session_.Prefill(l, bq_.data(), bk_.data(), bv_.data(), n, batt_.data());
+    for (size_t t = 0; t < n; ++t) {
+      float* x = bx_.data() + t * D;
+      std::copy_n(batt_.data() + t * qd, qd, att_.data());
+      MatVec(w_.wo[l], att_.data(), xb2_.data());
+      for (size_t i = 0; i < D; ++i) x[i] += xb2_[i];
+      RmsNorm(xb_.data(), x, w_.rms_ffn[l].data(), D);
+      MatVec(w_.w1[l], xb_.data(), hb_.data());
+      MatVec(w_.w3[l], xb_.data(), hb2_.data());
+      for (size_t i = 0; i < c.hidden; ++i) {
+        const float a = hb_[i];
+        hb_[i] = a / (1.0f + std::exp(-a)) * hb2_[i];
+      }
+      MatVec(w_.w2[l], hb_.data(), xb_.data());
+      for (size_t i = 0; i < D; ++i) x[i] += xb_[i];
+    }
+  }
+  for (size_t t = 0; t < n; ++t) {
+    float* x = bx_.data() + t * D;
+    RmsNorm(x_.data(), x, w_.rms_final.data(), D);
+    MatVec(w_.cls, x_.data(), blogits_.data() + t * c.vocab);
+  }
+  pos_ += n;
+  return blogits_.data();
+}
+
 }  // namespace kvsketch

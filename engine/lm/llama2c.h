@@ -86,6 +86,10 @@ class LlamaRunner {
   LlamaRunner(const LlamaWeights& w, const SessionConfig& session);
   // Feeds `token` at the next position; returns the logits [vocab].
   const float* Forward(int token);
+  // Feeds n tokens at the next positions with one Session::Prefill per
+  // layer; returns the logits of every one ([n][vocab], valid until the next
+  // call). Grows its buffers to the largest n seen.
+  const float* ForwardBlock(const int* tokens, size_t n);
   size_t position() const { return pos_; }
   Session& session() { return session_; }
   void set_hook(QkvHook h) { hook_ = std::move(h); }
@@ -96,6 +100,8 @@ class LlamaRunner {
   size_t pos_ = 0;
   QkvHook hook_;
   std::vector<float> x_, xb_, xb2_, hb_, hb2_, q_, k_, v_, att_, logits_;
+  // ForwardBlock: [n][...] per-token activations.
+  std::vector<float> bx_, bq_, bk_, bv_, batt_, blogits_;
   struct Pool;
   std::shared_ptr<Pool> pool_;  // oneTBB arena for the large matmuls
   void MatVec(const LlamaWeights::Matrix& m, const float* x, float* y);

@@ -62,6 +62,8 @@ if [ -f "$s/stories260K.bin" ]; then
   {
     expect_ok 'summary:.*ppl full' $lm --eval "$s/tinystories_valid_excerpt.txt" --max-windows 1 --budget-tokens 32
     expect_ok '"kl_p99"' $lm --eval "$s/tinystories_valid_excerpt.txt" --max-windows 1 --budget-tokens 32 --json
+    expect_ok '^prefill \(16 tokens per Session::Prefill\): ppl risk' $lm --eval "$s/tinystories_valid_excerpt.txt" --max-windows 1 --budget-tokens 32 --prefill-block 16
+    expect_ok '"tokens_per_s_prefill"' $lm --eval "$s/tinystories_valid_excerpt.txt" --max-windows 1 --budget-tokens 32 --json
     expect_ok '^risk,f16,32,0,[0-9]+,' $lm --eval "$s/tinystories_valid_excerpt.txt" --max-windows 1 --budget-tokens 32 --csv
     expect_ok '^Once' $lm --prompt "Once" -n 8 --temperature 0
   }
