@@ -459,6 +459,39 @@ const float* LlamaRunner::Forward(int token) {
   return logits_.data();
 }
 
+void LlamaRunner::MatMulBlock(const LlamaWeights::Matrix& m, const float* xt,
+                              size_t nn, float* yt) {
+  constexpr size_t kChunkRows = 64;
+  if (m.rows * m.stride < (size_t(1) << 16) ||
+      pool_->arena.max_concurrency() == 1) {
+    MatMulTransposed(m.data.data(), m.rows, m.cols, m.stride, xt, nn, nn, yt,
+                     nn);
+    return;
+  }
+  pool_->arena.execute([&] {
+    tbb::parallel_for(
+        size_t(0), (m.rows + kChunkRows - 1) / kChunkRows, [&](size_t b) {
+          const size_t r0 = b * kChunkRows;
+          const size_t rn = std::min(kChunkRows, m.rows - r0);
+          MatMulTransposed(m.data.data() + r0 * m.stride, rn, m.cols, m.stride,
+                           xt, nn, nn, yt + r0 * nn, nn);
+        });
+  });
+}
+
+namespace {
+// rows [n][cols] (row stride rs) -> feature-major t [cols][nn], zero
+// columns n..nn.
+void ToFeatureMajor(const float* rows, size_t n, size_t cols, size_t rs,
+                    size_t nn, float* t) {
+  for (size_t c = 0; c < cols; ++c) {
+    float* tc = t + c * nn;
+    for (size_t i = 0; i < n; ++i) tc[i] = rows[i * rs + c];
+    for (size_t i = n; i < nn; ++i) tc[i] = 0.0f;
+  }
+}
+}  // namespace
+
 const float* LlamaRunner::ForwardBlock(const int* tokens, size_t n) {
   const LlamaConfig& c = w_.cfg;
   if (n == 0) throw Error("forward: an empty block");
@@ -469,54 +502,73 @@ const float* LlamaRunner::ForwardBlock(const int* tokens, size_t n) {
     }
   }
   const size_t D = c.dim, hd = c.head_dim(), qd = c.n_heads * hd,
-               kvd = c.kv_dim();
-  if (bx_.size() < n * D) {
-    bx_.resize(n * D);
-    bq_.resize(n * qd);
-    bk_.resize(n * kvd);
-    bv_.resize(n * kvd);
-    batt_.resize(n * qd);
-    blogits_.resize(n * c.vocab);
+               kvd = c.kv_dim(), H = c.hidden, V = c.vocab;
+  const size_t nn = (n + 15) / 16 * 16;
+  if (block_cap_ < nn) {
+    block_cap_ = nn;
+    bx_.resize(nn * D);
+    bxb_.resize(nn * D);
+    bq_.resize(nn * qd);
+    bk_.resize(nn * kvd);
+    bv_.resize(nn * kvd);
+    batt_.resize(nn * qd);
+    blogits_.resize(nn * V);
+    const size_t widest = std::max({D, qd, H, V});
+    tin_.resize(widest * nn);
+    tout_.resize(widest * nn);
+    th_.resize(H * nn);
+    th2_.resize(H * nn);
   }
   for (size_t t = 0; t < n; ++t)
     std::copy(w_.embedding.begin() + size_t(tokens[t]) * D,
               w_.embedding.begin() + (size_t(tokens[t]) + 1) * D,
               bx_.begin() + t * D);
+  // Feature-major product, then back to rows [n][cols].
+  auto product = [&](const LlamaWeights::Matrix& m, float* rows_out) {
+    MatMulBlock(m, tin_.data(), nn, tout_.data());
+    for (size_t t = 0; t < n; ++t)
+      for (size_t r = 0; r < m.rows; ++r)
+        rows_out[t * m.rows + r] = tout_[r * nn + t];
+  };
   for (size_t l = 0; l < c.layers; ++l) {
+    for (size_t t = 0; t < n; ++t)
+      RmsNorm(bxb_.data() + t * D, bx_.data() + t * D, w_.rms_att[l].data(), D);
+    ToFeatureMajor(bxb_.data(), n, D, D, nn, tin_.data());
+    product(w_.wq[l], bq_.data());
+    product(w_.wk[l], bk_.data());
+    product(w_.wv[l], bv_.data());
     for (size_t t = 0; t < n; ++t) {
-      RmsNorm(xb_.data(), bx_.data() + t * D, w_.rms_att[l].data(), D);
-      MatVec(w_.wq[l], xb_.data(), q_.data());
-      MatVec(w_.wk[l], xb_.data(), k_.data());
-      MatVec(w_.wv[l], xb_.data(), v_.data());
-      Rope(q_.data(), c.n_heads, hd, pos_ + t, c.rope_theta);
-      Rope(k_.data(), c.n_kv_heads, hd, pos_ + t, c.rope_theta);
-      if (hook_) hook_(l, pos_ + t, q_.data(), k_.data(), v_.data());
-      std::copy_n(q_.data(), qd, bq_.data() + t * qd);
-      std::copy_n(k_.data(), kvd, bk_.data() + t * kvd);
-      std::copy_n(v_.data(), kvd, bv_.data() + t * kvd);
+      Rope(bq_.data() + t * qd, c.n_heads, hd, pos_ + t, c.rope_theta);
+      Rope(bk_.data() + t * kvd, c.n_kv_heads, hd, pos_ + t, c.rope_theta);
+      if (hook_)
+        hook_(l, pos_ + t, bq_.data() + t * qd, bk_.data() + t * kvd,
+              bv_.data() + t * kvd);
     }
     session_.Prefill(l, bq_.data(), bk_.data(), bv_.data(), n, batt_.data());
+    ToFeatureMajor(batt_.data(), n, qd, qd, nn, tin_.data());
+    MatMulBlock(w_.wo[l], tin_.data(), nn, tout_.data());
     for (size_t t = 0; t < n; ++t) {
       float* x = bx_.data() + t * D;
-      std::copy_n(batt_.data() + t * qd, qd, att_.data());
-      MatVec(w_.wo[l], att_.data(), xb2_.data());
-      for (size_t i = 0; i < D; ++i) x[i] += xb2_[i];
-      RmsNorm(xb_.data(), x, w_.rms_ffn[l].data(), D);
-      MatVec(w_.w1[l], xb_.data(), hb_.data());
-      MatVec(w_.w3[l], xb_.data(), hb2_.data());
-      for (size_t i = 0; i < c.hidden; ++i) {
-        const float a = hb_[i];
-        hb_[i] = a / (1.0f + std::exp(-a)) * hb2_[i];
-      }
-      MatVec(w_.w2[l], hb_.data(), xb_.data());
-      for (size_t i = 0; i < D; ++i) x[i] += xb_[i];
+      for (size_t i = 0; i < D; ++i) x[i] += tout_[i * nn + t];
+      RmsNorm(bxb_.data() + t * D, x, w_.rms_ffn[l].data(), D);
+    }
+    ToFeatureMajor(bxb_.data(), n, D, D, nn, tin_.data());
+    MatMulBlock(w_.w1[l], tin_.data(), nn, th_.data());
+    MatMulBlock(w_.w3[l], tin_.data(), nn, th2_.data());
+    for (size_t i = 0; i < H * nn; ++i) {
+      const float a = th_[i];
+      th_[i] = a / (1.0f + std::exp(-a)) * th2_[i];
+    }
+    MatMulBlock(w_.w2[l], th_.data(), nn, tout_.data());
+    for (size_t t = 0; t < n; ++t) {
+      float* x = bx_.data() + t * D;
+      for (size_t i = 0; i < D; ++i) x[i] += tout_[i * nn + t];
     }
   }
-  for (size_t t = 0; t < n; ++t) {
-    float* x = bx_.data() + t * D;
-    RmsNorm(x_.data(), x, w_.rms_final.data(), D);
-    MatVec(w_.cls, x_.data(), blogits_.data() + t * c.vocab);
-  }
+  for (size_t t = 0; t < n; ++t)
+    RmsNorm(bxb_.data() + t * D, bx_.data() + t * D, w_.rms_final.data(), D);
+  ToFeatureMajor(bxb_.data(), n, D, D, nn, tin_.data());
+  product(w_.cls, blogits_.data());
   pos_ += n;
   return blogits_.data();
 }

@@ -100,8 +100,16 @@ class LlamaRunner {
   size_t pos_ = 0;
   QkvHook hook_;
   std::vector<float> x_, xb_, xb2_, hb_, hb2_, q_, k_, v_, att_, logits_;
-  // ForwardBlock: [n][...] per-token activations.
-  std::vector<float> bx_, bq_, bk_, bv_, batt_, blogits_;
+  // ForwardBlock: per-token rows [n][...] and feature-major copies
+  // [features][nn] (nn = n rounded up to 16, zero columns past n) that the
+  // block products take.
+  std::vector<float> bx_, bxb_, bq_, bk_, bv_, batt_, blogits_;
+  std::vector<float> tin_, tout_, th_, th2_;
+  size_t block_cap_ = 0;
+  // Y^T [m.rows][nn] = m * X^T for X^T [m.cols][nn]: rows of m split over
+  // the pool in fixed chunks (results independent of the split).
+  void MatMulBlock(const LlamaWeights::Matrix& m, const float* xt, size_t nn,
+                   float* yt);
   struct Pool;
   std::shared_ptr<Pool> pool_;  // oneTBB arena for the large matmuls
   void MatVec(const LlamaWeights::Matrix& m, const float* x, float* y);

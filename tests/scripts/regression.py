@@ -58,7 +58,7 @@ def lm_row(budget):
         [kv, "lm", "-q", "--json", "--model", data + "/stories260K.bin",
          "--tokenizer", data + "/tok512.bin", "--eval",
          data + "/tinystories_valid_excerpt.txt", "--budget-tokens",
-         str(budget)], check=True, capture_output=True, text=True).stdout
+         str(budget), "--prefill-block", "0"], check=True, capture_output=True, text=True).stdout
     return json.loads(out.splitlines()[-1])
 
 
