@@ -56,8 +56,8 @@ static int CheckAgainstReference(const char* method, size_t budget,
   cfg.n_heads = H;
   cfg.n_kv_heads = KV;
   cfg.dk = cfg.dv = D;
-  cfg.method = method;
-  cfg.storage = "f32";
+  CHECK(kvs_method_from_name(method, &cfg.method) == KVS_OK);
+  cfg.storage = KVS_STORAGE_F32;
   cfg.budget_tokens_per_head = budget;
   cfg.sinks = sinks;
   cfg.threads = 1;
@@ -93,10 +93,21 @@ static int CheckAgainstReference(const char* method, size_t budget,
   return 0;
 }
 
+static int g_log_calls = 0;
+static kvs_status g_log_status = KVS_OK;
+static char g_log_message[256];
+static void CountLog(kvs_status status, const char* message, void* user) {
+  ++g_log_calls;
+  g_log_status = status;
+  strncpy(g_log_message, message, sizeof(g_log_message) - 1);
+  g_log_message[sizeof(g_log_message) - 1] = '\0';
+  *(int*)user += 1;
+}
+
 int main(void) {
   kvs_config cfg;
   kvs_session* s = NULL;
-  kvs_stats st;
+  kvs_stats st = KVS_STATS_INIT;
   float k[2 * 8], v[2 * 8], q[4 * 8], out[4 * 8], out2[4 * 8];
   size_t t, i;
   kvs_config_init(&cfg);
@@ -173,9 +184,9 @@ int main(void) {
    * than f16 in the same bytes; unsupported pairs and names are rejected. */
   {
     kvs_session* a = NULL;
-    kvs_stats sa;
-    cfg.storage_k = "q8";
-    cfg.storage_v = "q4";
+    kvs_stats sa = KVS_STATS_INIT;
+    cfg.storage_k = KVS_STORAGE_Q8;
+    cfg.storage_v = KVS_STORAGE_Q4;
     CHECK(kvs_create(&cfg, &a) == KVS_OK);
     for (t = 0; t < 200; ++t) {
       for (i = 0; i < 16; ++i) {
@@ -191,15 +202,15 @@ int main(void) {
     CHECK(sa.retained > 2 * 48);
     kvs_destroy(a);
     a = NULL;
-    cfg.storage_k = "f32";
+    cfg.storage_k = KVS_STORAGE_F32;
     CHECK(kvs_create(&cfg, &a) == KVS_INVALID_ARGUMENT);
     CHECK(strstr(kvs_last_error(NULL), "not supported") != NULL);
-    cfg.storage_k = "q3";
+    cfg.storage_k = (kvs_storage)42;
     CHECK(kvs_create(&cfg, &a) == KVS_INVALID_ARGUMENT);
-    CHECK(strstr(kvs_last_error(NULL), "unknown storage") != NULL);
+    CHECK(strstr(kvs_last_error(NULL), "not a kvs_storage") != NULL);
     CHECK(a == NULL);
-    cfg.storage_k = NULL;
-    cfg.storage_v = NULL;
+    cfg.storage_k = KVS_STORAGE_DEFAULT;
+    cfg.storage_v = KVS_STORAGE_DEFAULT;
   }
   /* Answers equal exact attention (exact) and sinks + window (window). */
   CHECK(CheckAgainstReference("exact", 120, 4, 1000) == 0);
@@ -282,7 +293,7 @@ int main(void) {
     /* Reset: as new (the same answers as a fresh session's). */
     {
       kvs_session* fresh = NULL;
-      kvs_stats st;
+      kvs_stats st = KVS_STATS_INIT;
       CHECK(kvs_create(&cfg, &fresh) == KVS_OK);
       CHECK(kvs_reset(a) == KVS_OK);
       CHECK(kvs_stats_get(a, &st) == KVS_OK);
@@ -315,14 +326,14 @@ int main(void) {
     static float pq[NT * 4 * 8], pk[NT * 2 * 8], pv[NT * 2 * 8],
         pout[NT * 4 * 8];
     double worst = 0.0;
-    kvs_stats st;
+    kvs_stats st = KVS_STATS_INIT;
     kvs_config_init(&cfg);
     cfg.layers = 1;
     cfg.n_heads = 4;
     cfg.n_kv_heads = 2;
     cfg.dk = cfg.dv = 8;
-    cfg.method = "exact";
-    cfg.storage = "f32";
+    cfg.method = KVS_METHOD_EXACT;
+    cfg.storage = KVS_STORAGE_F32;
     cfg.budget_tokens_per_head = 64;
     cfg.threads = 1;
     CHECK(kvs_create(&cfg, &a) == KVS_OK);
@@ -351,6 +362,150 @@ int main(void) {
     CHECK(st.tokens == NT);
     kvs_destroy(a);
     kvs_destroy(b);
+  }
+  /* The evolvable ABI: names <-> enums, struct_size, the 0.2 knobs, the log
+   * callback, version macros. */
+  {
+    kvs_session* a = NULL;
+    kvs_session* b = NULL;
+    kvs_method mm;
+    kvs_storage ss;
+    int user_calls = 0, m;
+    char ver[32];
+    kvs_stats st = KVS_STATS_INIT;
+    for (m = KVS_METHOD_EXACT; m <= KVS_METHOD_BLURRY; ++m) {
+      CHECK(kvs_method_name((kvs_method)m) != NULL);
+      CHECK(kvs_method_from_name(kvs_method_name((kvs_method)m), &mm) ==
+            KVS_OK);
+      CHECK(mm == (kvs_method)m);
+    }
+    for (m = KVS_STORAGE_F32; m <= KVS_STORAGE_Q4A; ++m) {
+      CHECK(kvs_storage_from_name(kvs_storage_name((kvs_storage)m), &ss) ==
+            KVS_OK);
+      CHECK(ss == (kvs_storage)m);
+    }
+    CHECK(strcmp(kvs_method_name(KVS_METHOD_DEFAULT), "risk") == 0);
+    CHECK(strcmp(kvs_storage_name(KVS_STORAGE_DEFAULT), "f16") == 0);
+    CHECK(kvs_method_name((kvs_method)11) == NULL);
+    CHECK(kvs_storage_name((kvs_storage)-1) == NULL);
+    CHECK(kvs_method_from_name("riskk", &mm) == KVS_INVALID_ARGUMENT);
+    CHECK(strstr(kvs_last_error(NULL), "known: exact") != NULL);
+    CHECK(kvs_storage_from_name(NULL, &ss) == KVS_INVALID_ARGUMENT);
+    snprintf(ver, sizeof ver, "%d.%d.%d", KVSKETCH_VERSION_MAJOR,
+             KVSKETCH_VERSION_MINOR, KVSKETCH_VERSION_PATCH);
+    CHECK(strcmp(ver, kvs_version()) == 0);
+    CHECK(KVSKETCH_VERSION_NUMBER >= 200);
+
+    kvs_config_init(&cfg);
+    CHECK(cfg.struct_size == sizeof(kvs_config));
+    cfg.layers = 1;
+    cfg.n_heads = 4;
+    cfg.n_kv_heads = 2;
+    cfg.dk = cfg.dv = 8;
+    cfg.budget_tokens_per_head = 48;
+    cfg.threads = 1;
+    /* A caller built against the first layout (it ends before `block`):
+     * the fields it does not know keep their defaults, whatever the bytes
+     * there hold; its answers equal a session with the defaults. */
+    CHECK(kvs_create(&cfg, &a) == KVS_OK);
+    cfg.struct_size = offsetof(kvs_config, block);
+    cfg.block = 1;     /* invalid if it were read */
+    cfg.degree = 77;   /* likewise */
+    cfg.probes = 9999; /* likewise */
+    CHECK(kvs_create(&cfg, &b) == KVS_OK);
+    for (t = 0; t < 120; ++t) {
+      for (i = 0; i < 16; ++i) {
+        k[i] = (float)sin(0.3 * (double)(t * 16 + i));
+        v[i] = (float)cos(0.2 * (double)(t * 16 + i));
+      }
+      for (i = 0; i < 32; ++i) q[i] = (float)sin(0.07 * (double)(t * 32 + i));
+      CHECK(kvs_append(a, 0, k, v, 1) == KVS_OK);
+      CHECK(kvs_append(b, 0, k, v, 1) == KVS_OK);
+      CHECK(kvs_attend(a, 0, q, out) == KVS_OK);
+      CHECK(kvs_attend(b, 0, q, out2) == KVS_OK);
+      for (i = 0; i < 32; ++i) CHECK(out[i] == out2[i]);
+    }
+    kvs_destroy(b);
+    b = NULL;
+    /* Sizes no layout has: refused, naming struct_size. */
+    cfg.struct_size = 8;
+    CHECK(kvs_create(&cfg, &b) == KVS_INVALID_ARGUMENT);
+    CHECK(strstr(kvs_last_error(NULL), "struct_size") != NULL);
+    cfg.struct_size = sizeof(kvs_config) + 8;
+    CHECK(kvs_create(&cfg, &b) == KVS_INVALID_ARGUMENT);
+    cfg.struct_size = 0; /* memset instead of kvs_config_init */
+    CHECK(kvs_create(&cfg, &b) == KVS_INVALID_ARGUMENT);
+    CHECK(b == NULL);
+    /* The 0.2 knobs are read and validated. */
+    kvs_config_init(&cfg);
+    cfg.layers = 1;
+    cfg.n_heads = 4;
+    cfg.n_kv_heads = 2;
+    cfg.dk = cfg.dv = 8;
+    cfg.budget_tokens_per_head = 48;
+    cfg.threads = 1;
+    cfg.probes = 4;
+    cfg.window_share = 0.5f;
+    CHECK(kvs_create(&cfg, &b) == KVS_OK);
+    for (t = 0; t < 120; ++t) {
+      for (i = 0; i < 16; ++i) {
+        k[i] = (float)sin(0.3 * (double)(t * 16 + i));
+        v[i] = (float)cos(0.2 * (double)(t * 16 + i));
+      }
+      CHECK(kvs_append(b, 0, k, v, 1) == KVS_OK);
+      CHECK(kvs_attend(b, 0, q, out2) == KVS_OK);
+    }
+    CHECK(kvs_stats_get(a, &st) == KVS_OK);
+    {
+      const size_t held_default = st.retained;
+      CHECK(kvs_stats_get(b, &st) == KVS_OK);
+      /* fewer probes: more of the budget for tokens */
+      CHECK(st.retained > held_default);
+    }
+    kvs_destroy(b);
+    b = NULL;
+    cfg.probes = 0;
+    cfg.window_share = 1.5f;
+    CHECK(kvs_create(&cfg, &b) == KVS_INVALID_ARGUMENT);
+    CHECK(strstr(kvs_last_error(NULL), "window_share") != NULL);
+    cfg.window_share = -1.0f;
+    cfg.method = KVS_METHOD_BALANCE;
+    cfg.block = 1;
+    CHECK(kvs_create(&cfg, &b) == KVS_INVALID_ARGUMENT);
+    CHECK(strstr(kvs_last_error(NULL), "block") != NULL);
+    cfg.block = 32;
+    cfg.degree = 3;
+    CHECK(kvs_create(&cfg, &b) == KVS_INVALID_ARGUMENT);
+    CHECK(strstr(kvs_last_error(NULL), "degree") != NULL);
+    cfg.degree = 1;
+    cfg.method = (kvs_method)99;
+    CHECK(kvs_create(&cfg, &b) == KVS_INVALID_ARGUMENT);
+    CHECK(strstr(kvs_last_error(NULL), "not a kvs_method") != NULL);
+    cfg.method = KVS_METHOD_BALANCE;
+    CHECK(kvs_create(&cfg, &b) == KVS_OK);
+    kvs_destroy(b);
+    b = NULL;
+    /* kvs_stats: struct_size must be set. */
+    st.struct_size = 0;
+    CHECK(kvs_stats_get(a, &st) == KVS_INVALID_ARGUMENT);
+    CHECK(strstr(kvs_last_error(a), "struct_size") != NULL);
+    st.struct_size = sizeof(kvs_stats);
+    /* The log callback sees every failure with its status and message. */
+    kvs_set_log(CountLog, &user_calls);
+    CHECK(kvs_attend(a, 7, q, out) == KVS_INVALID_ARGUMENT);
+    CHECK(g_log_calls == 1);
+    CHECK(user_calls == 1);
+    CHECK(g_log_status == KVS_INVALID_ARGUMENT);
+    CHECK(strcmp(g_log_message, kvs_last_error(a)) == 0);
+    CHECK(kvs_attend(a, 0, q, out) == KVS_OK);
+    CHECK(g_log_calls == 1);
+    cfg.struct_size = 3;
+    CHECK(kvs_create(&cfg, &b) == KVS_INVALID_ARGUMENT);
+    CHECK(g_log_calls == 2);
+    kvs_set_log(NULL, NULL);
+    CHECK(kvs_attend(a, 7, q, out) == KVS_INVALID_ARGUMENT);
+    CHECK(g_log_calls == 2);
+    kvs_destroy(a);
   }
   /* Sizes that would overflow are clear errors, not crashes. */
   kvs_config_init(&cfg);

@@ -1,6 +1,9 @@
 // The C ABI: wraps Session, turns exceptions into status codes.
 #include "kvsketch/kvsketch_c.h"
 
+#include <cstddef>
+#include <cstring>
+#include <mutex>
 #include <new>
 #include <string>
 
@@ -15,31 +18,59 @@ namespace {
 
 thread_local std::string g_create_error;
 
+// The log callback (kvs_set_log): read under the mutex, called outside it.
+std::mutex g_log_mu;
+kvs_log_fn g_log_fn = nullptr;
+void* g_log_user = nullptr;
+
+kvs_status Report(std::string* error, kvs_status st, const char* what) {
+  try {
+    *error = what;
+  } catch (...) {  // out of memory for the message itself
+  }
+  kvs_log_fn fn;
+  void* user;
+  {
+    std::lock_guard<std::mutex> lock(g_log_mu);
+    fn = g_log_fn;
+    user = g_log_user;
+  }
+  if (fn) fn(st, error->c_str(), user);
+  return st;
+}
+
 template <typename F>
 kvs_status Guard(std::string* error, F&& f) {
   try {
     f();
     return KVS_OK;
   } catch (const kvsketch::BudgetError& e) {
-    *error = e.what();
-    return KVS_BUDGET;
+    return Report(error, KVS_BUDGET, e.what());
   } catch (const kvsketch::IoError& e) {
-    *error = e.what();
-    return KVS_IO;
+    return Report(error, KVS_IO, e.what());
   } catch (const kvsketch::Error& e) {
-    *error = e.what();
-    return KVS_INVALID_ARGUMENT;
+    return Report(error, KVS_INVALID_ARGUMENT, e.what());
   } catch (const std::bad_alloc&) {
-    *error = "out of memory";
-    return KVS_BUDGET;
+    return Report(error, KVS_BUDGET, "out of memory");
   } catch (const std::exception& e) {
-    *error = e.what();
-    return KVS_INTERNAL;
+    return Report(error, KVS_INTERNAL, e.what());
   } catch (...) {
-    *error = "unknown error";
-    return KVS_INTERNAL;
+    return Report(error, KVS_INTERNAL, "unknown error");
   }
 }
+
+const char* const kMethodNames[] = {"risk",    "exact",  "window", "uniform",
+                                    "balance", "taylor", "hashed", "h2o",
+                                    "tova",    "risk",   "blurry"};
+const char* const kStorageNames[] = {"f16", "f32", "f16", "bf16",
+                                     "q8",  "q4",  "q4a"};
+constexpr int kMethodCount = int(sizeof(kMethodNames) / sizeof(char*));
+constexpr int kStorageCount = int(sizeof(kStorageNames) / sizeof(char*));
+
+// The first published layout with struct_size (0.2) ends at rope_interleaved;
+// later fields are appended after it.
+constexpr size_t kConfigMinSize =
+    offsetof(kvs_config, rope_interleaved) + sizeof(int);
 
 }  // namespace
 
@@ -48,20 +79,93 @@ extern "C" {
 void kvs_config_init(kvs_config* c) {
   if (!c) return;
   *c = kvs_config{};
+  c->struct_size = sizeof(kvs_config);
   c->sinks = 4;
   c->window = -1;
   c->rope_interleaved = 1;
   c->rotate = 1;
+  c->block = 64;
+  c->degree = 1;
+  c->window_share = -1.0f;
+}
+
+const char* kvs_method_name(kvs_method m) {
+  return int(m) >= 0 && int(m) < kMethodCount ? kMethodNames[m] : nullptr;
+}
+
+const char* kvs_storage_name(kvs_storage s) {
+  return int(s) >= 0 && int(s) < kStorageCount ? kStorageNames[s] : nullptr;
+}
+
+kvs_status kvs_method_from_name(const char* name, kvs_method* out) {
+  if (name && out) {
+    for (int i = 1; i < kMethodCount; ++i) {
+      if (std::strcmp(name, kMethodNames[i]) == 0) {
+        *out = kvs_method(i);
+        return KVS_OK;
+      }
+    }
+  }
+  return Report(&g_create_error, KVS_INVALID_ARGUMENT,
+                "unknown method (known: exact, window, uniform, balance, "
+                "taylor, hashed, h2o, tova, risk, blurry)");
+}
+
+kvs_status kvs_storage_from_name(const char* name, kvs_storage* out) {
+  if (name && out) {
+    for (int i = 1; i < kStorageCount; ++i) {
+      if (std::strcmp(name, kStorageNames[i]) == 0) {
+        *out = kvs_storage(i);
+        return KVS_OK;
+      }
+    }
+  }
+  return Report(&g_create_error, KVS_INVALID_ARGUMENT,
+                "unknown storage (known: f32, f16, bf16, q8, q4, q4a)");
+}
+
+void kvs_set_log(kvs_log_fn fn, void* user) {
+  std::lock_guard<std::mutex> lock(g_log_mu);
+  g_log_fn = fn;
+  g_log_user = user;
 }
 
 kvs_status kvs_create(const kvs_config* c, kvs_session** out) {
   if (!c || !out) {
-    g_create_error = "kvs_create: null argument";
-    return KVS_INVALID_ARGUMENT;
+    return Report(&g_create_error, KVS_INVALID_ARGUMENT,
+                  "kvs_create: null argument");
   }
   *out = nullptr;
   kvs_session* s = nullptr;
   const kvs_status st = Guard(&g_create_error, [&] {
+    if (c->struct_size < kConfigMinSize ||
+        c->struct_size > sizeof(kvs_config)) {
+      throw kvsketch::Error(
+          "kvs_config.struct_size is " + std::to_string(c->struct_size) +
+          "; this library takes " + std::to_string(kConfigMinSize) + " to " +
+          std::to_string(sizeof(kvs_config)) +
+          " (call kvs_config_init; a larger size means a header newer than "
+          "the library)");
+    }
+    // Fields past the caller's layout keep their defaults.
+    kvs_config full;
+    kvs_config_init(&full);
+    std::memcpy(&full, c, c->struct_size);
+    c = &full;
+    auto method = [](kvs_method m) {
+      const char* n = kvs_method_name(m);
+      if (!n)
+        throw kvsketch::Error("method: enum value " + std::to_string(int(m)) +
+                              " is not a kvs_method");
+      return std::string(n);
+    };
+    auto storage = [](kvs_storage s, const char* what) {
+      const char* n = kvs_storage_name(s);
+      if (!n)
+        throw kvsketch::Error(std::string(what) + ": enum value " +
+                              std::to_string(int(s)) + " is not a kvs_storage");
+      return std::string(n);
+    };
     kvsketch::SessionConfig cfg;
     cfg.layers = c->layers;
     cfg.n_heads = c->n_heads;
@@ -69,7 +173,7 @@ kvs_status kvs_create(const kvs_config* c, kvs_session** out) {
     cfg.dk = c->dk;
     cfg.dv = c->dv;
     cfg.scale = c->scale;
-    if (c->method) cfg.method = c->method;
+    if (c->method != KVS_METHOD_DEFAULT) cfg.method = method(c->method);
     cfg.budget_bytes = c->budget_bytes;
     cfg.budget_bytes_per_head = c->budget_bytes_per_head;
     cfg.budget_tokens_per_head = c->budget_tokens_per_head;
@@ -82,9 +186,12 @@ kvs_status kvs_create(const kvs_config* c, kvs_session** out) {
       cfg.head_weights.assign(c->head_weights,
                               c->head_weights + c->layers * c->n_kv_heads);
     }
-    if (c->storage) cfg.storage = c->storage;
-    if (c->storage_k) cfg.storage_k = c->storage_k;
-    if (c->storage_v) cfg.storage_v = c->storage_v;
+    if (c->storage != KVS_STORAGE_DEFAULT)
+      cfg.storage = storage(c->storage, "storage");
+    if (c->storage_k != KVS_STORAGE_DEFAULT)
+      cfg.storage_k = storage(c->storage_k, "storage_k");
+    if (c->storage_v != KVS_STORAGE_DEFAULT)
+      cfg.storage_v = storage(c->storage_v, "storage_v");
     cfg.rotate = c->rotate != 0;
     cfg.threads = c->threads;
     cfg.seed = c->seed;
@@ -93,6 +200,10 @@ kvs_status kvs_create(const kvs_config* c, kvs_session** out) {
     cfg.rope_theta = c->rope_theta;
     cfg.rope_dims = c->rope_dims;
     cfg.rope_interleaved = c->rope_interleaved != 0;
+    cfg.block = c->block;
+    cfg.degree = c->degree;
+    cfg.window_share = c->window_share;
+    cfg.probes = c->probes;
     s = new kvs_session;
     try {
       s->session.reset(new kvsketch::Session(cfg));
@@ -130,13 +241,23 @@ kvs_status kvs_stats_get(const kvs_session* s, kvs_stats* out) {
   if (!s || !out) return KVS_INVALID_ARGUMENT;
   auto* m = const_cast<kvs_session*>(s);
   return Guard(&m->error, [&] {
+    const size_t size = out->struct_size;
+    if (size < offsetof(kvs_stats, tokens) + sizeof(size_t) ||
+        size > sizeof(kvs_stats)) {
+      throw kvsketch::Error("kvs_stats.struct_size is " + std::to_string(size) +
+                            "; set it to " + std::to_string(sizeof(kvs_stats)) +
+                            " (sizeof(kvs_stats))");
+    }
     const kvsketch::SessionStats st = s->session->Stats();
-    out->arena_bytes = st.arena_bytes;
-    out->accounted_bytes = st.accounted_bytes;
-    out->state_bytes = st.state_bytes;
-    out->scratch_bytes = st.scratch_bytes;
-    out->retained = st.retained;
-    out->tokens = st.tokens;
+    kvs_stats full;
+    full.struct_size = size;
+    full.arena_bytes = st.arena_bytes;
+    full.accounted_bytes = st.accounted_bytes;
+    full.state_bytes = st.state_bytes;
+    full.scratch_bytes = st.scratch_bytes;
+    full.retained = st.retained;
+    full.tokens = st.tokens;
+    std::memcpy(out, &full, size);  // only the fields the caller knows
   });
 }
 

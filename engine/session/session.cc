@@ -140,6 +140,20 @@ struct Session::Impl {
     }
     base.block = c.block;
     base.degree = c.degree;
+    if (!(c.window_share <= 1.0f) || !std::isfinite(c.window_share)) {
+      throw Error(
+          "window_share must be below 0 (method default) or in [0, 1], got " +
+          std::to_string(c.window_share));
+    }
+    if (c.degree < 0 || c.degree > 2) {
+      throw Error("degree must be 0, 1 or 2, got " + std::to_string(c.degree));
+    }
+    if (c.probes > 4096) {
+      throw Error("probes must be at most 4096, got " +
+                  std::to_string(c.probes));
+    }
+    base.window_share = c.window_share;
+    base.probes = c.probes;
     base.max_group = G;
     ValidateRope(c.rope_theta, c.rope_dims, c.dk, "rope");
     base.rope_theta = c.rope_theta;

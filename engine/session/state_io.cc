@@ -112,6 +112,9 @@ std::string ConfigFingerprint(const SessionConfig& c) {
     << " rope=" << c.rope_theta << "/" << c.rope_dims << "/"
     << c.rope_interleaved << " weights=";
   for (float w : c.head_weights) o << w << ",";
+  // Knobs added in 0.2, only when set (states of earlier sessions load).
+  if (c.window_share >= 0.0f) o << " window_share=" << c.window_share;
+  if (c.probes) o << " probes=" << c.probes;
   return o.str();
 }
 

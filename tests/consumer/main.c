@@ -31,7 +31,8 @@ int main(void) {
     fprintf(stderr, "kvs_attend: %s\n", kvs_last_error(s));
     return 1;
   }
-  printf("C consumer: kvsketch %s, out[0] = %.4f\n", kvs_version(), out[0]);
+  printf("C consumer: kvsketch %s (header %d.%d), out[0] = %.4f\n",
+         kvs_version(), KVSKETCH_VERSION_MAJOR, KVSKETCH_VERSION_MINOR, out[0]);
   kvs_destroy(s);
   return 0;
 }

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "kvsketch/error.h"
+#include "kvsketch/version.h"
 
 namespace kvsketch {
 
@@ -60,6 +61,10 @@ struct SessionConfig {
   long window = -1;   // -1 = method default
   size_t block = 64;  // coreset halving block
   int degree = 1;     // taylor / hashed Taylor degree
+  // Default window as a share of the budget (< 0: the method's, 0.5; risk
+  // 0.25) and risk's probe queries (0: from the budget).
+  float window_share = -1.0f;
+  size_t probes = 0;
   // RoPE of the keys and queries (theta 0 = none/unknown). `risk` rotates
   // its probe queries forward to future positions with it.
   float rope_theta = 0.0f;

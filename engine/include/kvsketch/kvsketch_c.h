@@ -1,7 +1,7 @@
 /* kvsketch C ABI: an opaque session handle, status codes, no exceptions.
  *
  *   kvs_config cfg;
- *   kvs_config_init(&cfg);
+ *   kvs_config_init(&cfg);             (sets struct_size and every default)
  *   cfg.layers = 5; cfg.n_heads = 8; cfg.n_kv_heads = 4; cfg.dk = cfg.dv = 8;
  *   cfg.budget_tokens_per_head = 64;
  *   kvs_session* s = NULL;
@@ -15,6 +15,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "kvsketch/version.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -27,19 +29,66 @@ typedef enum kvs_status {
   KVS_INTERNAL = 4
 } kvs_status;
 
+/* Methods and storages. DEFAULT (0) picks the library's default: method
+ * risk, storage f16 (storage_k / storage_v: `storage`). */
+typedef enum kvs_method {
+  KVS_METHOD_DEFAULT = 0,
+  KVS_METHOD_EXACT = 1,
+  KVS_METHOD_WINDOW = 2,
+  KVS_METHOD_UNIFORM = 3,
+  KVS_METHOD_BALANCE = 4,
+  KVS_METHOD_TAYLOR = 5,
+  KVS_METHOD_HASHED = 6,
+  KVS_METHOD_H2O = 7,
+  KVS_METHOD_TOVA = 8,
+  KVS_METHOD_RISK = 9,
+  KVS_METHOD_BLURRY = 10
+} kvs_method;
+
+typedef enum kvs_storage {
+  KVS_STORAGE_DEFAULT = 0,
+  KVS_STORAGE_F32 = 1,
+  KVS_STORAGE_F16 = 2,
+  KVS_STORAGE_BF16 = 3,
+  KVS_STORAGE_Q8 = 4,
+  KVS_STORAGE_Q4 = 5,
+  KVS_STORAGE_Q4A = 6
+} kvs_storage;
+
+/* "risk", "q8", ...: the names the CLI and the C++ API use (DEFAULT: the
+ * default's name); NULL for a value outside the enum. */
+const char* kvs_method_name(kvs_method m);
+const char* kvs_storage_name(kvs_storage s);
+/* Name -> enum; KVS_INVALID_ARGUMENT (kvs_last_error(NULL) lists the known
+ * names) for an unknown one. */
+kvs_status kvs_method_from_name(const char* name, kvs_method* out);
+kvs_status kvs_storage_from_name(const char* name, kvs_storage* out);
+
+/* Every field has a default (kvs_config_init). struct_size is the size of
+ * the struct the caller was compiled with (kvs_config_init sets it): a
+ * library newer than the caller's header gives fields past struct_size their
+ * defaults; a struct_size larger than this library's kvs_config, or smaller
+ * than its first published layout, is refused with KVS_INVALID_ARGUMENT.
+ * Fields are only ever appended. */
 typedef struct kvs_config {
+  size_t struct_size;
   size_t layers, n_heads, n_kv_heads, dk, dv;
   float scale;         /* 0: 1/sqrt(dk) */
-  const char* method;  /* NULL: the recommended default, "risk" */
+  kvs_method method;   /* DEFAULT: risk, the recommended default */
   size_t budget_bytes; /* exactly one of the three budgets */
   size_t budget_bytes_per_head;
   size_t budget_tokens_per_head;
   const float* head_weights; /* NULL or [layers * n_kv_heads] */
-  const char* storage;       /* NULL: "f16"; "f32", "bf16", "q8", "q4", "q4a" */
-  int threads;               /* 0: all cores */
+  kvs_storage storage;       /* DEFAULT: f16 */
+  /* Keys' / values' storage (DEFAULT: `storage`); equal, or both among
+   * f16, q8, q4, q4a. */
+  kvs_storage storage_k, storage_v;
+  int rotate;  /* 1 (default): quantized rows of a power-of-two head dim are
+                  stored Hadamard-rotated; 0: not */
+  int threads; /* 0: all cores */
   uint64_t seed;
-  size_t sinks;
-  long window; /* -1: method default */
+  size_t sinks; /* exact first tokens (default 4) */
+  long window;  /* exact recent tokens; -1: method default */
   /* RoPE of the keys and queries you pass (theta 0: none or unknown). The
    * default method, risk, rotates its probe queries forward to future
    * positions with it; give it whenever the model uses RoPE. */
@@ -47,23 +96,33 @@ typedef struct kvs_config {
   size_t rope_dims;     /* rotated dims per head, even; 0: all of dk */
   int rope_interleaved; /* 1: pairs (x[2i], x[2i+1]) as llama2.c/Meta;
                            0: halves (x[i], x[i + dims/2]) as NeoX/HF */
-  /* Keys' / values' storage (NULL: `storage`); equal, or both among f16,
-   * q8, q4, q4a. */
-  const char* storage_k;
-  const char* storage_v;
-  int rotate; /* 1 (default): quantized rows of a power-of-two head dim are
-                 stored Hadamard-rotated; 0: not */
+  /* ---- since 0.2: method knobs ---- */
+  size_t block;       /* balance: items per coreset halving (default 64) */
+  int degree;         /* taylor / hashed: Taylor degree 0-2 (default 1) */
+  float window_share; /* default window as a share of the budget; < 0
+                         (default): the method's (0.5; risk 0.25) */
+  size_t probes;      /* risk: probe queries kept; 0 (default): from the
+                         budget */
 } kvs_config;
 
 typedef struct kvs_stats {
+  size_t struct_size; /* sizeof(kvs_stats): kvs_stats st = KVS_STATS_INIT; */
   size_t arena_bytes, accounted_bytes, state_bytes, scratch_bytes;
   size_t retained, tokens;
 } kvs_stats;
+#define KVS_STATS_INIT {sizeof(kvs_stats), 0, 0, 0, 0, 0, 0}
+
+/* Optional: every failed call also reports its status and message here
+ * (from the thread that made the call; the callback must be thread-safe).
+ * NULL turns it off. Process-wide. */
+typedef void (*kvs_log_fn)(kvs_status status, const char* message, void* user);
+void kvs_set_log(kvs_log_fn fn, void* user);
 
 typedef struct kvs_session kvs_session;
 
-/* Fills defaults: method NULL (risk), storage NULL (f16), 4 sinks, window
- * -1, no RoPE (theta 0, interleaved pairs when set), rotate 1.
+/* Fills defaults (struct_size, method and storage DEFAULT, 4 sinks, window
+ * -1, no RoPE (theta 0, interleaved pairs when set), rotate 1, block 64,
+ * degree 1, window_share -1, probes 0).
  *
  * Threads: a session may be called from several threads; its calls are
  * serialized (one runs at a time, using all of the session's threads), so
