@@ -363,6 +363,52 @@ int main(void) {
     kvs_destroy(a);
     kvs_destroy(b);
   }
+  /* Rollback, read-only attends and forks through C: a regenerate. */
+  {
+    kvs_session* a = NULL;
+    kvs_session* f = NULL;
+    size_t minp = 99;
+    kvs_stats st = KVS_STATS_INIT;
+    kvs_config_init(&cfg);
+    cfg.layers = 1;
+    cfg.n_heads = 4;
+    cfg.n_kv_heads = 2;
+    cfg.dk = cfg.dv = 8;
+    cfg.budget_tokens_per_head = 48;
+    cfg.threads = 1;
+    cfg.rope_theta = 10000.0f;
+    CHECK(kvs_create(&cfg, &a) == KVS_OK); /* risk, the default */
+    for (t = 0; t < 100; ++t) {
+      for (i = 0; i < 16; ++i) {
+        k[i] = (float)sin(0.3 * (double)(t * 16 + i));
+        v[i] = (float)cos(0.2 * (double)(t * 16 + i));
+      }
+      for (i = 0; i < 32; ++i) q[i] = (float)sin(0.07 * (double)(t * 32 + i));
+      CHECK(kvs_append(a, 0, k, v, 1) == KVS_OK);
+      CHECK(kvs_attend_readonly(a, 0, q, out2) == KVS_OK);
+      CHECK(kvs_attend(a, 0, q, out) == KVS_OK);
+      for (i = 0; i < 32; ++i) CHECK(out[i] == out2[i]);
+    }
+    CHECK(kvs_fork(a, &f) == KVS_OK);
+    CHECK(f != NULL);
+    /* An answer of 3 tokens, then regenerate it: back to 100. */
+    for (t = 100; t < 103; ++t) {
+      CHECK(kvs_append(a, 0, k, v, 1) == KVS_OK);
+      CHECK(kvs_attend(a, 0, q, out) == KVS_OK);
+    }
+    CHECK(kvs_min_truncate_position(a, &minp) == KVS_OK);
+    CHECK(minp <= 100);
+    CHECK(kvs_truncate(a, 100) == KVS_OK);
+    CHECK(kvs_stats_get(a, &st) == KVS_OK);
+    CHECK(st.tokens == 100);
+    CHECK(kvs_truncate(a, 3) == KVS_INVALID_ARGUMENT);
+    CHECK(strstr(kvs_last_error(a), "verbatim") != NULL);
+    CHECK(kvs_stats_get(f, &st) == KVS_OK);
+    CHECK(st.tokens == 100); /* the fork did not follow */
+    CHECK(kvs_fork(NULL, &f) == KVS_INVALID_ARGUMENT);
+    kvs_destroy(f);
+    kvs_destroy(a);
+  }
   /* The evolvable ABI: names <-> enums, struct_size, the 0.2 knobs, the log
    * callback, version macros. */
   {

@@ -408,6 +408,134 @@ TEST_CASE("state in caller buffers; Reset makes a session as new") {
   }
 }
 
+// Appends tokens [from, to) of every layer without attending.
+void AppendOnly(Session& s, const Stream& st, size_t from, size_t to) {
+  const SessionConfig& c = s.config();
+  for (size_t t = from; t < to; ++t)
+    for (size_t l = 0; l < c.layers; ++l) {
+      const size_t i = t * c.layers + l;
+      s.Append(l, st.k.data() + i * c.n_kv_heads * c.dk,
+               st.v.data() + i * c.n_kv_heads * c.dv);
+    }
+}
+
+TEST_CASE("truncate: dropped then re-appended tokens give identical answers") {
+  // Which methods can drop their 6 newest tokens after 100 (budget 48).
+  const std::vector<std::string> can = {"exact",  "window", "uniform",
+                                        "hashed", "risk",   "blurry"};
+  for (const char* m : kMethods) {
+    SessionConfig c = SmallConfig(m, 2);
+    if (std::string(m) == "exact") c.budget_tokens_per_head = 400;
+    c.rope_theta = 10000.0f;
+    const Stream st(c, 200);
+    INFO(std::string(m));
+    Session a(c), b(c);
+    Drive(a, st, 0, 100);
+    Drive(b, st, 0, 100);
+    AppendOnly(a, st, 100, 106);
+    AppendOnly(b, st, 100, 106);
+    const bool expected = std::find(can.begin(), can.end(), m) != can.end();
+    CHECK((b.MinTruncatePosition() <= 100) == expected);
+    if (!expected) {
+      const std::string before = b.SaveBytes();
+      CHECK_THROWS_WITH_AS(b.Truncate(100), doctest::Contains("verbatim"),
+                           Error);
+      CHECK(b.SaveBytes() == before);
+      continue;
+    }
+    b.Truncate(100);
+    CHECK(b.Stats().tokens == 100);
+    AppendOnly(b, st, 100, 106);
+    // The state of never having truncated (risk keeps an approximate
+    // key-norm sum, which nothing of it reads), and the same answers.
+    if (std::string(m) != "risk") CHECK(b.SaveBytes() == a.SaveBytes());
+    CHECK(Drive(a, st, 106, 160) == Drive(b, st, 106, 160));
+  }
+}
+
+TEST_CASE(
+    "truncate: regenerate after decoding, every method where it reaches") {
+  size_t regenerated = 0;
+  for (const char* m : kMethods) {
+    SessionConfig c = SmallConfig(m, 1);
+    if (std::string(m) == "exact") c.budget_tokens_per_head = 400;
+    c.rope_theta = 10000.0f;
+    const Stream st(c, 200);
+    INFO(std::string(m));
+    Session s(c);
+    Drive(s, st, 0, 80);
+    const size_t p = s.MinTruncatePosition();
+    CHECK(p <= 80);
+    if (p == 80) continue;  // nothing verbatim to drop (balance, taylor)
+    // Decode a few tokens (attending: probes, scores learn), then drop them.
+    const size_t back = std::min<size_t>(80 - p, 5);
+    Drive(s, st, 80, 80 + back);
+    // h2o / tova: new items may have taken victims' slots meanwhile.
+    if (s.MinTruncatePosition() > 80) continue;
+    s.Truncate(80);
+    CHECK(s.Stats().tokens == 80);
+    // The state is valid (a save loads) and decoding goes on.
+    Session t(c);
+    t.LoadBytes(s.SaveBytes());
+    const auto r1 = Drive(s, st, 120, 150);
+    const auto r2 = Drive(t, st, 120, 150);
+    CHECK(r1 == r2);
+    for (float x : r1) REQUIRE(std::isfinite(x));
+    ++regenerated;
+  }
+  // exact, window, uniform, hashed, risk and blurry at least.
+  CHECK(regenerated >= 6);
+  // Past what is held: a clear error, nothing changed.
+  SessionConfig c = SmallConfig("window", 1);
+  const Stream st(c, 120);
+  Session s(c);
+  Drive(s, st, 0, 120);
+  const std::string before = s.SaveBytes();
+  CHECK_THROWS_WITH_AS(s.Truncate(10), doctest::Contains("verbatim"), Error);
+  CHECK_THROWS_WITH_AS(s.Truncate(121), doctest::Contains("beyond"), Error);
+  CHECK(s.SaveBytes() == before);
+  s.Truncate(120);  // a no-op
+  CHECK(s.SaveBytes() == before);
+}
+
+TEST_CASE("AttendReadOnly answers as Attend and learns nothing; Fork copies") {
+  for (const char* m : kMethods) {
+    SessionConfig c = SmallConfig(m, 1);
+    if (std::string(m) == "exact") c.budget_tokens_per_head = 400;
+    c.rope_theta = 10000.0f;
+    const Stream st(c, 200), other(SmallConfig(m, 1), 200);
+    INFO(std::string(m));
+    Session a(c), b(c);
+    Drive(a, st, 0, 60);
+    Drive(b, st, 0, 60);
+    // b also answers other queries read-only at every step.
+    std::vector<float> out(c.n_heads * c.dv), ro(c.n_heads * c.dv);
+    for (size_t t = 60; t < 120; ++t) {
+      for (size_t l = 0; l < c.layers; ++l) {
+        const size_t i = t * c.layers + l;
+        const float* k = st.k.data() + i * c.n_kv_heads * c.dk;
+        const float* v = st.v.data() + i * c.n_kv_heads * c.dv;
+        const float* q = st.q.data() + i * c.n_heads * c.dk;
+        a.Append(l, k, v);
+        b.Append(l, k, v);
+        b.AttendReadOnly(l, other.q.data() + i * c.n_heads * c.dk, ro.data());
+        b.AttendReadOnly(l, q, ro.data());
+        a.Attend(l, q, out.data());
+        CHECK(ro == out);  // the same answer as the learning call
+        b.Attend(l, q, ro.data());
+        CHECK(ro == out);
+      }
+    }
+    CHECK(a.SaveBytes() == b.SaveBytes());
+    // Fork: an independent copy that continues as the original would.
+    std::unique_ptr<Session> f = a.Fork();
+    CHECK(f->SaveBytes() == a.SaveBytes());
+    const auto ra = Drive(a, st, 120, 150);
+    CHECK(Drive(*f, st, 120, 150) == ra);
+    CHECK(Drive(b, st, 120, 150) == ra);
+  }
+}
+
 TEST_CASE("a state saved with N threads loads with M (per-head budgets)") {
   for (const char* m : {"risk", "balance", "window"}) {
     SessionConfig c = SmallConfig(m, 4);

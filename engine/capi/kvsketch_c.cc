@@ -292,6 +292,37 @@ kvs_status kvs_state_set(kvs_session* s, const void* src, size_t size) {
   return Guard(&s->error, [&] { s->session->LoadState(src, size); });
 }
 
+kvs_status kvs_attend_readonly(kvs_session* s, size_t layer, const float* q,
+                               float* out) {
+  if (!s) return KVS_INVALID_ARGUMENT;
+  return Guard(&s->error, [&] { s->session->AttendReadOnly(layer, q, out); });
+}
+
+kvs_status kvs_truncate(kvs_session* s, size_t p) {
+  if (!s) return KVS_INVALID_ARGUMENT;
+  return Guard(&s->error, [&] { s->session->Truncate(p); });
+}
+
+kvs_status kvs_min_truncate_position(const kvs_session* s, size_t* p) {
+  if (!s || !p) return KVS_INVALID_ARGUMENT;
+  auto* m = const_cast<kvs_session*>(s);
+  return Guard(&m->error, [&] { *p = s->session->MinTruncatePosition(); });
+}
+
+kvs_status kvs_fork(const kvs_session* s, kvs_session** out) {
+  if (!s || !out) return KVS_INVALID_ARGUMENT;
+  *out = nullptr;
+  auto* m = const_cast<kvs_session*>(s);
+  kvs_session* copy = nullptr;
+  const kvs_status st = Guard(&m->error, [&] {
+    std::unique_ptr<kvs_session> c(new kvs_session);
+    c->session = s->session->Fork();
+    copy = c.release();
+  });
+  *out = copy;
+  return st;
+}
+
 kvs_status kvs_reset(kvs_session* s) {
   if (!s) return KVS_INVALID_ARGUMENT;
   return Guard(&s->error, [&] { s->session->Reset(); });

@@ -401,6 +401,57 @@ void Session::Attend(size_t layer, const float* q, float* out) {
   impl_->DoAttend(layer, q, out);
 }
 
+void Session::AttendReadOnly(size_t layer, const float* q, float* out) {
+  Impl& m = *impl_;
+  std::lock_guard<std::mutex> lock(m.mu);
+  m.ValidateAttend(layer, q, out);
+  m.ForHeads(m.layer_serial[layer], m.cfg.n_kv_heads, [&](size_t h, float* ws) {
+    m.At(layer, h).Attend(q + h * m.G * m.cfg.dk, m.G, out + h * m.G * m.cfg.dv,
+                          ws, /*learn=*/false);
+  });
+}
+
+size_t Session::MinTruncatePosition() const {
+  const Impl& m = *impl_;
+  std::lock_guard<std::mutex> lock(m.mu);
+  m.CheckUsable();
+  size_t p = 0;
+  for (const auto& sk : m.sketches)
+    p = std::max(p, size_t(sk->tokens() - sk->Truncatable()));
+  return p;
+}
+
+void Session::Truncate(size_t position) {
+  Impl& m = *impl_;
+  std::lock_guard<std::mutex> lock(m.mu);
+  m.CheckUsable();
+  // Every head is checked before any changes: all or nothing.
+  for (size_t i = 0; i < m.sketches.size(); ++i) {
+    const Sketch& sk = *m.sketches[i];
+    const size_t layer = i / m.cfg.n_kv_heads, h = i % m.cfg.n_kv_heads;
+    if (position > sk.tokens()) {
+      throw Error("truncate: position " + std::to_string(position) +
+                  " is beyond the " + std::to_string(sk.tokens()) +
+                  " tokens of layer " + std::to_string(layer));
+    }
+    if (sk.tokens() - position > sk.Truncatable()) {
+      throw Error("truncate: head " + std::to_string(h) + " of layer " +
+                  std::to_string(layer) + " (method " + m.cfg.method +
+                  ") holds only positions >= " +
+                  std::to_string(sk.tokens() - sk.Truncatable()) +
+                  " verbatim; " + std::to_string(position) +
+                  " was already compressed or dropped; nothing was changed");
+    }
+  }
+  for (auto& sk : m.sketches) sk->Truncate(position, m.workspaces);
+}
+
+std::unique_ptr<Session> Session::Fork() const {
+  std::unique_ptr<Session> copy(new Session(impl_->cfg));
+  copy->LoadBytes(SaveBytes());
+  return copy;
+}
+
 void Session::Prefill(size_t layer, const float* q, const float* k,
                       const float* v, size_t n, float* out) {
   Impl& m = *impl_;

@@ -70,7 +70,7 @@ class BalanceSketch final : public Sketch {
     float* scores = adaptive_ ? ws + RoundUp(n, 16) : nullptr;  // [G][n]
     AttendGroup(coreset_.rows().KView(0, n), coreset_.rows().VView(0, n), lw,
                 qp, G, cfg_.scale, m, z, N, scores);
-    if (adaptive_ && coreset_.full()) Adapt(scores, m, G);
+    if (learning_ && adaptive_ && coreset_.full()) Adapt(scores, m, G);
   }
   size_t CompressedRetained() const override { return coreset_.count(); }
   void SaveScalars(StateWriter& w) const override {

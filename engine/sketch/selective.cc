@@ -250,7 +250,7 @@ class SelectiveSketch final : public Sketch {
       AttendGroup(rows_.KView(0, count_), rows_.VView(0, count_), nullptr, qp,
                   G, cfg_.scale, m, z, N, ws);
     }
-    if (probes_cap_) {
+    if (probes_cap_ && learning_) {
       const uint32_t pos = uint32_t(cfg_.rope_first_position + tokens_ - 1);
       for (size_t g = 0; g < G; ++g) AddProbe(qp + g * ks_, pos);
     }
@@ -275,6 +275,46 @@ class SelectiveSketch final : public Sketch {
   }
 
   size_t CompressedRetained() const override { return count_; }
+  // The newest pool items, untouched: risk's pool is in insertion order and
+  // its protected tail is never compacted; h2o / tova put new items in
+  // victims' slots once full, so only a tail in insertion order counts.
+  size_t NewestVerbatim() const override {
+    const size_t limit = std::min(protect_, count_);
+    if (mode_ == Method::kRisk) return limit;
+    size_t k = 0;
+    while (k < limit && uint64_t(seq_[count_ - 1 - k]) + 1 + k == next_seq_)
+      ++k;
+    return k;
+  }
+  void DropNewest(size_t k, float* ws) override {
+    float* kr = ws;
+    float* vr = ws + ks_;
+    for (size_t i = count_ - k; i < count_; ++i) {
+      // Their keys' norms leave the running sum (approximately: the rows as
+      // stored; only the kernel temperature reads it, and no method of this
+      // file does).
+      rows_.Get(i, kr, vr);
+      double n2 = 0;
+      for (size_t c = 0; c < cfg_.dk; ++c) n2 += double(kr[c]) * kr[c];
+      key_norm_sum_ = std::max(0.0, key_norm_sum_ - std::sqrt(n2));
+    }
+    count_ -= k;
+    if (seq_) next_seq_ -= k;
+    if (probes_cap_ == 0) return;
+    if (tokens_ == 0) {
+      probe_count_ = probe_head_ = 0;
+      offered_ = 0;
+      return;
+    }
+    // Probes asked after the new end keep their query, dated to the last
+    // kept position.
+    const uint32_t now = uint32_t(cfg_.rope_first_position + tokens_);
+    for (size_t p = 0; p < probe_count_; ++p) {
+      const uint32_t age = uint32_t(now - probe_pos_[p]);
+      if (age == 0 || age > tokens_) probe_pos_[p] = now - 1;
+    }
+  }
+
   // h2o / tova: the scratch holds scores for one group's queries.
   size_t MaxQueriesPerPass() const override {
     return mode_ == Method::kRisk ? kMaxGroup : cfg_.max_group;

@@ -300,16 +300,17 @@ void Sketch::CheckState(const StagedState& st) const {
   }
   if (sinks_used_ < sinks_.cap && (window_used_ != 0 || tokens_ != sinks_used_))
     InvalidState("sink count (sinks not full but later tokens held)");
-  if (window_used_ < window_cap_ && window_head_ != 0) {
-    InvalidState("window head (ring not full but rotated)");
+  // A ring short of full may be rotated (after a truncation), not empty.
+  if (window_used_ == 0 && window_head_ != 0) {
+    InvalidState("window head (empty ring but rotated)");
   }
   if (!(key_norm_sum_ >= 0) || !std::isfinite(key_norm_sum_))
     InvalidState("key norm sum");
   if (!(query_norm_sum_ >= 0) || !std::isfinite(query_norm_sum_))
     InvalidState("query norm sum");
   // The kernel temperature divides by both counts.
-  if (key_norm_sum_ > 0 && tokens_ == 0)
-    InvalidState("key norm sum (no tokens)");
+  if (key_norm_sum_ > 0 && evicted() == 0)
+    InvalidState("key norm sum (no evicted tokens)");
   if (query_norm_sum_ > 0 && queries_ == 0)
     InvalidState("query norm sum (no queries)");
   st.CheckRows(sinks_, sinks_used_, RowLimit(), "sink");
@@ -317,10 +318,11 @@ void Sketch::CheckState(const StagedState& st) const {
 }
 
 float Sketch::QueryKeyRatio() const {
-  if (!cfg_.tau_from_queries || queries_ == 0 || key_norm_sum_ <= 0)
+  if (!cfg_.tau_from_queries || queries_ == 0 || key_norm_sum_ <= 0 ||
+      evicted() == 0)
     return 1.0f;
   return float((query_norm_sum_ / double(queries_)) /
-               (key_norm_sum_ / double(tokens_)));
+               (key_norm_sum_ / double(evicted())));
 }
 
 size_t Sketch::retained() const {
@@ -356,7 +358,11 @@ void Sketch::Append(const float* k, const float* v, float* ws) {
     sinks_.Put(sinks_used_++, kp, vp);
   } else if (window_cap_ == 0) {
     Evict(kp, vp, rest);  // straight to the compressed region
+    key_norm_sum_ += Norm(k, cfg_.dk);
   } else {
+    // Where the token goes in the ring (after a truncation the ring may be
+    // short of full with its head anywhere).
+    const size_t slot = (window_head_ + window_used_) % window_cap_;
     if (window_used_ == window_cap_) {
       // The oldest window row leaves: hand it to the compressed region
       // first (it may throw, e.g. `exact` when full: nothing changed yet).
@@ -364,15 +370,58 @@ void Sketch::Append(const float* k, const float* v, float* ws) {
       float* vo = rest + ks_;
       window_.Get(window_head_, ko, vo);
       Evict(ko, vo, rest + ks_ + vs_);
+      key_norm_sum_ += Norm(ko, cfg_.dk);
       window_.Put(window_head_, kp, vp);
       window_head_ = (window_head_ + 1) % window_cap_;
     } else {
-      window_.Put((window_head_ + window_used_) % window_cap_, kp, vp);
+      window_.Put(slot, kp, vp);
       ++window_used_;
     }
   }
-  key_norm_sum_ += Norm(k, cfg_.dk);
   ++tokens_;
+}
+
+size_t Sketch::Truncatable() const {
+  const size_t after_sinks = tokens_ - sinks_used_;
+  const size_t newest = window_cap_ ? window_used_ : NewestVerbatim();
+  // Everything after the sinks still verbatim (nothing compressed or
+  // dropped yet): the sinks can go too.
+  return newest >= after_sinks ? size_t(tokens_) : newest;
+}
+
+void Sketch::Truncate(size_t p, float* ws) {
+  if (p > tokens_) {
+    throw Error("truncate: position " + std::to_string(p) + " is beyond the " +
+                std::to_string(tokens_) + " tokens appended");
+  }
+  const size_t k = tokens_ - p;
+  if (k == 0) return;
+  const size_t can = Truncatable();
+  if (k > can) {
+    throw Error("truncate: " + std::string(MethodName(cfg_.method)) +
+                " holds only the newest " + std::to_string(can) +
+                " tokens verbatim (positions >= " +
+                std::to_string(tokens_ - can) + "); position " +
+                std::to_string(p) + " was already compressed or dropped");
+  }
+  // Newest first: the recent window (or the method's verbatim tail), then
+  // the sinks.
+  size_t left = k;
+  if (window_cap_) {
+    const size_t w = HWY_MIN(left, window_used_);
+    window_used_ -= w;
+    left -= w;
+  } else {
+    const size_t w = HWY_MIN(left, size_t(tokens_ - sinks_used_));
+    tokens_ -= w;
+    if (w) DropNewest(w, ws);
+    tokens_ += w;
+    left -= w;
+  }
+  sinks_used_ -= left;
+  tokens_ = p;
+  if (window_used_ == 0) window_head_ = 0;
+  if (evicted() == 0) key_norm_sum_ = 0;  // exactly: nothing compressed
 }
 
 void Sketch::AppendBlock(const float* K, const float* V, size_t n, float* ws) {
@@ -407,7 +456,8 @@ void Sketch::AttendSinks(const float* qp, size_t G, float* m, float* z,
   AttendRange(sinks_, 0, sinks_used_, qp, G, m, z, N, m2, z2, N2);
 }
 
-void Sketch::Attend(const float* q, size_t G, float* out, float* ws) {
+void Sketch::Attend(const float* q, size_t G, float* out, float* ws,
+                    bool learn) {
   if (G == 0 || G > kMaxGroup) {
     throw Error("attend: group size " + std::to_string(G) + " not in [1, " +
                 std::to_string(kMaxGroup) + "]");
@@ -415,7 +465,7 @@ void Sketch::Attend(const float* q, size_t G, float* out, float* ws) {
   float* m = ws;
   float* z = m + G;
   float* N = z + G;
-  AttendPartial(q, 1, 0, G, m, z, N, N + G * vs_);
+  AttendPartial(q, 1, 0, G, m, z, N, N + G * vs_, learn);
   for (size_t g = 0; g < G; ++g) {
     const float inv = z[g] > 0.0f ? 1.0f / z[g] : 0.0f;
     for (size_t c = 0; c < cfg_.dv; ++c)
@@ -424,7 +474,8 @@ void Sketch::Attend(const float* q, size_t G, float* out, float* ws) {
 }
 
 void Sketch::AttendPartial(const float* q, size_t T, size_t q_stride, size_t G,
-                           float* m, float* z, float* N, float* ws) {
+                           float* m, float* z, float* N, float* ws,
+                           bool learn) {
   const size_t Q = T * G;
   if (G == 0 || T == 0 || Q > kMaxGroup) {
     throw Error("attend: " + std::to_string(Q) + " queries not in [1, " +
@@ -439,18 +490,20 @@ void Sketch::AttendPartial(const float* q, size_t T, size_t q_stride, size_t G,
     const float* qi = q + (i / G) * q_stride + (i % G) * cfg_.dk;
     std::memset(qp + i * ks_, 0, ks_ * sizeof(float));
     std::memcpy(qp + i * ks_, qi, cfg_.dk * sizeof(float));
-    query_norm_sum_ += Norm(qi, cfg_.dk);
+    if (learn) query_norm_sum_ += Norm(qi, cfg_.dk);
     m[i] = -std::numeric_limits<float>::infinity();
     z[i] = 0.0f;
     std::memset(N + i * vs_, 0, vs_ * sizeof(float));
   }
-  queries_ += Q;
+  if (learn) queries_ += Q;
   AttendRange(sinks_, 0, sinks_used_, qp, Q, m, z, N, m2, z2, N2);
   // The window ring as (up to) two contiguous segments.
   const size_t first = HWY_MIN(window_used_, window_cap_ - window_head_);
   AttendRange(window_, window_head_, first, qp, Q, m, z, N, m2, z2, N2);
   AttendRange(window_, 0, window_used_ - first, qp, Q, m, z, N, m2, z2, N2);
+  learning_ = learn;
   AttendCompressed(qp, Q, m2, z2, N2, rest);
+  learning_ = true;
   for (size_t g = 0; g < Q; ++g) {
     // A compressed estimate that left f32's range (logit spreads beyond
     // exp's range in a Taylor split, say) is dropped for this query: the
@@ -466,7 +519,7 @@ void Sketch::AttendPartial(const float* q, size_t T, size_t q_stride, size_t G,
     }
     MergePartials(m + g, z + g, N + g * vs_, m2[g], z2[g], N2 + g * vs_, vs_);
   }
-  Observe(m, z, Q, rest);
+  if (learn) Observe(m, z, Q, rest);
 }
 
 size_t Sketch::PrefillWorkspaceFloats(const SketchConfig& c) {

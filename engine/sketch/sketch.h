@@ -148,14 +148,18 @@ class Sketch {
   void Append(const float* k, const float* v, float* ws);
   // n tokens, rows of dk / dv floats; identical to n Append calls.
   void AppendBlock(const float* K, const float* V, size_t n, float* ws);
-  // G queries of this KV head's group: q [G][dk] -> out [G][dv].
-  void Attend(const float* q, size_t G, float* out, float* ws);
+  // G queries of this KV head's group: q [G][dk] -> out [G][dv]. learn =
+  // false leaves every query statistic untouched (probes, attention scores,
+  // adaptive shares, query norms): the answer is the same, the state too.
+  void Attend(const float* q, size_t G, float* out, float* ws,
+              bool learn = true);
   // The unnormalised partials of T tokens' G queries each (token j's at
   // q + j * q_stride, [G][dk]; T * G <= kMaxGroup) over everything held:
   // m, z [T * G], N [T * G][vs]. Query-aware statistics are updated as
   // Attend updates them.
   void AttendPartial(const float* q, size_t T, size_t q_stride, size_t G,
-                     float* m, float* z, float* N, float* ws);
+                     float* m, float* z, float* N, float* ws,
+                     bool learn = true);
   // Batched causal prefill of n tokens: token t's key and value at
   // k + t * k_stride, v + t * v_stride, its G queries at q + t * q_stride
   // ([G][dk]), its answers to out + t * out_stride ([G][dv]). In chunks of
@@ -168,6 +172,16 @@ class Sketch {
   static constexpr size_t kPrefillChunk = 16;
   // Scratch floats Prefill needs in front of what Append and Attend need.
   static size_t PrefillWorkspaceFloats(const SketchConfig& c);
+
+  // Rollback: the newest tokens this sketch still holds verbatim and can
+  // drop exactly (sinks, the recent window, or a method's untouched newest
+  // pool items); Truncate(p) drops every token appended at position >= p
+  // (positions count appended tokens from 0), or throws Error naming how
+  // far it can go, changing nothing. Query statistics (probes, scores,
+  // query norms) keep what they learned; a probe recorded after p is
+  // re-dated to the last kept position.
+  size_t Truncatable() const;
+  void Truncate(size_t p, float* ws);
 
   const SketchConfig& config() const { return cfg_; }
   size_t tokens() const { return tokens_; }
@@ -199,6 +213,11 @@ class Sketch {
   virtual void AttendCompressed(const float* qp, size_t G, float* m, float* z,
                                 float* N, float* ws) = 0;
   virtual size_t CompressedRetained() const = 0;
+  // How many of the newest tokens the compressed region holds verbatim,
+  // never modified, at the end of its storage order (0: none), and dropping
+  // them (k <= NewestVerbatim(); tokens_ is already reduced by k).
+  virtual size_t NewestVerbatim() const { return 0; }
+  virtual void DropNewest(size_t k, float* ws) { (void)k, (void)ws; }
   // Queries one AttendCompressed call may take (its scratch holds per-query
   // scores for this many); Prefill batches tokens up to it.
   virtual size_t MaxQueriesPerPass() const { return kMaxGroup; }
@@ -235,8 +254,16 @@ class Sketch {
   size_t bytes_at_start_;
   size_t bytes_ = 0;
   uint64_t tokens_ = 0;
-  // Running sums of key / query norms (for the kernel temperature).
+  // Running sums of key norms (of the tokens evicted to the compressed
+  // region: the keys it summarises) and query norms, for the kernel
+  // temperature.
   double key_norm_sum_ = 0, query_norm_sum_ = 0;
+  // False while an Attend must not learn from its queries (methods that
+  // learn inside AttendCompressed check it).
+  bool learning_ = true;
+  // Tokens handed to the compressed region (every token not in the sinks or
+  // the recent window).
+  size_t evicted() const { return tokens_ - sinks_used_ - window_used_; }
   uint64_t queries_ = 0;
 
  private:

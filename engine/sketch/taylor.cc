@@ -154,7 +154,7 @@ class TaylorSketch final : public Sketch {
         continue;
       }
       for (size_t c = 0; c < vs_; ++c) na[c] += nb[c];
-      if (adaptive_ && pool_.full() && n) {
+      if (learning_ && adaptive_ && pool_.full() && n) {
         // The window's share of the pool's attention mass, both sides
         // measured directly with exp (the split estimate can be far off
         // for single queries at low temperature).
@@ -170,7 +170,7 @@ class TaylorSketch final : public Sketch {
       m[g] = shift;
       z[g] = total;
     }
-    if (adaptive_ && pool_.full()) {
+    if (learning_ && adaptive_ && pool_.full()) {
       const double target = window_share_ * double(pool_.cap());
       protect_ = size_t(std::fmax(2.0, std::fmin(double(pool_.cap()), target)));
     }

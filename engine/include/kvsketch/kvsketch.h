@@ -138,6 +138,30 @@ class Session {
   size_t SaveState(void* dst, size_t capacity) const;
   void LoadState(const void* src, size_t size);
 
+  // Attend without learning: the same answer as Attend, and no query
+  // statistic changes (risk's probes, h2o/tova scores, balance's window
+  // share, the query norms) -- for speculative verification or a draft.
+  void AttendReadOnly(size_t layer, const float* q, float* out);
+
+  // Rollback. Positions count the tokens appended to a layer (0, 1, ...).
+  // Truncate(p) drops every token at position >= p in every layer, as long
+  // as each head still holds them verbatim and untouched; otherwise it throws
+  // Error naming the head and how far it can go, changing nothing.
+  // MinTruncatePosition() is the smallest p that works now. How far each
+  // method can go: exact everything; window, uniform, blurry and hashed
+  // their recent window (or everything before their first eviction); risk
+  // the protected newest quarter of its pool; h2o and tova their newest
+  // items until the pool first fills; balance and taylor only while nothing
+  // has left the sinks. Re-appending the dropped tokens gives the state
+  // (and the answers) of never having dropped them. Query statistics keep
+  // what they learned from queries asked meanwhile (risk re-dates probes
+  // asked after p to the last kept position).
+  void Truncate(size_t position);
+  size_t MinTruncatePosition() const;
+  // A new session with this one's configuration and state (its own memory):
+  // "regenerate" and beam search start from a copy.
+  std::unique_ptr<Session> Fork() const;
+
   // Forgets every token: the session is as newly created, in the same memory
   // (nothing is allocated but the per-head sketch objects). The only
   // possible failure is running out of memory for those; the session then

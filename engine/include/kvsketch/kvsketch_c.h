@@ -110,7 +110,8 @@ typedef struct kvs_stats {
   size_t arena_bytes, accounted_bytes, state_bytes, scratch_bytes;
   size_t retained, tokens;
 } kvs_stats;
-#define KVS_STATS_INIT {sizeof(kvs_stats), 0, 0, 0, 0, 0, 0}
+#define KVS_STATS_INIT \
+  { sizeof(kvs_stats), 0, 0, 0, 0, 0, 0 }
 
 /* Optional: every failed call also reports its status and message here
  * (from the thread that made the call; the callback must be thread-safe).
@@ -157,6 +158,19 @@ kvs_status kvs_state_size(const kvs_session* s, size_t* size);
 kvs_status kvs_state_get(const kvs_session* s, void* dst, size_t capacity,
                          size_t* written);
 kvs_status kvs_state_set(kvs_session* s, const void* src, size_t size);
+/* kvs_attend without learning: the same answer, no query statistic changes
+ * (for speculative verification). */
+kvs_status kvs_attend_readonly(kvs_session* s, size_t layer, const float* q,
+                               float* out);
+/* Rollback (positions count the tokens appended, from 0): drops every token
+ * at position >= p in every layer while each head still holds them
+ * verbatim, else KVS_INVALID_ARGUMENT naming how far it can go (session
+ * unchanged). kvs_min_truncate_position gives the smallest p that works now;
+ * see Session::Truncate in kvsketch.h for each method's reach. */
+kvs_status kvs_truncate(kvs_session* s, size_t p);
+kvs_status kvs_min_truncate_position(const kvs_session* s, size_t* p);
+/* A new session with s's configuration and state (its own memory). */
+kvs_status kvs_fork(const kvs_session* s, kvs_session** out);
 /* Forgets every token: the session is as newly created, in the same memory.
  * Fails only when memory for the per-head objects runs out; the session then
  * refuses every call and must be destroyed. */
