@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <iostream>
 #include <memory>
 #include <numeric>
 #include <sstream>
@@ -294,6 +295,120 @@ int Eval(const LmOptions& o, const LlamaWeights& w, const Tokenizer& tok) {
   return 0;
 }
 
+// One sampled token from logits (greedy at temperature 0; else nucleus
+// sampling with a counter-based uniform keyed by (seed, stream, position)).
+int Sample(const LmOptions& o, const float* logits, size_t V, uint64_t stream,
+           uint64_t position, std::vector<std::pair<float, int>>* probs) {
+  if (o.temperature == 0.0f) return int(Argmax(logits, V));
+  const float mx = *std::max_element(logits, logits + V);
+  double z = 0;
+  for (size_t i = 0; i < V; ++i) {
+    (*probs)[i] = {std::exp((logits[i] - mx) / o.temperature), int(i)};
+    z += (*probs)[i].first;
+  }
+  std::sort(probs->begin(), probs->end(),
+            [](const auto& a, const auto& b) { return a.first > b.first; });
+  double cum = 0;
+  size_t keep = 0;
+  while (keep < V && cum < o.top_p * z) cum += (*probs)[keep++].first;
+  const double u = CounterUniform(o.seed, stream, position) * cum;
+  double acc = 0;
+  for (size_t i = 0; i < keep; ++i) {
+    acc += (*probs)[i].first;
+    if (u < acc) return (*probs)[i].second;
+  }
+  return (*probs)[keep - 1].second;
+}
+
+// Multi-turn generation on the embedding API: each turn through one Prefill,
+// answers token by token, "/regenerate" through Truncate, the KV memory
+// after every turn.
+int Chat(const LmOptions& o, const LlamaWeights& w, const Tokenizer& tok) {
+  if (!(o.temperature >= 0.0f) || !(o.top_p > 0.0f && o.top_p <= 1.0f)) {
+    throw Error("temperature must be >= 0 and top-p in (0, 1]");
+  }
+  LlamaRunner run(w, Compressed(w, o));
+  const size_t V = w.cfg.vocab, ctx = w.cfg.seq_len;
+  std::vector<std::pair<float, int>> probs(V);
+  size_t answer_start = SIZE_MAX;       // position where the last answer began
+  std::vector<float> answer_logits(V);  // logits that began it
+  int prev = 1;                         // BOS
+  int turn_last = 1;  // the last token of the turn the answer follows
+  uint64_t regenerations = 0;
+  auto memory = [&] {
+    const SessionStats st = run.session().Stats();
+    fmt::print(
+        "[kv: {} tokens, {} rows held (all heads), state {} B of {} B arena | "
+        "rollback "
+        "to position {}]\n",
+        run.position(), st.retained, st.state_bytes, st.arena_bytes,
+        run.session().MinTruncatePosition());
+  };
+  auto answer = [&](const float* logits) {
+    std::vector<float> cur(logits, logits + V);
+    for (size_t g = 0; g < o.n && run.position() < ctx; ++g) {
+      const int next = Sample(o, cur.data(), V, 0x63686174 + regenerations,
+                              run.position(), &probs);
+      if (next == 1) break;  // BOS ends a story
+      fmt::print("{}", tok.Decode(prev, next));
+      std::fflush(stdout);
+      prev = next;
+      const float* l = run.Forward(next);
+      cur.assign(l, l + V);
+    }
+    fmt::print("\n");
+  };
+  std::string line;
+  while (std::getline(std::cin, line)) {
+    if (line == "/quit") break;
+    if (line == "/stats") {
+      memory();
+      continue;
+    }
+    if (line == "/reset") {
+      run.Reset();
+      answer_start = SIZE_MAX;
+      prev = 1;
+      fmt::print("[reset]\n");
+      memory();
+      continue;
+    }
+    if (line == "/regenerate") {
+      if (answer_start == SIZE_MAX) {
+        fmt::print("[nothing to regenerate]\n");
+        continue;
+      }
+      try {
+        run.Truncate(answer_start);
+      } catch (const Error& e) {
+        fmt::print("[cannot regenerate: {}]\n", e.what());
+        continue;
+      }
+      ++regenerations;
+      prev = turn_last;
+      answer(answer_logits.data());
+      memory();
+      continue;
+    }
+    if (line.empty()) continue;
+    const std::vector<int> t = tok.Encode(line, run.position() == 0);
+    if (t.empty()) continue;
+    if (run.position() + t.size() >= ctx) {
+      fmt::print("[context full ({} of {} positions): /reset]\n",
+                 run.position(), ctx);
+      continue;
+    }
+    const float* logits =
+        run.ForwardBlock(t.data(), t.size()) + (t.size() - 1) * V;
+    prev = turn_last = t.back();
+    answer_start = run.position();
+    answer_logits.assign(logits, logits + V);
+    answer(logits);
+    memory();
+  }
+  return 0;
+}
+
 int Generate(const LmOptions& o, const LlamaWeights& w, const Tokenizer& tok) {
   const std::vector<int> prompt = tok.Encode(o.prompt, true);
   const size_t ctx = w.cfg.seq_len;
@@ -382,11 +497,12 @@ int RunLm(const LmOptions& o) {
   if (o.model.empty() || o.tokenizer.empty()) {
     throw Error("lm needs --model FILE and --tokenizer FILE");
   }
-  if (o.eval.empty() == !o.prompt_set) {
-    throw Error("lm needs exactly one of --eval FILE or --prompt TEXT");
+  if (int(!o.eval.empty()) + int(o.prompt_set) + int(o.chat) != 1) {
+    throw Error("lm needs exactly one of --eval FILE, --prompt TEXT, --chat");
   }
   const LlamaWeights w = LoadCheckpoint(o.model);
   const Tokenizer tok = Tokenizer::Load(o.tokenizer, w.cfg.vocab);
+  if (o.chat) return Chat(o, w, tok);
   return o.eval.empty() ? Generate(o, w, tok) : Eval(o, w, tok);
 }
 

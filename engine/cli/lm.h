@@ -15,6 +15,9 @@ struct LmOptions {
   std::string eval;    // text file (teacher-forced evaluation)
   std::string prompt;  // generation
   bool prompt_set = false;
+  // Multi-turn generation from stdin: each line a turn (prefilled), then up
+  // to n generated tokens; /regenerate, /reset, /stats, /quit.
+  bool chat = false;
   size_t n = 128;  // tokens to generate
   float temperature = 0.0f;
   float top_p = 0.9f;

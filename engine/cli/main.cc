@@ -315,6 +315,10 @@ int main(int argc, char** argv) {
                  "text file: perplexity and KL vs the full cache");
   auto* prompt_opt =
       lm->add_option("--prompt", lm_opt.prompt, "generate from this text");
+  lm->add_flag("--chat", lm_opt.chat,
+               "multi-turn: each stdin line is a turn (one Prefill), then up "
+               "to -n generated tokens; /regenerate drops the last answer "
+               "(Truncate) and samples it again, /reset, /stats, /quit");
   lm->add_option("-n", lm_opt.n, "tokens to generate")->capture_default_str();
   lm->add_option("--temperature", lm_opt.temperature, "0 = greedy")
       ->capture_default_str();

@@ -91,6 +91,16 @@ class LlamaRunner {
   // call). Grows its buffers to the largest n seen.
   const float* ForwardBlock(const int* tokens, size_t n);
   size_t position() const { return pos_; }
+  // Drops every token at position >= p (Session::Truncate; throws Error,
+  // changing nothing, when the cache no longer holds them verbatim).
+  void Truncate(size_t p) {
+    session_.Truncate(p);
+    pos_ = p;
+  }
+  void Reset() {
+    session_.Reset();
+    pos_ = 0;
+  }
   Session& session() { return session_; }
   void set_hook(QkvHook h) { hook_ = std::move(h); }
 

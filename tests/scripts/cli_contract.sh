@@ -66,6 +66,10 @@ if [ -f "$s/stories260K.bin" ]; then
     expect_ok '"tokens_per_s_prefill"' $lm --eval "$s/tinystories_valid_excerpt.txt" --max-windows 1 --budget-tokens 32 --json
     expect_ok '^risk,f16,32,0,[0-9]+,' $lm --eval "$s/tinystories_valid_excerpt.txt" --max-windows 1 --budget-tokens 32 --csv
     expect_ok '^Once' $lm --prompt "Once" -n 8 --temperature 0
+    # --chat: a turn, a regenerate (Truncate), the memory line, a reset.
+    chat_out=$(printf 'Once upon a time\n/regenerate\n/reset\n/quit\n' | "$kv" $lm --chat -n 6 --temperature 0.8 --budget-tokens 256 2>&1)
+    if printf '%s\n' "$chat_out" | grep -q '^\[kv: 11 tokens' && [ "$(printf '%s\n' "$chat_out" | grep -c '^\[kv: 11 tokens')" = 2 ] && printf '%s\n' "$chat_out" | grep -q '^\[reset\]'; then ok; else bad "lm --chat: $chat_out"; fi
+    expect_err "exactly one of" $lm --chat --prompt x
   }
   # The CSV header and row have the same number of fields.
   # shellcheck disable=SC2086
