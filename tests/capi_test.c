@@ -409,6 +409,54 @@ int main(void) {
     kvs_destroy(f);
     kvs_destroy(a);
   }
+  /* A context with two sequence slots: sequences answer as standalone
+   * sessions, a third is KVS_BUDGET, a destroyed one frees its slot, and the
+   * context may go first. */
+  {
+    kvs_context* ctx = NULL;
+    kvs_session* s1 = NULL;
+    kvs_session* s2 = NULL;
+    kvs_session* s3 = NULL;
+    kvs_session* alone = NULL;
+    size_t in_use = 0, max_seq = 0;
+    kvs_config_init(&cfg);
+    cfg.layers = 1;
+    cfg.n_heads = 4;
+    cfg.n_kv_heads = 2;
+    cfg.dk = cfg.dv = 8;
+    cfg.budget_tokens_per_head = 48;
+    cfg.threads = 2;
+    CHECK(kvs_context_create(&cfg, 2, &ctx) == KVS_OK);
+    CHECK(kvs_sequence_create(ctx, NULL, &s1) == KVS_OK);
+    CHECK(kvs_sequence_create(ctx, &cfg, &s2) == KVS_OK);
+    CHECK(kvs_sequence_create(ctx, NULL, &s3) == KVS_BUDGET);
+    CHECK(s3 == NULL);
+    CHECK(strstr(kvs_last_error(NULL), "slots") != NULL);
+    CHECK(kvs_context_sequences(ctx, &in_use, &max_seq) == KVS_OK);
+    CHECK(in_use == 2);
+    CHECK(max_seq == 2);
+    CHECK(kvs_create(&cfg, &alone) == KVS_OK);
+    for (t = 0; t < 120; ++t) {
+      for (i = 0; i < 16; ++i) {
+        k[i] = (float)sin(0.3 * (double)(t * 16 + i));
+        v[i] = (float)cos(0.2 * (double)(t * 16 + i));
+      }
+      for (i = 0; i < 32; ++i) q[i] = (float)sin(0.07 * (double)(t * 32 + i));
+      CHECK(kvs_append(s1, 0, k, v, 1) == KVS_OK);
+      CHECK(kvs_append(alone, 0, k, v, 1) == KVS_OK);
+      CHECK(kvs_attend(s1, 0, q, out) == KVS_OK);
+      CHECK(kvs_attend(alone, 0, q, out2) == KVS_OK);
+      for (i = 0; i < 32; ++i) CHECK(out[i] == out2[i]);
+    }
+    kvs_destroy(s2);
+    CHECK(kvs_sequence_create(ctx, NULL, &s3) == KVS_OK);
+    kvs_context_destroy(ctx); /* the sequences keep it alive */
+    CHECK(kvs_attend(s1, 0, q, out) == KVS_OK);
+    CHECK(kvs_append(s3, 0, k, v, 1) == KVS_OK);
+    kvs_destroy(s1);
+    kvs_destroy(s3);
+    kvs_destroy(alone);
+  }
   /* The evolvable ABI: names <-> enums, struct_size, the 0.2 knobs, the log
    * callback, version macros. */
   {

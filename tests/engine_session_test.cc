@@ -10,6 +10,7 @@
 #include <limits>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "doctest/doctest.h"
@@ -534,6 +535,78 @@ TEST_CASE("AttendReadOnly answers as Attend and learns nothing; Fork copies") {
     CHECK(Drive(*f, st, 120, 150) == ra);
     CHECK(Drive(b, st, 120, 150) == ra);
   }
+}
+
+TEST_CASE("context: sequences equal standalone sessions, slots, threads") {
+  for (const char* m : {"risk", "window", "balance", "h2o"}) {
+    SessionConfig c = SmallConfig(m, 2);
+    c.rope_theta = 10000.0f;
+    INFO(std::string(m));
+    ContextConfig cc;
+    cc.base = c;
+    cc.max_sequences = 3;
+    Context ctx(cc);
+    CHECK(ctx.max_sequences() == 3);
+    CHECK(ctx.bytes() >= 3 * ctx.slot_bytes());
+    const Stream s1(c, 200);
+    SessionConfig c2 = c;
+    c2.budget_tokens_per_head = 24;  // a smaller budget than the base
+    c2.seed = 9;
+    std::unique_ptr<Session> a = ctx.NewSequence();
+    std::unique_ptr<Session> b = ctx.NewSequence(c2);
+    CHECK(ctx.sequences() == 2);
+    Session alone_a(c), alone_b(c2);
+    // Two sequences driven from two threads at once answer as each alone.
+    std::vector<float> ra, rb;
+    std::thread ta([&] { ra = Drive(*a, s1, 0, 150); });
+    std::thread tb([&] { rb = Drive(*b, s1, 0, 150); });
+    ta.join();
+    tb.join();
+    CHECK(ra == Drive(alone_a, s1, 0, 150));
+    CHECK(rb == Drive(alone_b, s1, 0, 150));
+    CHECK(a->SaveBytes() == alone_a.SaveBytes());
+    CHECK(b->SaveBytes() == alone_b.SaveBytes());
+    CHECK(a->Stats().arena_bytes == ctx.slot_bytes());
+    // Fork: a third sequence; then the slots are full.
+    std::unique_ptr<Session> f = a->Fork();
+    CHECK(ctx.sequences() == 3);
+    CHECK(f->SaveBytes() == a->SaveBytes());
+    CHECK_THROWS_WITH_AS(ctx.NewSequence(), doctest::Contains("slots"),
+                         BudgetError);
+    f.reset();  // frees its slot
+    CHECK(ctx.sequences() == 2);
+    std::unique_ptr<Session> d = ctx.NewSequence();
+    CHECK(d->Stats().tokens == 0);  // a reused slot starts as new
+    Session alone_d(c);
+    CHECK(Drive(*d, s1, 0, 40) == Drive(alone_d, s1, 0, 40));
+  }
+  // What a context cannot hold: a clear error.
+  SessionConfig c = SmallConfig("risk", 2);
+  ContextConfig cc;
+  cc.base = c;
+  cc.max_sequences = 1;
+  Context ctx(cc);
+  SessionConfig big = c;
+  big.budget_tokens_per_head = 400;
+  CHECK_THROWS_AS(ctx.NewSequence(big), Error);
+  SessionConfig other = c;
+  other.dk = 32;
+  CHECK_THROWS_WITH_AS(ctx.NewSequence(other), doctest::Contains("shape"),
+                       Error);
+  SessionConfig threads = c;
+  threads.threads = 1;
+  CHECK_THROWS_WITH_AS(ctx.NewSequence(threads), doctest::Contains("threads"),
+                       Error);
+  CHECK(ctx.sequences() == 0);
+  // A sequence outlives its context.
+  std::unique_ptr<Session> s;
+  {
+    Context tmp(cc);
+    s = tmp.NewSequence();
+  }
+  const Stream st(c, 60);
+  Session alone(c);
+  CHECK(Drive(*s, st, 0, 60) == Drive(alone, st, 0, 60));
 }
 
 TEST_CASE("a state saved with N threads loads with M (per-head budgets)") {

@@ -14,6 +14,10 @@ struct kvs_session {
   std::string error;
 };
 
+struct kvs_context {
+  std::unique_ptr<kvsketch::Context> context;
+};
+
 namespace {
 
 thread_local std::string g_create_error;
@@ -73,6 +77,76 @@ constexpr size_t kConfigMinSize =
     offsetof(kvs_config, rope_interleaved) + sizeof(int);
 
 }  // namespace
+
+// A C configuration as the C++ one (throws Error naming the problem).
+static kvsketch::SessionConfig FromC(const kvs_config* c) {
+  if (c->struct_size < kConfigMinSize || c->struct_size > sizeof(kvs_config)) {
+    throw kvsketch::Error(
+        "kvs_config.struct_size is " + std::to_string(c->struct_size) +
+        "; this library takes " + std::to_string(kConfigMinSize) + " to " +
+        std::to_string(sizeof(kvs_config)) +
+        " (call kvs_config_init; a larger size means a header newer than "
+        "the library)");
+  }
+  // Fields past the caller's layout keep their defaults.
+  kvs_config full;
+  kvs_config_init(&full);
+  std::memcpy(&full, c, c->struct_size);
+  c = &full;
+  auto method = [](kvs_method m) {
+    const char* n = kvs_method_name(m);
+    if (!n)
+      throw kvsketch::Error("method: enum value " + std::to_string(int(m)) +
+                            " is not a kvs_method");
+    return std::string(n);
+  };
+  auto storage = [](kvs_storage s, const char* what) {
+    const char* n = kvs_storage_name(s);
+    if (!n)
+      throw kvsketch::Error(std::string(what) + ": enum value " +
+                            std::to_string(int(s)) + " is not a kvs_storage");
+    return std::string(n);
+  };
+  kvsketch::SessionConfig cfg;
+  cfg.layers = c->layers;
+  cfg.n_heads = c->n_heads;
+  cfg.n_kv_heads = c->n_kv_heads;
+  cfg.dk = c->dk;
+  cfg.dv = c->dv;
+  cfg.scale = c->scale;
+  if (c->method != KVS_METHOD_DEFAULT) cfg.method = method(c->method);
+  cfg.budget_bytes = c->budget_bytes;
+  cfg.budget_bytes_per_head = c->budget_bytes_per_head;
+  cfg.budget_tokens_per_head = c->budget_tokens_per_head;
+  if (c->head_weights) {
+    if (c->n_kv_heads == 0 || c->n_kv_heads > 65536 ||
+        c->layers > 65536 / c->n_kv_heads) {
+      throw kvsketch::Error(
+          "head_weights: layers * n_kv_heads must be in [1, 65536]");
+    }
+    cfg.head_weights.assign(c->head_weights,
+                            c->head_weights + c->layers * c->n_kv_heads);
+  }
+  if (c->storage != KVS_STORAGE_DEFAULT)
+    cfg.storage = storage(c->storage, "storage");
+  if (c->storage_k != KVS_STORAGE_DEFAULT)
+    cfg.storage_k = storage(c->storage_k, "storage_k");
+  if (c->storage_v != KVS_STORAGE_DEFAULT)
+    cfg.storage_v = storage(c->storage_v, "storage_v");
+  cfg.rotate = c->rotate != 0;
+  cfg.threads = c->threads;
+  cfg.seed = c->seed;
+  cfg.sinks = c->sinks;
+  cfg.window = c->window;
+  cfg.rope_theta = c->rope_theta;
+  cfg.rope_dims = c->rope_dims;
+  cfg.rope_interleaved = c->rope_interleaved != 0;
+  cfg.block = c->block;
+  cfg.degree = c->degree;
+  cfg.window_share = c->window_share;
+  cfg.probes = c->probes;
+  return cfg;
+}
 
 extern "C" {
 
@@ -138,72 +212,7 @@ kvs_status kvs_create(const kvs_config* c, kvs_session** out) {
   *out = nullptr;
   kvs_session* s = nullptr;
   const kvs_status st = Guard(&g_create_error, [&] {
-    if (c->struct_size < kConfigMinSize ||
-        c->struct_size > sizeof(kvs_config)) {
-      throw kvsketch::Error(
-          "kvs_config.struct_size is " + std::to_string(c->struct_size) +
-          "; this library takes " + std::to_string(kConfigMinSize) + " to " +
-          std::to_string(sizeof(kvs_config)) +
-          " (call kvs_config_init; a larger size means a header newer than "
-          "the library)");
-    }
-    // Fields past the caller's layout keep their defaults.
-    kvs_config full;
-    kvs_config_init(&full);
-    std::memcpy(&full, c, c->struct_size);
-    c = &full;
-    auto method = [](kvs_method m) {
-      const char* n = kvs_method_name(m);
-      if (!n)
-        throw kvsketch::Error("method: enum value " + std::to_string(int(m)) +
-                              " is not a kvs_method");
-      return std::string(n);
-    };
-    auto storage = [](kvs_storage s, const char* what) {
-      const char* n = kvs_storage_name(s);
-      if (!n)
-        throw kvsketch::Error(std::string(what) + ": enum value " +
-                              std::to_string(int(s)) + " is not a kvs_storage");
-      return std::string(n);
-    };
-    kvsketch::SessionConfig cfg;
-    cfg.layers = c->layers;
-    cfg.n_heads = c->n_heads;
-    cfg.n_kv_heads = c->n_kv_heads;
-    cfg.dk = c->dk;
-    cfg.dv = c->dv;
-    cfg.scale = c->scale;
-    if (c->method != KVS_METHOD_DEFAULT) cfg.method = method(c->method);
-    cfg.budget_bytes = c->budget_bytes;
-    cfg.budget_bytes_per_head = c->budget_bytes_per_head;
-    cfg.budget_tokens_per_head = c->budget_tokens_per_head;
-    if (c->head_weights) {
-      if (c->n_kv_heads == 0 || c->n_kv_heads > 65536 ||
-          c->layers > 65536 / c->n_kv_heads) {
-        throw kvsketch::Error(
-            "head_weights: layers * n_kv_heads must be in [1, 65536]");
-      }
-      cfg.head_weights.assign(c->head_weights,
-                              c->head_weights + c->layers * c->n_kv_heads);
-    }
-    if (c->storage != KVS_STORAGE_DEFAULT)
-      cfg.storage = storage(c->storage, "storage");
-    if (c->storage_k != KVS_STORAGE_DEFAULT)
-      cfg.storage_k = storage(c->storage_k, "storage_k");
-    if (c->storage_v != KVS_STORAGE_DEFAULT)
-      cfg.storage_v = storage(c->storage_v, "storage_v");
-    cfg.rotate = c->rotate != 0;
-    cfg.threads = c->threads;
-    cfg.seed = c->seed;
-    cfg.sinks = c->sinks;
-    cfg.window = c->window;
-    cfg.rope_theta = c->rope_theta;
-    cfg.rope_dims = c->rope_dims;
-    cfg.rope_interleaved = c->rope_interleaved != 0;
-    cfg.block = c->block;
-    cfg.degree = c->degree;
-    cfg.window_share = c->window_share;
-    cfg.probes = c->probes;
+    const kvsketch::SessionConfig cfg = FromC(c);
     s = new kvs_session;
     try {
       s->session.reset(new kvsketch::Session(cfg));
@@ -326,6 +335,54 @@ kvs_status kvs_fork(const kvs_session* s, kvs_session** out) {
 kvs_status kvs_reset(kvs_session* s) {
   if (!s) return KVS_INVALID_ARGUMENT;
   return Guard(&s->error, [&] { s->session->Reset(); });
+}
+
+kvs_status kvs_context_create(const kvs_config* base, size_t max_sequences,
+                              kvs_context** out) {
+  if (!base || !out) {
+    return Report(&g_create_error, KVS_INVALID_ARGUMENT,
+                  "kvs_context_create: null argument");
+  }
+  *out = nullptr;
+  kvs_context* ctx = nullptr;
+  const kvs_status st = Guard(&g_create_error, [&] {
+    kvsketch::ContextConfig cc;
+    cc.base = FromC(base);
+    cc.max_sequences = max_sequences;
+    std::unique_ptr<kvs_context> c(new kvs_context);
+    c->context.reset(new kvsketch::Context(cc));
+    ctx = c.release();
+  });
+  *out = ctx;
+  return st;
+}
+
+void kvs_context_destroy(kvs_context* c) { delete c; }
+
+kvs_status kvs_sequence_create(kvs_context* c, const kvs_config* cfg,
+                               kvs_session** out) {
+  if (!c || !out) {
+    return Report(&g_create_error, KVS_INVALID_ARGUMENT,
+                  "kvs_sequence_create: null argument");
+  }
+  *out = nullptr;
+  kvs_session* s = nullptr;
+  const kvs_status st = Guard(&g_create_error, [&] {
+    std::unique_ptr<kvs_session> q(new kvs_session);
+    q->session =
+        cfg ? c->context->NewSequence(FromC(cfg)) : c->context->NewSequence();
+    s = q.release();
+  });
+  *out = s;
+  return st;
+}
+
+kvs_status kvs_context_sequences(const kvs_context* c, size_t* in_use,
+                                 size_t* max_sequences) {
+  if (!c) return KVS_INVALID_ARGUMENT;
+  if (in_use) *in_use = c->context->sequences();
+  if (max_sequences) *max_sequences = c->context->max_sequences();
+  return KVS_OK;
 }
 
 const char* kvs_last_error(const kvs_session* s) {

@@ -64,15 +64,70 @@ size_t CheckedAdd(size_t a, size_t b, const char* what) {
 
 }  // namespace
 
+// What the sequences of one Context share: the thread pool, the per-thread
+// scratch and fixed-size slots of state memory, all from one allocation.
+struct Context::Impl {
+  SessionConfig base;
+  size_t threads = 1, ws_floats = 0, ws_stride = 0, slot_bytes = 0;
+  std::unique_ptr<Arena> memory;
+  float* scratch = nullptr;    // [threads][ws_stride]
+  std::vector<uint8_t*> slot;  // [max_sequences] slot_bytes each
+  std::vector<bool> in_use;
+  size_t used = 0;
+  mutable std::mutex mu;  // the slot table
+  std::unique_ptr<tbb::task_arena> pool;
+
+  // A free slot for `need` bytes of state, or BudgetError naming why not.
+  size_t Acquire(size_t need) {
+    if (need > slot_bytes) {
+      throw BudgetError("context: the sequence's state needs " +
+                        std::to_string(need) + " bytes, a slot holds " +
+                        std::to_string(slot_bytes) +
+                        " (the context was sized for its base budget)");
+    }
+    std::lock_guard<std::mutex> lock(mu);
+    for (size_t i = 0; i < slot.size(); ++i) {
+      if (!in_use[i]) {
+        in_use[i] = true;
+        ++used;
+        return i;
+      }
+    }
+    throw BudgetError("context: all " + std::to_string(slot.size()) +
+                      " sequence slots are in use; destroy a sequence first");
+  }
+  void Release(size_t i) {
+    std::lock_guard<std::mutex> lock(mu);
+    in_use[i] = false;
+    --used;
+  }
+};
+
+// A sequence's slot, given back when the session goes (after its arena).
+struct SlotLease {
+  std::shared_ptr<Context::Impl> ctx;
+  size_t index = SIZE_MAX;
+  SlotLease() = default;
+  SlotLease(const SlotLease&) = delete;
+  SlotLease& operator=(const SlotLease&) = delete;
+  ~SlotLease() {
+    if (ctx && index != SIZE_MAX) ctx->Release(index);
+  }
+};
+
 struct Session::Impl {
   SessionConfig cfg;
   SketchConfig base;
   size_t G = 1, threads = 1, ws_floats = 0;
+  size_t ws_stride = 0;    // floats between two threads' scratch
+  size_t state_begin = 0;  // arena offset of the state (scratch before it)
   std::vector<size_t> head_budget;  // [layers * n_kv]
+  SlotLease lease;                  // in a Context: the slot the arena lives in
   std::unique_ptr<Arena> arena;
   std::vector<std::unique_ptr<Sketch>> sketches;  // [layer][kv head]
-  float* workspaces = nullptr;                    // [threads][ws_floats]
-  std::unique_ptr<tbb::task_arena> pool;
+  float* workspaces = nullptr;                    // [threads][ws_stride]
+  std::unique_ptr<tbb::task_arena> own_pool;
+  tbb::task_arena* pool = nullptr;
   size_t state_bytes = 0;
   // One call at a time: calls from several threads are serialized (each
   // call already uses all of the session's threads).
@@ -86,7 +141,7 @@ struct Session::Impl {
     return c;
   }
 
-  explicit Impl(const SessionConfig& c) : cfg(c) {
+  Impl(const SessionConfig& c, std::shared_ptr<Context::Impl> ctx) : cfg(c) {
     if (c.layers == 0 || c.n_heads == 0 || c.n_kv_heads == 0) {
       throw Error("layers, n_heads and n_kv_heads must be positive");
     }
@@ -212,9 +267,27 @@ struct Session::Impl {
       probe.budget_bytes = size_t(double(c.budget_bytes) * wmax / sum);
     }
     ws_floats = WorkspaceFloats(probe);
-    const size_t scratch = CheckedMul(
-        threads, Arena::Aligned(CheckedMul(ws_floats, 4, "scratch size")),
-        "per-thread scratch");
+    // In a context the scratch is the context's (not in this budget).
+    const size_t scratch =
+        ctx ? 0
+            : CheckedMul(
+                  threads,
+                  Arena::Aligned(CheckedMul(ws_floats, 4, "scratch size")),
+                  "per-thread scratch");
+    if (ctx) {
+      if (threads != ctx->threads) {
+        throw Error("context: a sequence runs on the context's " +
+                    std::to_string(ctx->threads) + " threads, not " +
+                    std::to_string(threads));
+      }
+      if (ws_floats > ctx->ws_floats) {
+        throw Error("context: the sequence needs " +
+                    std::to_string(ws_floats * 4) +
+                    " bytes of per-thread scratch, the context has " +
+                    std::to_string(ctx->ws_floats * 4) +
+                    " (a larger budget or another method than its base)");
+      }
+    }
     if (c.budget_bytes) {
       if (c.budget_bytes <= scratch) {
         throw BudgetError("budget of " + std::to_string(c.budget_bytes) +
@@ -234,12 +307,26 @@ struct Session::Impl {
     size_t total = CheckedAdd(scratch, Arena::kAlign, "arena size");
     for (size_t b : head_budget)
       total = CheckedAdd(total, Arena::Aligned(b), "arena size");
-    arena.reset(new Arena(total));
-    workspaces = arena->CarveArray<float>(
-        "per-thread scratch", threads * Arena::Aligned(ws_floats * 4) / 4);
+    if (ctx) {
+      // The state in one of the context's slots; its scratch and pool.
+      lease.index = ctx->Acquire(total);
+      lease.ctx = ctx;
+      arena.reset(new Arena(ctx->slot_bytes, ctx->slot[lease.index]));
+      workspaces = ctx->scratch;
+      ws_stride = ctx->ws_stride;
+      pool = ctx->pool.get();
+    } else {
+      arena.reset(new Arena(total));
+      ws_stride = Arena::Aligned(ws_floats * 4) / 4;
+      workspaces =
+          arena->CarveArray<float>("per-thread scratch", threads * ws_stride);
+      own_pool.reset(new tbb::task_arena(int(threads)));
+      pool = own_pool.get();
+    }
+    state_begin = arena->used();
+    shared = std::move(ctx);
     state_mark = arena->GetMark();
     CreateSketches();
-    pool.reset(new tbb::task_arena(int(threads)));
     // Layers whose whole state is small run their heads on the calling
     // thread: a parallel region costs more than the work (results are the
     // same either way).
@@ -306,10 +393,21 @@ struct Session::Impl {
   std::vector<bool> layer_serial;
   bool all_serial = false;
 
+  std::shared_ptr<Context::Impl> shared;  // the context, if any
+
   template <class F>
   void ForHeads(bool serial, size_t n, const F& f) {
-    if (serial) {
+    if (serial && !shared) {
       for (size_t i = 0; i < n; ++i) f(i, workspaces);
+      return;
+    }
+    if (serial) {
+      // Sequences of a context may run at once: the calling thread takes a
+      // slot of the context's pool, and with it its own scratch.
+      pool->execute([&] {
+        float* ws = Workspace();
+        for (size_t i = 0; i < n; ++i) f(i, ws);
+      });
       return;
     }
     pool->execute([&] {
@@ -318,12 +416,12 @@ struct Session::Impl {
   }
 
   // The per-thread scratch is carved first; the state follows it.
-  size_t StateBegin() const { return threads * Arena::Aligned(ws_floats * 4); }
+  size_t StateBegin() const { return state_begin; }
 
   float* Workspace() const {
     int idx = tbb::this_task_arena::current_thread_index();
     if (idx < 0 || size_t(idx) >= threads) idx = 0;
-    return workspaces + size_t(idx) * (Arena::Aligned(ws_floats * 4) / 4);
+    return workspaces + size_t(idx) * ws_stride;
   }
 
   Sketch& At(size_t layer, size_t h) {
@@ -384,7 +482,11 @@ struct Session::Impl {
   }
 };
 
-Session::Session(const SessionConfig& config) : impl_(new Impl(config)) {}
+Session::Session(const SessionConfig& config)
+    : impl_(new Impl(config, nullptr)) {}
+Session::Session(const SessionConfig& config,
+                 std::shared_ptr<Context::Impl> context)
+    : impl_(new Impl(config, std::move(context))) {}
 Session::~Session() = default;
 
 const SessionConfig& Session::config() const { return impl_->cfg; }
@@ -443,11 +545,14 @@ void Session::Truncate(size_t position) {
                   " was already compressed or dropped; nothing was changed");
     }
   }
-  for (auto& sk : m.sketches) sk->Truncate(position, m.workspaces);
+  m.ForHeads(true, m.sketches.size(), [&](size_t i, float* ws) {
+    m.sketches[i]->Truncate(position, ws);
+  });
 }
 
 std::unique_ptr<Session> Session::Fork() const {
-  std::unique_ptr<Session> copy(new Session(impl_->cfg));
+  // In a context, the copy is another sequence of it.
+  std::unique_ptr<Session> copy(new Session(impl_->cfg, impl_->shared));
   copy->LoadBytes(SaveBytes());
   return copy;
 }
@@ -511,7 +616,7 @@ SessionStats Session::Stats() const {
   s.arena_bytes = m.arena->capacity();
   s.accounted_bytes = m.arena->used();
   s.state_bytes = m.state_bytes;
-  s.scratch_bytes = m.threads * Arena::Aligned(m.ws_floats * 4);
+  s.scratch_bytes = m.threads * m.ws_stride * 4;  // a context's: shared
   for (const auto& sk : m.sketches) s.retained += sk->retained();
   s.tokens = m.sketches.empty() ? 0 : m.sketches[0]->tokens();
   for (const auto& c : m.arena->components())
@@ -566,5 +671,77 @@ void Session::Load(const std::string& path) {
   kvsketch::LoadState(path, impl_->StateConfig(), *impl_->arena,
                       impl_->StateBegin(), impl_->sketches);
 }
+
+// ---------------------------------------------------------------- Context
+
+Context::Context(const ContextConfig& config)
+    : impl_(std::make_shared<Impl>()) {
+  if (config.max_sequences == 0 || config.max_sequences > 65536) {
+    throw Error("context: max_sequences must be in [1, 65536], got " +
+                std::to_string(config.max_sequences));
+  }
+  Impl& c = *impl_;
+  // The base sequence, built once standalone, sizes everything: threads,
+  // per-thread scratch and the state of one sequence at the base budget.
+  size_t state = 0;
+  {
+    Session probe(config.base);
+    const Session::Impl& p = *probe.impl_;
+    c.threads = p.threads;
+    c.ws_floats = p.ws_floats;
+    c.ws_stride = p.ws_stride;
+    state = Arena::kAlign;
+    for (size_t b : p.head_budget) state += Arena::Aligned(b);
+  }
+  c.base = config.base;
+  c.slot_bytes = (state + Arena::kAlign) / Arena::kAlign * Arena::kAlign;
+  const size_t scratch_bytes =
+      (c.threads * c.ws_stride * 4 + Arena::kAlign - 1) / Arena::kAlign *
+      Arena::kAlign;
+  if (c.slot_bytes >
+      (SIZE_MAX - scratch_bytes - Arena::kAlign) / config.max_sequences) {
+    throw Error(
+        "context: max_sequences x the base state overflows the "
+        "address space");
+  }
+  c.memory.reset(new Arena(scratch_bytes + c.slot_bytes * config.max_sequences +
+                           Arena::kAlign));
+  c.scratch = c.memory->CarveArray<float>("per-thread scratch",
+                                          scratch_bytes / sizeof(float));
+  for (size_t i = 0; i < config.max_sequences; ++i)
+    c.slot.push_back(
+        c.memory->CarveArray<uint8_t>("sequence slots", c.slot_bytes));
+  c.in_use.assign(config.max_sequences, false);
+  c.pool.reset(new tbb::task_arena(int(c.threads)));
+}
+
+Context::~Context() = default;
+
+std::unique_ptr<Session> Context::NewSequence(const SessionConfig& config) {
+  const SessionConfig& b = impl_->base;
+  if (config.layers != b.layers || config.n_heads != b.n_heads ||
+      config.n_kv_heads != b.n_kv_heads || config.dk != b.dk ||
+      config.dv != b.dv) {
+    throw Error(
+        "context: a sequence must have the context's shape (layers, "
+        "n_heads, n_kv_heads, dk, dv)");
+  }
+  return std::unique_ptr<Session>(new Session(config, impl_));
+}
+
+std::unique_ptr<Session> Context::NewSequence() {
+  return NewSequence(impl_->base);
+}
+
+size_t Context::max_sequences() const { return impl_->slot.size(); }
+
+size_t Context::sequences() const {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  return impl_->used;
+}
+
+size_t Context::bytes() const { return impl_->memory->capacity(); }
+
+size_t Context::slot_bytes() const { return impl_->slot_bytes; }
 
 }  // namespace kvsketch

@@ -87,6 +87,46 @@ struct SessionStats {
 // on all of the session's `threads`), so concurrent calls give the same
 // answers as the same calls made one after the other, never faster.
 // Different sessions are fully independent.
+class Session;
+
+// Several sequences in one context (llama.cpp's sequences in one
+// llama_context): the context owns the thread pool, the per-thread scratch
+// and max_sequences fixed slots of state memory, all allocated once at
+// creation and sized from `base`. NewSequence gives a Session (every call
+// above applies) whose state lives in a free slot: creating one allocates
+// only the per-head objects, and fails with BudgetError when every slot is
+// taken; destroying it frees the slot. A sequence may differ from `base` in
+// budget (up to base's), method, storage or seed, as long as its state fits
+// a slot and its scratch the context's (checked, with a message).
+// Concurrency: calls on different sequences may run at once from different
+// threads (each takes its own slot of the pool and its own scratch); calls
+// on one sequence are serialized; NewSequence and destroying a sequence may
+// run concurrently with both. A sequence keeps the context's memory alive,
+// so the two may be destroyed in any order.
+struct ContextConfig {
+  SessionConfig base;
+  size_t max_sequences = 1;
+};
+
+class Context {
+ public:
+  explicit Context(const ContextConfig& config);
+  ~Context();
+  Context(const Context&) = delete;
+  Context& operator=(const Context&) = delete;
+  std::unique_ptr<Session> NewSequence();  // with the base configuration
+  std::unique_ptr<Session> NewSequence(const SessionConfig& config);
+  size_t max_sequences() const;
+  size_t sequences() const;   // in use now
+  size_t bytes() const;       // everything the context allocated
+  size_t slot_bytes() const;  // state memory of one sequence
+
+  struct Impl;
+
+ private:
+  std::shared_ptr<Impl> impl_;
+};
+
 class Session {
  public:
   explicit Session(const SessionConfig& config);
@@ -171,6 +211,9 @@ class Session {
   struct Impl;
 
  private:
+  friend class Context;
+  // A sequence of a context (Context::NewSequence).
+  Session(const SessionConfig& config, std::shared_ptr<Context::Impl> context);
   std::unique_ptr<Impl> impl_;
 };
 

@@ -177,6 +177,22 @@ kvs_status kvs_fork(const kvs_session* s, kvs_session** out);
 kvs_status kvs_reset(kvs_session* s);
 /* Message of the last failed call on this session (or of kvs_create when s
  * is NULL, per thread). Valid until the next call. */
+/* Several sequences in one context (see kvsketch::Context): one thread pool,
+ * one per-thread scratch and max_sequences slots of state memory, allocated
+ * once and sized from `base`. kvs_sequence_create gives a kvs_session (every
+ * call above applies; cfg NULL: `base`; a different budget up to base's,
+ * method, storage or seed is fine when it fits) or KVS_BUDGET when every
+ * slot is taken; kvs_destroy frees its slot. Calls on different sequences
+ * may run at once from different threads; calls on one sequence are
+ * serialized. Sequences keep the context alive: destroy them in any order. */
+typedef struct kvs_context kvs_context;
+kvs_status kvs_context_create(const kvs_config* base, size_t max_sequences,
+                              kvs_context** out);
+void kvs_context_destroy(kvs_context* c);
+kvs_status kvs_sequence_create(kvs_context* c, const kvs_config* cfg,
+                               kvs_session** out);
+kvs_status kvs_context_sequences(const kvs_context* c, size_t* in_use,
+                                 size_t* max_sequences);
 const char* kvs_last_error(const kvs_session* s);
 const char* kvs_version(void);
 
