@@ -2,6 +2,7 @@
 #include <kvsketch/kvsketch_c.h>
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 
 int main(void) {
   kvs_config cfg;
@@ -30,6 +31,22 @@ int main(void) {
   if (kvs_attend(s, 0, q, out) != KVS_OK) {
     fprintf(stderr, "kvs_attend: %s\n", kvs_last_error(s));
     return 1;
+  }
+  /* The state to caller memory and back into a fresh session. */
+  {
+    kvs_session* copy = NULL;
+    size_t size = 0, written = 0;
+    unsigned char* buf;
+    if (kvs_state_size(s, &size) != KVS_OK) return 1;
+    buf = (unsigned char*)malloc(size);
+    if (!buf || kvs_state_get(s, buf, size, &written) != KVS_OK) return 1;
+    if (kvs_create(&cfg, &copy) != KVS_OK ||
+        kvs_state_set(copy, buf, written) != KVS_OK) {
+      fprintf(stderr, "state: %s\n", kvs_last_error(copy));
+      return 1;
+    }
+    free(buf);
+    kvs_destroy(copy);
   }
   printf("C consumer: kvsketch %s (header %d.%d), out[0] = %.4f\n",
          kvs_version(), KVSKETCH_VERSION_MAJOR, KVSKETCH_VERSION_MINOR, out[0]);
