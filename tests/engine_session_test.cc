@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "doctest/doctest.h"
+#include "engine/session/cores.h"
 #include "kvsketch/kvsketch.h"
 #include "tests/emulated.h"
 
@@ -607,6 +608,34 @@ TEST_CASE("context: sequences equal standalone sessions, slots, threads") {
   const Stream st(c, 60);
   Session alone(c);
   CHECK(Drive(*s, st, 0, 60) == Drive(alone, st, 0, 60));
+}
+
+TEST_CASE("threads = 0: the performance cores where Linux reports them") {
+  CHECK(CountCpuList("0-3,8,10-11\n") == 7);
+  CHECK(CountCpuList("5") == 1);
+  CHECK(CountCpuList("3-1") == 0);
+  CHECK(CountCpuList("x") == 0);
+  const fs::path root = fs::temp_directory_path() /
+                        ("kvsketch_cores_" + std::to_string(getpid()));
+  fs::remove_all(root);
+  // Nothing reported: 0 (every core is used).
+  fs::create_directories(root);
+  CHECK(PerformanceCores(root.string(), 4) == 0);
+  // Arm big.LITTLE (a Pi-class board with 4 big and 4 little cores).
+  for (int i = 0; i < 8; ++i) {
+    const fs::path d = root / "system" / "cpu" / ("cpu" + std::to_string(i));
+    fs::create_directories(d);
+    std::ofstream(d / "cpu_capacity") << (i < 4 ? "446" : "1024") << "\n";
+  }
+  CHECK(PerformanceCores(root.string(), 8) == 4);
+  // A CPU without a capacity: not reported.
+  CHECK(PerformanceCores(root.string(), 9) == 0);
+  // Hybrid x86: the P-cores' list wins.
+  fs::create_directories(root / "cpu_core");
+  std::ofstream(root / "cpu_core" / "cpus") << "0-11\n";
+  CHECK(PerformanceCores(root.string(), 8) == 12);
+  fs::remove_all(root);
+  CHECK(DefaultThreads() >= 1);
 }
 
 TEST_CASE("a state saved with N threads loads with M (per-head budgets)") {

@@ -14,6 +14,7 @@
 #include "arch/targets.h"
 #include "engine/cli/machine.h"
 #include "engine/io/synthetic.h"
+#include "engine/session/cores.h"
 #include "fmt/core.h"
 #include "kvsketch/error.h"
 #include "kvsketch/kvsketch.h"
@@ -269,8 +270,7 @@ int RunAnalyze(const AnalyzeOptions& opt) {
       nb, std::vector<HeadDiagnostic>(units.size()));
   std::vector<std::vector<double>> measured(units.size(),
                                             std::vector<double>(nb, NAN));
-  const int threads =
-      opt.threads > 0 ? opt.threads : int(tbb::info::default_concurrency());
+  const int threads = opt.threads > 0 ? opt.threads : int(DefaultThreads());
   tbb::task_arena pool(threads);
   pool.execute([&] {
     tbb::parallel_for(size_t(0), units.size(), [&](size_t i) {

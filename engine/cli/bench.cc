@@ -21,6 +21,7 @@
 #include "engine/io/file.h"  // PhysicalMemoryBytes
 #include "engine/io/synthetic.h"
 #include "engine/io/trace.h"
+#include "engine/session/cores.h"
 #include "fmt/core.h"
 #include "kvsketch/error.h"
 
@@ -291,8 +292,7 @@ int RunBench(const BenchOptions& opt) {
     throw Error("--budget-split adaptive works with --budget-tokens");
   }
 
-  const int threads =
-      opt.threads > 0 ? opt.threads : int(tbb::info::default_concurrency());
+  const int threads = opt.threads > 0 ? opt.threads : int(DefaultThreads());
   tbb::task_arena pool(threads);
   const bool table = !opt.json && !opt.csv;
   SketchConfig with_dims = opt.base;

@@ -1,6 +1,5 @@
 #include "engine/cli/lm.h"
 
-#include <tbb/info.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -19,6 +18,7 @@
 #include "engine/cli/machine.h"
 #include "engine/io/file.h"
 #include "engine/lm/llama2c.h"
+#include "engine/session/cores.h"
 #include "engine/sketch/sketch.h"  // StorageSummary
 #include "fmt/core.h"
 #include "kvsketch/error.h"
@@ -140,10 +140,10 @@ int Eval(const LmOptions& o, const LlamaWeights& w, const Tokenizer& tok) {
         "context {}\ntext: {} ({} tokens, {} windows) | method: {} | storage: "
         "{} | budget: {} per KV head\n\n",
         CpuModel(), ChosenTargetName(),
-        o.threads > 0 ? o.threads : int(tbb::info::default_concurrency()),
-        w.cfg.dim, w.cfg.layers, w.cfg.n_heads, w.cfg.n_kv_heads,
-        w.cfg.head_dim(), V, ctx, o.eval, tokens.size(), windows.size(),
-        comp_cfg.method, RowsConfig(comp_cfg, w.cfg.head_dim()).second,
+        o.threads > 0 ? o.threads : int(DefaultThreads()), w.cfg.dim,
+        w.cfg.layers, w.cfg.n_heads, w.cfg.n_kv_heads, w.cfg.head_dim(), V, ctx,
+        o.eval, tokens.size(), windows.size(), comp_cfg.method,
+        RowsConfig(comp_cfg, w.cfg.head_dim()).second,
         o.budget_bytes ? std::to_string(o.budget_bytes) + " B"
                        : std::to_string(o.budget_tokens) + " tokens");
     fmt::print(
@@ -254,9 +254,8 @@ int Eval(const LmOptions& o, const LlamaWeights& w, const Tokenizer& tok) {
         comp_cfg.method, RowsConfig(comp_cfg, w.cfg.head_dim()).first,
         o.budget_bytes ? 0 : o.budget_tokens, o.budget_bytes, total_tokens,
         ppl_full, ppl, kl_mean, kl_p99, double(agree) / double(predicted), tps,
-        tps_full,
-        o.threads > 0 ? o.threads : int(tbb::info::default_concurrency()),
-        tps_win, o.prefill_block, kl_mean_pre, tps_pre);
+        tps_full, o.threads > 0 ? o.threads : int(DefaultThreads()), tps_win,
+        o.prefill_block, kl_mean_pre, tps_pre);
   } else if (o.json) {
     fmt::print(
         "{{\"method\":\"{}\",\"storage\":\"{}\",\"budget_tokens\":{},"

@@ -8,6 +8,7 @@
 
 #include "engine/cli/analyze.h"  // HeldTokens
 #include "engine/cli/machine.h"
+#include "engine/session/cores.h"
 #include "fmt/core.h"
 #include "kvsketch/error.h"
 
@@ -110,8 +111,7 @@ int RunOracle(const OracleOptions& opt) {
   for (const Trace& t : traces)
     for (size_t l = 0; l < t.layers; ++l)
       for (size_t h = 0; h < t.n_kv_heads; ++h) units.push_back({&t, l, h});
-  const int threads =
-      opt.threads > 0 ? opt.threads : int(tbb::info::default_concurrency());
+  const int threads = opt.threads > 0 ? opt.threads : int(DefaultThreads());
   tbb::task_arena pool(threads);
   if (!opt.json) {
     fmt::print(

@@ -13,6 +13,7 @@
 #include "arch/dot.h"
 #include "arch/targets.h"
 #include "engine/io/file.h"
+#include "engine/session/cores.h"
 #include "kvsketch/error.h"
 
 namespace kvsketch {
@@ -370,8 +371,7 @@ LlamaRunner::LlamaRunner(const LlamaWeights& w, const SessionConfig& session)
   v_.assign(c.kv_dim(), 0.0f);
   att_.assign(dp, 0.0f);
   logits_.assign(c.vocab, 0.0f);
-  const int threads =
-      sc.threads > 0 ? sc.threads : int(tbb::info::default_concurrency());
+  const int threads = sc.threads > 0 ? sc.threads : int(DefaultThreads());
   pool_ = std::make_shared<Pool>(threads);
 }
 

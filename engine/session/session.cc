@@ -14,6 +14,7 @@
 #include "arch/targets.h"  // PaddedCols
 #include "engine/budget/arena.h"
 #include "engine/io/trace.h"  // ValidateRope
+#include "engine/session/cores.h"
 #include "engine/session/state_io.h"
 #include "engine/sketch/sketch.h"
 #include "kvsketch/kvsketch.h"
@@ -214,8 +215,7 @@ struct Session::Impl {
     base.rope_theta = c.rope_theta;
     base.rope_dims = c.rope_dims;
     base.rope_interleaved = c.rope_interleaved;
-    threads = c.threads > 0 ? size_t(c.threads)
-                            : size_t(tbb::info::default_concurrency());
+    threads = c.threads > 0 ? size_t(c.threads) : DefaultThreads();
     if (threads > 1024) throw Error("threads must be at most 1024");
     const size_t heads = c.layers * c.n_kv_heads;
     // Per-head budgets.

@@ -55,7 +55,9 @@ struct SessionConfig {
   // multiplied by a normalised Walsh-Hadamard matrix (scores unchanged; the
   // rotation spreads outliers across a group before quantizing).
   bool rotate = true;
-  int threads = 0;  // 0 = all cores
+  // 0 = the performance cores where Linux reports them (big.LITTLE, hybrid
+  // x86), otherwise every core the process may use.
+  int threads = 0;
   uint64_t seed = 0;
   size_t sinks = 4;
   long window = -1;   // -1 = method default

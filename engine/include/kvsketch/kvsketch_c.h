@@ -85,7 +85,7 @@ typedef struct kvs_config {
   kvs_storage storage_k, storage_v;
   int rotate;  /* 1 (default): quantized rows of a power-of-two head dim are
                   stored Hadamard-rotated; 0: not */
-  int threads; /* 0: all cores */
+  int threads; /* 0: the performance cores (big.LITTLE), else all cores */
   uint64_t seed;
   size_t sinks; /* exact first tokens (default 4) */
   long window;  /* exact recent tokens; -1: method default */
