@@ -93,6 +93,33 @@ static int CheckAgainstReference(const char* method, size_t budget,
   return 0;
 }
 
+/* Token t of the test stream of the sessions below (2 KV heads, 4 query
+ * heads, head_dim 8): k, v [16], q [32]. */
+static void TestToken(size_t t, float* k, float* v, float* q) {
+  size_t i;
+  for (i = 0; i < 16; ++i) {
+    k[i] = (float)sin(0.3 * (double)(t * 16 + i));
+    v[i] = (float)cos(0.2 * (double)(t * 16 + i));
+  }
+  for (i = 0; i < 32; ++i) q[i] = (float)sin(0.07 * (double)(t * 32 + i));
+}
+
+/* Tokens [from, to) appended and asked to both sessions: 0 when every answer
+ * is the same bit for bit. */
+static int Lockstep(kvs_session* a, kvs_session* b, size_t from, size_t to) {
+  float k[16], v[16], q[32], oa[32], ob[32];
+  size_t t, i;
+  for (t = from; t < to; ++t) {
+    TestToken(t, k, v, q);
+    CHECK(kvs_append(a, 0, k, v, 1) == KVS_OK);
+    CHECK(kvs_append(b, 0, k, v, 1) == KVS_OK);
+    CHECK(kvs_attend(a, 0, q, oa) == KVS_OK);
+    CHECK(kvs_attend(b, 0, q, ob) == KVS_OK);
+    for (i = 0; i < 32; ++i) CHECK(oa[i] == ob[i]);
+  }
+  return 0;
+}
+
 static int g_log_calls = 0;
 static kvs_status g_log_status = KVS_OK;
 static char g_log_message[256];
@@ -379,11 +406,7 @@ int main(void) {
     cfg.rope_theta = 10000.0f;
     CHECK(kvs_create(&cfg, &a) == KVS_OK); /* risk, the default */
     for (t = 0; t < 100; ++t) {
-      for (i = 0; i < 16; ++i) {
-        k[i] = (float)sin(0.3 * (double)(t * 16 + i));
-        v[i] = (float)cos(0.2 * (double)(t * 16 + i));
-      }
-      for (i = 0; i < 32; ++i) q[i] = (float)sin(0.07 * (double)(t * 32 + i));
+      TestToken(t, k, v, q);
       CHECK(kvs_append(a, 0, k, v, 1) == KVS_OK);
       CHECK(kvs_attend_readonly(a, 0, q, out2) == KVS_OK);
       CHECK(kvs_attend(a, 0, q, out) == KVS_OK);
@@ -436,18 +459,8 @@ int main(void) {
     CHECK(in_use == 2);
     CHECK(max_seq == 2);
     CHECK(kvs_create(&cfg, &alone) == KVS_OK);
-    for (t = 0; t < 120; ++t) {
-      for (i = 0; i < 16; ++i) {
-        k[i] = (float)sin(0.3 * (double)(t * 16 + i));
-        v[i] = (float)cos(0.2 * (double)(t * 16 + i));
-      }
-      for (i = 0; i < 32; ++i) q[i] = (float)sin(0.07 * (double)(t * 32 + i));
-      CHECK(kvs_append(s1, 0, k, v, 1) == KVS_OK);
-      CHECK(kvs_append(alone, 0, k, v, 1) == KVS_OK);
-      CHECK(kvs_attend(s1, 0, q, out) == KVS_OK);
-      CHECK(kvs_attend(alone, 0, q, out2) == KVS_OK);
-      for (i = 0; i < 32; ++i) CHECK(out[i] == out2[i]);
-    }
+    CHECK(Lockstep(s1, alone, 0, 120) == 0);
+    TestToken(120, k, v, q);
     kvs_destroy(s2);
     CHECK(kvs_sequence_create(ctx, NULL, &s3) == KVS_OK);
     kvs_context_destroy(ctx); /* the sequences keep it alive */
@@ -507,18 +520,7 @@ int main(void) {
     cfg.degree = 77;   /* likewise */
     cfg.probes = 9999; /* likewise */
     CHECK(kvs_create(&cfg, &b) == KVS_OK);
-    for (t = 0; t < 120; ++t) {
-      for (i = 0; i < 16; ++i) {
-        k[i] = (float)sin(0.3 * (double)(t * 16 + i));
-        v[i] = (float)cos(0.2 * (double)(t * 16 + i));
-      }
-      for (i = 0; i < 32; ++i) q[i] = (float)sin(0.07 * (double)(t * 32 + i));
-      CHECK(kvs_append(a, 0, k, v, 1) == KVS_OK);
-      CHECK(kvs_append(b, 0, k, v, 1) == KVS_OK);
-      CHECK(kvs_attend(a, 0, q, out) == KVS_OK);
-      CHECK(kvs_attend(b, 0, q, out2) == KVS_OK);
-      for (i = 0; i < 32; ++i) CHECK(out[i] == out2[i]);
-    }
+    CHECK(Lockstep(a, b, 0, 120) == 0);
     kvs_destroy(b);
     b = NULL;
     /* Sizes no layout has: refused, naming struct_size. */
@@ -542,10 +544,7 @@ int main(void) {
     cfg.window_share = 0.5f;
     CHECK(kvs_create(&cfg, &b) == KVS_OK);
     for (t = 0; t < 120; ++t) {
-      for (i = 0; i < 16; ++i) {
-        k[i] = (float)sin(0.3 * (double)(t * 16 + i));
-        v[i] = (float)cos(0.2 * (double)(t * 16 + i));
-      }
+      TestToken(t, k, v, q);
       CHECK(kvs_append(b, 0, k, v, 1) == KVS_OK);
       CHECK(kvs_attend(b, 0, q, out2) == KVS_OK);
     }
