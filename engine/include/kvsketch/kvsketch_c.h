@@ -31,7 +31,14 @@ typedef enum kvs_status {
 
 /* Methods and storages. DEFAULT (0) picks the library's default: method
  * risk, storage f16 (storage_k / storage_v: `storage`). */
-typedef enum kvs_method {
+/* In C++ both enums have int as their fixed underlying type, so any int a
+ * caller passes is a valid value that the library can reject by name. */
+#ifdef __cplusplus
+#define KVS_ENUM_INT : int
+#else
+#define KVS_ENUM_INT
+#endif
+typedef enum kvs_method KVS_ENUM_INT {
   KVS_METHOD_DEFAULT = 0,
   KVS_METHOD_EXACT = 1,
   KVS_METHOD_WINDOW = 2,
@@ -45,7 +52,7 @@ typedef enum kvs_method {
   KVS_METHOD_BLURRY = 10
 } kvs_method;
 
-typedef enum kvs_storage {
+typedef enum kvs_storage KVS_ENUM_INT {
   KVS_STORAGE_DEFAULT = 0,
   KVS_STORAGE_F32 = 1,
   KVS_STORAGE_F16 = 2,
