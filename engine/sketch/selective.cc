@@ -18,6 +18,7 @@
 // during Attend: no extra pass over the keys.
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 
@@ -35,8 +36,9 @@ namespace {
 
 // Per item: h2o and tova keep its insertion number (u32) and accumulated
 // attention (f32); risk keeps its pool in insertion order (stable removal)
-// and only a log-weight (f32). Probes are stored in f16 (they only steer
-// the selection) with their position (u32). At head_dim 8 a row is 64
+// and only a log-weight (f16; a summary slot's log-mass is rounded
+// stochastically, see RoundLogMass). Probes are stored in f16 (they only
+// steer the selection) with their position (u32). At head_dim 8 a row is 64
 // bytes, so every metadata byte counts.
 size_t ItemMeta(const SketchConfig& c) {
   return c.method == Method::kRisk ? 2 : 8;
@@ -106,6 +108,21 @@ void RotateForward(float* q, const SketchConfig& c, const double* freq,
 
 size_t RoundUp16(size_t x) { return (x + 15) / 16 * 16; }
 
+// risk: the summary's share of the pool follows the attention share the
+// queries pay it (a running mean over about kShareWindow queries), within
+// [kSummaryMin, kSummaryMax] (the summary never reaches the protected
+// window: see SummaryTarget).
+constexpr double kSummaryMin = 1.0 / 32;
+constexpr double kSummaryMax = 0.75;
+constexpr double kShareWindow = 1024;
+// Most summary slots: a merge searches them all (O(slots * d) per token).
+constexpr size_t kSummaryMaxSlots = 256;
+// risk: most slots of the summary of dropped tokens.
+size_t SummaryCapacity(const SketchConfig& c, size_t cap) {
+  if (c.method != Method::kRisk || cap < 8) return 0;
+  return std::min(kSummaryMaxSlots, size_t(kSummaryMax * double(cap)));
+}
+
 // Scratch of one compaction, declared once: sizing (base == nullptr, at the
 // largest P and C) and carving (at the actual ones) run the same code, so
 // the size always covers the pointers. Every array starts 16 floats apart.
@@ -137,10 +154,12 @@ struct CompactScratch {
   uint32_t* piv;   // [Cs]
   float* nnls;     // [4][RoundUp(C, 16)] b, w, w0, grad
   uint8_t* drop;   // [cap]
+  float* sk;       // [S][ks] keys of the summary slots (f32)
+  float* mrow;     // [ks + vs] a slot being merged
   size_t floats;   // total
 
   CompactScratch(float* base, size_t cap, size_t P, size_t C, size_t dk,
-                 size_t dv, size_t ks, size_t vs) {
+                 size_t dv, size_t ks, size_t vs, size_t S) {
     size_t used = 0;
     auto take = [&](size_t n) {
       float* p = base ? base + used : nullptr;
@@ -175,6 +194,8 @@ struct CompactScratch {
     piv = reinterpret_cast<uint32_t*>(take(Cs));
     nnls = take(4 * RoundUp16(C));
     drop = reinterpret_cast<uint8_t*>(take((cap + 3) / 4));
+    sk = take(S * ks);
+    mrow = take(ks + vs);
     floats = used;
   }
 };
@@ -211,6 +232,7 @@ class SelectiveSketch final : public Sketch {
             ? 1
             : DefaultWindow(c, rows, mode_ == Method::kRisk ? 0.25f : 0.5f);
     protect_ = std::min(std::max<size_t>(w, 1), cap);
+    summary_cap_ = SummaryCapacity(c, cap);
   }
 
   std::string Describe() const override {
@@ -227,7 +249,7 @@ class SelectiveSketch final : public Sketch {
       return;
     }
     if (mode_ == Method::kRisk) {
-      if (probe_count_ == 0 || !Compact(ws)) DropOldest();
+      if (probe_count_ == 0 || !Compact(ws)) DropOldest(ws);
       Put(count_++, k, v, ws);
       return;
     }
@@ -244,8 +266,30 @@ class SelectiveSketch final : public Sketch {
     // risk needs no per-item scores (its log-weights go to the scratch);
     // h2o / tova keep the raw scores [G][n] there for Observe.
     if (mode_ == Method::kRisk) {
-      AttendGroup(rows_.KView(0, count_), rows_.VView(0, count_), LogW(ws), qp,
-                  G, cfg_.scale, m, z, N);
+      const float* lw = LogW(ws);
+      const size_t S = summary_;
+      float* sm = ws + RoundUp16(rows_.cap);  // the summary's partials [G]
+      float* sz = sm + kMaxGroup;
+      float* sN = sz + kMaxGroup;
+      if (S == 0) {
+        for (size_t g = 0; g < G; ++g) sz[g] = 0.0f, sm[g] = 0.0f;
+        AttendGroup(rows_.KView(0, count_), rows_.VView(0, count_), lw, qp, G,
+                    cfg_.scale, m, z, N);
+      } else {
+        AttendGroup(rows_.KView(0, S), rows_.VView(0, S), lw, qp, G, cfg_.scale,
+                    sm, sz, sN);
+        if (count_ > S) {
+          AttendGroup(rows_.KView(S, count_ - S), rows_.VView(S, count_ - S),
+                      lw + S, qp, G, cfg_.scale, m, z, N);
+        } else {
+          EmptyPartial(G, m, z);
+        }
+        for (size_t g = 0; g < G; ++g) {
+          const float m0 = sm[g], z0 = sz[g];
+          MergePartials(m + g, z + g, N + g * vs_, m0, z0, sN + g * vs_, vs_);
+          sm[g] = m0, sz[g] = z0;  // MergePartials leaves its source as is
+        }
+      }
     } else {
       AttendGroup(rows_.KView(0, count_), rows_.VView(0, count_), nullptr, qp,
                   G, cfg_.scale, m, z, N, ws);
@@ -260,6 +304,20 @@ class SelectiveSketch final : public Sketch {
   // and the final partials.
   void Observe(const float* m, const float* z, size_t G, float* ws) override {
     const size_t n = attended_;
+    if (mode_ == Method::kRisk && n) {
+      const float* sm = ws + RoundUp16(rows_.cap);
+      const float* sz = sm + kMaxGroup;
+      for (size_t g = 0; g < G; ++g) {
+        const double share =
+            z[g] > 0.0f && sz[g] > 0.0f
+                ? double(sz[g]) * std::exp(double(sm[g]) - m[g]) / z[g]
+                : 0.0;
+        ++share_n_;
+        const double rate =
+            std::max(1.0 / double(share_n_), 1.0 / kShareWindow);
+        share_ += rate * (share - share_);
+      }
+    }
     if (n == 0 || score_ == nullptr) return;
     const float decay = mode_ == Method::kTova ? 0.0f : cfg_.decay;
     const float norm = mode_ == Method::kTova ? 1.0f / float(G) : 1.0f;
@@ -279,7 +337,7 @@ class SelectiveSketch final : public Sketch {
   // its protected tail is never compacted; h2o / tova put new items in
   // victims' slots once full, so only a tail in insertion order counts.
   size_t NewestVerbatim() const override {
-    const size_t limit = std::min(protect_, count_);
+    const size_t limit = std::min(protect_, count_ - summary_);
     if (mode_ == Method::kRisk) return limit;
     size_t k = 0;
     while (k < limit && uint64_t(seq_[count_ - 1 - k]) + 1 + k == next_seq_)
@@ -327,6 +385,12 @@ class SelectiveSketch final : public Sketch {
     w.Put<uint64_t>(probe_count_);
     w.Put<uint64_t>(probe_head_);
     w.Put<uint64_t>(offered_);
+    if (mode_ == Method::kRisk) {
+      w.Put<uint64_t>(summary_);
+      w.Put<double>(share_);
+      w.Put<uint64_t>(share_n_);
+      w.Put<uint64_t>(merges_);
+    }
   }
   void LoadScalars(StateReader& r) override {
     Sketch::LoadScalars(r);
@@ -336,10 +400,19 @@ class SelectiveSketch final : public Sketch {
     probe_head_ =
         r.GetAtMost<uint64_t>(probes_cap_ ? probes_cap_ - 1 : 0, "probe head");
     offered_ = r.Get<uint64_t>();
+    if (mode_ == Method::kRisk) {
+      summary_ = r.GetAtMost<uint64_t>(summary_cap_, "summary slots");
+      share_ = r.Get<double>();
+      share_n_ = r.Get<uint64_t>();
+      merges_ = r.Get<uint64_t>();
+    }
   }
   void CheckState(const StagedState& st) const override {
     Sketch::CheckState(st);
     if (count_ > tokens_) InvalidState("pool count (more items than tokens)");
+    if (summary_ > count_) InvalidState("summary slots (more than the pool)");
+    if (!(share_ >= 0.0 && share_ <= 1.0)) InvalidState("summary share");
+    if (share_n_ > queries_) InvalidState("summary share count");
     st.CheckRows(rows_, count_, RowLimit(), "pool");
     if (seq_) {
       // h2o / tova: per-item numbers are 32-bit copies below next_seq_.
@@ -423,13 +496,35 @@ class SelectiveSketch final : public Sketch {
   // risk without a usable compaction (no probes yet, e.g. a prefill without
   // queries, or nothing old): the oldest items leave, 1/32 of the pool at a
   // time so the stable shift costs O(32 rows) per token.
-  void DropOldest() {
-    const size_t d = std::min(count_, std::max<size_t>(1, rows_.cap / 32));
-    for (size_t i = d; i < count_; ++i) {
-      rows_.Move(i - d, i);
-      logw_[i - d] = logw_[i];
+  void DropOldest(float* ws) {
+    // With a summary, the oldest become its slots while there is room and
+    // below the protected window; then d of them merge into it.
+    if (summary_cap_) {
+      const size_t unprotected = count_ > protect_ ? count_ - protect_ : 0;
+      const size_t target = SummaryTarget();
+      while (summary_ < target && summary_ < unprotected) ++summary_;
     }
-    count_ -= d;
+    const size_t old = count_ - summary_;
+    const size_t d = std::min(old, std::max<size_t>(1, rows_.cap / 32));
+    if (summary_ && d) {
+      float* sk = ws;
+      float* row = sk + summary_ * ks_;
+      float* tmp = row + ks_ + vs_;
+      LoadSummaryKeys(sk, row);
+      for (size_t i = summary_; i < summary_ + d; ++i) {
+        rows_.Get(i, row, row + ks_);
+        MergeIntoSummary(row, F16BitsToF32(logw_[i]), sk, tmp);
+      }
+    }
+    const size_t gone = d;
+    if (gone == 0) {  // everything is summary: merge its newest two slots
+      return;
+    }
+    for (size_t i = summary_ + gone; i < count_; ++i) {
+      rows_.Move(i - gone, i);
+      logw_[i - gone] = logw_[i];
+    }
+    count_ -= gone;
   }
 
   // Probes: slots [0, R) are a ring of the most recent queries; a query
@@ -495,12 +590,12 @@ class SelectiveSketch final : public Sketch {
     // in insertion order).
     size_t C = 0;
     const size_t cmax = std::min(rows_.cap, MaxCandidates(cfg_));
-    for (size_t i = 0; i < n && C < cmax; ++i) C += !Protected(i);
+    for (size_t i = summary_; i < n && C < cmax; ++i) C += !Protected(i);
     if (C == 0) return false;
-    const CompactScratch s(ws, rows_.cap, P, C, dk, dv, ks_, vs);
+    const CompactScratch s(ws, rows_.cap, P, C, dk, dv, ks_, vs, summary_cap_);
     uint32_t* cand = s.cand;
     C = 0;
-    for (size_t i = 0; i < n && C < cmax; ++i)
+    for (size_t i = summary_; i < n && C < cmax; ++i)
       if (!Protected(i)) cand[C++] = uint32_t(i);
     const float* lw = LogW(s.lw);
     const size_t Cs = GramStride(C);
@@ -645,9 +740,14 @@ class SelectiveSketch final : public Sketch {
     if (rank == 0) {
       // The probes see none of the old items: drop the oldest.
       for (size_t ci = drop_target; ci < C; ++ci) drop[cand[ci]] = 0;
+    } else if (summary_cap_) {
+      // The chosen items stay as they are: the others keep their mass in
+      // the summary, so nothing needs to stand in for them.
+      for (size_t r = 0; r < rank; ++r) drop[cand[piv[r]]] = 0;
     } else {
-      // Weights: min |sum_{a in S} w_a f_a - sum_j f_j|^2, w >= 0, with a
-      // small ridge towards w = 1 (each kept item stands at least for itself).
+      // No summary (a tiny pool). Weights: min |sum_{a in S} w_a f_a - sum_j
+      // f_j|^2, w >= 0, with a small ridge towards w = 1 (each kept item stands
+      // at least for itself).
       auto G = [&](size_t i, size_t j) {
         return i >= j ? gram[i * gs + j] : gram[j * gs + i];
       };
@@ -682,9 +782,31 @@ class SelectiveSketch final : public Sketch {
         }
       }
     }
-    // Remove the dropped items, keeping the insertion order.
-    size_t out = 0;
-    for (size_t i = 0; i < count_; ++i) {
+    // The dropped candidates: new summary slots while there is room, else
+    // merged into the summary slot nearest in key (least Ward cost).
+    size_t fresh = 0, merged = 0;  // candidate indices in cand_new
+    uint32_t* cand_new = s.piv;    // the pivots are no longer needed
+    if (summary_cap_) {
+      for (size_t ci = 0; ci < C; ++ci) {
+        if (!drop[cand[ci]]) continue;
+        cand_new[fresh + merged] = uint32_t(ci);
+        if (summary_ + fresh < SummaryTarget()) {
+          ++fresh;
+        } else {
+          ++merged;
+        }
+      }
+    }
+    auto candidate_row = [&](size_t ci) {
+      for (size_t x = 0; x < dk; ++x) s.row[x] = Kt[x * Cs + ci];
+      for (size_t x = dk; x < ks_; ++x) s.row[x] = 0.0f;
+      for (size_t x = 0; x < dv; ++x) s.row[ks_ + x] = Vt[x * Cs + ci];
+      for (size_t x = dv; x < vs; ++x) s.row[ks_ + x] = 0.0f;
+    };
+    // Remove the dropped items after the summary, keeping the insertion
+    // order; the new slots then enter right after the summary.
+    size_t out = summary_;
+    for (size_t i = summary_; i < count_; ++i) {
       if (drop[i]) continue;
       if (out != i) {
         rows_.Move(out, i);
@@ -692,10 +814,130 @@ class SelectiveSketch final : public Sketch {
       }
       ++out;
     }
-    const size_t freed = count_ - out;
+    size_t freed = count_ - out;
+    if (fresh) {
+      for (size_t i = out; i-- > summary_;) {
+        rows_.Move(i + fresh, i);
+        logw_[i + fresh] = logw_[i];
+      }
+      for (size_t t = 0; t < fresh; ++t) {
+        const size_t ci = cand_new[t];
+        candidate_row(ci);
+        rows_.Put(summary_ + t, s.row, s.row + ks_);
+        logw_[summary_ + t] = F32ToF16Bits(s.lwc[ci]);
+      }
+      summary_ += fresh;
+      out += fresh;
+    }
+    // The rest merge into the (now full) summary.
+    if (merged && summary_) {
+      LoadSummaryKeys(s.sk, s.row);
+      for (size_t t = fresh; t < fresh + merged; ++t) {
+        const size_t ci = cand_new[t];
+        candidate_row(ci);
+        MergeIntoSummary(s.row, s.lwc[ci], s.sk, s.mrow);
+      }
+    }
     count_ = out;
+    if (summary_ > SummaryTarget() && summary_ >= 2) {
+      LoadSummaryKeys(s.sk, s.row);
+      ShrinkSummary(s.sk, s.row, s.mrow);
+      ++freed;
+    }
     ++compactions_;
-    return freed > 0;
+    return freed > fresh;
+  }
+
+  size_t SummaryTarget() const {
+    const double share = std::min(kSummaryMax, std::max(kSummaryMin, share_));
+    // At least one slot (it measures the share) when there is one.
+    return std::min(summary_cap_,
+                    std::max<size_t>(1, size_t(share * double(rows_.cap))));
+  }
+  // Merges the adjacent pair of summary slots of least Ward cost (one slot
+  // fewer; the items after it shift down). sk: the slots' keys.
+  void ShrinkSummary(float* sk, float* row, float* tmp) {
+    size_t best = 0;
+    double best_cost = std::numeric_limits<double>::infinity();
+    for (size_t j = 0; j + 1 < summary_; ++j) {
+      const double m0 = std::exp(double(F16BitsToF32(logw_[j])));
+      const double m1 = std::exp(double(F16BitsToF32(logw_[j + 1])));
+      double d2 = 0;
+      for (size_t x = 0; x < cfg_.dk; ++x) {
+        const double d = double(sk[j * ks_ + x]) - sk[(j + 1) * ks_ + x];
+        d2 += d * d;
+      }
+      const double cost = m0 * m1 / (m0 + m1) * d2;
+      if (cost < best_cost) best_cost = cost, best = j;
+    }
+    const double m0 = std::exp(double(F16BitsToF32(logw_[best])));
+    const double m1 = std::exp(double(F16BitsToF32(logw_[best + 1])));
+    const float a = float(m0 / (m0 + m1)), b = float(m1 / (m0 + m1));
+    rows_.Get(best, row, row + ks_);
+    rows_.Get(best + 1, tmp, tmp + ks_);
+    for (size_t x = 0; x < ks_ + vs_; ++x) row[x] = a * row[x] + b * tmp[x];
+    rows_.Put(best, row, row + ks_);
+    logw_[best] = RoundLogMass(m0 + m1);
+    for (size_t i = best + 2; i < count_; ++i) {
+      rows_.Move(i - 1, i);
+      logw_[i - 1] = logw_[i];
+    }
+    --summary_;
+    --count_;
+  }
+  // A summary slot's log-mass in f16, rounded up or down at random so that
+  // the mass is right in expectation: a token merged into a slot of mass m
+  // adds log(1 + 1/m) to its log-mass, below f16's spacing once m exceeds a
+  // few hundred, so rounding to nearest would stop the mass from growing.
+  // Deterministic: the draws are keyed by the sketch's seed and a counter.
+  uint16_t RoundLogMass(double mass) {
+    const float L = std::min(80.0f, float(std::log(mass)));
+    const uint16_t h = F32ToF16Bits(L);
+    const float f = F16BitsToF32(h);
+    if (f == L || !(mass > 0.0)) return h;
+    // f16 bit patterns order by magnitude within a sign.
+    const bool up = (f < L) == (L >= 0.0f);
+    const uint16_t other = up ? uint16_t(h + 1) : uint16_t(h - 1);
+    const float g = F16BitsToF32(other);
+    const double lo = std::exp(double(std::min(f, g)));
+    const double hi = std::exp(double(std::max(f, g)));
+    const double p_hi = (mass - lo) / (hi - lo);
+    const double u =
+        CounterUniform(cfg_.seed, cfg_.stream ^ 0x5a3f1eull, merges_++);
+    const bool take_hi = u < p_hi;
+    return (take_hi == (g > f)) ? other : h;
+  }
+  // Keys of the summary slots in f32 (sk [summary_][ks_]).
+  void LoadSummaryKeys(float* sk, float* row) const {
+    for (size_t j = 0; j < summary_; ++j) {
+      rows_.Get(j, row, row + ks_);
+      std::memcpy(sk + j * ks_, row, ks_ * sizeof(float));
+    }
+  }
+  // Merges a token (row: key [ks_] then value [vs_], log-weight lw) into the
+  // summary slot of least Ward cost m_j m / (m_j + m) |k_j - k|^2: keys and
+  // values become mass-weighted means, the log-weight the log of the mass.
+  // sk holds the slots' keys (updated); tmp [ks_ + vs_].
+  void MergeIntoSummary(const float* row, float lw, float* sk, float* tmp) {
+    const double m = std::exp(double(lw));
+    size_t best = 0;
+    double best_cost = std::numeric_limits<double>::infinity();
+    for (size_t j = 0; j < summary_; ++j) {
+      const double mj = std::exp(double(F16BitsToF32(logw_[j])));
+      const float* kj = sk + j * ks_;
+      float d2 = 0.0f;
+      for (size_t x = 0; x < ks_; ++x)
+        d2 += (kj[x] - row[x]) * (kj[x] - row[x]);
+      const double cost = mj * m / (mj + m) * double(d2);
+      if (cost < best_cost) best_cost = cost, best = j;
+    }
+    const double mj = std::exp(double(F16BitsToF32(logw_[best])));
+    const float a = float(mj / (mj + m)), b = float(m / (mj + m));
+    rows_.Get(best, tmp, tmp + ks_);
+    for (size_t x = 0; x < ks_ + vs_; ++x) tmp[x] = a * tmp[x] + b * row[x];
+    rows_.Put(best, tmp, tmp + ks_);
+    std::memcpy(sk + best * ks_, tmp, ks_ * sizeof(float));
+    logw_[best] = RoundLogMass(mj + m);
   }
 
   static size_t RoundUp(size_t x, size_t a) { return (x + a - 1) / a * a; }
@@ -707,6 +949,10 @@ class SelectiveSketch final : public Sketch {
   uint16_t* probe_q_ = nullptr;  // [probes_cap_][dk] f16
   uint32_t* probe_pos_ = nullptr;
   size_t count_ = 0, protect_ = 0, attended_ = 0;
+  size_t summary_ = 0, summary_cap_ = 0;  // risk: slots at the pool's front
+  double share_ = 0;  // running attention share of the summary
+  uint64_t share_n_ = 0;
+  uint64_t merges_ = 0;  // draws of RoundLogMass
   size_t probes_cap_ = 0, probe_count_ = 0, probe_head_ = 0;
   uint64_t offered_ = 0;   // queries offered to the probe reservoir
   uint64_t next_seq_ = 1;  // h2o / tova: < 2^32 (renumbered before)
@@ -721,10 +967,14 @@ size_t SelectiveWorkspaceFloats(const SketchConfig& c) {
   const size_t P0 = ProbeCount(c, rows);
   const size_t cap = PoolCapacity(c, c.budget_bytes, P0);
   const size_t P = P0 * (c.rope_theta > 0.0f ? kHorizonCount : 1);
-  const size_t attend = c.max_group * cap + cap;
+  // h2o / tova: scores [G][cap]; risk: log-weights [cap] and the
+  // summary's partials.
+  const size_t attend =
+      std::max(c.max_group * cap, kMaxGroup * (vs + 2)) + RoundUp16(cap);
   if (c.method != Method::kRisk || cap == 0) return attend + 64;
   const size_t C = std::min(cap, MaxCandidates(c));
-  const CompactScratch s(nullptr, cap, P, C, c.dk, c.dv, ks, vs);
+  const CompactScratch s(nullptr, cap, P, C, c.dk, c.dv, ks, vs,
+                         SummaryCapacity(c, cap));
   return std::max(attend, s.floats) + 64;
 }
 
