@@ -368,6 +368,59 @@ TEST_CASE("query-aware methods keep an old token that is queried again") {
   }
 }
 
+// A topic seen early and then not again for a long gap, queried at the end:
+// the recent queries never asked about it, so a purely query-aware pool
+// (risk before its summary, `--risk-summary off`) has dropped it; the
+// summary still holds its mass, key and value.
+TEST_CASE("risk: an early topic queried again after a long gap") {
+  const size_t d = 16, seq = 2400, early = 160, late = 2200, topics = 12;
+  Trace t;
+  t.layers = 1;
+  t.n_heads = 2;
+  t.n_kv_heads = 1;
+  t.seq = seq;
+  t.dk = t.dv = d;
+  t.scale = 1.0f / 4.0f;
+  t.q.assign(1, std::vector<float>(2 * seq * d));
+  t.k.assign(1, std::vector<float>(seq * d));
+  t.v.assign(1, std::vector<float>(seq * d));
+  std::mt19937 rng(23);
+  std::normal_distribution<float> g(0.0f, 1.0f);
+  std::vector<float> mu(topics * d), nu(topics * d);
+  for (auto& x : mu) x = g(rng);
+  for (auto& x : nu) x = 2.0f * g(rng);
+  // Topic 0 for the first `early` tokens, then topics 1.. in runs of 40.
+  auto topic_at = [&](size_t j) {
+    return j < early ? size_t(0) : 1 + (j - early) / 40 % (topics - 1);
+  };
+  for (size_t j = 0; j < seq; ++j) {
+    const size_t c = topic_at(j);
+    for (size_t x = 0; x < d; ++x) {
+      t.k[0][j * d + x] = mu[c * d + x] + 0.5f * g(rng);
+      t.v[0][j * d + x] = nu[c * d + x] + 0.5f * g(rng);
+    }
+    // Queries about the current topic; after `late`, about topic 0.
+    const size_t want = j >= late ? 0 : c;
+    for (size_t h = 0; h < 2; ++h)
+      for (size_t x = 0; x < d; ++x)
+        t.q[0][(h * seq + j) * d + x] = 1.5f * mu[want * d + x] + 0.3f * g(rng);
+  }
+  auto error = [&](Method m, bool summary) {
+    SketchConfig c = Config(m, t, 48);
+    c.risk_summary = summary;
+    const std::vector<float> all = Stream(c, t, 0);
+    const std::vector<float> tail(all.begin() + long(late * 2 * d), all.end());
+    return MeanError(tail, t, late);
+  };
+  const double window = error(Method::kWindow, true);
+  const double before = error(Method::kRisk, false);
+  const double now = error(Method::kRisk, true);
+  MESSAGE("late queries on the early topic: risk "
+          << now << ", without summary " << before << ", window " << window);
+  CHECK(now < 0.5 * before);
+  CHECK(now < 0.5 * window);
+}
+
 TEST_CASE("risk without queries (a long prefill) keeps every token's mass") {
   // No probes yet: the oldest pool items merge into the summary slots
   // (mass-weighted means, log-mass as log-weight), so a zero query -- which

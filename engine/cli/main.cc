@@ -199,7 +199,7 @@ int main(int argc, char** argv) {
   decode->add_flag("--json", dec_opt.json, "one JSON object per line");
   decode->add_flag("--csv", dec_opt.csv, "CSV rows (bench/plot.py --decode)");
   kvsketch::BenchOptions bench_opt;
-  std::string budget_bytes_text;
+  std::string budget_bytes_text, risk_summary = "on";
   kvsketch::StorageFlags bench_storage;
   auto* bench = app.add_subcommand(
       "bench", "accuracy, memory and speed of the sketches under a budget");
@@ -237,6 +237,12 @@ int main(int argc, char** argv) {
   bench
       ->add_option("--value-offset", bench_opt.base.value_offset,
                    "balance: denominator weight in the kernel")
+      ->capture_default_str();
+  bench
+      ->add_option("--risk-summary", risk_summary,
+                   "risk: freed tokens merge into summary slots (on) or are "
+                   "dropped and the kept reweighted (off)")
+      ->check(CLI::IsMember({"on", "off"}))
       ->capture_default_str();
   bench->add_option("--degree", bench_opt.base.degree, "taylor/hashed: degree")
       ->capture_default_str();
@@ -360,6 +366,7 @@ int main(int argc, char** argv) {
         bench_opt.budget_bytes = kvsketch::ParseBytes(budget_bytes_text);
       }
       bench_storage.ApplyTo(bench_opt.base);
+      bench_opt.base.risk_summary = risk_summary == "on";
       return kvsketch::RunBench(bench_opt);
     }
     if (analyze->parsed()) {

@@ -119,7 +119,7 @@ constexpr double kShareWindow = 1024;
 constexpr size_t kSummaryMaxSlots = 256;
 // risk: most slots of the summary of dropped tokens.
 size_t SummaryCapacity(const SketchConfig& c, size_t cap) {
-  if (c.method != Method::kRisk || cap < 8) return 0;
+  if (c.method != Method::kRisk || !c.risk_summary || cap < 8) return 0;
   return std::min(kSummaryMaxSlots, size_t(kSummaryMax * double(cap)));
 }
 
@@ -238,7 +238,10 @@ class SelectiveSketch final : public Sketch {
   std::string Describe() const override {
     return Sketch::Describe() + " pool=" + std::to_string(rows_.cap) +
            " window=" + std::to_string(protect_) +
-           (probes_cap_ ? " probes=" + std::to_string(probes_cap_) : "");
+           (probes_cap_ ? " probes=" + std::to_string(probes_cap_) : "") +
+           (summary_cap_ ? " summary=" + std::to_string(summary_) + "/" +
+                               std::to_string(summary_cap_)
+                         : "");
   }
 
  protected:

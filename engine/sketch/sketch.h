@@ -81,6 +81,9 @@ struct SketchConfig {
   // diagonal of the response Gram) and projected-gradient iterations.
   float risk_ridge = 1e-3f;
   int risk_iterations = 40;
+  // risk: tokens it frees merge into summary slots (false: they are dropped
+  // and the kept ones reweighted, the method before 0.3; for ablations).
+  bool risk_summary = true;
   // RoPE of the stream (theta 0 = unknown): risk rotates its probe queries
   // forward to future positions.
   float rope_theta = 0.0f;
