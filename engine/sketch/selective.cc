@@ -154,7 +154,7 @@ struct CompactScratch {
   uint32_t* piv;   // [Cs]
   float* nnls;     // [4][RoundUp(C, 16)] b, w, w0, grad
   uint8_t* drop;   // [cap]
-  float* sk;       // [S][ks] keys of the summary slots (f32)
+  float* sk;       // [S][ks] keys of the summary slots (f32), then [S] masses
   float* mrow;     // [ks + vs] a slot being merged
   size_t floats;   // total
 
@@ -194,7 +194,7 @@ struct CompactScratch {
     piv = reinterpret_cast<uint32_t*>(take(Cs));
     nnls = take(4 * RoundUp16(C));
     drop = reinterpret_cast<uint8_t*>(take((cap + 3) / 4));
-    sk = take(S * ks);
+    sk = take(S * ks + S);
     mrow = take(ks + vs);
     floats = used;
   }
@@ -510,8 +510,8 @@ class SelectiveSketch final : public Sketch {
     const size_t old = count_ - summary_;
     const size_t d = std::min(old, std::max<size_t>(1, rows_.cap / 32));
     if (summary_ && d) {
-      float* sk = ws;
-      float* row = sk + summary_ * ks_;
+      float* sk = ws;  // keys, then masses (LoadSummaryKeys)
+      float* row = sk + summary_cap_ * (ks_ + 1);
       float* tmp = row + ks_ + vs_;
       LoadSummaryKeys(sk, row);
       for (size_t i = summary_; i < summary_ + d; ++i) {
@@ -862,9 +862,9 @@ class SelectiveSketch final : public Sketch {
   void ShrinkSummary(float* sk, float* row, float* tmp) {
     size_t best = 0;
     double best_cost = std::numeric_limits<double>::infinity();
+    const float* mass = sk + summary_cap_ * ks_;
     for (size_t j = 0; j + 1 < summary_; ++j) {
-      const double m0 = std::exp(double(F16BitsToF32(logw_[j])));
-      const double m1 = std::exp(double(F16BitsToF32(logw_[j + 1])));
+      const double m0 = mass[j], m1 = mass[j + 1];
       double d2 = 0;
       for (size_t x = 0; x < cfg_.dk; ++x) {
         const double d = double(sk[j * ks_ + x]) - sk[(j + 1) * ks_ + x];
@@ -873,8 +873,7 @@ class SelectiveSketch final : public Sketch {
       const double cost = m0 * m1 / (m0 + m1) * d2;
       if (cost < best_cost) best_cost = cost, best = j;
     }
-    const double m0 = std::exp(double(F16BitsToF32(logw_[best])));
-    const double m1 = std::exp(double(F16BitsToF32(logw_[best + 1])));
+    const double m0 = mass[best], m1 = mass[best + 1];
     const float a = float(m0 / (m0 + m1)), b = float(m1 / (m0 + m1));
     rows_.Get(best, row, row + ks_);
     rows_.Get(best + 1, tmp, tmp + ks_);
@@ -910,11 +909,14 @@ class SelectiveSketch final : public Sketch {
     const bool take_hi = u < p_hi;
     return (take_hi == (g > f)) ? other : h;
   }
-  // Keys of the summary slots in f32 (sk [summary_][ks_]).
+  // Keys of the summary slots in f32 (sk [summary_][ks_]) and their masses
+  // (sk + summary_cap_ * ks_ [summary_]).
   void LoadSummaryKeys(float* sk, float* row) const {
+    float* mass = sk + summary_cap_ * ks_;
     for (size_t j = 0; j < summary_; ++j) {
       rows_.Get(j, row, row + ks_);
       std::memcpy(sk + j * ks_, row, ks_ * sizeof(float));
+      mass[j] = std::exp(F16BitsToF32(logw_[j]));
     }
   }
   // Merges a token (row: key [ks_] then value [vs_], log-weight lw) into the
@@ -925,8 +927,9 @@ class SelectiveSketch final : public Sketch {
     const double m = std::exp(double(lw));
     size_t best = 0;
     double best_cost = std::numeric_limits<double>::infinity();
+    float* mass = sk + summary_cap_ * ks_;
     for (size_t j = 0; j < summary_; ++j) {
-      const double mj = std::exp(double(F16BitsToF32(logw_[j])));
+      const double mj = mass[j];
       const float* kj = sk + j * ks_;
       float d2 = 0.0f;
       for (size_t x = 0; x < ks_; ++x)
@@ -934,13 +937,14 @@ class SelectiveSketch final : public Sketch {
       const double cost = mj * m / (mj + m) * double(d2);
       if (cost < best_cost) best_cost = cost, best = j;
     }
-    const double mj = std::exp(double(F16BitsToF32(logw_[best])));
+    const double mj = mass[best];
     const float a = float(mj / (mj + m)), b = float(m / (mj + m));
     rows_.Get(best, tmp, tmp + ks_);
     for (size_t x = 0; x < ks_ + vs_; ++x) tmp[x] = a * tmp[x] + b * row[x];
     rows_.Put(best, tmp, tmp + ks_);
     std::memcpy(sk + best * ks_, tmp, ks_ * sizeof(float));
     logw_[best] = RoundLogMass(mj + m);
+    mass[best] = std::exp(F16BitsToF32(logw_[best]));
   }
 
   static size_t RoundUp(size_t x, size_t a) { return (x + a - 1) / a * a; }
