@@ -439,35 +439,9 @@ int Generate(const LmOptions& o, const LlamaWeights& w, const Tokenizer& tok) {
   const auto t0 = Clock::now();
   size_t generated = 0;
   for (; generated < o.n && run.position() < ctx; ++generated) {
-    int next;
-    if (o.temperature == 0.0f) {
-      next = int(Argmax(logits, V));
-    } else {
-      // Softmax at the temperature, then nucleus (top-p) sampling with a
-      // counter-based uniform: deterministic for a seed.
-      float mx = *std::max_element(logits, logits + V);
-      double z = 0;
-      for (size_t i = 0; i < V; ++i) {
-        probs[i] = {std::exp((logits[i] - mx) / o.temperature), int(i)};
-        z += probs[i].first;
-      }
-      std::sort(probs.begin(), probs.end(),
-                [](const auto& a, const auto& b) { return a.first > b.first; });
-      double cum = 0;
-      size_t keep = 0;
-      while (keep < V && cum < o.top_p * z) cum += probs[keep++].first;
-      const double u =
-          CounterUniform(o.seed, 0x6c6d, uint64_t(run.position())) * cum;
-      double acc = 0;
-      next = probs[keep - 1].second;
-      for (size_t i = 0; i < keep; ++i) {
-        acc += probs[i].first;
-        if (u < acc) {
-          next = probs[i].second;
-          break;
-        }
-      }
-    }
+    // Greedy, or nucleus sampling keyed by (seed, position): deterministic.
+    const int next =
+        Sample(o, logits, V, 0x6c6d, uint64_t(run.position()), &probs);
     if (next == 1) break;  // BOS ends a story
     std::fputs(tok.Decode(prev, next).c_str(), stdout);
     std::fflush(stdout);
