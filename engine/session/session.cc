@@ -645,18 +645,19 @@ void Session::LoadBytes(const std::string& bytes) {
                  impl_->StateBegin(), impl_->sketches);
 }
 
-size_t Session::StateSize() const { return SaveBytes().size(); }
+size_t Session::StateSize() const {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  impl_->CheckUsable();
+  return StateBytesSize(impl_->StateConfig(), *impl_->arena,
+                        impl_->StateBegin(), impl_->sketches);
+}
 
 size_t Session::SaveState(void* dst, size_t capacity) const {
-  const std::string bytes = SaveBytes();
   if (!dst && capacity) throw Error("save state: null buffer");
-  if (capacity < bytes.size()) {
-    throw Error("save state: the buffer holds " + std::to_string(capacity) +
-                " bytes, the state needs " + std::to_string(bytes.size()) +
-                " (StateSize); nothing was written");
-  }
-  std::memcpy(dst, bytes.data(), bytes.size());
-  return bytes.size();
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  impl_->CheckUsable();
+  return SaveStateInto(dst, capacity, impl_->StateConfig(), *impl_->arena,
+                       impl_->StateBegin(), impl_->sketches);
 }
 
 void Session::LoadState(const void* src, size_t size) {

@@ -24,13 +24,6 @@ constexpr uint32_t kVersion = 7;
 constexpr uint32_t kEndian = 0x01020304;
 constexpr uint32_t kArenaSection = 1, kScalarSection = 2;
 
-void PutSection(StateWriter& w, uint32_t id, const std::string& data) {
-  w.Put<uint32_t>(id);
-  w.Put<uint64_t>(data.size());
-  w.Put<uint64_t>(XXH64(data.data(), data.size(), 0));
-  w.bytes() += data;
-}
-
 struct Section {
   const char* data = nullptr;
   size_t size = 0;
@@ -118,23 +111,82 @@ std::string ConfigFingerprint(const SessionConfig& c) {
   return o.str();
 }
 
+namespace {
+
+// The small parts of a state (the arena section is the arena's bytes).
+struct StateParts {
+  std::string fp, scalars;
+  const char* arena = nullptr;
+  size_t arena_size = 0;
+  size_t Size() const {
+    return 8 + 4 + 4 + 8 + fp.size() + 2 * (4 + 8 + 8) + arena_size +
+           scalars.size();
+  }
+};
+
+StateParts Parts(const SessionConfig& c, const Arena& arena, size_t begin,
+                 const std::vector<std::unique_ptr<Sketch>>& sketches) {
+  StateParts p;
+  p.fp = ConfigFingerprint(c);
+  StateWriter scalars;
+  for (const auto& s : sketches) s->SaveScalars(scalars);
+  p.scalars = std::move(scalars.bytes());
+  p.arena = reinterpret_cast<const char*>(arena.data()) + begin;
+  p.arena_size = arena.used() - begin;
+  return p;
+}
+
+// Writes the state into dst (p.Size() bytes), the arena straight from the
+// arena: no copy of it in between.
+void WriteParts(const StateParts& p, char* dst) {
+  auto put = [&](const void* x, size_t n) {
+    std::memcpy(dst, x, n);
+    dst += n;
+  };
+  auto put_u32 = [&](uint32_t x) { put(&x, 4); };
+  auto put_u64 = [&](uint64_t x) { put(&x, 8); };
+  auto section = [&](uint32_t id, const char* data, size_t n) {
+    put_u32(id);
+    put_u64(n);
+    put_u64(XXH64(data, n, 0));
+    put(data, n);
+  };
+  put(kMagic, 8);
+  put_u32(kVersion);
+  put_u32(kEndian);
+  put_u64(p.fp.size());
+  put(p.fp.data(), p.fp.size());
+  section(kArenaSection, p.arena, p.arena_size);
+  section(kScalarSection, p.scalars.data(), p.scalars.size());
+}
+
+}  // namespace
+
 std::string SaveStateBytes(
     const SessionConfig& c, const Arena& arena, size_t begin,
     const std::vector<std::unique_ptr<Sketch>>& sketches) {
-  StateWriter w;
-  w.bytes().append(kMagic, 8);
-  w.Put<uint32_t>(kVersion);
-  w.Put<uint32_t>(kEndian);
-  const std::string fp = ConfigFingerprint(c);
-  w.Put<uint64_t>(fp.size());
-  w.bytes() += fp;
-  PutSection(w, kArenaSection,
-             std::string(reinterpret_cast<const char*>(arena.data()) + begin,
-                         arena.used() - begin));
-  StateWriter scalars;
-  for (const auto& s : sketches) s->SaveScalars(scalars);
-  PutSection(w, kScalarSection, scalars.bytes());
-  return std::move(w.bytes());
+  const StateParts p = Parts(c, arena, begin, sketches);
+  std::string b(p.Size(), '\0');
+  WriteParts(p, &b[0]);
+  return b;
+}
+
+size_t StateBytesSize(const SessionConfig& c, const Arena& arena, size_t begin,
+                      const std::vector<std::unique_ptr<Sketch>>& sketches) {
+  return Parts(c, arena, begin, sketches).Size();
+}
+
+size_t SaveStateInto(void* dst, size_t capacity, const SessionConfig& c,
+                     const Arena& arena, size_t begin,
+                     const std::vector<std::unique_ptr<Sketch>>& sketches) {
+  const StateParts p = Parts(c, arena, begin, sketches);
+  if (capacity < p.Size()) {
+    throw Error("save state: the buffer holds " + std::to_string(capacity) +
+                " bytes, the state needs " + std::to_string(p.Size()) +
+                " (StateSize); nothing was written");
+  }
+  WriteParts(p, static_cast<char*>(dst));
+  return p.Size();
 }
 
 std::string ResealStateBytes(std::string b) {

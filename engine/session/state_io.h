@@ -39,5 +39,13 @@ std::string ResealStateBytes(std::string bytes);
 std::string SaveStateBytes(
     const SessionConfig& c, const Arena& arena, size_t begin,
     const std::vector<std::unique_ptr<Sketch>>& sketches);
+// The size SaveStateBytes would return, without serialising the arena.
+size_t StateBytesSize(const SessionConfig& c, const Arena& arena, size_t begin,
+                      const std::vector<std::unique_ptr<Sketch>>& sketches);
+// Writes the state into caller memory (no intermediate copy of the arena);
+// throws naming both sizes, writing nothing, when capacity is too small.
+size_t SaveStateInto(void* dst, size_t capacity, const SessionConfig& c,
+                     const Arena& arena, size_t begin,
+                     const std::vector<std::unique_ptr<Sketch>>& sketches);
 
 }  // namespace kvsketch
