@@ -426,6 +426,30 @@ int main(void) {
     CHECK(st.tokens == 100);
     CHECK(kvs_truncate(a, 3) == KVS_INVALID_ARGUMENT);
     CHECK(strstr(kvs_last_error(a), "verbatim") != NULL);
+    /* Explicit positions: after the truncate the next is 100; a gap or a
+     * rewrite is refused naming both, and changes nothing. */
+    {
+      size_t pos = 0;
+      float pq[4 * 8 * 2], pk[2 * 8 * 2], pv[2 * 8 * 2], po[4 * 8 * 2];
+      for (i = 0; i < 4 * 8 * 2; ++i) pq[i] = po[i] = 0.01f * (float)i;
+      for (i = 0; i < 2 * 8 * 2; ++i) pk[i] = pv[i] = 0.02f * (float)i;
+      CHECK(kvs_position(a, 0, &pos) == KVS_OK);
+      CHECK(pos == 100);
+      CHECK(kvs_append_at(a, 0, 101, k, v, 1) == KVS_INVALID_ARGUMENT);
+      CHECK(strstr(kvs_last_error(a), "next position is 100") != NULL);
+      CHECK(kvs_append_at(a, 0, 99, k, v, 1) == KVS_INVALID_ARGUMENT);
+      CHECK(strstr(kvs_last_error(a), "Truncate(99)") != NULL);
+      CHECK(kvs_stats_get(a, &st) == KVS_OK);
+      CHECK(st.tokens == 100);
+      CHECK(kvs_append_at(a, 0, 100, k, v, 1) == KVS_OK);
+      CHECK(kvs_prefill_at(a, 0, 100, pq, pk, pv, 2, po) ==
+            KVS_INVALID_ARGUMENT);
+      CHECK(kvs_prefill_at(a, 0, 101, pq, pk, pv, 2, po) == KVS_OK);
+      CHECK(kvs_position(a, 0, &pos) == KVS_OK);
+      CHECK(pos == 103);
+      CHECK(kvs_position(a, 1, &pos) == KVS_INVALID_ARGUMENT);
+      CHECK(kvs_truncate(a, 100) == KVS_OK);
+    }
     CHECK(kvs_stats_get(f, &st) == KVS_OK);
     CHECK(st.tokens == 100); /* the fork did not follow */
     CHECK(kvs_fork(NULL, &f) == KVS_INVALID_ARGUMENT);

@@ -455,6 +455,47 @@ TEST_CASE("truncate: dropped then re-appended tokens give identical answers") {
   }
 }
 
+TEST_CASE("positions: AppendAt / PrefillAt check them; Truncate resets") {
+  SessionConfig c = SmallConfig("window", 2);
+  c.layers = 1;
+  const Stream st(c, 64);
+  Session a(c), b(c);
+  const size_t ks = c.n_kv_heads * c.dk, vs = c.n_kv_heads * c.dv;
+  const size_t qs = c.n_heads * c.dk;
+  std::vector<float> out(4 * c.n_heads * c.dv), out2(out.size());
+  CHECK(a.Position(0) == 0);
+  CHECK_THROWS_WITH_AS(a.Position(1), doctest::Contains("layer"), Error);
+  for (size_t t = 0; t < 10; ++t) {
+    a.AppendAt(0, t, st.k.data() + t * ks, st.v.data() + t * vs);
+    b.Append(0, st.k.data() + t * ks, st.v.data() + t * vs);
+  }
+  CHECK(a.Position(0) == 10);
+  // A gap and a rewrite are refused, naming the next position; no change.
+  const std::string before = a.SaveBytes();
+  CHECK_THROWS_WITH_AS(a.AppendAt(0, 11, st.k.data(), st.v.data()),
+                       doctest::Contains("next position is 10"), Error);
+  CHECK_THROWS_WITH_AS(a.AppendAt(0, 9, st.k.data(), st.v.data()),
+                       doctest::Contains("Truncate(9)"), Error);
+  CHECK_THROWS_WITH_AS(
+      a.PrefillAt(0, 3, st.q.data(), st.k.data(), st.v.data(), 4, out.data()),
+      doctest::Contains("next position is 10"), Error);
+  CHECK(a.SaveBytes() == before);
+  // PrefillAt at the right position = Prefill.
+  a.PrefillAt(0, 10, st.q.data() + 10 * qs, st.k.data() + 10 * ks,
+              st.v.data() + 10 * vs, 4, out.data());
+  b.Prefill(0, st.q.data() + 10 * qs, st.k.data() + 10 * ks,
+            st.v.data() + 10 * vs, 4, out2.data());
+  CHECK(out == out2);
+  CHECK(a.SaveBytes() == b.SaveBytes());
+  CHECK(a.Position(0) == 14);
+  // Truncate sets the next position: a truncated sequence continues there.
+  a.Truncate(12);
+  CHECK(a.Position(0) == 12);
+  a.AppendAt(0, 12, st.k.data() + 12 * ks, st.v.data() + 12 * vs, 2);
+  CHECK(a.Position(0) == 14);
+  CHECK(a.SaveBytes() == b.SaveBytes());
+}
+
 TEST_CASE(
     "truncate: regenerate after decoding, every method where it reaches") {
   size_t regenerated = 0;

@@ -246,6 +246,28 @@ kvs_status kvs_prefill(kvs_session* s, size_t layer, const float* q,
   return Guard(&s->error, [&] { s->session->Prefill(layer, q, k, v, n, out); });
 }
 
+kvs_status kvs_position(const kvs_session* s, size_t layer, size_t* position) {
+  if (!s || !position) return KVS_INVALID_ARGUMENT;
+  auto* m = const_cast<kvs_session*>(s);
+  return Guard(&m->error, [&] { *position = s->session->Position(layer); });
+}
+
+kvs_status kvs_append_at(kvs_session* s, size_t layer, size_t position,
+                         const float* k, const float* v, size_t n) {
+  if (!s) return KVS_INVALID_ARGUMENT;
+  return Guard(&s->error,
+               [&] { s->session->AppendAt(layer, position, k, v, n); });
+}
+
+kvs_status kvs_prefill_at(kvs_session* s, size_t layer, size_t position,
+                          const float* q, const float* k, const float* v,
+                          size_t n, float* out) {
+  if (!s) return KVS_INVALID_ARGUMENT;
+  return Guard(&s->error, [&] {
+    s->session->PrefillAt(layer, position, q, k, v, n, out);
+  });
+}
+
 kvs_status kvs_stats_get(const kvs_session* s, kvs_stats* out) {
   if (!s || !out) return KVS_INVALID_ARGUMENT;
   auto* m = const_cast<kvs_session*>(s);

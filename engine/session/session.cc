@@ -427,6 +427,9 @@ struct Session::Impl {
   Sketch& At(size_t layer, size_t h) {
     return *sketches[layer * cfg.n_kv_heads + h];
   }
+  const Sketch& At(size_t layer, size_t h) const {
+    return *sketches[layer * cfg.n_kv_heads + h];
+  }
 
   void CheckLayer(size_t layer) const {
     CheckUsable();
@@ -491,10 +494,49 @@ Session::~Session() = default;
 
 const SessionConfig& Session::config() const { return impl_->cfg; }
 
+namespace {
+void CheckPosition(const char* what, size_t layer, size_t position,
+                   size_t next) {
+  if (position == next) return;
+  throw Error(std::string(what) + " at position " + std::to_string(position) +
+              " of layer " + std::to_string(layer) + ": its next position is " +
+              std::to_string(next) +
+              (position > next ? " (positions are consecutive: no gaps)"
+                               : " (Truncate(" + std::to_string(position) +
+                                     ") first to rewrite from there)") +
+              "; nothing was changed");
+}
+}  // namespace
+
 void Session::Append(size_t layer, const float* k, const float* v, size_t n) {
+  AppendChecked(layer, nullptr, k, v, n);
+}
+
+void Session::AppendChecked(size_t layer, const size_t* position,
+                            const float* k, const float* v, size_t n) {
   std::lock_guard<std::mutex> lock(impl_->mu);
   impl_->ValidateAppend(layer, k, v, n);
+  if (position)
+    CheckPosition("append", layer, *position, impl_->At(layer, 0).tokens());
   impl_->DoAppend(layer, k, v, n);
+}
+
+size_t Session::Position(size_t layer) const {
+  const Impl& m = *impl_;
+  std::lock_guard<std::mutex> lock(m.mu);
+  m.CheckUsable();
+  m.CheckLayer(layer);
+  return m.At(layer, 0).tokens();
+}
+
+void Session::AppendAt(size_t layer, size_t position, const float* k,
+                       const float* v, size_t n) {
+  AppendChecked(layer, &position, k, v, n);
+}
+
+void Session::PrefillAt(size_t layer, size_t position, const float* q,
+                        const float* k, const float* v, size_t n, float* out) {
+  PrefillChecked(layer, &position, q, k, v, n, out);
 }
 
 void Session::Attend(size_t layer, const float* q, float* out) {
@@ -559,9 +601,17 @@ std::unique_ptr<Session> Session::Fork() const {
 
 void Session::Prefill(size_t layer, const float* q, const float* k,
                       const float* v, size_t n, float* out) {
+  PrefillChecked(layer, nullptr, q, k, v, n, out);
+}
+
+void Session::PrefillChecked(size_t layer, const size_t* position,
+                             const float* q, const float* k, const float* v,
+                             size_t n, float* out) {
   Impl& m = *impl_;
   std::lock_guard<std::mutex> lock(m.mu);
   m.ValidateAppend(layer, k, v, n);
+  if (position)
+    CheckPosition("prefill", layer, *position, m.At(layer, 0).tokens());
   if (!q || !out) throw Error("prefill: null query or output pointer");
   if (n > SIZE_MAX / sizeof(float) / (m.cfg.n_heads * m.cfg.dk) ||
       n > SIZE_MAX / sizeof(float) / (m.cfg.n_heads * m.cfg.dv)) {

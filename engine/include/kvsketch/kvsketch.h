@@ -156,6 +156,19 @@ class Session {
   // the last token before the chunk).
   void Prefill(size_t layer, const float* q, const float* k, const float* v,
                size_t n, float* out);
+  // Positions, explicit (llama_batch's pos, gemma.cpp's pos): a layer's
+  // tokens take positions 0, 1, ... in the order they are appended;
+  // Position(layer) is the one its next token takes (Truncate(p) sets every
+  // layer's to p, so a truncated then continued sequence reuses p, p + 1,
+  // ...; RoPE-aware methods use these positions). AppendAt / PrefillAt are
+  // Append / Prefill that first check `position` == Position(layer) and
+  // otherwise throw Error naming both (nothing changes): positions are
+  // consecutive, without gaps; to rewrite from an earlier one, Truncate.
+  size_t Position(size_t layer) const;
+  void AppendAt(size_t layer, size_t position, const float* k, const float* v,
+                size_t n = 1);
+  void PrefillAt(size_t layer, size_t position, const float* q, const float* k,
+                 const float* v, size_t n, float* out);
   // All layers of one token: k [layers][n_kv][dk], q [layers][n_heads][dk].
   void AppendAll(const float* k, const float* v);
   void AttendAll(const float* q, float* out);
@@ -213,6 +226,12 @@ class Session {
   struct Impl;
 
  private:
+  // Append / Prefill, first checking `*position` (when given) under the
+  // same lock.
+  void AppendChecked(size_t layer, const size_t* position, const float* k,
+                     const float* v, size_t n);
+  void PrefillChecked(size_t layer, const size_t* position, const float* q,
+                      const float* k, const float* v, size_t n, float* out);
   friend class Context;
   // A sequence of a context (Context::NewSequence).
   Session(const SessionConfig& config, std::shared_ptr<Context::Impl> context);

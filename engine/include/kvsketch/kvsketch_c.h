@@ -152,6 +152,17 @@ kvs_status kvs_attend(kvs_session* s, size_t layer, const float* q, float* out);
  * in kvsketch.h). */
 kvs_status kvs_prefill(kvs_session* s, size_t layer, const float* q,
                        const float* k, const float* v, size_t n, float* out);
+/* Explicit positions (llama_batch's pos): a layer's tokens take positions 0,
+ * 1, ... as appended; *position = the one the layer's next token takes
+ * (kvs_truncate(s, p) sets it to p). kvs_append_at / kvs_prefill_at first
+ * check that position equals it, else KVS_INVALID_ARGUMENT naming both
+ * (nothing changes): positions are consecutive, no gaps. */
+kvs_status kvs_position(const kvs_session* s, size_t layer, size_t* position);
+kvs_status kvs_append_at(kvs_session* s, size_t layer, size_t position,
+                         const float* k, const float* v, size_t n);
+kvs_status kvs_prefill_at(kvs_session* s, size_t layer, size_t position,
+                          const float* q, const float* k, const float* v,
+                          size_t n, float* out);
 kvs_status kvs_stats_get(const kvs_session* s, kvs_stats* out);
 kvs_status kvs_save(const kvs_session* s, const char* path);
 kvs_status kvs_load(kvs_session* s, const char* path);
