@@ -320,20 +320,27 @@ TEST_CASE("error falls as the budget grows") {
   }
 }
 
-// A stream of noise keys where token 20 holds a distinctive key/value and
-// every query looks for it: window loses it, query-aware methods keep it.
-TEST_CASE("query-aware methods keep an old token that is queried again") {
-  const size_t d = 16, seq = 1500, target = 20;
+// An empty one-layer trace of one KV head and two query heads (zeros), scale
+// 1 / sqrt(d).
+Trace GroupOfTwo(size_t seq, size_t d) {
   Trace t;
   t.layers = 1;
   t.n_heads = 2;
   t.n_kv_heads = 1;
   t.seq = seq;
   t.dk = t.dv = d;
-  t.scale = 1.0f / 4.0f;
+  t.scale = 1.0f / std::sqrt(float(d));
   t.q.assign(1, std::vector<float>(2 * seq * d));
   t.k.assign(1, std::vector<float>(seq * d));
   t.v.assign(1, std::vector<float>(seq * d));
+  return t;
+}
+
+// A stream of noise keys where token 20 holds a distinctive key/value and
+// every query looks for it: window loses it, query-aware methods keep it.
+TEST_CASE("query-aware methods keep an old token that is queried again") {
+  const size_t d = 16, seq = 1500, target = 20;
+  Trace t = GroupOfTwo(seq, d);
   std::mt19937 rng(11);
   std::normal_distribution<float> g(0.0f, 1.0f);
   std::vector<float> special(d);
@@ -374,16 +381,7 @@ TEST_CASE("query-aware methods keep an old token that is queried again") {
 // summary still holds its mass, key and value.
 TEST_CASE("risk: an early topic queried again after a long gap") {
   const size_t d = 16, seq = 2400, early = 160, late = 2200, topics = 12;
-  Trace t;
-  t.layers = 1;
-  t.n_heads = 2;
-  t.n_kv_heads = 1;
-  t.seq = seq;
-  t.dk = t.dv = d;
-  t.scale = 1.0f / 4.0f;
-  t.q.assign(1, std::vector<float>(2 * seq * d));
-  t.k.assign(1, std::vector<float>(seq * d));
-  t.v.assign(1, std::vector<float>(seq * d));
+  Trace t = GroupOfTwo(seq, d);
   std::mt19937 rng(23);
   std::normal_distribution<float> g(0.0f, 1.0f);
   std::vector<float> mu(topics * d), nu(topics * d);
