@@ -212,5 +212,38 @@ TEST_CASE("sequences of a context never allocate on append / attend") {
   }
 }
 
+TEST_CASE("the caller's parallel_for: append / attend never allocate") {
+  std::mt19937 rng(7);
+  std::normal_distribution<float> g;
+  SessionConfig c;
+  c.layers = 2;
+  c.n_heads = 8;
+  c.n_kv_heads = 4;
+  c.dk = c.dv = 32;
+  c.budget_tokens_per_head = 140;
+  c.threads = 2;
+  // A pool that runs the tasks in reverse on the calling thread.
+  c.parallel_for = [](size_t n,
+                      const std::function<void(size_t, size_t)>& task) {
+    for (size_t i = n; i-- > 0;) task(i, i % 2);
+  };
+  Session s(c);
+  std::vector<float> k(2 * 4 * 32), v(2 * 4 * 32), q(2 * 8 * 32),
+      out(2 * 8 * 32);
+  size_t allocs = 0;
+  for (size_t t = 0; t < 300; ++t) {
+    for (auto& x : k) x = g(rng);
+    for (auto& x : v) x = g(rng);
+    for (auto& x : q) x = g(rng);
+    g_allocs = 0;
+    g_armed = true;
+    s.AppendAll(k.data(), v.data());
+    s.AttendAll(q.data(), out.data());
+    g_armed = false;
+    allocs += g_allocs.load();
+  }
+  CHECK(allocs == 0);
+}
+
 }  // namespace
 }  // namespace kvsketch

@@ -120,6 +120,24 @@ static int Lockstep(kvs_session* a, kvs_session* b, size_t from, size_t to) {
   return 0;
 }
 
+/* A caller's pool: the tasks in reverse order on the calling thread. */
+static int g_pool_calls = 0;
+static void ReversePool(void* user, size_t n,
+                        void (*task)(void* ctx, size_t i, size_t worker),
+                        void* ctx) {
+  size_t i;
+  ++*(int*)user;
+  for (i = n; i-- > 0;) task(ctx, i, i % 2);
+}
+/* A pool that must never be called (past a caller's struct_size). */
+static int g_wrong_pool = 0;
+static void WrongPool(void* user, size_t n,
+                      void (*task)(void* ctx, size_t i, size_t worker),
+                      void* ctx) {
+  (void)user, (void)n, (void)task, (void)ctx;
+  g_wrong_pool = 1;
+}
+
 static int g_log_calls = 0;
 static kvs_status g_log_status = KVS_OK;
 static char g_log_message[256];
@@ -547,6 +565,44 @@ int main(void) {
     CHECK(Lockstep(a, b, 0, 120) == 0);
     kvs_destroy(b);
     b = NULL;
+    /* The caller's thread pool: the same answers as kvsketch's own; a 0.2
+     * caller's bytes past its struct_size are never read as a pool. */
+    {
+      kvs_session* p = NULL;
+      kvs_config pc;
+      kvs_config_init(&pc);
+      pc.layers = 1;
+      pc.n_heads = 4;
+      pc.n_kv_heads = 2;
+      pc.dk = pc.dv = 8;
+      pc.budget_tokens_per_head = 6000; /* large: heads go to the pool */
+      pc.threads = 2;
+      CHECK(kvs_create(&pc, &p) == KVS_OK);
+      pc.parallel_for = ReversePool;
+      pc.parallel_user = &g_pool_calls;
+      CHECK(kvs_create(&pc, &b) == KVS_OK);
+      CHECK(Lockstep(p, b, 0, 120) == 0);
+      CHECK(g_pool_calls > 0);
+      kvs_destroy(b);
+      b = NULL;
+      pc.threads = 0; /* a pool needs its worker count */
+      CHECK(kvs_create(&pc, &b) == KVS_INVALID_ARGUMENT);
+      CHECK(strstr(kvs_last_error(NULL), "worker count") != NULL);
+      pc.threads = 2;
+      pc.parallel_for = WrongPool;
+      pc.struct_size = offsetof(kvs_config, parallel_for);
+      CHECK(kvs_create(&pc, &b) == KVS_OK);
+      kvs_destroy(p);
+      p = NULL;
+      pc.struct_size = sizeof(kvs_config);
+      pc.parallel_for = NULL;
+      CHECK(kvs_create(&pc, &p) == KVS_OK);
+      CHECK(Lockstep(p, b, 0, 40) == 0);
+      CHECK(g_wrong_pool == 0);
+      kvs_destroy(b);
+      b = NULL;
+      kvs_destroy(p);
+    }
     /* Sizes no layout has: refused, naming struct_size. */
     cfg.struct_size = 8;
     CHECK(kvs_create(&cfg, &b) == KVS_INVALID_ARGUMENT);

@@ -1,14 +1,17 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iterator>
 #include <limits>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -453,6 +456,54 @@ TEST_CASE("truncate: dropped then re-appended tokens give identical answers") {
     if (std::string(m) != "risk") CHECK(b.SaveBytes() == a.SaveBytes());
     CHECK(Drive(a, st, 106, 160) == Drive(b, st, 106, 160));
   }
+}
+
+TEST_CASE("the caller's thread pool: same answers, whatever it does") {
+  using Task = std::function<void(size_t, size_t)>;
+  // Real threads: worker w runs the tasks i with i % threads == w.
+  std::atomic<size_t> calls{0};
+  auto threaded = [&calls](size_t n, const Task& task) {
+    ++calls;
+    std::vector<std::thread> pool;
+    for (size_t w = 0; w < 3; ++w)
+      pool.emplace_back([&, w] {
+        for (size_t i = w; i < n; i += 3) task(i, w);
+      });
+    for (auto& t : pool) t.join();
+  };
+  // A broken pool: skips some tasks, runs some twice, gives an out-of-range
+  // worker, then throws -- the session must still run each task once.
+  auto broken = [](size_t n, const Task& task) {
+    for (size_t i = 0; i < n; ++i) {
+      if (i % 3 == 1) continue;
+      task(i, i % 5 == 0 ? 99 : 1);
+      task(i, 2);
+    }
+    throw std::runtime_error("pool failure");
+  };
+  for (const char* m : {"risk", "window", "balance"}) {
+    SessionConfig c = SmallConfig(m, 3);
+    c.budget_tokens_per_head = 600;  // layers large enough to run in parallel
+    const Stream st(c, 160);
+    Session ref(c);
+    const auto want = Drive(ref, st, 0, 160);
+    SessionConfig a = c, b = c;
+    a.parallel_for = threaded;
+    b.parallel_for = broken;
+    Session sa(a), sb(b);
+    INFO(std::string(m));
+    CHECK(Drive(sa, st, 0, 160) == want);
+    CHECK(Drive(sb, st, 0, 160) == want);
+    CHECK(sa.SaveBytes() == ref.SaveBytes());
+  }
+  CHECK(calls > 0);  // the layers were large enough to go to the pool
+  SessionConfig bad = SmallConfig("window", 0);
+  bad.parallel_for = threaded;
+  CHECK_THROWS_WITH_AS(Session{bad}, doctest::Contains("worker count"), Error);
+  ContextConfig cc;
+  cc.base = SmallConfig("window", 2);
+  cc.base.parallel_for = threaded;
+  CHECK_THROWS_WITH_AS(Context{cc}, doctest::Contains("parallel_for"), Error);
 }
 
 TEST_CASE("positions: AppendAt / PrefillAt check them; Truncate resets") {

@@ -3,6 +3,7 @@
 
 #include <cstddef>
 #include <cstring>
+#include <functional>
 #include <mutex>
 #include <new>
 #include <string>
@@ -145,6 +146,21 @@ static kvsketch::SessionConfig FromC(const kvs_config* c) {
   cfg.degree = c->degree;
   cfg.window_share = c->window_share;
   cfg.probes = c->probes;
+  if (c->parallel_for) {
+    // The C pool runs a C task that calls the C++ one.
+    auto fn = c->parallel_for;
+    void* user = c->parallel_user;
+    cfg.parallel_for =
+        [fn, user](size_t n, const std::function<void(size_t, size_t)>& t) {
+          fn(
+              user, n,
+              [](void* ctx, size_t i, size_t w) {
+                (*static_cast<const std::function<void(size_t, size_t)>*>(ctx))(
+                    i, w);
+              },
+              const_cast<void*>(static_cast<const void*>(&t)));
+        };
+  }
   return cfg;
 }
 

@@ -3,6 +3,7 @@
 #include <tbb/parallel_for.h>
 #include <tbb/task_arena.h>
 
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <memory>
@@ -129,6 +130,8 @@ struct Session::Impl {
   float* workspaces = nullptr;                    // [threads][ws_stride]
   std::unique_ptr<tbb::task_arena> own_pool;
   tbb::task_arena* pool = nullptr;
+  // With the caller's parallel_for: which tasks of a ForHeads have run.
+  std::unique_ptr<std::atomic<uint8_t>[]> task_done;
   size_t state_bytes = 0;
   // One call at a time: calls from several threads are serialized (each
   // call already uses all of the session's threads).
@@ -215,6 +218,15 @@ struct Session::Impl {
     base.rope_theta = c.rope_theta;
     base.rope_dims = c.rope_dims;
     base.rope_interleaved = c.rope_interleaved;
+    if (c.parallel_for && c.threads <= 0) {
+      throw Error(
+          "parallel_for needs threads = the worker count of your pool (> 0)");
+    }
+    if (c.parallel_for && ctx) {
+      throw Error(
+          "a sequence of a Context runs on the context's pool: leave "
+          "parallel_for empty");
+    }
     threads = c.threads > 0 ? size_t(c.threads) : DefaultThreads();
     if (threads > 1024) throw Error("threads must be at most 1024");
     const size_t heads = c.layers * c.n_kv_heads;
@@ -320,8 +332,12 @@ struct Session::Impl {
       ws_stride = Arena::Aligned(ws_floats * 4) / 4;
       workspaces =
           arena->CarveArray<float>("per-thread scratch", threads * ws_stride);
-      own_pool.reset(new tbb::task_arena(int(threads)));
-      pool = own_pool.get();
+      if (c.parallel_for) {
+        task_done.reset(new std::atomic<uint8_t>[heads]);
+      } else {
+        own_pool.reset(new tbb::task_arena(int(threads)));
+        pool = own_pool.get();
+      }
     }
     state_begin = arena->used();
     shared = std::move(ctx);
@@ -401,6 +417,10 @@ struct Session::Impl {
       for (size_t i = 0; i < n; ++i) f(i, workspaces);
       return;
     }
+    if (cfg.parallel_for) {
+      RunOnCallerPool(n, f);
+      return;
+    }
     if (serial) {
       // Sequences of a context may run at once: the calling thread takes a
       // slot of the context's pool, and with it its own scratch.
@@ -413,6 +433,31 @@ struct Session::Impl {
     pool->execute([&] {
       tbb::parallel_for(size_t(0), n, [&](size_t i) { f(i, Workspace()); });
     });
+  }
+
+  // Tasks [0, n) on the caller's pool, each exactly once; those it did not
+  // run, run here. No allocation: the task captures one pointer.
+  template <typename F>
+  void RunOnCallerPool(size_t n, const F& f) {
+    struct Run {
+      const Impl* m;
+      const F* f;
+      size_t n;
+    } run{this, &f, n};
+    for (size_t i = 0; i < n; ++i) task_done[i].store(0);
+    const std::function<void(size_t, size_t)> task = [r = &run](size_t i,
+                                                                size_t w) {
+      if (i >= r->n || w >= r->m->threads) return;
+      if (r->m->task_done[i].exchange(1)) return;
+      (*r->f)(i, r->m->workspaces + w * r->m->ws_stride);
+    };
+    try {
+      cfg.parallel_for(n, task);
+    } catch (...) {
+      // The rest runs below; the session stays whole.
+    }
+    for (size_t i = 0; i < n; ++i)
+      if (!task_done[i].exchange(1)) f(i, workspaces);
   }
 
   // The per-thread scratch is carved first; the state follows it.
@@ -730,6 +775,10 @@ Context::Context(const ContextConfig& config)
   if (config.max_sequences == 0 || config.max_sequences > 65536) {
     throw Error("context: max_sequences must be in [1, 65536], got " +
                 std::to_string(config.max_sequences));
+  }
+  if (config.base.parallel_for) {
+    throw Error(
+        "context: it owns its thread pool; leave base.parallel_for empty");
   }
   Impl& c = *impl_;
   // The base sequence, built once standalone, sizes everything: threads,

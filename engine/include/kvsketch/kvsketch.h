@@ -11,6 +11,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -58,6 +59,17 @@ struct SessionConfig {
   // 0 = the performance cores where Linux reports them (big.LITTLE, hybrid
   // x86), otherwise every core the process may use.
   int threads = 0;
+  // Optional: your thread pool instead of kvsketch's own TBB arena (as
+  // gemma.cpp passes its pool). parallel_for(n, task) must call task(i,
+  // worker) for each i in [0, n), with worker in [0, threads) -- set
+  // `threads` (> 0) to your pool's worker count -- never two tasks at once
+  // with the same worker, and return when they have run. Tasks it does not
+  // run (skipped, an out-of-range worker, a run cut short by an exception)
+  // run on the calling thread afterwards, each exactly once, so the session
+  // stays whole. Not for a Context's sequences (the context owns the pool).
+  std::function<void(size_t n,
+                     const std::function<void(size_t i, size_t worker)>& task)>
+      parallel_for;
   uint64_t seed = 0;
   size_t sinks = 4;
   long window = -1;   // -1 = method default

@@ -110,6 +110,17 @@ typedef struct kvs_config {
                          (default): the method's (0.5; risk 0.25) */
   size_t probes;      /* risk: probe queries kept; 0 (default): from the
                          budget */
+  /* ---- since 0.3: the caller's thread pool ---- */
+  /* Optional (NULL: kvsketch's own pool). parallel_for(parallel_user, n,
+   * task, task_ctx) must call task(task_ctx, i, worker) for each i in [0, n)
+   * with worker in [0, threads) -- set threads (> 0) to your pool's worker
+   * count -- never two at once with the same worker, and return when they
+   * have run. Tasks it does not run run on the calling thread afterwards,
+   * each exactly once. Not for sequences of a context. */
+  void (*parallel_for)(void* parallel_user, size_t n,
+                       void (*task)(void* task_ctx, size_t i, size_t worker),
+                       void* task_ctx);
+  void* parallel_user;
 } kvs_config;
 
 typedef struct kvs_stats {
