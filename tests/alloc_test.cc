@@ -167,30 +167,46 @@ TEST_CASE(
   }
 }
 
+// 2 layers, 8 query and 4 KV heads of 32, 140 tokens per head (large enough
+// that layers run their heads in parallel), 2 threads; and one token's
+// random keys, values and queries for it.
+SessionConfig TwoLayers(const char* method) {
+  SessionConfig c;
+  c.layers = 2;
+  c.n_heads = 8;
+  c.n_kv_heads = 4;
+  c.dk = c.dv = 32;
+  c.method = method;
+  c.budget_tokens_per_head = 140;
+  c.threads = 2;
+  return c;
+}
+struct TwoLayerToken {
+  std::vector<float> k = std::vector<float>(2 * 4 * 32),
+                     v = std::vector<float>(2 * 4 * 32),
+                     q = std::vector<float>(2 * 8 * 32),
+                     out = std::vector<float>(2 * 8 * 32);
+  void Fill(std::mt19937& rng) {
+    std::normal_distribution<float> g;
+    for (auto& x : k) x = g(rng);
+    for (auto& x : v) x = g(rng);
+    for (auto& x : q) x = g(rng);
+  }
+};
+
 TEST_CASE("sequences of a context never allocate on append / attend") {
   std::mt19937 rng(5);
-  std::normal_distribution<float> g;
   for (const char* m : {"risk", "window", "h2o"}) {
-    SessionConfig c;
-    c.layers = 2;
-    c.n_heads = 8;
-    c.n_kv_heads = 4;
-    c.dk = c.dv = 32;
-    c.method = m;
-    c.budget_tokens_per_head = 140;
-    c.threads = 2;
+    const SessionConfig c = TwoLayers(m);
     ContextConfig cc;
     cc.base = c;
     cc.max_sequences = 2;
     Context ctx(cc);
     std::unique_ptr<Session> a = ctx.NewSequence(), b = ctx.NewSequence();
-    std::vector<float> k(2 * 4 * 32), v(2 * 4 * 32), q(2 * 8 * 32),
-        out(2 * 8 * 32);
+    TwoLayerToken tok;
     size_t allocs = 0;
     for (size_t t = 0; t < 400; ++t) {
-      for (auto& x : k) x = g(rng);
-      for (auto& x : v) x = g(rng);
-      for (auto& x : q) x = g(rng);
+      tok.Fill(rng);
       const bool count = t >= 8;  // after a warm-up (thread pool)
       if (count) {
         g_allocs = 0;
@@ -198,8 +214,8 @@ TEST_CASE("sequences of a context never allocate on append / attend") {
       }
       for (Session* s : {a.get(), b.get()}) {
         for (size_t l = 0; l < 2; ++l) {
-          s->Append(l, k.data() + l * 4 * 32, v.data() + l * 4 * 32);
-          s->Attend(l, q.data() + l * 8 * 32, out.data() + l * 8 * 32);
+          s->Append(l, tok.k.data() + l * 4 * 32, tok.v.data() + l * 4 * 32);
+          s->Attend(l, tok.q.data() + l * 8 * 32, tok.out.data() + l * 8 * 32);
         }
       }
       if (count) {
@@ -214,31 +230,21 @@ TEST_CASE("sequences of a context never allocate on append / attend") {
 
 TEST_CASE("the caller's parallel_for: append / attend never allocate") {
   std::mt19937 rng(7);
-  std::normal_distribution<float> g;
-  SessionConfig c;
-  c.layers = 2;
-  c.n_heads = 8;
-  c.n_kv_heads = 4;
-  c.dk = c.dv = 32;
-  c.budget_tokens_per_head = 140;
-  c.threads = 2;
+  SessionConfig c = TwoLayers("risk");
   // A pool that runs the tasks in reverse on the calling thread.
   c.parallel_for = [](size_t n,
                       const std::function<void(size_t, size_t)>& task) {
     for (size_t i = n; i-- > 0;) task(i, i % 2);
   };
   Session s(c);
-  std::vector<float> k(2 * 4 * 32), v(2 * 4 * 32), q(2 * 8 * 32),
-      out(2 * 8 * 32);
+  TwoLayerToken tok;
   size_t allocs = 0;
   for (size_t t = 0; t < 300; ++t) {
-    for (auto& x : k) x = g(rng);
-    for (auto& x : v) x = g(rng);
-    for (auto& x : q) x = g(rng);
+    tok.Fill(rng);
     g_allocs = 0;
     g_armed = true;
-    s.AppendAll(k.data(), v.data());
-    s.AttendAll(q.data(), out.data());
+    s.AppendAll(tok.k.data(), tok.v.data());
+    s.AttendAll(tok.q.data(), tok.out.data());
     g_armed = false;
     allocs += g_allocs.load();
   }
