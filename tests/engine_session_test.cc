@@ -87,6 +87,7 @@ TEST_CASE("session results are bit-identical for 1, 2 and 4 threads") {
     Session s1(c1);
     const auto a = Drive(s1, st, 0, 700);
     for (int threads : {2, 4}) {
+      if (test::kEmulated && threads == 2) continue;  // under QEMU: 1 vs 4
       SessionConfig c = c1;
       c.threads = threads;
       Session s(c);
@@ -767,7 +768,9 @@ TEST_CASE("one million tokens: held tokens stay within the budget") {
   std::vector<float> k(8), v(8), q(16), out(16);
   std::mt19937 rng(1);
   std::normal_distribution<float> g;
-  for (size_t t = 0; t < 1000000; ++t) {
+  // Under QEMU a tenth (the platform's code paths, not the count).
+  const size_t tokens = test::Reps(1000000, 10);
+  for (size_t t = 0; t < tokens; ++t) {
     for (auto& x : k) x = g(rng);
     for (auto& x : v) x = g(rng);
     s.Append(0, k.data(), v.data());
@@ -778,7 +781,7 @@ TEST_CASE("one million tokens: held tokens stay within the budget") {
       REQUIRE(s.Stats().retained <= 64);
     }
   }
-  CHECK(s.Stats().tokens == 1000000);
+  CHECK(s.Stats().tokens == tokens);
   // Default f16 rows: 32 fp32 tokens of budget hold at most 64 tokens.
   CHECK(s.Stats().retained <= 64);
 }
