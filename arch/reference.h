@@ -51,6 +51,19 @@ inline void Attend(const float* K, size_t k_stride, size_t dk, const float* V,
   }
 }
 
+// Causal block attention (reference for CausalBlockAttend): query i of
+// block tokens t0.. (G per token) over the block's rows 0..t0 + i / G.
+inline void CausalBlock(const float* q, size_t q_stride, size_t G, size_t dk,
+                        size_t t0, size_t tn, const float* K, size_t k_stride,
+                        const float* V, size_t v_stride, size_t dv,
+                        double scale, double* m, double* Z, double* N) {
+  for (size_t i = 0; i < tn * G; ++i) {
+    const float* qi = q + (i / G) * q_stride + (i % G) * dk;
+    Attend(K, k_stride, dk, V, v_stride, dv, t0 + i / G + 1, nullptr, qi, scale,
+           m + i, Z + i, N + i * dv);
+  }
+}
+
 }  // namespace ref
 }  // namespace kvsketch
 

@@ -142,8 +142,8 @@ TEST_CASE(
           g_armed = false;
           allocs += g_allocs.load();
         }
-        // Batched prefill: two blocks of 20 tokens per layer (chunks of 16
-        // and 4, so both a full and a partial chunk).
+        // Batched prefill: two blocks of 20 tokens per layer (query tiles of
+        // 16 and 4 queries' tokens, so both a full and a partial tile).
         const size_t P = 20;
         std::vector<float> pk(P * KV * 32), pv(P * KV * 32), pq(P * H * 32),
             pout(P * H * 32);

@@ -286,9 +286,11 @@ int Eval(const LmOptions& o, const LlamaWeights& w, const Tokenizer& tok) {
     if (pre) {
       fmt::print(
           "prefill ({} tokens per Session::Prefill): ppl {} {:.4f} ({:+.2f}%) "
-          "| KL mean {:.5f} | {:.0f} tokens/s ({:.2f}x token by token)\n",
+          "| KL mean {:.5f} | {:.0f} tokens/s ({:.2f}x token by token, "
+          "{:.2f}x the full cache token by token)\n",
           o.prefill_block, comp_cfg.method, ppl_pre,
-          (ppl_pre / ppl_full - 1) * 100, kl_mean_pre, tps_pre, tps_pre / tps);
+          (ppl_pre / ppl_full - 1) * 100, kl_mean_pre, tps_pre, tps_pre / tps,
+          tps_pre / tps_full);
     }
   }
   return 0;

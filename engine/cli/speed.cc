@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstring>
 #include <map>
 #include <random>
@@ -11,6 +12,7 @@
 
 #include "arch/attend.h"   // AttendGroup
 #include "arch/balance.h"  // GramLower, BalanceWalk
+#include "arch/prefill.h"  // CausalBlockAttend
 #include "arch/probe.h"    // ReadSum, FmaProbe
 #include "arch/quant.h"    // EncodeRow
 #include "arch/targets.h"  // ChosenTargetName
@@ -268,6 +270,60 @@ int RunSpeed(const SpeedOptions& opt) {
       fmt::print("| gram | {} | {} | {} | {:.2f} | {:.1f} | {:.2f} |\n", b, m,
                  d, gram * 1e6, gflops, gflops / peak);
       fmt::print("| walk | {} | {} | - | {:.2f} | - | - |\n", b, m, walk * 1e6);
+    }
+  }
+
+  // 5. Causal attention of a prefill block to itself (the block part of
+  // Session::Prefill): n tokens, G queries per KV head, query tiles of
+  // 16 queries as Sketch::Prefill runs them; f32 rows in place (the same for
+  // every storage: the block is read from the caller's arrays).
+  if (!opt.json) {
+    fmt::print(
+        "\n| kernel | n | d | G | time us | GFLOP/s | peak ratio |\n"
+        "|---|---|---|---|---|---|---|\n");
+  }
+  for (size_t d : {size_t{8}, size_t{64}, size_t{128}}) {
+    for (size_t G : {size_t{1}, size_t{4}}) {
+      for (size_t n : opt.quick ? std::vector<size_t>{256}
+                                : std::vector<size_t>{256, 1024}) {
+        std::mt19937 rng(5);
+        std::normal_distribution<float> g(0.0f, 1.0f);
+        std::vector<float> q(n * G * d), k(n * d), v(n * d);
+        for (auto& x : q) x = g(rng);
+        for (auto& x : k) x = g(rng);
+        for (auto& x : v) x = g(rng);
+        const size_t U = kMaxGroup / G;  // tokens per query tile
+        std::vector<float> m(kMaxGroup), z(kMaxGroup), N(kMaxGroup * d),
+            scratch(CausalBlockScratchFloats(d, d));
+        const float scale = 1.0f / std::sqrt(float(d));
+        t.clear();
+        for (int r = 0; r < reps; ++r) {
+          const auto t0 = Clock::now();
+          for (size_t u0 = 0; u0 < n; u0 += U) {
+            CausalBlockAttend(q.data() + u0 * G * d, G * d, G, d, u0,
+                              std::min(U, n - u0), k.data(), d, v.data(), d, d,
+                              scale, m.data(), z.data(), N.data(), d,
+                              scratch.data());
+            sink += N[0];
+          }
+          t.push_back(Seconds(t0, Clock::now()));
+        }
+        const double sec = Median(t);
+        // Causal pairs G n (n + 1) / 2, each 2 d flops for the score and
+        // 2 d for the value.
+        const double gflops =
+            double(G) * n * (n + 1) / 2 * 4.0 * d / sec * 1e-9;
+        if (opt.json) {
+          fmt::print(
+              "{{\"kernel\":\"prefill_block\",\"n\":{},\"d\":{},\"G\":{},"
+              "\"us\":{:.3f},\"gflops\":{:.2f},\"peak_ratio\":{:.3f}}}\n",
+              n, d, G, sec * 1e6, gflops, gflops / peak);
+        } else {
+          fmt::print(
+              "| prefill block | {} | {} | {} | {:.1f} | {:.1f} | {:.2f} |\n",
+              n, d, G, sec * 1e6, gflops, gflops / peak);
+        }
+      }
     }
   }
   if (sink == 12345.678f) fmt::print(" ");  // keep results alive

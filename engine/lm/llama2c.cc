@@ -10,6 +10,7 @@
 #include <sstream>
 #include <utility>
 
+#include "arch/attend.h"  // ExpArray
 #include "arch/dot.h"
 #include "arch/targets.h"
 #include "engine/io/file.h"
@@ -18,6 +19,21 @@
 
 namespace kvsketch {
 namespace {
+
+// h[i] = silu(h[i]) * g[i], silu(a) = a / (1 + e^-a), with the kernels'
+// vector exp (arguments clamped to [-87, 87], where it is exact to 1 ulp;
+// beyond, silu is a or 0 to f32 precision).
+void SwiGlu(float* h, const float* g, size_t n) {
+  float e[256];
+  for (size_t i0 = 0; i0 < n; i0 += 256) {
+    const size_t m = std::min<size_t>(256, n - i0);
+    for (size_t i = 0; i < m; ++i)
+      e[i] = std::min(87.0f, std::max(-87.0f, -h[i0 + i]));
+    ExpArray(e, e, m);
+    for (size_t i = 0; i < m; ++i)
+      h[i0 + i] = h[i0 + i] / (1.0f + e[i]) * g[i0 + i];
+  }
+}
 
 std::string ReadFile(const std::string& path, const char* what) {
   // 64 GiB: a checkpoint larger than this machine's memory is refused
@@ -446,10 +462,7 @@ const float* LlamaRunner::Forward(int token) {
     RmsNorm(xb_.data(), x_.data(), w_.rms_ffn[l].data(), D);
     MatVec(w_.w1[l], xb_.data(), hb_.data());
     MatVec(w_.w3[l], xb_.data(), hb2_.data());
-    for (size_t i = 0; i < c.hidden; ++i) {
-      const float a = hb_[i];
-      hb_[i] = a / (1.0f + std::exp(-a)) * hb2_[i];
-    }
+    SwiGlu(hb_.data(), hb2_.data(), c.hidden);
     MatVec(w_.w2[l], hb_.data(), xb_.data());
     for (size_t i = 0; i < D; ++i) x_[i] += xb_[i];
   }
@@ -462,7 +475,8 @@ const float* LlamaRunner::Forward(int token) {
 void LlamaRunner::MatMulBlock(const LlamaWeights::Matrix& m, const float* xt,
                               size_t nn, float* yt) {
   constexpr size_t kChunkRows = 64;
-  if (m.rows * m.stride < (size_t(1) << 16) ||
+  // Split by the work (a block multiplies a matrix's by its tokens).
+  if (m.rows * m.stride * nn < (size_t(1) << 19) ||
       pool_->arena.max_concurrency() == 1) {
     MatMulTransposed(m.data.data(), m.rows, m.cols, m.stride, xt, nn, nn, yt,
                      nn);
@@ -480,15 +494,37 @@ void LlamaRunner::MatMulBlock(const LlamaWeights::Matrix& m, const float* xt,
 }
 
 namespace {
+// dst[c * ds + r] = src[r * ss + c] (op: = or +=) for r < rows, c < cols,
+// in 16 x 16 tiles (a tile's rows and columns stay in L1 either way).
+template <bool kAdd>
+void TransposeTiles(const float* src, size_t rows, size_t cols, size_t ss,
+                    float* dst, size_t ds) {
+  constexpr size_t kT = 16;
+  for (size_t r0 = 0; r0 < rows; r0 += kT) {
+    const size_t r1 = std::min(rows, r0 + kT);
+    for (size_t c0 = 0; c0 < cols; c0 += kT) {
+      const size_t c1 = std::min(cols, c0 + kT);
+      for (size_t c = c0; c < c1; ++c) {
+        float* out = dst + c * ds;
+        for (size_t r = r0; r < r1; ++r) {
+          if (kAdd) {
+            out[r] += src[r * ss + c];
+          } else {
+            out[r] = src[r * ss + c];
+          }
+        }
+      }
+    }
+  }
+}
+
 // rows [n][cols] (row stride rs) -> feature-major t [cols][nn], zero
 // columns n..nn.
 void ToFeatureMajor(const float* rows, size_t n, size_t cols, size_t rs,
                     size_t nn, float* t) {
-  for (size_t c = 0; c < cols; ++c) {
-    float* tc = t + c * nn;
-    for (size_t i = 0; i < n; ++i) tc[i] = rows[i * rs + c];
-    for (size_t i = n; i < nn; ++i) tc[i] = 0.0f;
-  }
+  TransposeTiles<false>(rows, n, cols, rs, t, nn);
+  for (size_t c = 0; c < cols; ++c)
+    for (size_t i = n; i < nn; ++i) t[c * nn + i] = 0.0f;
 }
 }  // namespace
 
@@ -526,9 +562,7 @@ const float* LlamaRunner::ForwardBlock(const int* tokens, size_t n) {
   // Feature-major product, then back to rows [n][cols].
   auto product = [&](const LlamaWeights::Matrix& m, float* rows_out) {
     MatMulBlock(m, tin_.data(), nn, tout_.data());
-    for (size_t t = 0; t < n; ++t)
-      for (size_t r = 0; r < m.rows; ++r)
-        rows_out[t * m.rows + r] = tout_[r * nn + t];
+    TransposeTiles<false>(tout_.data(), m.rows, n, nn, rows_out, m.rows);
   };
   for (size_t l = 0; l < c.layers; ++l) {
     for (size_t t = 0; t < n; ++t)
@@ -547,23 +581,17 @@ const float* LlamaRunner::ForwardBlock(const int* tokens, size_t n) {
     session_.Prefill(l, bq_.data(), bk_.data(), bv_.data(), n, batt_.data());
     ToFeatureMajor(batt_.data(), n, qd, qd, nn, tin_.data());
     MatMulBlock(w_.wo[l], tin_.data(), nn, tout_.data());
+    TransposeTiles<true>(tout_.data(), D, n, nn, bx_.data(), D);
     for (size_t t = 0; t < n; ++t) {
       float* x = bx_.data() + t * D;
-      for (size_t i = 0; i < D; ++i) x[i] += tout_[i * nn + t];
       RmsNorm(bxb_.data() + t * D, x, w_.rms_ffn[l].data(), D);
     }
     ToFeatureMajor(bxb_.data(), n, D, D, nn, tin_.data());
     MatMulBlock(w_.w1[l], tin_.data(), nn, th_.data());
     MatMulBlock(w_.w3[l], tin_.data(), nn, th2_.data());
-    for (size_t i = 0; i < H * nn; ++i) {
-      const float a = th_[i];
-      th_[i] = a / (1.0f + std::exp(-a)) * th2_[i];
-    }
+    SwiGlu(th_.data(), th2_.data(), H * nn);
     MatMulBlock(w_.w2[l], th_.data(), nn, tout_.data());
-    for (size_t t = 0; t < n; ++t) {
-      float* x = bx_.data() + t * D;
-      for (size_t i = 0; i < D; ++i) x[i] += tout_[i * nn + t];
-    }
+    TransposeTiles<true>(tout_.data(), D, n, nn, bx_.data(), D);
   }
   for (size_t t = 0; t < n; ++t)
     RmsNorm(bxb_.data() + t * D, bx_.data() + t * D, w_.rms_final.data(), D);

@@ -666,7 +666,10 @@ void Session::PrefillChecked(size_t layer, const size_t* position,
   CheckFinite(q, n * m.cfg.n_heads * m.cfg.dk, "queries", layer);
   const size_t nkv = m.cfg.n_kv_heads, dk = m.cfg.dk, dv = m.cfg.dv;
   const size_t G = m.G, nh = m.cfg.n_heads;
-  m.ForHeads(m.layer_serial[layer], nkv, [&](size_t h, float* ws) {
+  // A block multiplies the work of a call by its tokens: a layer too small
+  // to split for one token is worth splitting for many.
+  const bool serial = m.layer_serial[layer] && (m.threads == 1 || n < 16);
+  m.ForHeads(serial, nkv, [&](size_t h, float* ws) {
     m.At(layer, h).Prefill(q + h * G * dk, nh * dk, k + h * dk, nkv * dk,
                            v + h * dv, nkv * dv, n, G, out + h * G * dv,
                            nh * dv, ws);

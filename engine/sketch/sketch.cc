@@ -7,6 +7,7 @@
 
 #include "arch/attend.h"      // AttendGroup, MergePartials
 #include "arch/convert.h"     // ConvertRow
+#include "arch/prefill.h"     // CausalBlockAttend
 #include "arch/quant.h"       // EncodeRow, DecodeRow, HadamardRows
 #include "arch/targets.h"     // PaddedCols
 #include "engine/io/trace.h"  // ValidateRope
@@ -523,12 +524,10 @@ void Sketch::AttendPartial(const float* q, size_t T, size_t q_stride, size_t G,
 }
 
 size_t Sketch::PrefillWorkspaceFloats(const SketchConfig& c) {
-  const size_t ks = PaddedCols(c.dk), vs = PaddedCols(c.dv);
-  const size_t G = c.max_group;
-  // Chunk rows, partials of kMaxGroup queries, one token's padded queries
-  // and their partials over the chunk.
-  return kPrefillChunk * (ks + vs) + kMaxGroup * (vs + 2) + G * (ks + vs + 2) +
-         64;
+  const size_t vs = PaddedCols(c.dv);
+  // Partials of kMaxGroup queries over the state and over the block, and
+  // the block kernel's tiles.
+  return 2 * kMaxGroup * (vs + 2) + CausalBlockScratchFloats(c.dk, c.dv) + 64;
 }
 
 void Sketch::Prefill(const float* q, size_t q_stride, const float* k,
@@ -538,63 +537,46 @@ void Sketch::Prefill(const float* q, size_t q_stride, const float* k,
     throw Error("prefill: group size " + std::to_string(G) + " not in [1, " +
                 std::to_string(cfg_.max_group) + "]");
   }
-  const size_t B = kPrefillChunk;
-  float* Kb = ws;                    // [B][ks] the chunk's keys, f32 padded
-  float* Vb = Kb + B * ks_;          // [B][vs]
-  float* pm = Vb + B * vs_;          // [kMaxGroup] partials over the state
+  if (n >= (size_t{1} << 31)) {
+    throw Error("prefill: " + std::to_string(n) +
+                " tokens in one block (at most 2^31 - 1)");
+  }
+  float* pm = ws;                    // [kMaxGroup] partials over the state
   float* pz = pm + kMaxGroup;        // [kMaxGroup]
   float* pN = pz + kMaxGroup;        // [kMaxGroup][vs]
-  float* qp = pN + kMaxGroup * vs_;  // [G][ks] one token's queries, padded
-  float* m2 = qp + G * ks_;          // [G] their partials over the chunk
-  float* z2 = m2 + G;
-  float* N2 = z2 + G;  // [G][vs]
+  float* bm = pN + kMaxGroup * vs_;  // [kMaxGroup] partials over the block
+  float* bz = bm + kMaxGroup;
+  float* bN = bz + kMaxGroup;  // [kMaxGroup][vs]
+  float* tiles = bN + kMaxGroup * vs_;
   float* rest = ws + PrefillWorkspaceFloats(cfg_);
-  // Tokens whose queries share one pass over the state.
-  const size_t T = HWY_MAX(size_t(1), MaxQueriesPerPass() / G);
-  RowsView K, V;
-  K.data = Kb;
-  K.cols = cfg_.dk;
-  K.stride = ks_;
-  V.data = Vb;
-  V.cols = cfg_.dv;
-  V.stride = vs_;
-  for (size_t c0 = 0; c0 < n; c0 += B) {
-    const size_t cn = HWY_MIN(B, n - c0);
-    std::memset(Kb, 0, cn * ks_ * sizeof(float));
-    std::memset(Vb, 0, cn * vs_ * sizeof(float));
-    for (size_t j = 0; j < cn; ++j) {
-      std::memcpy(Kb + j * ks_, k + (c0 + j) * k_stride,
-                  cfg_.dk * sizeof(float));
-      std::memcpy(Vb + j * vs_, v + (c0 + j) * v_stride,
-                  cfg_.dv * sizeof(float));
-    }
-    for (size_t t0 = 0; t0 < cn; t0 += T) {
-      const size_t tn = HWY_MIN(T, cn - t0);
-      AttendPartial(q + (c0 + t0) * q_stride, tn, q_stride, G, pm, pz, pN,
+  // Tokens per block tile (their queries fill the kernel's lanes) and per
+  // pass over the state.
+  const size_t U = kMaxGroup / G;
+  const size_t T = HWY_MIN(U, HWY_MAX(size_t(1), MaxQueriesPerPass() / G));
+  for (size_t u0 = 0; u0 < n; u0 += U) {
+    const size_t un = HWY_MIN(U, n - u0);
+    CausalBlockAttend(q + u0 * q_stride, q_stride, G, cfg_.dk, u0, un, k,
+                      k_stride, v, v_stride, cfg_.dv, cfg_.scale, bm, bz, bN,
+                      vs_, tiles);
+    for (size_t t0 = 0; t0 < un; t0 += T) {
+      const size_t tn = HWY_MIN(T, un - t0);
+      AttendPartial(q + (u0 + t0) * q_stride, tn, q_stride, G, pm, pz, pN,
                     rest);
       for (size_t j = 0; j < tn; ++j) {
-        const size_t t = t0 + j;  // within the chunk
-        const float* qt = q + (c0 + t) * q_stride;
+        float* o = out + (u0 + t0 + j) * out_stride;
         for (size_t g = 0; g < G; ++g) {
-          std::memset(qp + g * ks_, 0, ks_ * sizeof(float));
-          std::memcpy(qp + g * ks_, qt + g * cfg_.dk, cfg_.dk * sizeof(float));
-        }
-        K.rows = V.rows = t + 1;  // causal: the chunk's tokens up to t
-        AttendGroup(K, V, nullptr, qp, G, cfg_.scale, m2, z2, N2);
-        float* o = out + (c0 + t) * out_stride;
-        for (size_t g = 0; g < G; ++g) {
-          const size_t i = j * G + g;
-          MergePartials(pm + i, pz + i, pN + i * vs_, m2[g], z2[g],
-                        N2 + g * vs_, vs_);
+          const size_t i = j * G + g, b = (t0 + j) * G + g;
+          MergePartials(pm + i, pz + i, pN + i * vs_, bm[b], bz[b],
+                        bN + b * vs_, vs_);
           const float inv = pz[i] > 0.0f ? 1.0f / pz[i] : 0.0f;
           for (size_t c = 0; c < cfg_.dv; ++c)
             o[g * cfg_.dv + c] = pN[i * vs_ + c] * inv;
         }
       }
     }
-    for (size_t j = 0; j < cn; ++j)
-      Append(k + (c0 + j) * k_stride, v + (c0 + j) * v_stride, rest);
   }
+  for (size_t j = 0; j < n; ++j)
+    Append(k + j * k_stride, v + j * v_stride, rest);
 }
 
 // ---------------------------------------------------------------- factory

@@ -165,14 +165,15 @@ class Sketch {
                      bool learn = true);
   // Batched causal prefill of n tokens: token t's key and value at
   // k + t * k_stride, v + t * v_stride, its G queries at q + t * q_stride
-  // ([G][dk]), its answers to out + t * out_stride ([G][dv]). In chunks of
-  // kPrefillChunk tokens: a chunk's queries attend to the state (every
-  // earlier chunk appended) and causally to the chunk's own tokens (in
-  // f32), then the chunk is appended as Append would, token by token.
+  // ([G][dk]), its answers to out + t * out_stride ([G][dv]). Every token
+  // attends to the state as it was before the block and causally to the
+  // block's tokens 0..t, read verbatim in f32 where they are
+  // (CausalBlockAttend); then the block is appended as n Append calls
+  // would. The state passes see each tile's queries as Attend would
+  // (query-aware methods learn from them, dated before the block).
   void Prefill(const float* q, size_t q_stride, const float* k, size_t k_stride,
                const float* v, size_t v_stride, size_t n, size_t G, float* out,
                size_t out_stride, float* ws);
-  static constexpr size_t kPrefillChunk = 16;
   // Scratch floats Prefill needs in front of what Append and Attend need.
   static size_t PrefillWorkspaceFloats(const SketchConfig& c);
 

@@ -156,16 +156,18 @@ class Session {
   // Batched causal prefill of n tokens of one layer: q [n][n_heads][dk],
   // k [n][n_kv_heads][dk], v [n][n_kv_heads][dv] -> out [n][n_heads][dv].
   // Token t's queries attend to everything held before the block and to the
-  // block's tokens up to t; then the block is appended. The block goes in
-  // chunks of 16 tokens (each chunk's queries see the state with every
-  // earlier chunk appended), so a prefill of n tokens equals prefills of
-  // its 16-token chunks one after the other. The chunk's own keys and
-  // values are used verbatim in f32 while it is asked (not yet rounded to
-  // the storage or compressed): `exact` with f32 storage answers as n
-  // Append + Attend calls would, to rounding. Query-aware methods learn
-  // from the chunk's queries as Attend would (h2o/tova: their attention to
-  // the state before the chunk; risk: probes, recorded at the position of
-  // the last token before the chunk).
+  // block's tokens 0..t, read verbatim in f32 from your arrays (not rounded
+  // to the storage, not compressed: a prompt is answered as a plain cache
+  // would, as llama.cpp and the compression papers prefill); then the block
+  // is appended as n Append calls would. `exact` with f32 storage answers as
+  // n Append + Attend calls would, to rounding; every method answers its
+  // first prefill as exact attention. The block part is a flash-attention
+  // kernel (queries as SIMD lanes, online softmax, the causal mask on the
+  // diagonal); the state part shares each pass over the state between up to
+  // 16 queries. Query-aware methods learn from the block's queries as Attend
+  // would from their attention to the state before the block (h2o/tova:
+  // scores; risk: probes, recorded at the position of the last token before
+  // the block).
   void Prefill(size_t layer, const float* q, const float* k, const float* v,
                size_t n, float* out);
   // Positions, explicit (llama_batch's pos, gemma.cpp's pos): a layer's

@@ -159,8 +159,8 @@ kvs_status kvs_attend(kvs_session* s, size_t layer, const float* q, float* out);
 /* Batched causal prefill of n tokens of one layer: q [n][n_heads][dk], k
  * [n][n_kv_heads][dk], v [n][n_kv_heads][dv] -> out [n][n_heads][dv]; token
  * t attends to the state before the block and to the block's tokens up to t,
- * then the block is appended (in chunks of 16 tokens; see Session::Prefill
- * in kvsketch.h). */
+ * the block's own tokens read verbatim; then the block is appended (see
+ * Session::Prefill in kvsketch.h). */
 kvs_status kvs_prefill(kvs_session* s, size_t layer, const float* q,
                        const float* k, const float* v, size_t n, float* out);
 /* Explicit positions (llama_batch's pos): a layer's tokens take positions 0,
