@@ -503,6 +503,35 @@ int main(void) {
     CHECK(kvs_create(&cfg, &alone) == KVS_OK);
     CHECK(Lockstep(s1, alone, 0, 120) == 0);
     TestToken(120, k, v, q);
+    /* The whole context's state: to a buffer, on, and back. */
+    {
+      size_t size = 0, written = 0;
+      char* buf;
+      float before[32];
+      CHECK(kvs_context_state_size(ctx, &size) == KVS_OK);
+      CHECK(size > 32);
+      buf = (char*)malloc(size);
+      CHECK(buf != NULL);
+      CHECK(kvs_context_state_get(ctx, buf, size - 1, &written) ==
+            KVS_INVALID_ARGUMENT);
+      CHECK(written == 0);
+      CHECK(kvs_context_state_get(ctx, buf, size, &written) == KVS_OK);
+      CHECK(written == size);
+      CHECK(kvs_attend(s1, 0, q, before) == KVS_OK);
+      CHECK(kvs_append(s1, 0, k, v, 1) == KVS_OK);
+      CHECK(kvs_append(s2, 0, k, v, 1) == KVS_OK);
+      CHECK(kvs_context_state_set(ctx, buf, size) == KVS_OK);
+      CHECK(kvs_attend(s1, 0, q, out) == KVS_OK);
+      for (i = 0; i < 32; ++i) CHECK(out[i] == before[i]);
+      buf[size - 3] ^= 1; /* the second sequence's bytes */
+      CHECK(kvs_context_state_set(ctx, buf, size) == KVS_IO);
+      CHECK(strstr(kvs_last_error(NULL), "slot 1") != NULL);
+      CHECK(kvs_context_state_set(NULL, buf, size) == KVS_INVALID_ARGUMENT);
+      CHECK(kvs_context_state_size(ctx, NULL) == KVS_INVALID_ARGUMENT);
+      CHECK(kvs_attend(s1, 0, q, out) == KVS_OK);
+      for (i = 0; i < 32; ++i) CHECK(out[i] == before[i]);
+      free(buf);
+    }
     kvs_destroy(s2);
     CHECK(kvs_sequence_create(ctx, NULL, &s3) == KVS_OK);
     kvs_context_destroy(ctx); /* the sequences keep it alive */

@@ -737,6 +737,96 @@ TEST_CASE("context: sequences equal standalone sessions, slots, threads") {
   CHECK(Drive(*s, st, 0, 60) == Drive(alone, st, 0, 60));
 }
 
+TEST_CASE("context: the whole context's state to a buffer and back") {
+  SessionConfig c = SmallConfig("risk", 2);
+  c.rope_theta = 10000.0f;
+  SessionConfig c2 = SmallConfig("window", 2);
+  c2.budget_tokens_per_head = 24;
+  ContextConfig cc;
+  cc.base = c;
+  cc.max_sequences = 3;
+  const Stream st(c, 200);
+  Context ctx(cc);
+  std::unique_ptr<Session> a = ctx.NewSequence();
+  std::unique_ptr<Session> b = ctx.NewSequence(c2);
+  Drive(*a, st, 0, 90);
+  Drive(*b, st, 0, 60);
+  const size_t size = ctx.StateSize();
+  CHECK(size == 16 + 2 * 16 + a->StateSize() + b->StateSize());
+  std::vector<char> buf(size + 8, 'x');
+  CHECK_THROWS_WITH_AS(ctx.SaveState(buf.data(), size - 1),
+                       doctest::Contains("needs"), Error);
+  CHECK(buf[0] == 'x');  // nothing written
+  CHECK(ctx.SaveState(buf.data(), buf.size()) == size);
+  buf.resize(size);
+  const std::string sa = a->SaveBytes(), sb = b->SaveBytes();
+  // What the sequences answer next, from the saved state.
+  Session ref_a(c), ref_b(c2);
+  ref_a.LoadBytes(sa);
+  ref_b.LoadBytes(sb);
+  const auto want_a = Drive(ref_a, st, 90, 130);
+  const auto want_b = Drive(ref_b, st, 60, 100);
+  // Move on, then come back.
+  Drive(*a, st, 90, 120);
+  Drive(*b, st, 60, 70);
+  ctx.LoadState(buf.data(), buf.size());
+  CHECK(a->SaveBytes() == sa);
+  CHECK(b->SaveBytes() == sb);
+  // Into a new context: the same sequences created in the same order.
+  Context ctx2(cc);
+  std::unique_ptr<Session> a2 = ctx2.NewSequence();
+  std::unique_ptr<Session> b2 = ctx2.NewSequence(c2);
+  ctx2.LoadState(buf.data(), buf.size());
+  CHECK(Drive(*a2, st, 90, 130) == want_a);
+  CHECK(Drive(*b2, st, 60, 100) == want_b);
+  // Bad input: a clear error, and no sequence changes (all or nothing,
+  // even when only the second sequence's bytes are bad).
+  const std::string before_a = a->SaveBytes(), before_b = b->SaveBytes();
+  const auto rejects = [&](std::vector<char> bad, const char* why) {
+    INFO(why);
+    CHECK_THROWS_WITH_AS(ctx.LoadState(bad.data(), bad.size()),
+                         doctest::Contains(why), IoError);
+    CHECK(a->SaveBytes() == before_a);
+    CHECK(b->SaveBytes() == before_b);
+  };
+  std::vector<char> bad = buf;
+  bad[0] = 'Q';
+  rejects(bad, "magic");
+  bad = buf;
+  bad[8] = 9;
+  rejects(bad, "version");
+  bad = buf;
+  bad.resize(buf.size() - 5);
+  rejects(bad, "truncated");
+  bad = buf;
+  bad.push_back(0);
+  rejects(bad, "trailing");
+  bad = buf;
+  bad[size - 30] ^= 0x40;  // inside the second sequence's state
+  rejects(bad, "slot 1");
+  bad = buf;
+  bad[16] = 2;  // the first entry names an empty slot
+  rejects(bad, "slot 2");
+  // A context with other sequences: the count, or the configuration.
+  {
+    std::unique_ptr<Session> extra = ctx.NewSequence();
+    rejects(buf, "3");
+  }
+  Context ctx3(cc);
+  std::unique_ptr<Session> x = ctx3.NewSequence(c2);
+  std::unique_ptr<Session> y = ctx3.NewSequence();
+  CHECK_THROWS_WITH_AS(ctx3.LoadState(buf.data(), buf.size()),
+                       doctest::Contains("mismatch"), IoError);
+  CHECK(x->Stats().tokens == 0);
+  CHECK(y->Stats().tokens == 0);
+  // An empty context: a header only, and it loads into an empty context.
+  Context ctx4(cc);
+  std::vector<char> empty(ctx4.StateSize());
+  CHECK(empty.size() == 16);
+  CHECK(ctx4.SaveState(empty.data(), empty.size()) == 16);
+  ctx4.LoadState(empty.data(), empty.size());
+}
+
 TEST_CASE("threads = 0: the performance cores where Linux reports them") {
   CHECK(CountCpuList("0-3,8,10-11\n") == 7);
   CHECK(CountCpuList("5") == 1);

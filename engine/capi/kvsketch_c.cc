@@ -423,6 +423,33 @@ kvs_status kvs_context_sequences(const kvs_context* c, size_t* in_use,
   return KVS_OK;
 }
 
+kvs_status kvs_context_state_size(const kvs_context* c, size_t* size) {
+  if (!c || !size) {
+    return Report(&g_create_error, KVS_INVALID_ARGUMENT,
+                  "kvs_context_state_size: null argument");
+  }
+  return Guard(&g_create_error, [&] { *size = c->context->StateSize(); });
+}
+
+kvs_status kvs_context_state_get(const kvs_context* c, void* dst,
+                                 size_t capacity, size_t* written) {
+  if (!c || !written) {
+    return Report(&g_create_error, KVS_INVALID_ARGUMENT,
+                  "kvs_context_state_get: null argument");
+  }
+  *written = 0;
+  return Guard(&g_create_error,
+               [&] { *written = c->context->SaveState(dst, capacity); });
+}
+
+kvs_status kvs_context_state_set(kvs_context* c, const void* src, size_t size) {
+  if (!c) {
+    return Report(&g_create_error, KVS_INVALID_ARGUMENT,
+                  "kvs_context_state_set: null argument");
+  }
+  return Guard(&g_create_error, [&] { c->context->LoadState(src, size); });
+}
+
 const char* kvs_last_error(const kvs_session* s) {
   return s ? s->error.c_str() : g_create_error.c_str();
 }

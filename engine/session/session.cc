@@ -75,8 +75,9 @@ struct Context::Impl {
   float* scratch = nullptr;    // [threads][ws_stride]
   std::vector<uint8_t*> slot;  // [max_sequences] slot_bytes each
   std::vector<bool> in_use;
+  std::vector<Session*> owner;  // [max_sequences] the live sequence of a slot
   size_t used = 0;
-  mutable std::mutex mu;  // the slot table
+  mutable std::mutex mu;  // the slot table (held by whole-context state calls)
   std::unique_ptr<tbb::task_arena> pool;
 
   // A free slot for `need` bytes of state, or BudgetError naming why not.
@@ -102,6 +103,17 @@ struct Context::Impl {
     std::lock_guard<std::mutex> lock(mu);
     in_use[i] = false;
     --used;
+  }
+  // A sequence is registered once built and unregistered first thing when
+  // it goes, so a whole-context save or load (which holds mu) never sees
+  // half a sequence.
+  void Register(size_t i, Session* s) {
+    std::lock_guard<std::mutex> lock(mu);
+    owner[i] = s;
+  }
+  void Unregister(size_t i) {
+    std::lock_guard<std::mutex> lock(mu);
+    owner[i] = nullptr;
   }
 };
 
@@ -534,8 +546,13 @@ Session::Session(const SessionConfig& config)
     : impl_(new Impl(config, nullptr)) {}
 Session::Session(const SessionConfig& config,
                  std::shared_ptr<Context::Impl> context)
-    : impl_(new Impl(config, std::move(context))) {}
-Session::~Session() = default;
+    : impl_(new Impl(config, std::move(context))) {
+  if (impl_->lease.ctx) impl_->lease.ctx->Register(impl_->lease.index, this);
+}
+Session::~Session() {
+  if (impl_ && impl_->lease.ctx)
+    impl_->lease.ctx->Unregister(impl_->lease.index);
+}
 
 const SessionConfig& Session::config() const { return impl_->cfg; }
 
@@ -760,8 +777,20 @@ size_t Session::SaveState(void* dst, size_t capacity) const {
 
 void Session::LoadState(const void* src, size_t size) {
   if (!src && size) throw Error("load state: null buffer");
-  LoadBytes(size ? std::string(static_cast<const char*>(src), size)
-                 : std::string());
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  impl_->CheckUsable();
+  LoadStateBytes(static_cast<const char*>(src), size, "state",
+                 impl_->StateConfig(), *impl_->arena, impl_->StateBegin(),
+                 impl_->sketches, /*commit=*/true);
+}
+
+void Session::ValidateState(const void* src, size_t size) {
+  if (!src && size) throw Error("validate state: null buffer");
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  impl_->CheckUsable();
+  LoadStateBytes(static_cast<const char*>(src), size, "state",
+                 impl_->StateConfig(), *impl_->arena, impl_->StateBegin(),
+                 impl_->sketches, /*commit=*/false);
 }
 
 void Session::Load(const std::string& path) {
@@ -815,6 +844,7 @@ Context::Context(const ContextConfig& config)
     c.slot.push_back(
         c.memory->CarveArray<uint8_t>("sequence slots", c.slot_bytes));
   c.in_use.assign(config.max_sequences, false);
+  c.owner.assign(config.max_sequences, nullptr);
   c.pool.reset(new tbb::task_arena(int(c.threads)));
 }
 
@@ -846,5 +876,124 @@ size_t Context::sequences() const {
 size_t Context::bytes() const { return impl_->memory->capacity(); }
 
 size_t Context::slot_bytes() const { return impl_->slot_bytes; }
+
+// Whole-context state: "KVSCTX01", u32 version, u32 sequences, then per
+// sequence u32 slot, u32 0, u64 size and its state (the session format,
+// with its own checksums).
+namespace {
+constexpr char kContextMagic[8] = {'K', 'V', 'S', 'C', 'T', 'X', '0', '1'};
+constexpr uint32_t kContextVersion = 1;
+template <typename T>
+void PutRaw(uint8_t*& p, T x) {
+  std::memcpy(p, &x, sizeof(T));
+  p += sizeof(T);
+}
+}  // namespace
+
+size_t Context::StateSize() const {
+  const Impl& c = *impl_;
+  std::lock_guard<std::mutex> lock(c.mu);
+  size_t total = 16;
+  for (Session* s : c.owner)
+    if (s) total += 16 + s->StateSize();
+  return total;
+}
+
+size_t Context::SaveState(void* dst, size_t capacity) const {
+  if (!dst && capacity) throw Error("context save state: null buffer");
+  const Impl& c = *impl_;
+  std::lock_guard<std::mutex> lock(c.mu);
+  size_t total = 16;
+  uint32_t live = 0;
+  for (Session* s : c.owner) {
+    if (!s) continue;
+    total += 16 + s->StateSize();
+    ++live;
+  }
+  if (capacity < total) {
+    throw Error("context save state: the buffer holds " +
+                std::to_string(capacity) + " bytes, the state needs " +
+                std::to_string(total) + "; nothing was written");
+  }
+  uint8_t* p = static_cast<uint8_t*>(dst);
+  std::memcpy(p, kContextMagic, 8);
+  p += 8;
+  PutRaw(p, kContextVersion);
+  PutRaw(p, live);
+  for (size_t i = 0; i < c.owner.size(); ++i) {
+    if (!c.owner[i]) continue;
+    const size_t size = c.owner[i]->StateSize();
+    PutRaw(p, uint32_t(i));
+    PutRaw(p, uint32_t(0));
+    PutRaw(p, uint64_t(size));
+    p += c.owner[i]->SaveState(p, size);
+  }
+  return total;
+}
+
+void Context::LoadState(const void* src, size_t size) {
+  if (!src && size) throw Error("context load state: null buffer");
+  Impl& c = *impl_;
+  std::lock_guard<std::mutex> lock(c.mu);
+  const uint8_t* b = static_cast<const uint8_t*>(src);
+  const auto fail = [](const std::string& why) {
+    throw IoError("context state: " + why + "; nothing was changed");
+  };
+  if (size < 16 || std::memcmp(b, kContextMagic, 8) != 0)
+    fail("not a kvsketch context state (bad magic)");
+  uint32_t version, count;
+  std::memcpy(&version, b + 8, 4);
+  std::memcpy(&count, b + 12, 4);
+  if (version != kContextVersion) {
+    fail("format version " + std::to_string(version) +
+         " (this build reads version " + std::to_string(kContextVersion) + ")");
+  }
+  size_t live = 0;
+  for (Session* s : c.owner) live += s != nullptr;
+  if (count != live) {
+    fail("it holds " + std::to_string(count) + " sequences, the context has " +
+         std::to_string(live) +
+         " (create the same sequences, in the same order, first)");
+  }
+  // Every entry located and every sequence's bytes validated before any
+  // sequence changes.
+  struct Entry {
+    Session* s;
+    uint32_t slot;
+    const uint8_t* data;
+    size_t size;
+  };
+  std::vector<Entry> entries;
+  std::vector<bool> seen(c.owner.size(), false);
+  size_t pos = 16;
+  for (uint32_t e = 0; e < count; ++e) {
+    if (size - pos < 16) fail("truncated (sequence " + std::to_string(e) + ")");
+    uint32_t slot, zero;
+    uint64_t n;
+    std::memcpy(&slot, b + pos, 4);
+    std::memcpy(&zero, b + pos + 4, 4);
+    std::memcpy(&n, b + pos + 8, 8);
+    pos += 16;
+    if (slot >= c.owner.size() || !c.owner[slot] || seen[slot] || zero != 0) {
+      fail("sequence " + std::to_string(e) + " is for slot " +
+           std::to_string(slot) + ", which holds no sequence of this context" +
+           (slot < seen.size() && seen[slot] ? " (twice)" : ""));
+    }
+    seen[slot] = true;
+    if (n > size - pos) fail("truncated (slot " + std::to_string(slot) + ")");
+    entries.push_back({c.owner[slot], slot, b + pos, size_t(n)});
+    pos += size_t(n);
+  }
+  if (pos != size) fail("trailing bytes after the last sequence");
+  for (const Entry& e : entries) {
+    try {
+      e.s->ValidateState(e.data, e.size);
+    } catch (const Error& x) {  // its message says nothing was changed
+      throw IoError("context state, the sequence in slot " +
+                    std::to_string(e.slot) + ": " + x.what());
+    }
+  }
+  for (const Entry& e : entries) e.s->LoadState(e.data, e.size);
+}
 
 }  // namespace kvsketch

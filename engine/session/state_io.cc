@@ -29,9 +29,9 @@ struct Section {
   size_t size = 0;
 };
 
-Section GetSection(const std::string& b, size_t& pos, uint32_t want,
+Section GetSection(const char* b, size_t b_size, size_t& pos, uint32_t want,
                    const std::string& what) {
-  StateReader r(b.data() + pos, b.size() - pos);
+  StateReader r(b + pos, b_size - pos);
   const uint32_t id = r.Get<uint32_t>();
   if (id != want) {
     throw IoError(what + ": expected section " + std::to_string(want) +
@@ -40,9 +40,9 @@ Section GetSection(const std::string& b, size_t& pos, uint32_t want,
   const uint64_t size = r.Get<uint64_t>();
   const uint64_t sum = r.Get<uint64_t>();
   pos += 20;
-  if (size > b.size() - pos)
+  if (size > b_size - pos)
     throw IoError(what + ": truncated (section " + std::to_string(id) + ")");
-  Section s{b.data() + pos, size_t(size)};
+  Section s{b + pos, size_t(size)};
   if (XXH64(s.data, s.size, 0) != sum) {
     throw IoError(what + ": checksum mismatch in section " +
                   std::to_string(id) + " (corrupted file)");
@@ -56,7 +56,7 @@ Section GetSection(const std::string& b, size_t& pos, uint32_t want,
 // the session exactly as it was, with one extra copy of the state at most.
 void Apply(const std::string& what, const Section& arena_bytes,
            const Section& scalars, Arena& arena, size_t begin,
-           std::vector<std::unique_ptr<Sketch>>& sketches) {
+           std::vector<std::unique_ptr<Sketch>>& sketches, bool commit) {
   StateWriter backup;
   for (const auto& s : sketches) s->SaveScalars(backup);
   const StagedState staged(arena.data() + begin,
@@ -81,6 +81,11 @@ void Apply(const std::string& what, const Section& arena_bytes,
     StateReader r(backup.bytes().data(), backup.bytes().size());
     for (auto& s : sketches) s->LoadScalars(r);
     throw IoError(what + ": " + e.what() + "; nothing was changed");
+  }
+  if (!commit) {  // validated only: the scalars as they were
+    StateReader r(backup.bytes().data(), backup.bytes().size());
+    for (auto& s : sketches) s->LoadScalars(r);
+    return;
   }
   std::memcpy(arena.data() + begin, arena_bytes.data, arena_bytes.size);
 }
@@ -231,10 +236,17 @@ void SaveState(const std::string& path, const SessionConfig& c,
 void LoadStateBytes(const std::string& b, const std::string& what,
                     const SessionConfig& c, Arena& arena, size_t begin,
                     std::vector<std::unique_ptr<Sketch>>& sketches) {
-  if (b.size() < 24 || std::memcmp(b.data(), kMagic, 8) != 0) {
+  LoadStateBytes(b.data(), b.size(), what, c, arena, begin, sketches, true);
+}
+
+void LoadStateBytes(const char* data, size_t size, const std::string& what,
+                    const SessionConfig& c, Arena& arena, size_t begin,
+                    std::vector<std::unique_ptr<Sketch>>& sketches,
+                    bool commit) {
+  if (size < 24 || std::memcmp(data, kMagic, 8) != 0) {
     throw IoError(what + ": not a kvsketch state file (bad magic)");
   }
-  StateReader r(b.data() + 8, b.size() - 8);
+  StateReader r(data + 8, size - 8);
   const uint32_t version = r.Get<uint32_t>();
   const uint32_t endian = r.Get<uint32_t>();
   if (endian != kEndian)
@@ -245,24 +257,24 @@ void LoadStateBytes(const std::string& b, const std::string& what,
                   ")");
   }
   const uint64_t fp_len = r.Get<uint64_t>();
-  if (fp_len > b.size() - 24) throw IoError(what + ": truncated header");
-  const std::string fp(b.data() + 24, size_t(fp_len));
+  if (fp_len > size - 24) throw IoError(what + ": truncated header");
+  const std::string fp(data + 24, size_t(fp_len));
   const std::string mine = ConfigFingerprint(c);
   if (fp != mine) {
     throw IoError(what + ": configuration mismatch: file has '" + fp +
                   "', session has '" + mine + "'");
   }
   size_t pos = 24 + size_t(fp_len);
-  const Section arena_bytes = GetSection(b, pos, kArenaSection, what);
-  const Section scalars = GetSection(b, pos, kScalarSection, what);
-  if (pos != b.size())
+  const Section arena_bytes = GetSection(data, size, pos, kArenaSection, what);
+  const Section scalars = GetSection(data, size, pos, kScalarSection, what);
+  if (pos != size)
     throw IoError(what + ": trailing bytes after the last section");
   if (arena_bytes.size != arena.used() - begin) {
     throw IoError(what + ": state size " + std::to_string(arena_bytes.size) +
                   " does not match this session's " +
                   std::to_string(arena.used() - begin));
   }
-  Apply(what, arena_bytes, scalars, arena, begin, sketches);
+  Apply(what, arena_bytes, scalars, arena, begin, sketches, commit);
 }
 
 void LoadState(const std::string& path, const SessionConfig& c, Arena& arena,

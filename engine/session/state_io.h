@@ -32,6 +32,12 @@ void LoadState(const std::string& path, const SessionConfig& c, Arena& arena,
 void LoadStateBytes(const std::string& bytes, const std::string& what,
                     const SessionConfig& c, Arena& arena, size_t begin,
                     std::vector<std::unique_ptr<Sketch>>& sketches);
+// Same, from caller memory, read in place; commit = false validates
+// everything and changes nothing.
+void LoadStateBytes(const char* data, size_t size, const std::string& what,
+                    const SessionConfig& c, Arena& arena, size_t begin,
+                    std::vector<std::unique_ptr<Sketch>>& sketches,
+                    bool commit);
 // Recomputes both section checksums of a state (tests and the state fuzzer
 // use it to reach the validation behind the checksum); returns the input
 // unchanged when its layout cannot be parsed.

@@ -62,10 +62,16 @@ int main() {
       a->Prefill(l, pq.data(), pk.data(), pv.data(), 40, pout.data());
       b->Append(l, k.data(), v.data());
     }
+    // Both conversations saved in one buffer, then restored.
+    std::vector<char> saved(ctx.StateSize());
+    ctx.SaveState(saved.data(), saved.size());
+    for (size_t l = 0; l < cfg.layers; ++l) b->Append(l, k.data(), v.data());
+    ctx.LoadState(saved.data(), saved.size());
     std::printf(
         "C++ consumer: context of %zu sequences, %zu B; tokens %zu "
-        "and %zu\n",
-        ctx.sequences(), ctx.bytes(), a->Stats().tokens, b->Stats().tokens);
+        "and %zu; context state %zu B\n",
+        ctx.sequences(), ctx.bytes(), a->Stats().tokens, b->Stats().tokens,
+        saved.size());
   } catch (const kvsketch::Error& e) {
     std::fprintf(stderr, "kvsketch: %s\n", e.what());
     return 1;

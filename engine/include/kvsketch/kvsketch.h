@@ -134,6 +134,20 @@ class Context {
   size_t sequences() const;   // in use now
   size_t bytes() const;       // everything the context allocated
   size_t slot_bytes() const;  // state memory of one sequence
+  // Every live sequence's state in one buffer (llama_state_get_size /
+  // get_data / set_data for a whole context): StateSize() bytes (a 16-byte
+  // header, then each sequence's Session::SaveState bytes with its slot);
+  // SaveState throws Error writing nothing when capacity is smaller.
+  // LoadState restores them into the sequences living in the same slots
+  // (in a new context: create the same sequences, same configurations, in
+  // the same order, then load): the count, every slot and every sequence's
+  // bytes are validated before any sequence changes (IoError naming the
+  // problem; nothing changes). No sequence may be created, destroyed or
+  // called meanwhile: these hold the slot table (creation and destruction
+  // wait) but not the sequences' calls.
+  size_t StateSize() const;
+  size_t SaveState(void* dst, size_t capacity) const;
+  void LoadState(const void* src, size_t size);
 
   struct Impl;
 
@@ -206,6 +220,9 @@ class Session {
   size_t StateSize() const;
   size_t SaveState(void* dst, size_t capacity) const;
   void LoadState(const void* src, size_t size);
+  // LoadState's validation alone: throws what LoadState would, changes
+  // nothing either way.
+  void ValidateState(const void* src, size_t size);
 
   // Attend without learning: the same answer as Attend, and no query
   // statistic changes (risk's probes, h2o/tova scores, balance's window

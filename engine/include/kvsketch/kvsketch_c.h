@@ -222,6 +222,17 @@ kvs_status kvs_sequence_create(kvs_context* c, const kvs_config* cfg,
                                kvs_session** out);
 kvs_status kvs_context_sequences(const kvs_context* c, size_t* in_use,
                                  size_t* max_sequences);
+/* Every live sequence's state in one buffer (since 0.4; see
+ * Context::SaveState): *size = the bytes; kvs_context_state_get writes them
+ * (KVS_INVALID_ARGUMENT, nothing written, when capacity is smaller);
+ * kvs_context_state_set restores them into the sequences in the same slots
+ * (create the same sequences in the same order first), validating all of
+ * them before any changes (KVS_IO naming the problem). No sequence may be
+ * created, destroyed or called meanwhile. Messages: kvs_last_error(NULL). */
+kvs_status kvs_context_state_size(const kvs_context* c, size_t* size);
+kvs_status kvs_context_state_get(const kvs_context* c, void* dst,
+                                 size_t capacity, size_t* written);
+kvs_status kvs_context_state_set(kvs_context* c, const void* src, size_t size);
 const char* kvs_last_error(const kvs_session* s);
 const char* kvs_version(void);
 
