@@ -152,6 +152,7 @@ int Eval(const LmOptions& o, const LlamaWeights& w, const Tokenizer& tok) {
         comp_cfg.method);
   }
   size_t done = 0;
+  std::unique_ptr<LlamaRunner> block_runner;  // the prefill run's
   for (size_t wi = 0; wi < windows.size(); ++wi) {
     LlamaRunner full(w, full_cfg), comp(w, comp_cfg);
     std::unique_ptr<LlamaRunner> win;
@@ -191,12 +192,16 @@ int Eval(const LmOptions& o, const LlamaWeights& w, const Tokenizer& tok) {
       progress.Show(++done, total_tokens, "tokens");
     }
     if (o.prefill_block) {
-      // The method again, fed in blocks: one Prefill per layer and block.
-      LlamaRunner pre(w, comp_cfg);
+      // The method again, fed in blocks: one Prefill per layer and block,
+      // by one runner reset between windows (as an engine serving one
+      // conversation after another keeps its buffers).
+      if (!block_runner)
+        block_runner = std::make_unique<LlamaRunner>(w, comp_cfg);
+      block_runner->Reset();
       for (size_t j0 = b; j0 < e; j0 += o.prefill_block) {
         const size_t nb = std::min(o.prefill_block, e - j0);
         const auto t0 = Clock::now();
-        const float* lb = pre.ForwardBlock(tokens.data() + j0, nb);
+        const float* lb = block_runner->ForwardBlock(tokens.data() + j0, nb);
         t_pre += Seconds(t0, Clock::now());
         for (size_t j = j0; j < j0 + nb && j + 1 < e; ++j) {
           LogSoftmax(full_logits.data() + (j - b) * V, V, &lp_full);
