@@ -20,6 +20,8 @@ NATIVE_PKGS=(
   clang-format-14 clang-14 libclang-rt-14-dev libfuzzer-14-dev
   libhwy-dev libtbb-dev doctest-dev libcli11-dev nlohmann-json3-dev libfmt-dev
   libbenchmark-dev libxxhash-dev python3 python3-matplotlib
+  python3-dev python3-numpy python3-pytest python3-setuptools python3-wheel
+  python3-pip python3-venv pybind11-dev python3-pybind11
   g++-aarch64-linux-gnu g++-arm-linux-gnueabihf qemu-user
 )
 CROSS_PKGS=(

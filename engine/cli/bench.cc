@@ -270,15 +270,30 @@ void bench::CheckStorageRange(const std::vector<Trace>& traces,
       }
 }
 
-int RunBench(const BenchOptions& opt) {
-  std::string source;
-  const std::vector<Trace> traces = LoadWorkload(opt.workload, &source);
-  CheckStorageRange(traces, opt.base);
+namespace {
+
+// What every bench run checks before it measures (and before RunBench
+// prints anything).
+void CheckBench(const std::vector<Trace>& traces, const BenchOptions& opt) {
+  if (traces.empty()) throw Error("bench: no trace to evaluate");
+  bench::CheckStorageRange(traces, opt.base);
   for (const Trace& t : traces) {
     if (t.dk != traces[0].dk || t.dv != traces[0].dv) {
       throw Error("all traces of a set must share head dimensions");
     }
   }
+}
+
+int BenchThreads(const BenchOptions& opt) {
+  return opt.threads > 0 ? opt.threads : int(DefaultThreads());
+}
+
+}  // namespace
+
+void EvaluateTraces(const std::vector<Trace>& traces, const BenchOptions& opt,
+                    const std::function<void(const BenchRow&)>& on_row) {
+  using namespace bench;
+  CheckBench(traces, opt);
   std::vector<Unit> units;
   for (const Trace& t : traces)
     for (size_t l = 0; l < t.layers; ++l)
@@ -291,57 +306,11 @@ int RunBench(const BenchOptions& opt) {
   if (adaptive && opt.budget_bytes) {
     throw Error("--budget-split adaptive works with --budget-tokens");
   }
-
-  const int threads = opt.threads > 0 ? opt.threads : int(DefaultThreads());
-  tbb::task_arena pool(threads);
-  const bool table = !opt.json && !opt.csv;
-  SketchConfig with_dims = opt.base;
-  with_dims.dk = traces[0].dk;
-  with_dims.dv = traces[0].dv;
-  const std::string storage_label =
-      StorageLabel(opt.base.storage_k, opt.base.storage_v) +
-      (RotatedSide(opt.base.storage_k, with_dims.dk, opt.base.rotate) ||
-               RotatedSide(opt.base.storage_v, with_dims.dv, opt.base.rotate)
-           ? "+rot"
-           : "");
-  if (table) {
-    const Trace& t0 = traces[0];
-    fmt::print(
-        "## kvsketch bench\n\nmachine: {} | SIMD: {} | threads: {} | workload: "
-        "{} | "
-        "d_k={} d_v={} heads={}/{} (q/kv) layers={} seq={} | sinks={} "
-        "seed={} storage={} (a budget of B tokens = the bytes of B f32 "
-        "tokens)\n",
-        CpuModel(), ChosenTargetName(), threads, source, t0.dk, t0.dv,
-        t0.n_heads, t0.n_kv_heads, t0.layers, t0.seq, opt.base.sinks,
-        opt.base.seed, StorageSummary(with_dims));
-  }
-  if (!opt.csv) PrintNorms(traces, opt.json);
-  if (opt.csv) {
-    fmt::print(
-        "workload,split,storage,method,budget_tokens,budget_bytes,bytes_used,"
-        "retained,"
-        "mean_rel_err,p50_rel_err,p95_rel_err,append_ns_per_token,"
-        "attend_ns_per_query,positions,wall_s,error\n");
-  }
   if (opt.eval_max == 0) throw Error("--eval-max must be at least 1");
   for (size_t b : opt.budgets)
     if (b == 0 && !opt.budget_bytes)
       throw Error("--budget-tokens must be at least 1 (got 0)");
-  size_t measured_rows = 0;
-  // Mean error of each (budget, method) row, for the error / best table.
-  std::map<std::pair<size_t, Method>, double> means;
-  std::string first_failure;
-  const size_t steps = budgets.size() * methods.size();
-  size_t step = 0;
-  const bool progress = !opt.quiet && isatty(2);
-  if (table) {
-    fmt::print(
-        "| method | budget tokens | budget B/head | used B/head | retained | "
-        "mean err | p50 err | p95 err | append ns/tok | attend ns/query | "
-        "positions | wall s |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|---|\n");
-  }
+  tbb::task_arena pool(BenchThreads(opt));
   for (size_t budget : budgets) {
     // Exact references per unit at the positions this budget evaluates.
     const size_t eval_from =
@@ -381,83 +350,149 @@ int RunBench(const BenchOptions& opt) {
                            pos[i], exact[i]);
         });
       });
-      const double wall_s =
-          std::chrono::duration<double>(Clock::now() - wall0).count();
+      BenchRow row;
+      row.method = MethodName(m);
+      row.budget_tokens = budget;
+      row.wall_s = std::chrono::duration<double>(Clock::now() - wall0).count();
       std::vector<double> all;
-      size_t used = 0, retained = 0, positions = 0, appends = 0, queries = 0;
+      size_t retained = 0, appends = 0, queries = 0;
       double as = 0, qs = 0;
-      std::string failure;
       for (const Result& r : res) {
-        if (!r.error.empty() && failure.empty()) failure = r.error;
+        if (!r.error.empty() && row.error.empty()) row.error = r.error;
         all.insert(all.end(), r.errors.begin(), r.errors.end());
-        used = std::max(used, r.bytes);
+        row.bytes_used = std::max(row.bytes_used, r.bytes);
         retained += r.retained;
         appends += r.appends;
         queries += r.queries;
         as += r.append_s;
         qs += r.attend_s;
       }
-      positions = all.size();
-      // The exact reference alone is not a measurement of a method (unless
-      // it is all that was asked for).
-      const bool only_exact = methods.size() == 1 && m == Method::kExact;
-      if (failure.empty() && positions > 0 &&
-          (m != Method::kExact || only_exact))
-        ++measured_rows;
-      if (!failure.empty() && first_failure.empty()) first_failure = failure;
-      size_t bb = 0;  // mean budget per head (differs per head when adaptive)
-      for (const Result& r : res) bb += r.budget_bytes;
-      bb /= res.size();
+      row.positions = all.size();
+      // Mean budget per head (differs per head when adaptive).
+      for (const Result& r : res) row.budget_bytes += r.budget_bytes;
+      row.budget_bytes /= res.size();
       double mean = 0;
       for (double e : all) mean += e;
-      mean = all.empty() ? NAN : mean / double(all.size());
-      const double p50 = Quantile(all, 0.5), p95 = Quantile(all, 0.95);
-      const double ans = appends ? as / appends * 1e9 : 0;
-      const double qns = queries ? qs / queries * 1e9 : 0;
-      const double ret = double(retained) / double(units.size());
-      if (progress) {
-        std::fprintf(stderr, "\r[%zu/%zu] %s %zu tokens   ", ++step, steps,
-                     MethodName(m), budget);
-        if (step == steps) std::fprintf(stderr, "\n");
-        std::fflush(stderr);
-      }
-      if (failure.empty() && positions > 0 && m != Method::kExact) {
-        means[{budget, m}] = mean;
-      }
-      if (opt.csv) {
-        std::string err = failure;
-        for (char& ch : err)
-          if (ch == ',' || ch == '"' || ch == '\n') ch = ' ';
-        fmt::print(
-            "{},{},{},{},{},{},{},{:.2f},{},{},{},{:.1f},{:.1f},{},{:.4f},{}\n",
-            source, opt.budget_split, storage_label, MethodName(m), budget, bb,
-            used, ret, JsonNum(mean), JsonNum(p50), JsonNum(p95), ans, qns,
-            positions, wall_s, err);
-      } else if (opt.json) {
-        fmt::print(
-            "{{\"method\":\"{}\",\"storage\":\"{}\",\"budget_tokens\":{},"
-            "\"budget_bytes\":{},"
-            "\"bytes_used\":{},\"retained\":{:.1f},\"mean_rel_err\":{},"
-            "\"p50_rel_err\":{},\"p95_rel_err\":{},"
-            "\"append_ns_per_token\":{:.1f},\"attend_ns_per_query\":{:.1f},"
-            "\"positions\":{},\"wall_s\":{:.4f}{}}}\n",
-            MethodName(m), storage_label, budget, bb, used, ret, JsonNum(mean),
-            JsonNum(p50), JsonNum(p95), ans, qns, positions, wall_s,
-            failure.empty() ? "" : ",\"error\":\"" + failure + "\"");
-      } else if (!failure.empty()) {
-        fmt::print("| {} | {} | {} | - | - | failed: {} | | | | | | |\n",
-                   MethodName(m), budget, bb, failure);
-      } else {
-        fmt::print(
-            "| {} | {} | {} | {} | {:.1f} | {:.4f} | {:.4f} | {:.4f} | {:.0f} "
-            "| "
-            "{:.0f} | {} | {:.3f} |\n",
-            MethodName(m), budget, bb, used, ret, mean, p50, p95, ans, qns,
-            positions, wall_s);
-      }
-      std::fflush(stdout);
+      row.mean = all.empty() ? NAN : mean / double(all.size());
+      row.p50 = Quantile(all, 0.5);
+      row.p95 = Quantile(all, 0.95);
+      row.append_ns = appends ? as / appends * 1e9 : 0;
+      row.attend_ns = queries ? qs / queries * 1e9 : 0;
+      row.retained = double(retained) / double(units.size());
+      on_row(row);
     }
   }
+}
+
+int RunBench(const BenchOptions& opt) {
+  using namespace bench;
+  std::string source;
+  const std::vector<Trace> traces = LoadWorkload(opt.workload, &source);
+  CheckBench(traces, opt);
+  const int threads = BenchThreads(opt);
+  const bool table = !opt.json && !opt.csv;
+  SketchConfig with_dims = opt.base;
+  with_dims.dk = traces[0].dk;
+  with_dims.dv = traces[0].dv;
+  const std::string storage_label =
+      StorageLabel(opt.base.storage_k, opt.base.storage_v) +
+      (RotatedSide(opt.base.storage_k, with_dims.dk, opt.base.rotate) ||
+               RotatedSide(opt.base.storage_v, with_dims.dv, opt.base.rotate)
+           ? "+rot"
+           : "");
+  if (table) {
+    const Trace& t0 = traces[0];
+    fmt::print(
+        "## kvsketch bench\n\nmachine: {} | SIMD: {} | threads: {} | workload: "
+        "{} | "
+        "d_k={} d_v={} heads={}/{} (q/kv) layers={} seq={} | sinks={} "
+        "seed={} storage={} (a budget of B tokens = the bytes of B f32 "
+        "tokens)\n",
+        CpuModel(), ChosenTargetName(), threads, source, t0.dk, t0.dv,
+        t0.n_heads, t0.n_kv_heads, t0.layers, t0.seq, opt.base.sinks,
+        opt.base.seed, StorageSummary(with_dims));
+  }
+  if (!opt.csv) PrintNorms(traces, opt.json);
+  if (opt.csv) {
+    fmt::print(
+        "workload,split,storage,method,budget_tokens,budget_bytes,bytes_used,"
+        "retained,"
+        "mean_rel_err,p50_rel_err,p95_rel_err,append_ns_per_token,"
+        "attend_ns_per_query,positions,wall_s,error\n");
+  }
+  std::vector<Method> methods;
+  for (const auto& m : opt.methods) methods.push_back(ParseMethod(m));
+  size_t measured_rows = 0;
+  // Mean error of each (budget, method) row, for the error / best table.
+  std::map<std::pair<size_t, Method>, double> means;
+  std::string first_failure;
+  const size_t steps =
+      (opt.budget_bytes ? 1 : opt.budgets.size()) * methods.size();
+  size_t step = 0;
+  const bool progress = !opt.quiet && isatty(2);
+  if (table) {
+    fmt::print(
+        "| method | budget tokens | budget B/head | used B/head | retained | "
+        "mean err | p50 err | p95 err | append ns/tok | attend ns/query | "
+        "positions | wall s |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+  }
+  EvaluateTraces(traces, opt, [&](const BenchRow& r) {
+    const Method m = ParseMethod(r.method);
+    const size_t budget = r.budget_tokens;
+    const std::string& failure = r.error;
+    // The exact reference alone is not a measurement of a method (unless
+    // it is all that was asked for).
+    const bool only_exact = methods.size() == 1 && m == Method::kExact;
+    if (failure.empty() && r.positions > 0 &&
+        (m != Method::kExact || only_exact))
+      ++measured_rows;
+    if (!failure.empty() && first_failure.empty()) first_failure = failure;
+    if (progress) {
+      std::fprintf(stderr, "\r[%zu/%zu] %s %zu tokens   ", ++step, steps,
+                   MethodName(m), budget);
+      if (step == steps) std::fprintf(stderr, "\n");
+      std::fflush(stderr);
+    }
+    if (failure.empty() && r.positions > 0 && m != Method::kExact) {
+      means[{budget, m}] = r.mean;
+    }
+    if (opt.csv) {
+      std::string err = failure;
+      for (char& ch : err)
+        if (ch == ',' || ch == '"' || ch == '\n') ch = ' ';
+      fmt::print(
+          "{},{},{},{},{},{},{},{:.2f},{},{},{},{:.1f},{:.1f},{},{:.4f},{}\n",
+          source, opt.budget_split, storage_label, MethodName(m), budget,
+          r.budget_bytes, r.bytes_used, r.retained, JsonNum(r.mean),
+          JsonNum(r.p50), JsonNum(r.p95), r.append_ns, r.attend_ns, r.positions,
+          r.wall_s, err);
+    } else if (opt.json) {
+      fmt::print(
+          "{{\"method\":\"{}\",\"storage\":\"{}\",\"budget_tokens\":{},"
+          "\"budget_bytes\":{},"
+          "\"bytes_used\":{},\"retained\":{:.1f},\"mean_rel_err\":{},"
+          "\"p50_rel_err\":{},\"p95_rel_err\":{},"
+          "\"append_ns_per_token\":{:.1f},\"attend_ns_per_query\":{:.1f},"
+          "\"positions\":{},\"wall_s\":{:.4f}{}}}\n",
+          MethodName(m), storage_label, budget, r.budget_bytes, r.bytes_used,
+          r.retained, JsonNum(r.mean), JsonNum(r.p50), JsonNum(r.p95),
+          r.append_ns, r.attend_ns, r.positions, r.wall_s,
+          failure.empty() ? "" : ",\"error\":\"" + failure + "\"");
+    } else if (!failure.empty()) {
+      fmt::print("| {} | {} | {} | - | - | failed: {} | | | | | | |\n",
+                 MethodName(m), budget, r.budget_bytes, failure);
+    } else {
+      fmt::print(
+          "| {} | {} | {} | {} | {:.1f} | {:.4f} | {:.4f} | {:.4f} | {:.0f} "
+          "| "
+          "{:.0f} | {} | {:.3f} |\n",
+          MethodName(m), budget, r.budget_bytes, r.bytes_used, r.retained,
+          r.mean, r.p50, r.p95, r.append_ns, r.attend_ns, r.positions,
+          r.wall_s);
+    }
+    std::fflush(stdout);
+  });
   if (opt.json) {
     fmt::print("{{\"peak_rss_bytes\":{},\"peak_vm_bytes\":{}}}\n",
                PeakRssBytes(), PeakVirtualBytes());
