@@ -6,6 +6,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <memory>
@@ -419,6 +420,26 @@ PYBIND11_MODULE(_kvsketch, m) {
         s.session().LoadState(v.data(), v.size());
       });
 
+  // The same Attend as Session.attend, called `reps` times from C++ on the
+  // same buffers: seconds per call (the Python call's overhead is the
+  // difference; python/benchmarks/overhead.py).
+  m.def(
+      "_cxx_attend_seconds",
+      [](PySession& s, size_t layer, const F32& q, size_t reps) {
+        const SessionConfig& c = s.cfg();
+        if (layer >= c.layers || size_t(q.size()) != c.n_heads * c.dk) {
+          throw py::value_error("_cxx_attend_seconds: layer or q size");
+        }
+        std::vector<float> out(c.n_heads * c.dv);
+        py::gil_scoped_release release;
+        const auto t0 = std::chrono::steady_clock::now();
+        for (size_t r = 0; r < reps; ++r)
+          s.session().Attend(layer, q.data(), out.data());
+        const auto t1 = std::chrono::steady_clock::now();
+        return std::chrono::duration<double>(t1 - t0).count() /
+               double(reps ? reps : 1);
+      },
+      py::arg("session"), py::arg("layer"), py::arg("q"), py::arg("reps"));
   m.def(
       "read_trace",
       [](const std::string& dir) {

@@ -7,6 +7,7 @@ one skip without it.
 import json
 import os
 import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -218,3 +219,22 @@ def test_evaluate_equals_bench_on_the_bundled_traces():
         assert round(r["retained"], 1) == w["retained"]
         for key in ("bytes_used", "budget_bytes", "positions"):
             assert r[key] == w[key], (r["method"], key)
+
+
+@pytest.mark.skipif(not TRACES, reason="bundled traces absent")
+def test_the_readme_example_runs(tmp_path):
+    pytest.importorskip("matplotlib")
+    here = os.path.dirname(os.path.abspath(__file__))
+    script = os.path.join(here, "..", "examples", "error_vs_budget.py")
+    trace = os.path.join(TRACES, sorted(os.listdir(TRACES))[0])
+    png = tmp_path / "plot.png"
+    env = dict(os.environ)
+    r = subprocess.run([sys.executable, script, trace, str(png)],
+                       check=True, capture_output=True, text=True, env=env)
+    lines = dict(line.split(" ", 1) for line in r.stdout.splitlines()
+                 if not line.startswith("wrote"))
+    assert set(lines) == {"window", "h2o", "risk"}
+    errs = {m: [float(x) for x in v.split()] for m, v in lines.items()}
+    for m, e in errs.items():
+        assert len(e) == 4 and e == sorted(e, reverse=True), m  # falls with budget
+    assert png.stat().st_size > 10000
