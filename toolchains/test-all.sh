@@ -57,6 +57,27 @@ install_consumer() {
   echo "install-consumer: 3 passed, 0 failed"
 }
 
+# The README's Python install on this machine, offline: a venv that sees
+# Debian's numpy, `pip install --no-build-isolation ./python` (the project's
+# CMake builds the module), then the package used from outside the tree.
+python_install() {
+  local venv=build/python-venv
+  rm -rf "$venv" python/build python/kvsketch.egg-info
+  /usr/bin/python3 -m venv --system-site-packages "$venv"
+  "$venv/bin/pip" install -q --no-build-isolation ./python
+  rm -rf python/build python/kvsketch.egg-info
+  (cd / && "$OLDPWD/$venv/bin/python" -c '
+import numpy as np, kvsketch
+rng = np.random.default_rng(0)
+q = rng.standard_normal((4, 300, 16)).astype(np.float32)
+k = rng.standard_normal((2, 300, 16)).astype(np.float32)
+v = rng.standard_normal((2, 300, 16)).astype(np.float32)
+r = kvsketch.evaluate(q, k, v, method="risk", budget_tokens=64)
+assert 0 < r["mean_rel_err"] < 1 and r["positions"] > 0, r
+print("python-install: kvsketch", kvsketch.__version__, "from", kvsketch.__file__)
+print("python-install: 1 passed, 0 failed")')
+}
+
 # libFuzzer (clang 14, ASan + UBSan) on every loader of outside data, a
 # bounded time each, starting from the small corpus kept in fuzz/corpus.
 fuzz_one() {  # fuzz_one TARGET: one bounded libFuzzer run
@@ -120,6 +141,7 @@ stage install-deps bash toolchains/install-deps.sh
 stage format format_check
 stage native-release native release
 stage install-consumer install_consumer
+stage python-install python_install
 stage native-asan-ubsan native asan
 stage fuzz fuzz
 stage aarch64-qemu cross_aarch64
