@@ -173,7 +173,9 @@ def evaluate(q=None, k=None, v=None, *, traces=None,
     them, or a path read as ``read_traces``). Each method runs token by
     token over every KV head; at up to ``eval_max`` positions per head after
     the budget its outputs are compared with exact attention (relative L2
-    error per query head). Returns one dict per (budget, method), in order:
+    error per query head). ``budget_tokens`` are per KV head (the bytes of
+    that many f32 tokens); ``budget_bytes`` (per KV head, as ``bench
+    --budget``) replaces them when non-zero. Returns one dict per (budget, method), in order:
     method, budget_tokens, budget_bytes, bytes_used, retained,
     mean_rel_err, p50_rel_err, p95_rel_err, append_ns_per_token,
     attend_ns_per_query, positions, error (None, or why the method failed).
