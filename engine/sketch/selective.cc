@@ -287,10 +287,11 @@ class SelectiveSketch final : public Sketch {
         } else {
           EmptyPartial(G, m, z);
         }
+        // The summary's own partial (sm, sz) stays for the share estimate:
+        // MergePartials reads its source and writes only the first partial.
         for (size_t g = 0; g < G; ++g) {
-          const float m0 = sm[g], z0 = sz[g];
-          MergePartials(m + g, z + g, N + g * vs_, m0, z0, sN + g * vs_, vs_);
-          sm[g] = m0, sz[g] = z0;  // MergePartials leaves its source as is
+          MergePartials(m + g, z + g, N + g * vs_, sm[g], sz[g], sN + g * vs_,
+                        vs_);
         }
       }
     } else {
