@@ -375,6 +375,59 @@ TEST_CASE("query-aware methods keep an old token that is queried again") {
   }
 }
 
+// A pool of more than 512 items compacts in epochs: one pass of the probes
+// over the pool, then rounds until 1/32 of the pool is free (the pass is
+// paid once per ~pool/32 tokens, not per round). The selection still keeps
+// the token every query asks for, and the budget holds throughout.
+TEST_CASE("risk on a large pool: compaction epochs free 1/32 of it at once") {
+  const size_t d = 16, seq = 3000, target = 20;
+  Trace t = GroupOfTwo(seq, d);
+  std::mt19937 rng(5);
+  std::normal_distribution<float> g(0.0f, 1.0f);
+  std::vector<float> special(d);
+  for (auto& x : special) x = g(rng);
+  for (size_t j = 0; j < seq; ++j) {
+    for (size_t c = 0; c < d; ++c) {
+      t.k[0][j * d + c] = j == target ? 3.0f * special[c] : g(rng);
+      t.v[0][j * d + c] = j == target ? 5.0f : g(rng);
+    }
+    for (size_t h = 0; h < 2; ++h)
+      for (size_t c = 0; c < d; ++c)
+        t.q[0][(h * seq + j) * d + c] = 2.0f * special[c] + 0.3f * g(rng);
+  }
+  const size_t from = 1500;
+  auto run = [&](Method m, size_t* pool, size_t* largest_free) {
+    SketchConfig c = Config(m, t, 640);
+    c.max_group = 2;
+    Run r(c);
+    std::vector<float> q(2 * d), out(2 * d), all;
+    size_t prev = 0;
+    for (size_t j = 0; j < seq; ++j) {
+      r.sketch->Append(t.K(0, 0, j), t.V(0, 0, j), r.ws.data());
+      const size_t kept = r.sketch->retained();
+      *pool = std::max(*pool, kept);
+      if (prev + 1 > kept)
+        *largest_free = std::max(*largest_free, prev + 1 - kept);
+      prev = kept;
+      REQUIRE(r.sketch->bytes() <= c.budget_bytes);
+      for (size_t h = 0; h < 2; ++h)
+        std::memcpy(q.data() + h * d, t.Q(0, h, j), d * sizeof(float));
+      r.sketch->Attend(q.data(), 2, out.data(), r.ws.data());
+      if (j >= from) all.insert(all.end(), out.begin(), out.end());
+    }
+    return MeanError(all, t, from);
+  };
+  size_t pool = 0, freed = 0, wpool = 0, wfreed = 0;
+  const double risk = run(Method::kRisk, &pool, &freed);
+  const double window = run(Method::kWindow, &wpool, &wfreed);
+  MESSAGE("risk pool " << pool << ", largest single free " << freed
+                       << ", error " << risk << " vs window " << window);
+  REQUIRE(pool >= 512 + 4);  // sinks + a pool that runs epochs
+  CHECK(freed >= (pool - 4) / 32);
+  CHECK(freed <= (pool - 4) / 8);  // an epoch stops near its goal
+  CHECK(risk < 0.5 * window);
+}
+
 // A topic seen early and then not again for a long gap, queried at the end:
 // the recent queries never asked about it, so a purely query-aware pool
 // (risk before its summary, `--risk-summary off`) has dropped it; the

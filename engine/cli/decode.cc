@@ -59,6 +59,7 @@ struct Row {
   int threads;
   size_t context;
   double us_per_token;  // all layers
+  double append_us;     // per token and KV head (appends alone)
   size_t state_bytes;   // all layers
   size_t retained;      // per KV head (mean)
   const char* how;
@@ -133,13 +134,14 @@ int RunDecode(const DecodeOptions& opt) {
         shape.heads, shape.kv_heads, d, opt.storage, period, opt.steps,
         run_layers, shape.layers);
     fmt::print(
-        "| method | budget | threads | context | us/token | vs exact | "
-        "state MiB | held/head |\n|---|---|---|---|---|---|---|---|\n");
+        "| method | budget | threads | context | us/token | append us/head | "
+        "vs exact | state MiB | held/head |\n"
+        "|---|---|---|---|---|---|---|---|---|\n");
   }
   if (opt.csv) {
     fmt::print(
-        "method,budget_tokens,threads,context,us_per_token,vs_exact,"
-        "state_bytes,retained_per_head\n");
+        "method,budget_tokens,threads,context,us_per_token,"
+        "append_us_per_head,vs_exact,state_bytes,retained_per_head\n");
   }
   std::fflush(stdout);
 
@@ -169,12 +171,16 @@ int RunDecode(const DecodeOptions& opt) {
         // `exact` holds the whole context (f32-token units: room to spare).
         cfg.budget_tokens_per_head = exact ? max_ctx + 64 : budget;
         Session session(cfg);
-        size_t t = 0;  // tokens appended
+        size_t t = 0;         // tokens appended
+        double append_s = 0;  // time in the timed steps' appends
         const auto step = [&] {
           const size_t at = t % period;
           for (size_t l = 0; l < run_layers; ++l) {
+            const auto a0 = Clock::now();
             session.Append(l, K.data() + at * shape.kv_heads * d,
                            V.data() + at * shape.kv_heads * d);
+            append_s +=
+                std::chrono::duration<double>(Clock::now() - a0).count();
             session.Attend(l, Q.data() + at * shape.heads * d, out.data());
           }
           ++t;
@@ -198,6 +204,7 @@ int RunDecode(const DecodeOptions& opt) {
           // decoded and timed (the mean includes every compaction); exact:
           // the last `steps` tokens.
           const size_t from = exact ? timed_from : t;
+          append_s = 0;
           const auto t0 = Clock::now();
           while (t < target) step();
           const double per_token =
@@ -210,6 +217,8 @@ int RunDecode(const DecodeOptions& opt) {
               nthreads,
               target,
               per_token * 1e6 * layer_scale,
+              append_s * 1e6 /
+                  double((target - from) * run_layers * shape.kv_heads),
               size_t(double(exact ? st.retained * row_bytes : st.state_bytes) *
                      layer_scale),
               st.retained / (run_layers * shape.kv_heads),
@@ -222,22 +231,23 @@ int RunDecode(const DecodeOptions& opt) {
                 "{{\"preset\":\"{}\",\"layers\":{},\"heads\":{},\"kv_heads\":"
                 "{},\"head_dim\":{},\"storage\":\"{}\",\"method\":\"{}\","
                 "\"budget_tokens\":{},\"threads\":{},\"context\":{},"
-                "\"us_per_token\":{:.3f},\"vs_exact\":{:.4f},\"state_bytes\":"
+                "\"us_per_token\":{:.3f},\"append_us_per_head\":{:.3f},\"vs_"
+                "exact\":{:.4f},\"state_bytes\":"
                 "{},\"retained_per_head\":{},\"history\":\"{}\"}}\n",
                 opt.preset, shape.layers, shape.heads, shape.kv_heads, d,
                 opt.storage, method, budget, nthreads, target, row.us_per_token,
-                vs, row.state_bytes, row.retained, row.how);
+                row.append_us, vs, row.state_bytes, row.retained, row.how);
           } else if (opt.csv) {
-            fmt::print("{},{},{},{},{:.3f},{:.4f},{},{}\n", method, budget,
-                       nthreads, target, row.us_per_token, vs, row.state_bytes,
-                       row.retained);
+            fmt::print("{},{},{},{},{:.3f},{:.3f},{:.4f},{},{}\n", method,
+                       budget, nthreads, target, row.us_per_token,
+                       row.append_us, vs, row.state_bytes, row.retained);
           } else {
-            fmt::print("| {} | {} | {} | {} | {:.1f} | {} | {:.1f} | {} |\n",
-                       method,
-                       exact ? std::string("-") : fmt::format("{}", budget),
-                       nthreads, target, row.us_per_token,
-                       vs > 0 ? fmt::format("{:.3f}", vs) : std::string("-"),
-                       row.state_bytes / 1048576.0, row.retained);
+            fmt::print(
+                "| {} | {} | {} | {} | {:.1f} | {:.2f} | {} | {:.1f} | {} |\n",
+                method, exact ? std::string("-") : fmt::format("{}", budget),
+                nthreads, target, row.us_per_token, row.append_us,
+                vs > 0 ? fmt::format("{:.3f}", vs) : std::string("-"),
+                row.state_bytes / 1048576.0, row.retained);
           }
           std::fflush(stdout);
         }

@@ -43,8 +43,14 @@ namespace {
 size_t ItemMeta(const SketchConfig& c) {
   return c.method == Method::kRisk ? 2 : 8;
 }
-// risk frees 1/kDropDiv of the old items per compaction.
+// risk frees 1/kDropDiv of the old items per compaction round, and runs
+// rounds (one pass of the probes over the pool) until 1/kEpochDiv of the
+// pool is free.
 constexpr size_t kDropDiv = 16;
+constexpr size_t kEpochDiv = 32;
+// Pools of fewer items run one round per compaction: their pass over the
+// pool costs about as much as a round.
+constexpr size_t kEpochMinPool = 512;
 // Half of the probes sample all older queries (a reservoir), half are the
 // most recent: the selection serves queries that recur, not only the last.
 constexpr bool kOldProbes = true;
@@ -592,19 +598,26 @@ class SelectiveSketch final : public Sketch {
     const size_t P = probe_count_ * H;
     // Candidates: the oldest old items (at most MaxCandidates; the pool is
     // in insertion order).
-    size_t C = 0;
     const size_t cmax = std::min(rows_.cap, MaxCandidates(cfg_));
+    size_t C = 0;
     for (size_t i = summary_; i < n && C < cmax; ++i) C += !Protected(i);
     if (C == 0) return false;
+    // Later rounds have at most as many candidates as the first.
     const CompactScratch s(ws, rows_.cap, P, C, dk, dv, ks_, vs, summary_cap_);
     uint32_t* cand = s.cand;
-    C = 0;
-    for (size_t i = summary_; i < n && C < cmax; ++i)
-      if (!Protected(i)) cand[C++] = uint32_t(i);
+    uint8_t* drop = s.drop;  // items leaving the pool (all rounds)
+    std::memset(drop, 0, n);
+    C = NextCandidates(cand, drop, cmax);
     const float* lw = LogW(s.lw);
-    const size_t Cs = GramStride(C);
-    const size_t drop_target = std::max<size_t>(1, C / kDropDiv);
-    const size_t keep = C - drop_target;
+    // An epoch of rounds shares the probes' pass over the pool: rounds free
+    // candidates into the summary (its mass stays, so the probes' partials
+    // stay valid to first order) until 1/kEpochDiv of the pool is free; the
+    // pool is then compacted once. Without a summary (tiny pools), or when a
+    // round makes new summary slots, that round is the last. Small pools
+    // run one round (the pass is cheap there; several rounds with the same
+    // probes select worse).
+    const size_t goal = n >= kEpochMinPool ? n / kEpochDiv : 1;
+    size_t merged_total = 0;
 
     // Probe queries, rotated to a future position when RoPE is known.
     float* q = s.q;
@@ -641,215 +654,244 @@ class SelectiveSketch final : public Sketch {
         for (size_t c = 0; c < vs; ++c) pN[p * vs + c] *= inv;  // o_p
       }
     }
-    // Candidate rows, transposed (zero columns past C): the products below
-    // are broadcast-FMA outer products.
-    float* Kt = s.Kt;
-    float* Vt = s.Vt;
-    std::memset(Kt, 0, dk * Cs * sizeof(float));
-    std::memset(Vt, 0, dv * Cs * sizeof(float));
-    double vnorm = 0;
-    for (size_t ci = 0; ci < C; ++ci) {
-      rows_.Get(cand[ci], s.row, s.row + ks_);
-      const float* vi = s.row + ks_;
-      double vn = 0;
-      for (size_t x = 0; x < dk; ++x) Kt[x * Cs + ci] = s.row[x];
-      for (size_t x = 0; x < dv; ++x) {
-        Vt[x * Cs + ci] = vi[x];
-        vn += double(vi[x]) * vi[x];
-      }
-      vnorm += std::sqrt(vn);
-      s.lwc[ci] = lw[cand[ci]];
-    }
-    const double lambda = vnorm / double(C) + 1e-6;
-    // a_pc = exp(s_pc - m_p) / Z_p with s = scale <q_p, k_c> + logw_c.
-    float* a = s.a;
-    MatMulTransposed(q, P, dk, ks_, Kt, C, Cs, a, Cs);
-    for (size_t p = 0; p < P; ++p) {
-      float* ap = a + p * Cs;
-      if (!(pz[p] > 0.0f)) {
-        std::memset(ap, 0, Cs * sizeof(float));
-        continue;
-      }
-      for (size_t ci = 0; ci < C; ++ci)
-        ap[ci] = std::max(cfg_.scale * ap[ci] + s.lwc[ci] - pm[p], -87.0f);
-      ExpArray(ap, ap, C);
-      const float inv = 1.0f / pz[p];
-      for (size_t ci = 0; ci < C; ++ci) ap[ci] *= inv;
-      for (size_t ci = C; ci < Cs; ++ci) ap[ci] = 0.0f;
-    }
-    // Response Gram of the candidates without materialising the features
-    // f_i = [a_pi (v_i - o_p), lambda a_pi]_p (P * (dv + 1) floats each):
-    //   G_ij = <v_i, v_j> S_ij - (X_ij + X_ji) + sum_p a_pi a_pj (|o_p|^2 +
-    //   lambda^2),  S = A A', X_ij = sum_p a_pi <v_i, o_p> a_pj,
-    // each term a Gram of C x P rows (X + X' = (Y+A)(Y+A)' - Y Y' - A A'
-    // with Y_ip = a_pi <v_i, o_p>), built transposed ([P][Cs]).
-    // <v_i, o_p> for every candidate and probe, and the per-probe factor
-    // sqrt(|o_p|^2 + lambda^2).
-    float* vo = s.vo;
-    MatMulTransposed(pN, P, dv, vs, Vt, C, Cs, vo, Cs);
-    for (size_t p = 0; p < P; ++p) {
-      const float* o = pN + p * vs;
-      double oo = 0;
-      for (size_t c = 0; c < dv; ++c) oo += double(o[c]) * o[c];
-      s.onorm[p] = float(std::sqrt(oo + lambda * lambda));
-      const float* ap = a + p * Cs;
-      const float* vop = vo + p * Cs;
-      float* y = s.Y + p * Cs;
-      float* ya = s.YA + p * Cs;
-      float* dm = s.Dm + p * Cs;
-      const float on = s.onorm[p];
-      for (size_t ci = 0; ci < Cs; ++ci) {
-        y[ci] = ap[ci] * vop[ci];
-        ya[ci] = y[ci] + ap[ci];
-        dm[ci] = ap[ci] * on;
-      }
-    }
-    const size_t gs = Cs;  // GramStride(C)
-    float* gram = s.gram;
-    float* tmp = s.tmp;
-    auto add = [&](float sign) {
-      for (size_t i = 0; i < C; ++i)
-        for (size_t j = 0; j <= i; ++j)
-          gram[i * gs + j] += sign * tmp[i * gs + j];
-    };
-    GramLowerTransposed(a, C, P, gram);   // S
-    GramLowerTransposed(Vt, C, dv, tmp);  // <v_i, v_j>
-    for (size_t i = 0; i < C; ++i)
-      for (size_t j = 0; j <= i; ++j) {
-        const float sij = gram[i * gs + j];
-        gram[i * gs + j] = tmp[i * gs + j] * sij + sij;  // + S for X + X'
-      }
-    GramLowerTransposed(s.YA, C, P, tmp);
-    add(-1.0f);
-    GramLowerTransposed(s.Y, C, P, tmp);
-    add(1.0f);
-    GramLowerTransposed(s.Dm, C, P, tmp);
-    add(1.0f);
-    float* L = tmp;  // keep * RoundUp(C, 16) <= GramRows(C) * gs
-    uint32_t* piv = s.piv;
-    size_t rank = PivotedCholesky(gram, C, gs, keep, 1e-7f, L, RoundUp(C, 16),
-                                  s.diag, piv, nullptr);
-    if (rank > 0 && rank < keep) {
-      // The probes are explained by fewer items: keep the newest of the
-      // others too (free only what is needed; future queries differ).
-      for (size_t ci = C; ci-- > 0 && rank < keep;) {
-        bool chosen = false;
-        for (size_t r = 0; r < rank && !chosen; ++r) chosen = piv[r] == ci;
-        if (!chosen) piv[rank++] = uint32_t(ci);
-      }
-    }
-    uint8_t* drop = s.drop;
-    std::memset(drop, 0, n);
-    for (size_t ci = 0; ci < C; ++ci) drop[cand[ci]] = 1;
-    if (rank == 0) {
-      // The probes see none of the old items: drop the oldest.
-      for (size_t ci = drop_target; ci < C; ++ci) drop[cand[ci]] = 0;
-    } else if (summary_cap_) {
-      // The chosen items stay as they are: the others keep their mass in
-      // the summary, so nothing needs to stand in for them.
-      for (size_t r = 0; r < rank; ++r) drop[cand[piv[r]]] = 0;
-    } else {
-      // No summary (a tiny pool). Weights: min |sum_{a in S} w_a f_a - sum_j
-      // f_j|^2, w >= 0, with a small ridge towards w = 1 (each kept item stands
-      // at least for itself).
-      auto G = [&](size_t i, size_t j) {
-        return i >= j ? gram[i * gs + j] : gram[j * gs + i];
-      };
-      for (size_t i = 0; i < C; ++i) {
-        double sum = 0;
-        for (size_t j = 0; j < C; ++j) sum += G(i, j);
-        s.rowsum[i] = float(sum);
-      }
-      const size_t ss = RoundUp(rank, 16);
-      float* Hm = tmp;  // the factor L is no longer needed
-      float* b = s.nnls;
-      float* w = b + RoundUp16(C);
-      float* w0 = w + RoundUp16(C);
-      float* grad = w0 + RoundUp16(C);
-      double mean_diag = 0;
-      for (size_t r = 0; r < rank; ++r) {
-        for (size_t c = 0; c < rank; ++c) Hm[r * ss + c] = G(piv[r], piv[c]);
-        b[r] = s.rowsum[piv[r]];
-        w[r] = w0[r] = 1.0f;
-        mean_diag += Hm[r * ss + r];
-      }
-      const float ridge = cfg_.risk_ridge * float(mean_diag / double(rank));
-      NonNegativeLeastSquares(Hm, rank, ss, b, ridge, w0, cfg_.risk_iterations,
-                              1e-4f, w, grad);
-      for (size_t r = 0; r < rank; ++r) {
-        const size_t i = cand[piv[r]];
-        if (w[r] > 0.0f) {
-          drop[i] = 0;
-          // Within [-80, 80]: what a saved state may hold (CheckState).
-          logw_[i] = F32ToF16Bits(
-              std::min(80.0f, std::max(-80.0f, lw[i] + std::log(w[r]))));
-        }
-      }
-    }
-    // The dropped candidates: new summary slots while there is room, else
-    // merged into the summary slot nearest in key (least Ward cost).
-    size_t fresh = 0, merged = 0;  // candidate indices in cand_new
-    uint32_t* cand_new = s.piv;    // the pivots are no longer needed
-    if (summary_cap_) {
+    for (;;) {  // rounds of the epoch
+      const size_t Cs = GramStride(C);
+      const size_t drop_target = std::max<size_t>(1, C / kDropDiv);
+      const size_t keep = C - drop_target;
+      // Candidate rows, transposed (zero columns past C): the products below
+      // are broadcast-FMA outer products.
+      float* Kt = s.Kt;
+      float* Vt = s.Vt;
+      std::memset(Kt, 0, dk * Cs * sizeof(float));
+      std::memset(Vt, 0, dv * Cs * sizeof(float));
+      double vnorm = 0;
       for (size_t ci = 0; ci < C; ++ci) {
-        if (!drop[cand[ci]]) continue;
-        cand_new[fresh + merged] = uint32_t(ci);
-        if (summary_ + fresh < SummaryTarget()) {
-          ++fresh;
-        } else {
-          ++merged;
+        rows_.Get(cand[ci], s.row, s.row + ks_);
+        const float* vi = s.row + ks_;
+        double vn = 0;
+        for (size_t x = 0; x < dk; ++x) Kt[x * Cs + ci] = s.row[x];
+        for (size_t x = 0; x < dv; ++x) {
+          Vt[x * Cs + ci] = vi[x];
+          vn += double(vi[x]) * vi[x];
+        }
+        vnorm += std::sqrt(vn);
+        s.lwc[ci] = lw[cand[ci]];
+      }
+      const double lambda = vnorm / double(C) + 1e-6;
+      // a_pc = exp(s_pc - m_p) / Z_p with s = scale <q_p, k_c> + logw_c.
+      float* a = s.a;
+      MatMulTransposed(q, P, dk, ks_, Kt, C, Cs, a, Cs);
+      for (size_t p = 0; p < P; ++p) {
+        float* ap = a + p * Cs;
+        if (!(pz[p] > 0.0f)) {
+          std::memset(ap, 0, Cs * sizeof(float));
+          continue;
+        }
+        for (size_t ci = 0; ci < C; ++ci)
+          ap[ci] = std::max(cfg_.scale * ap[ci] + s.lwc[ci] - pm[p], -87.0f);
+        ExpArray(ap, ap, C);
+        const float inv = 1.0f / pz[p];
+        for (size_t ci = 0; ci < C; ++ci) ap[ci] *= inv;
+        for (size_t ci = C; ci < Cs; ++ci) ap[ci] = 0.0f;
+      }
+      // Response Gram of the candidates without materialising the features
+      // f_i = [a_pi (v_i - o_p), lambda a_pi]_p (P * (dv + 1) floats each):
+      //   G_ij = <v_i, v_j> S_ij - (X_ij + X_ji) + sum_p a_pi a_pj (|o_p|^2 +
+      //   lambda^2),  S = A A', X_ij = sum_p a_pi <v_i, o_p> a_pj,
+      // each term a Gram of C x P rows (X + X' = (Y+A)(Y+A)' - Y Y' - A A'
+      // with Y_ip = a_pi <v_i, o_p>), built transposed ([P][Cs]).
+      // <v_i, o_p> for every candidate and probe, and the per-probe factor
+      // sqrt(|o_p|^2 + lambda^2).
+      float* vo = s.vo;
+      MatMulTransposed(pN, P, dv, vs, Vt, C, Cs, vo, Cs);
+      for (size_t p = 0; p < P; ++p) {
+        const float* o = pN + p * vs;
+        double oo = 0;
+        for (size_t c = 0; c < dv; ++c) oo += double(o[c]) * o[c];
+        s.onorm[p] = float(std::sqrt(oo + lambda * lambda));
+        const float* ap = a + p * Cs;
+        const float* vop = vo + p * Cs;
+        float* y = s.Y + p * Cs;
+        float* ya = s.YA + p * Cs;
+        float* dm = s.Dm + p * Cs;
+        const float on = s.onorm[p];
+        for (size_t ci = 0; ci < Cs; ++ci) {
+          y[ci] = ap[ci] * vop[ci];
+          ya[ci] = y[ci] + ap[ci];
+          dm[ci] = ap[ci] * on;
         }
       }
-    }
-    auto candidate_row = [&](size_t ci) {
-      for (size_t x = 0; x < dk; ++x) s.row[x] = Kt[x * Cs + ci];
-      for (size_t x = dk; x < ks_; ++x) s.row[x] = 0.0f;
-      for (size_t x = 0; x < dv; ++x) s.row[ks_ + x] = Vt[x * Cs + ci];
-      for (size_t x = dv; x < vs; ++x) s.row[ks_ + x] = 0.0f;
-    };
-    // Remove the dropped items after the summary, keeping the insertion
-    // order; the new slots then enter right after the summary.
-    size_t out = summary_;
-    for (size_t i = summary_; i < count_; ++i) {
-      if (drop[i]) continue;
-      if (out != i) {
-        rows_.Move(out, i);
-        logw_[out] = logw_[i];
+      const size_t gs = Cs;  // GramStride(C)
+      float* gram = s.gram;
+      float* tmp = s.tmp;
+      auto add = [&](float sign) {
+        for (size_t i = 0; i < C; ++i)
+          for (size_t j = 0; j <= i; ++j)
+            gram[i * gs + j] += sign * tmp[i * gs + j];
+      };
+      GramLowerTransposed(a, C, P, gram);   // S
+      GramLowerTransposed(Vt, C, dv, tmp);  // <v_i, v_j>
+      for (size_t i = 0; i < C; ++i)
+        for (size_t j = 0; j <= i; ++j) {
+          const float sij = gram[i * gs + j];
+          gram[i * gs + j] = tmp[i * gs + j] * sij + sij;  // + S for X + X'
+        }
+      GramLowerTransposed(s.YA, C, P, tmp);
+      add(-1.0f);
+      GramLowerTransposed(s.Y, C, P, tmp);
+      add(1.0f);
+      GramLowerTransposed(s.Dm, C, P, tmp);
+      add(1.0f);
+      float* L = tmp;  // keep * RoundUp(C, 16) <= GramRows(C) * gs
+      uint32_t* piv = s.piv;
+      size_t rank = PivotedCholesky(gram, C, gs, keep, 1e-7f, L, RoundUp(C, 16),
+                                    s.diag, piv, nullptr);
+      if (rank > 0 && rank < keep) {
+        // The probes are explained by fewer items: keep the newest of the
+        // others too (free only what is needed; future queries differ).
+        for (size_t ci = C; ci-- > 0 && rank < keep;) {
+          bool chosen = false;
+          for (size_t r = 0; r < rank && !chosen; ++r) chosen = piv[r] == ci;
+          if (!chosen) piv[rank++] = uint32_t(ci);
+        }
       }
-      ++out;
-    }
-    size_t freed = count_ - out;
-    if (fresh) {
-      for (size_t i = out; i-- > summary_;) {
-        rows_.Move(i + fresh, i);
-        logw_[i + fresh] = logw_[i];
+      for (size_t ci = 0; ci < C; ++ci) drop[cand[ci]] = 1;
+      if (rank == 0) {
+        // The probes see none of the old items: drop the oldest.
+        for (size_t ci = drop_target; ci < C; ++ci) drop[cand[ci]] = 0;
+      } else if (summary_cap_) {
+        // The chosen items stay as they are: the others keep their mass in
+        // the summary, so nothing needs to stand in for them.
+        for (size_t r = 0; r < rank; ++r) drop[cand[piv[r]]] = 0;
+      } else {
+        // No summary (a tiny pool). Weights: min |sum_{a in S} w_a f_a - sum_j
+        // f_j|^2, w >= 0, with a small ridge towards w = 1 (each kept item
+        // stands at least for itself).
+        auto G = [&](size_t i, size_t j) {
+          return i >= j ? gram[i * gs + j] : gram[j * gs + i];
+        };
+        for (size_t i = 0; i < C; ++i) {
+          double sum = 0;
+          for (size_t j = 0; j < C; ++j) sum += G(i, j);
+          s.rowsum[i] = float(sum);
+        }
+        const size_t ss = RoundUp(rank, 16);
+        float* Hm = tmp;  // the factor L is no longer needed
+        float* b = s.nnls;
+        float* w = b + RoundUp16(C);
+        float* w0 = w + RoundUp16(C);
+        float* grad = w0 + RoundUp16(C);
+        double mean_diag = 0;
+        for (size_t r = 0; r < rank; ++r) {
+          for (size_t c = 0; c < rank; ++c) Hm[r * ss + c] = G(piv[r], piv[c]);
+          b[r] = s.rowsum[piv[r]];
+          w[r] = w0[r] = 1.0f;
+          mean_diag += Hm[r * ss + r];
+        }
+        const float ridge = cfg_.risk_ridge * float(mean_diag / double(rank));
+        NonNegativeLeastSquares(Hm, rank, ss, b, ridge, w0,
+                                cfg_.risk_iterations, 1e-4f, w, grad);
+        for (size_t r = 0; r < rank; ++r) {
+          const size_t i = cand[piv[r]];
+          if (w[r] > 0.0f) {
+            drop[i] = 0;
+            // Within [-80, 80]: what a saved state may hold (CheckState).
+            logw_[i] = F32ToF16Bits(
+                std::min(80.0f, std::max(-80.0f, lw[i] + std::log(w[r]))));
+          }
+        }
       }
-      for (size_t t = 0; t < fresh; ++t) {
-        const size_t ci = cand_new[t];
-        candidate_row(ci);
-        rows_.Put(summary_ + t, s.row, s.row + ks_);
-        logw_[summary_ + t] = F32ToF16Bits(s.lwc[ci]);
+      // The dropped candidates: new summary slots while there is room, else
+      // merged into the summary slot nearest in key (least Ward cost).
+      size_t fresh = 0, merged = 0;  // candidate indices in cand_new
+      uint32_t* cand_new = s.piv;    // the pivots are no longer needed
+      if (summary_cap_) {
+        for (size_t ci = 0; ci < C; ++ci) {
+          if (!drop[cand[ci]]) continue;
+          cand_new[fresh + merged] = uint32_t(ci);
+          if (summary_ + fresh < SummaryTarget()) {
+            ++fresh;
+          } else {
+            ++merged;
+          }
+        }
       }
-      summary_ += fresh;
-      out += fresh;
-    }
-    // The rest merge into the (now full) summary.
-    if (merged && summary_) {
-      LoadSummaryKeys(s.sk, s.row);
-      for (size_t t = fresh; t < fresh + merged; ++t) {
-        const size_t ci = cand_new[t];
-        candidate_row(ci);
-        MergeIntoSummary(s.row, s.lwc[ci], s.sk, s.mrow);
+      auto candidate_row = [&](size_t ci) {
+        for (size_t x = 0; x < dk; ++x) s.row[x] = Kt[x * Cs + ci];
+        for (size_t x = dk; x < ks_; ++x) s.row[x] = 0.0f;
+        for (size_t x = 0; x < dv; ++x) s.row[ks_ + x] = Vt[x * Cs + ci];
+        for (size_t x = dv; x < vs; ++x) s.row[ks_ + x] = 0.0f;
+      };
+      merged_total += merged;
+      bool last = fresh > 0 || summary_cap_ == 0 || summary_ == 0 ||
+                  merged_total >= goal;
+      if (!last) {
+        // Not the last round: its dropped candidates merge into the summary
+        // now (slots are at the front, untouched by the marks) and stay
+        // marked; the pool is compacted after the last round.
+        LoadSummaryKeys(s.sk, s.row);
+        for (size_t t = 0; t < merged; ++t) {
+          const size_t ci = cand_new[t];
+          candidate_row(ci);
+          MergeIntoSummary(s.row, s.lwc[ci], s.sk, s.mrow);
+        }
+        C = NextCandidates(cand, drop, cmax);
+        if (C > 0) continue;
+        merged = 0;  // merged above; the sweep below ends the epoch
       }
+      // Remove the dropped items after the summary, keeping the insertion
+      // order; the new slots then enter right after the summary.
+      size_t out = summary_;
+      for (size_t i = summary_; i < count_; ++i) {
+        if (drop[i]) continue;
+        if (out != i) {
+          rows_.Move(out, i);
+          logw_[out] = logw_[i];
+        }
+        ++out;
+      }
+      size_t freed = count_ - out;
+      if (fresh) {
+        for (size_t i = out; i-- > summary_;) {
+          rows_.Move(i + fresh, i);
+          logw_[i + fresh] = logw_[i];
+        }
+        for (size_t t = 0; t < fresh; ++t) {
+          const size_t ci = cand_new[t];
+          candidate_row(ci);
+          rows_.Put(summary_ + t, s.row, s.row + ks_);
+          logw_[summary_ + t] = F32ToF16Bits(s.lwc[ci]);
+        }
+        summary_ += fresh;
+        out += fresh;
+      }
+      // The rest merge into the (now full) summary.
+      if (merged && summary_) {
+        LoadSummaryKeys(s.sk, s.row);
+        for (size_t t = fresh; t < fresh + merged; ++t) {
+          const size_t ci = cand_new[t];
+          candidate_row(ci);
+          MergeIntoSummary(s.row, s.lwc[ci], s.sk, s.mrow);
+        }
+      }
+      count_ = out;
+      if (summary_ > SummaryTarget() && summary_ >= 2) {
+        LoadSummaryKeys(s.sk, s.row);
+        ShrinkSummary(s.sk, s.row, s.mrow);
+        ++freed;
+      }
+      ++compactions_;
+      return freed > fresh;
     }
-    count_ = out;
-    if (summary_ > SummaryTarget() && summary_ >= 2) {
-      LoadSummaryKeys(s.sk, s.row);
-      ShrinkSummary(s.sk, s.row, s.mrow);
-      ++freed;
-    }
-    ++compactions_;
-    return freed > fresh;
+  }
+  // The oldest unprotected pool items after the summary not yet dropped in
+  // this epoch (at most cmax; the pool is in insertion order).
+  size_t NextCandidates(uint32_t* cand, const uint8_t* drop,
+                        size_t cmax) const {
+    size_t C = 0;
+    for (size_t i = summary_; i < count_ && C < cmax; ++i)
+      if (!Protected(i) && !drop[i]) cand[C++] = uint32_t(i);
+    return C;
   }
 
   size_t SummaryTarget() const {
