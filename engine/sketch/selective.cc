@@ -98,12 +98,14 @@ size_t RopeFrequencies(const SketchConfig& c, double* freq) {
   return dims / 2;
 }
 
-// Rotates a post-RoPE query by `delta` positions (same layout as the keys).
-void RotateForward(float* q, const SketchConfig& c, const double* freq,
-                   size_t pairs, double delta) {
+// Rotates a post-RoPE query (same layout as the keys) by the angles a + b
+// of each pair, given their cosines and sines.
+void RotateForward(float* q, const SketchConfig& c, const double* ac,
+                   const double* as, const double* bc, const double* bs,
+                   size_t pairs) {
   for (size_t i = 0; i < pairs; ++i) {
-    const double a = delta * freq[i];
-    const float cs = float(std::cos(a)), sn = float(std::sin(a));
+    const float cs = float(ac[i] * bc[i] - as[i] * bs[i]);
+    const float sn = float(as[i] * bc[i] + ac[i] * bs[i]);
     const size_t i0 = c.rope_interleaved ? 2 * i : i;
     const size_t i1 = c.rope_interleaved ? 2 * i + 1 : i + pairs;
     const float x = q[i0], y = q[i1];
@@ -162,7 +164,18 @@ struct CompactScratch {
   uint8_t* drop;   // [cap]
   float* sk;       // [S][ks] keys of the summary slots (f32), then [S] masses
   float* mrow;     // [ks + vs] a slot being merged
-  size_t floats;   // total
+  // Later rounds of an epoch: the new candidates (at most N = the most one
+  // round drops, padded to 16).
+  float* xk;           // [dk][N] keys, transposed
+  float* xv;           // [dv][N] values, transposed
+  float* xa;           // [P][N]
+  float* xvo;          // [P][N]
+  float* xr;           // [N][xr_stride] one term's new columns as rows
+  float* o1;           // [N][Cs] new Gram rows of one term
+  float* o2;           // [N][Cs]
+  uint32_t* kept_pos;  // [Cs] pool indices of the survivors
+  size_t xr_stride;
+  size_t floats;  // total
 
   CompactScratch(float* base, size_t cap, size_t P, size_t C, size_t dk,
                  size_t dv, size_t ks, size_t vs, size_t S) {
@@ -202,6 +215,16 @@ struct CompactScratch {
     drop = reinterpret_cast<uint8_t*>(take((cap + 3) / 4));
     sk = take(S * ks + S);
     mrow = take(ks + vs);
+    const size_t N = RoundUp16(std::max<size_t>(1, C / kDropDiv));
+    xk = take(dk * N);
+    xv = take(dv * N);
+    xa = take(P * N);
+    xvo = take(P * N);
+    xr_stride = RoundUp16(std::max(P, dv));
+    xr = take(N * xr_stride);
+    o1 = take(N * Cs);
+    o2 = take(N * Cs);
+    kept_pos = reinterpret_cast<uint32_t*>(take(Cs));
     floats = used;
   }
 };
@@ -625,16 +648,32 @@ class SelectiveSketch final : public Sketch {
     const size_t pairs =
         cfg_.rope_theta > 0.0f ? RopeFrequencies(cfg_, freq) : 0;
     const uint32_t now32 = uint32_t(cfg_.rope_first_position + tokens_);
+    // cos/sin of each horizon's offset (the same for every probe); a
+    // probe's angle at horizon h is its age's angle plus that offset.
+    double hc[kHorizonCount][kMaxHeadDim / 2],
+        hs[kHorizonCount][kMaxHeadDim / 2];
+    double ac[kMaxHeadDim / 2], as[kMaxHeadDim / 2];
+    for (size_t h = 0; h < H && pairs; ++h) {
+      const double horizon = kHorizons[h] * double(protect_ + 1);
+      for (size_t i = 0; i < pairs; ++i) {
+        hc[h][i] = std::cos(horizon * freq[i]);
+        hs[h][i] = std::sin(horizon * freq[i]);
+      }
+    }
     for (size_t p = 0; p < P; ++p) {
-      const size_t src = p / H;
+      const size_t src = p / H, h = p % H;
       ConvertRowToF32(Storage::kF16, probe_q_ + src * dk, q + p * ks_, dk);
       for (size_t x = dk; x < ks_; ++x) q[p * ks_ + x] = 0.0f;
-      if (cfg_.rope_theta > 0.0f) {
-        const double horizon = kHorizons[p % H] * double(protect_ + 1);
+      if (pairs == 0) continue;
+      if (h == 0) {
         // Positions are kept modulo 2^32: the age is their difference.
-        const uint32_t age = uint32_t(now32 - probe_pos_[src]);
-        RotateForward(q + p * ks_, cfg_, freq, pairs, double(age) + horizon);
+        const double age = double(uint32_t(now32 - probe_pos_[src]));
+        for (size_t i = 0; i < pairs; ++i) {
+          ac[i] = std::cos(age * freq[i]);
+          as[i] = std::sin(age * freq[i]);
+        }
       }
+      RotateForward(q + p * ks_, cfg_, ac, as, hc[h], hs[h], pairs);
     }
     // Probe partials over everything retained: sinks, then the pool.
     float* pm = s.pm;
@@ -654,45 +693,105 @@ class SelectiveSketch final : public Sketch {
         for (size_t c = 0; c < vs; ++c) pN[p * vs + c] *= inv;  // o_p
       }
     }
+    // Fixed for the epoch: the stride of the candidate arrays (later rounds
+    // have at most as many candidates as the first) and lambda (from the
+    // first round's candidates). A later round's candidates are the
+    // previous round's survivors (columns [0, carried), whose features and
+    // Gram entries are unchanged: same probes, partials and lambda) and
+    // the next oldest items, whose columns and Gram rows are computed new.
+    const size_t Cs = GramStride(C);
+    const size_t gs = Cs;
+    float* Kt = s.Kt;
+    float* Vt = s.Vt;
+    float* a = s.a;
+    float* vo = s.vo;
+    float* gram = s.gram;
+    float* tmp = s.tmp;
+    size_t carried = 0;
     for (;;) {  // rounds of the epoch
-      const size_t Cs = GramStride(C);
       const size_t drop_target = std::max<size_t>(1, C / kDropDiv);
       const size_t keep = C - drop_target;
       // Candidate rows, transposed (zero columns past C): the products below
       // are broadcast-FMA outer products.
-      float* Kt = s.Kt;
-      float* Vt = s.Vt;
-      std::memset(Kt, 0, dk * Cs * sizeof(float));
-      std::memset(Vt, 0, dv * Cs * sizeof(float));
-      double vnorm = 0;
-      for (size_t ci = 0; ci < C; ++ci) {
+      for (size_t ci = carried; ci < C; ++ci) {
         rows_.Get(cand[ci], s.row, s.row + ks_);
-        const float* vi = s.row + ks_;
-        double vn = 0;
         for (size_t x = 0; x < dk; ++x) Kt[x * Cs + ci] = s.row[x];
-        for (size_t x = 0; x < dv; ++x) {
-          Vt[x * Cs + ci] = vi[x];
-          vn += double(vi[x]) * vi[x];
-        }
-        vnorm += std::sqrt(vn);
+        for (size_t x = 0; x < dv; ++x) Vt[x * Cs + ci] = s.row[ks_ + x];
         s.lwc[ci] = lw[cand[ci]];
       }
-      const double lambda = vnorm / double(C) + 1e-6;
-      // a_pc = exp(s_pc - m_p) / Z_p with s = scale <q_p, k_c> + logw_c.
-      float* a = s.a;
-      MatMulTransposed(q, P, dk, ks_, Kt, C, Cs, a, Cs);
-      for (size_t p = 0; p < P; ++p) {
-        float* ap = a + p * Cs;
-        if (!(pz[p] > 0.0f)) {
-          std::memset(ap, 0, Cs * sizeof(float));
-          continue;
+      for (size_t x = 0; x < dk; ++x)
+        std::fill(Kt + x * Cs + C, Kt + (x + 1) * Cs, 0.0f);
+      for (size_t x = 0; x < dv; ++x)
+        std::fill(Vt + x * Cs + C, Vt + (x + 1) * Cs, 0.0f);
+      if (carried == 0) {
+        double vnorm = 0;
+        for (size_t ci = 0; ci < C; ++ci) {
+          double vn = 0;
+          for (size_t x = 0; x < dv; ++x)
+            vn += double(Vt[x * Cs + ci]) * Vt[x * Cs + ci];
+          vnorm += std::sqrt(vn);
         }
-        for (size_t ci = 0; ci < C; ++ci)
-          ap[ci] = std::max(cfg_.scale * ap[ci] + s.lwc[ci] - pm[p], -87.0f);
-        ExpArray(ap, ap, C);
-        const float inv = 1.0f / pz[p];
-        for (size_t ci = 0; ci < C; ++ci) ap[ci] *= inv;
-        for (size_t ci = C; ci < Cs; ++ci) ap[ci] = 0.0f;
+        const double lambda = vnorm / double(C) + 1e-6;
+        for (size_t p = 0; p < P; ++p) {
+          const float* o = pN + p * vs;
+          double oo = 0;
+          for (size_t c = 0; c < dv; ++c) oo += double(o[c]) * o[c];
+          s.onorm[p] = float(std::sqrt(oo + lambda * lambda));
+        }
+      }
+      // The new columns [carried, C) (all of them in the first round).
+      const size_t c0 = carried, cn = C - carried;
+      const size_t ns = carried ? RoundUp16(cn) : Cs;
+      float* na = carried ? s.xa : a;  // [P][ns]
+      float* nvo = carried ? s.xvo : vo;
+      const float* nk = Kt;
+      const float* nv = Vt;
+      if (carried) {
+        // The new candidates' rows, transposed and packed (zero padded).
+        for (size_t x = 0; x < dk; ++x)
+          for (size_t i = 0; i < ns; ++i)
+            s.xk[x * ns + i] = i < cn ? Kt[x * Cs + c0 + i] : 0.0f;
+        for (size_t x = 0; x < dv; ++x)
+          for (size_t i = 0; i < ns; ++i)
+            s.xv[x * ns + i] = i < cn ? Vt[x * Cs + c0 + i] : 0.0f;
+        nk = s.xk;
+        nv = s.xv;
+      }
+      // a_pc = exp(s_pc - m_p) / Z_p with s = scale <q_p, k_c> + logw_c.
+      MatMulTransposed(q, P, dk, ks_, nk, cn, ns, na, ns);
+      // <v_c, o_p> for every new candidate and probe.
+      MatMulTransposed(pN, P, dv, vs, nv, cn, ns, nvo, ns);
+      for (size_t p = 0; p < P; ++p) {
+        float* ap = na + p * ns;
+        if (!(pz[p] > 0.0f)) {
+          std::fill(ap, ap + cn, 0.0f);
+        } else {
+          for (size_t i = 0; i < cn; ++i)
+            ap[i] =
+                std::max(cfg_.scale * ap[i] + s.lwc[c0 + i] - pm[p], -87.0f);
+          ExpArray(ap, ap, cn);
+          const float inv = 1.0f / pz[p];
+          for (size_t i = 0; i < cn; ++i) ap[i] *= inv;
+        }
+        // Into the candidates' columns; zero past C.
+        float* ar = a + p * Cs;
+        float* vr = vo + p * Cs;
+        if (carried) {
+          std::copy(ap, ap + cn, ar + c0);
+          std::copy(nvo + p * ns, nvo + p * ns + cn, vr + c0);
+        }
+        std::fill(ar + C, ar + Cs, 0.0f);
+        std::fill(vr + C, vr + Cs, 0.0f);
+        // Y = a <v, o>, Y + a, a * sqrt(|o|^2 + lambda^2).
+        float* y = s.Y + p * Cs;
+        float* ya = s.YA + p * Cs;
+        float* dm = s.Dm + p * Cs;
+        const float on = s.onorm[p];
+        for (size_t ci = c0; ci < Cs; ++ci) {
+          y[ci] = ar[ci] * vr[ci];
+          ya[ci] = y[ci] + ar[ci];
+          dm[ci] = ar[ci] * on;
+        }
       }
       // Response Gram of the candidates without materialising the features
       // f_i = [a_pi (v_i - o_p), lambda a_pi]_p (P * (dv + 1) floats each):
@@ -700,48 +799,50 @@ class SelectiveSketch final : public Sketch {
       //   lambda^2),  S = A A', X_ij = sum_p a_pi <v_i, o_p> a_pj,
       // each term a Gram of C x P rows (X + X' = (Y+A)(Y+A)' - Y Y' - A A'
       // with Y_ip = a_pi <v_i, o_p>), built transposed ([P][Cs]).
-      // <v_i, o_p> for every candidate and probe, and the per-probe factor
-      // sqrt(|o_p|^2 + lambda^2).
-      float* vo = s.vo;
-      MatMulTransposed(pN, P, dv, vs, Vt, C, Cs, vo, Cs);
-      for (size_t p = 0; p < P; ++p) {
-        const float* o = pN + p * vs;
-        double oo = 0;
-        for (size_t c = 0; c < dv; ++c) oo += double(o[c]) * o[c];
-        s.onorm[p] = float(std::sqrt(oo + lambda * lambda));
-        const float* ap = a + p * Cs;
-        const float* vop = vo + p * Cs;
-        float* y = s.Y + p * Cs;
-        float* ya = s.YA + p * Cs;
-        float* dm = s.Dm + p * Cs;
-        const float on = s.onorm[p];
-        for (size_t ci = 0; ci < Cs; ++ci) {
-          y[ci] = ap[ci] * vop[ci];
-          ya[ci] = y[ci] + ap[ci];
-          dm[ci] = ap[ci] * on;
+      if (carried == 0) {
+        auto add = [&](float sign) {
+          for (size_t i = 0; i < C; ++i)
+            for (size_t j = 0; j <= i; ++j)
+              gram[i * gs + j] += sign * tmp[i * gs + j];
+        };
+        GramLowerTransposed(a, C, P, gram);   // S
+        GramLowerTransposed(Vt, C, dv, tmp);  // <v_i, v_j>
+        for (size_t i = 0; i < C; ++i)
+          for (size_t j = 0; j <= i; ++j) {
+            const float sij = gram[i * gs + j];
+            gram[i * gs + j] = tmp[i * gs + j] * sij + sij;  // + S for X + X'
+          }
+        GramLowerTransposed(s.YA, C, P, tmp);
+        add(-1.0f);
+        GramLowerTransposed(s.Y, C, P, tmp);
+        add(1.0f);
+        GramLowerTransposed(s.Dm, C, P, tmp);
+        add(1.0f);
+      } else {
+        // Only the new rows [c0, C) of each term: (new columns)' x (all).
+        const size_t rs = s.xr_stride;
+        auto new_rows = [&](const float* T, size_t R, float* out) {
+          for (size_t i = 0; i < cn; ++i)
+            for (size_t r = 0; r < R; ++r)
+              s.xr[i * rs + r] = T[r * Cs + c0 + i];
+          MatMulTransposed(s.xr, cn, R, rs, T, C, Cs, out, Cs);
+        };
+        new_rows(a, P, s.o1);    // S
+        new_rows(Vt, dv, s.o2);  // <v_i, v_j>
+        for (size_t i = 0; i < cn; ++i)
+          for (size_t j = 0; j <= c0 + i; ++j) {
+            const float sij = s.o1[i * Cs + j];
+            gram[(c0 + i) * gs + j] = s.o2[i * Cs + j] * sij + sij;
+          }
+        const float* terms[3] = {s.YA, s.Y, s.Dm};
+        const float signs[3] = {-1.0f, 1.0f, 1.0f};
+        for (size_t t = 0; t < 3; ++t) {
+          new_rows(terms[t], P, s.o1);
+          for (size_t i = 0; i < cn; ++i)
+            for (size_t j = 0; j <= c0 + i; ++j)
+              gram[(c0 + i) * gs + j] += signs[t] * s.o1[i * Cs + j];
         }
       }
-      const size_t gs = Cs;  // GramStride(C)
-      float* gram = s.gram;
-      float* tmp = s.tmp;
-      auto add = [&](float sign) {
-        for (size_t i = 0; i < C; ++i)
-          for (size_t j = 0; j <= i; ++j)
-            gram[i * gs + j] += sign * tmp[i * gs + j];
-      };
-      GramLowerTransposed(a, C, P, gram);   // S
-      GramLowerTransposed(Vt, C, dv, tmp);  // <v_i, v_j>
-      for (size_t i = 0; i < C; ++i)
-        for (size_t j = 0; j <= i; ++j) {
-          const float sij = gram[i * gs + j];
-          gram[i * gs + j] = tmp[i * gs + j] * sij + sij;  // + S for X + X'
-        }
-      GramLowerTransposed(s.YA, C, P, tmp);
-      add(-1.0f);
-      GramLowerTransposed(s.Y, C, P, tmp);
-      add(1.0f);
-      GramLowerTransposed(s.Dm, C, P, tmp);
-      add(1.0f);
       float* L = tmp;  // keep * RoundUp(C, 16) <= GramRows(C) * gs
       uint32_t* piv = s.piv;
       size_t rank = PivotedCholesky(gram, C, gs, keep, 1e-7f, L, RoundUp(C, 16),
@@ -835,8 +936,35 @@ class SelectiveSketch final : public Sketch {
           candidate_row(ci);
           MergeIntoSummary(s.row, s.lwc[ci], s.sk, s.mrow);
         }
+        // The survivors' columns and Gram entries move to the front.
+        uint32_t* kept = s.piv;  // the merge list is no longer needed
+        carried = 0;
+        for (size_t ci = 0; ci < C; ++ci)
+          if (!drop[cand[ci]]) kept[carried++] = uint32_t(ci);
+        auto pack = [&](float* arr, size_t rows) {
+          for (size_t r = 0; r < rows; ++r)
+            for (size_t t = 0; t < carried; ++t)
+              arr[r * Cs + t] = arr[r * Cs + kept[t]];
+        };
+        pack(Kt, dk);
+        pack(Vt, dv);
+        pack(a, P);
+        pack(vo, P);
+        pack(s.Y, P);
+        pack(s.YA, P);
+        pack(s.Dm, P);
+        pack(s.lwc, 1);
+        for (size_t t1 = 0; t1 < carried; ++t1)
+          for (size_t t2 = 0; t2 <= t1; ++t2)
+            gram[t1 * gs + t2] = gram[kept[t1] * gs + kept[t2]];
+        // The next candidates start with the survivors (the oldest items
+        // not dropped; checked: otherwise the epoch ends here).
+        for (size_t t = 0; t < carried; ++t) s.kept_pos[t] = cand[kept[t]];
         C = NextCandidates(cand, drop, cmax);
-        if (C > 0) continue;
+        bool same = carried <= C;
+        for (size_t t = 0; same && t < carried; ++t)
+          same = cand[t] == s.kept_pos[t];
+        if (C > 0 && same) continue;
         merged = 0;  // merged above; the sweep below ends the epoch
       }
       // Remove the dropped items after the summary, keeping the insertion
