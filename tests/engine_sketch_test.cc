@@ -375,9 +375,10 @@ TEST_CASE("query-aware methods keep an old token that is queried again") {
   }
 }
 
-// A pool of more than 512 items compacts in epochs: one pass of the probes
-// over the pool, then rounds until 1/32 of the pool is free (the pass is
-// paid once per ~pool/32 tokens, not per round). The selection still keeps
+// A large pool (more old items than a round's candidates) compacts in
+// epochs: one pass of the probes over the pool, then rounds until 1/32 of
+// the pool is free (the pass is paid once per ~pool/32 tokens, not per
+// round). The selection still keeps
 // the token every query asks for, and the budget holds throughout.
 TEST_CASE("risk on a large pool: compaction epochs free 1/32 of it at once") {
   const size_t d = 16, seq = 3000, target = 20;
@@ -422,7 +423,7 @@ TEST_CASE("risk on a large pool: compaction epochs free 1/32 of it at once") {
   const double window = run(Method::kWindow, &wpool, &wfreed);
   MESSAGE("risk pool " << pool << ", largest single free " << freed
                        << ", error " << risk << " vs window " << window);
-  REQUIRE(pool >= 512 + 4);  // sinks + a pool that runs epochs
+  REQUIRE(pool >= 512 + 4);  // sinks + a pool of many rounds' candidates
   CHECK(freed >= (pool - 4) / 32);
   CHECK(freed <= (pool - 4) / 8);  // an epoch stops near its goal
   CHECK(risk < 0.5 * window);
