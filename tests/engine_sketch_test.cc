@@ -336,12 +336,11 @@ Trace GroupOfTwo(size_t seq, size_t d) {
   return t;
 }
 
-// A stream of noise keys where token 20 holds a distinctive key/value and
-// every query looks for it: window loses it, query-aware methods keep it.
-TEST_CASE("query-aware methods keep an old token that is queried again") {
-  const size_t d = 16, seq = 1500, target = 20;
+// A stream of noise keys where token `target` holds a distinctive
+// key/value and every query (two heads) looks for it.
+Trace QueriedToken(size_t seq, size_t d, size_t target, unsigned seed) {
   Trace t = GroupOfTwo(seq, d);
-  std::mt19937 rng(11);
+  std::mt19937 rng(seed);
   std::normal_distribution<float> g(0.0f, 1.0f);
   std::vector<float> special(d);
   for (auto& x : special) x = g(rng);
@@ -354,6 +353,14 @@ TEST_CASE("query-aware methods keep an old token that is queried again") {
       for (size_t c = 0; c < d; ++c)
         t.q[0][(h * seq + j) * d + c] = 2.0f * special[c] + 0.3f * g(rng);
   }
+  return t;
+}
+
+// Token 20 is queried throughout: window loses it, query-aware methods keep
+// it.
+TEST_CASE("query-aware methods keep an old token that is queried again") {
+  const size_t d = 16, seq = 1500, target = 20;
+  const Trace t = QueriedToken(seq, d, target, 11);
   const size_t from = 400;
   auto cfg = [&](Method m) {
     SketchConfig c = Config(m, t, 32);
@@ -382,20 +389,7 @@ TEST_CASE("query-aware methods keep an old token that is queried again") {
 // the token every query asks for, and the budget holds throughout.
 TEST_CASE("risk on a large pool: compaction epochs free 1/32 of it at once") {
   const size_t d = 16, seq = 3000, target = 20;
-  Trace t = GroupOfTwo(seq, d);
-  std::mt19937 rng(5);
-  std::normal_distribution<float> g(0.0f, 1.0f);
-  std::vector<float> special(d);
-  for (auto& x : special) x = g(rng);
-  for (size_t j = 0; j < seq; ++j) {
-    for (size_t c = 0; c < d; ++c) {
-      t.k[0][j * d + c] = j == target ? 3.0f * special[c] : g(rng);
-      t.v[0][j * d + c] = j == target ? 5.0f : g(rng);
-    }
-    for (size_t h = 0; h < 2; ++h)
-      for (size_t c = 0; c < d; ++c)
-        t.q[0][(h * seq + j) * d + c] = 2.0f * special[c] + 0.3f * g(rng);
-  }
+  const Trace t = QueriedToken(seq, d, target, 5);
   const size_t from = 1500;
   auto run = [&](Method m, size_t* pool, size_t* largest_free) {
     SketchConfig c = Config(m, t, 640);
