@@ -547,10 +547,9 @@ class SelectiveSketch final : public Sketch {
         MergeIntoSummary(row, F16BitsToF32(logw_[i]), sk, tmp);
       }
     }
+    // d >= 1: the pool is full here and the summary holds at most 3/4 of
+    // it (summary_cap_, checked at load).
     const size_t gone = d;
-    if (gone == 0) {  // everything is summary: merge its newest two slots
-      return;
-    }
     for (size_t i = summary_ + gone; i < count_; ++i) {
       rows_.Move(i - gone, i);
       logw_[i - gone] = logw_[i];
