@@ -242,6 +242,14 @@ TEST_CASE("save / load restores a bit-identical session; bad files rejected") {
     CHECK_THROWS_WITH_AS(
         d.Load(write("magic.kvs", "hello world, not a state file")),
         doctest::Contains("magic"), Error);
+    // A file of the previous format (7: before the item pools' layout) is
+    // refused by its version, not misread.
+    std::string v7 = bytes;
+    v7[8] = 7, v7[9] = v7[10] = v7[11] = 0;
+    CHECK_THROWS_WITH_AS(d.Load(write("v7.kvs", v7)),
+                         doctest::Contains("format version 7 (this build reads "
+                                           "version 8"),
+                         Error);
     SessionConfig other = c;
     other.seed = 4;
     Session e(other);

@@ -19,8 +19,9 @@ namespace {
 
 constexpr char kMagic[8] = {'K', 'V', 'S', 'K', 'S', 'T', 'A', 'T'};
 // 3: coreset weights from levels; 4: 64-bit sequence counters, every field
-// validated on load; 7: risk's summary of dropped tokens.
-constexpr uint32_t kVersion = 7;
+// validated on load; 7: risk's summary of dropped tokens; 8: every method's
+// items in one pool layout (exact capacities, columns reordered).
+constexpr uint32_t kVersion = 8;
 constexpr uint32_t kEndian = 0x01020304;
 constexpr uint32_t kArenaSection = 1, kScalarSection = 2;
 

@@ -32,8 +32,8 @@ class BalanceSketch final : public Sketch {
  public:
   BalanceSketch(const SketchConfig& c, Arena& a, size_t rows)
       : Sketch(c, a, 0) {
-    const size_t cap = Coreset::Capacity(RemainingBytes(), RowBytes(c));
-    coreset_.Init(CarveRows("pool", cap), a, c.block, 1, c.first_seq);
+    coreset_.Init("pool", c, a, RemainingBytes(), c.block, 1, c.first_seq);
+    const size_t cap = coreset_.cap();
     const size_t w = DefaultWindow(c, rows);
     protect_ = w < cap ? w : cap;
     window_share_ = cap ? double(protect_) / double(cap) : 1.0;

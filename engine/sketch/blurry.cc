@@ -12,23 +12,26 @@
 #include "arch/attend.h"
 #include "arch/targets.h"  // PaddedCols
 #include "engine/sketch/methods.h"
+#include "engine/sketch/pool.h"
 
 namespace kvsketch {
 namespace {
 
-size_t SlotCapacity(const SketchConfig& c, size_t bytes) {
-  const size_t row = StateRowBytes(c);
-  const size_t slack = 4 * Arena::kCarveAlign;
-  return bytes > slack ? (bytes - slack) / (row + 4) : 0;
+// Slots: rows and their log-mass (f32).
+PoolLayout SlotLayout(const SketchConfig& c) {
+  PoolLayout l("slots", c);
+  l.AddColumn("log-masses", sizeof(float));
+  return l;
 }
 
 class BlurrySketch final : public Sketch {
  public:
   BlurrySketch(const SketchConfig& c, Arena& a, size_t rows)
       : Sketch(c, a, DefaultWindow(c, rows)) {
-    const size_t cap = SlotCapacity(c, RemainingBytes());
-    slots_ = CarveRows("slots", cap);
-    if (cap) logw_ = a.CarveArray<float>("slot log-masses", cap);
+    const PoolLayout layout = SlotLayout(c);
+    pool_ = ItemPool(layout, a, layout.Capacity(RemainingBytes()));
+    slots_ = pool_.rows();
+    logw_ = pool_.Column<float>(0);
   }
 
   std::string Describe() const override {
@@ -107,13 +110,11 @@ class BlurrySketch final : public Sketch {
       v0[c] = std::min(lim, std::max(-lim, a * v0[c] + b * v1[c]));
     slots_.Put(best, k0, v0);
     logw_[best] = std::log(best_mass);
-    for (size_t i = best + 1; i + 1 < count_; ++i) {
-      slots_.Move(i, i + 1);
-      logw_[i] = logw_[i + 1];
-    }
+    pool_.Erase(best + 1, best + 2, count_);
     --count_;
   }
 
+  ItemPool pool_;
   RowStore slots_;
   float* logw_ = nullptr;
   size_t count_ = 0;

@@ -10,9 +10,13 @@
 
 namespace kvsketch {
 
-size_t Coreset::Capacity(size_t bytes, size_t row_bytes, size_t tags) {
-  const size_t slack = 5 * Arena::kCarveAlign;
-  return bytes > slack ? (bytes - slack) / ItemBytes(row_bytes, tags) : 0;
+PoolLayout Coreset::Layout(const std::string& name, const SketchConfig& c,
+                           size_t tags) {
+  PoolLayout l(name, c);
+  l.AddColumn("levels", 1);                   // column 0
+  l.AddColumn("sequence numbers", 4);         // column 1
+  if (tags > 1) l.AddColumn("cell tags", 2);  // column 2
+  return l;
 }
 
 size_t Coreset::WorkspaceFloats(size_t block, size_t ks, size_t vs,
@@ -26,17 +30,19 @@ const float* Coreset::LogW(float* dst) const {
   return dst;
 }
 
-void Coreset::Init(const RowStore& rows, Arena& arena, size_t block,
-                   size_t tags, uint64_t first_seq) {
+void Coreset::Init(const std::string& name, const SketchConfig& c, Arena& arena,
+                   size_t bytes, size_t block, size_t tags,
+                   uint64_t first_seq) {
   SetFirstSeq(first_seq);
   tags_ = tags < 1 ? 1 : tags;
-  rows_ = rows;
   block_ = block < 2 ? 2 : block;
-  if (rows.cap == 0) return;  // no room: the caller never inserts
-  const size_t n = rows.cap ? rows.cap : 1;
-  level_ = arena.CarveArray<uint8_t>("coreset levels", n);
-  if (tags_ > 1) tag_ = arena.CarveArray<uint16_t>("coreset tags", n);
-  seq_ = arena.CarveArray<uint32_t>("coreset sequence numbers", n);
+  const PoolLayout layout = Layout(name, c, tags_);
+  // No room: cap 0 and null columns (the caller never inserts).
+  pool_ = ItemPool(layout, arena, layout.Capacity(bytes));
+  rows_ = pool_.rows();
+  level_ = pool_.Column<uint8_t>(0);
+  seq_ = pool_.Column<uint32_t>(1);
+  if (tags_ > 1) tag_ = pool_.Column<uint16_t>(2);
 }
 
 void Coreset::Save(StateWriter& w) const {
@@ -193,16 +199,7 @@ bool Coreset::Compact(const CompactKernel& kern, const float* centres,
     const uint32_t i = idx[kept[j]];
     level_[i] = uint8_t(HWY_MIN((level_[i] & 0x7F) + 1, kMaxLevels - 1));
   }
-  size_t out = 0;
-  for (size_t i = 0; i < count_; ++i) {
-    if (level_[i] & 0x80) continue;
-    rows_.Move(out, i);
-    level_[out] = level_[i];
-    if (tag_) tag_[out] = tag_[i];
-    seq_[out] = seq_[i];
-    ++out;
-  }
-  count_ = out;
+  count_ = pool_.Sweep(0, count_, [&](size_t i) { return level_[i] & 0x80; });
   return true;
 }
 

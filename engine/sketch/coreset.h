@@ -16,6 +16,7 @@
 #include "arch/balance.h"  // BalanceParams, KernelKind
 #include "engine/budget/arena.h"
 #include "engine/io/serial.h"
+#include "engine/sketch/pool.h"
 #include "engine/sketch/rows.h"
 #include "engine/sketch/sketch.h"  // StagedState
 
@@ -35,21 +36,19 @@ struct CompactKernel {
 class Coreset {
  public:
   static constexpr int kMaxLevels = 32;  // weights up to 2^31
-  // Bytes of one item: row, level (its weight is 2^level), sequence number,
-  // and a tag when there are several groups (cells). The per-group counts
-  // of a compaction live in the scratch, not in the state.
-  static size_t ItemBytes(size_t row_bytes, size_t tags) {
-    return row_bytes + 1 + 4 + (tags > 1 ? 2 : 0);
-  }
-  // Items that fit in `bytes` with `tags` item groups (cells; 1 for a plain
-  // coreset), carve alignment and the group-count table included.
-  static size_t Capacity(size_t bytes, size_t row_bytes, size_t tags = 1);
+  // An item: its rows, level (its weight is 2^level), sequence number, and
+  // a tag when there are several groups (`tags` cells; 1 for a plain
+  // coreset). The per-group counts of a compaction live in the scratch, not
+  // in the state.
+  static PoolLayout Layout(const std::string& name, const SketchConfig& c,
+                           size_t tags = 1);
   static size_t WorkspaceFloats(size_t block, size_t ks, size_t vs,
                                 size_t tags = 1);
 
-  // `rows` was carved by the caller (its cap is the capacity); tags are in
-  // [0, tags).
-  void Init(const RowStore& rows, Arena& arena, size_t block, size_t tags = 1,
+  // Carves the most items of Layout(name, c, tags) that fit in `bytes` of
+  // the arena; tags are in [0, tags).
+  void Init(const std::string& name, const SketchConfig& c, Arena& arena,
+            size_t bytes, size_t block, size_t tags = 1,
             uint64_t first_seq = 1);
 
   size_t count() const { return count_; }
@@ -92,6 +91,7 @@ class Coreset {
                size_t protect = 0);
 
  private:
+  ItemPool pool_;
   RowStore rows_;
   uint8_t* level_ = nullptr;
   uint16_t* tag_ = nullptr;

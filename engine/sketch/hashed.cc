@@ -98,9 +98,7 @@ class HashedSketch final : public Sketch {
     for (size_t i = 0; i < n_cells_; ++i) {
       cells_[i].Init(a, "hashed cell", c.dk, vs_, degree_, c.recentre_every);
     }
-    const size_t cap =
-        Coreset::Capacity(RemainingBytes(), RowBytes(c), n_cells_);
-    coreset_.Init(CarveRows("hashed coreset", cap), a, c.block, n_cells_,
+    coreset_.Init("hashed coreset", c, a, RemainingBytes(), c.block, n_cells_,
                   c.first_seq);
   }
 

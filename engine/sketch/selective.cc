@@ -30,19 +30,11 @@
 #include "arch/risk.h"
 #include "arch/targets.h"  // PaddedCols
 #include "engine/sketch/methods.h"
+#include "engine/sketch/pool.h"
 
 namespace kvsketch {
 namespace {
 
-// Per item: h2o and tova keep its insertion number (u32) and accumulated
-// attention (f32); risk keeps its pool in insertion order (stable removal)
-// and only a log-weight (f16; a summary slot's log-mass is rounded
-// stochastically, see RoundLogMass). Probes are stored in f16 (they only
-// steer the selection) with their position (u32). At head_dim 8 a row is 64
-// bytes, so every metadata byte counts.
-size_t ItemMeta(const SketchConfig& c) {
-  return c.method == Method::kRisk ? 2 : 8;
-}
 // risk frees 1/kDropDiv of the old items per compaction round, and runs
 // rounds (one pass of the probes over the pool) until 1/kEpochDiv of the
 // pool is free.
@@ -66,25 +58,28 @@ size_t MaxCandidates(const SketchConfig& c) {
   return std::max<size_t>(8, 2 * c.block);
 }
 
-// Bytes the pool carves for `cap` items and `probes` probes (every array
-// aligned as the arena carves it).
-size_t PoolBytes(const SketchConfig& c, size_t cap, size_t probes) {
-  if (cap == 0) return 0;
-  size_t b = Arena::Aligned(cap * StorageRowBytes(c.storage_k, c.dk)) +
-             Arena::Aligned(cap * StorageRowBytes(c.storage_v, c.dv)) +
-             Arena::Aligned(cap * ItemMeta(c));
-  if (probes)
-    b += Arena::Aligned(probes * c.dk * 2) + Arena::Aligned(probes * 4);
-  return b;
-}
-
-// Items of the pool for a budget: the most whose rows, metadata and probes
-// fit exactly.
-size_t PoolCapacity(const SketchConfig& c, size_t bytes, size_t probes) {
-  const size_t row = StateRowBytes(c) + ItemMeta(c);
-  size_t cap = bytes / row;
-  while (cap > 0 && PoolBytes(c, cap, probes) > bytes) --cap;
-  return cap;
+// The pool: rows, then per item h2o / tova's insertion number (u32) and
+// accumulated attention (f32), or risk's log-weight (f16; risk keeps its
+// pool in insertion order, stable removal; a summary slot's log-mass is
+// rounded stochastically, see RoundLogMass). Probes are stored in f16 (they
+// only steer the selection) with their position (u32). At head_dim 8 a row
+// is 64 bytes, so every metadata byte counts.
+constexpr size_t kColLogW = 0;                // risk
+constexpr size_t kColSeq = 0, kColScore = 1;  // h2o, tova
+constexpr size_t kExtraProbeQ = 0, kExtraProbePos = 1;
+PoolLayout SelectiveLayout(const SketchConfig& c, size_t probes) {
+  PoolLayout l("pool", c);
+  if (c.method == Method::kRisk) {
+    l.AddColumn("log-weights (f16)", 2);
+  } else {
+    l.AddColumn("positions", 4);
+    l.AddColumn("scores", 4);
+  }
+  if (probes) {
+    l.AddExtra("probe queries (f16)", probes * c.dk * 2);
+    l.AddExtra("probe positions", probes * 4);
+  }
+  return l;
 }
 
 // RoPE frequencies theta^(-2i/dims) of the rotated pairs (freq [dims/2]).
@@ -234,21 +229,21 @@ class SelectiveSketch final : public Sketch {
     next_seq_ =
         std::max<uint64_t>(1, std::min<uint64_t>(c.first_seq, UINT32_MAX));
     probes_cap_ = ProbeCount(c, rows);
-    const size_t cap = PoolCapacity(c, RemainingBytes(), probes_cap_);
-    rows_ = CarveRows("pool", cap);
+    const PoolLayout layout = SelectiveLayout(c, probes_cap_);
+    const size_t cap = layout.Capacity(RemainingBytes());
+    pool_ = ItemPool(layout, a, cap);
+    rows_ = pool_.rows();
     if (cap) {
       if (mode_ == Method::kRisk) {
-        logw_ = a.CarveArray<uint16_t>("pool log-weights (f16)", cap);
+        logw_ = pool_.Column<uint16_t>(kColLogW);
       } else {
-        // One carve: positions then scores (both 4 bytes per item).
-        seq_ = a.CarveArray<uint32_t>("pool positions and scores", 2 * cap);
-        score_ = reinterpret_cast<float*>(seq_ + cap);
+        seq_ = pool_.Column<uint32_t>(kColSeq);
+        score_ = pool_.Column<float>(kColScore);
       }
     }
     if (probes_cap_ && cap) {
-      probe_q_ =
-          a.CarveArray<uint16_t>("probe queries (f16)", probes_cap_ * cfg_.dk);
-      probe_pos_ = a.CarveArray<uint32_t>("probe positions", probes_cap_);
+      probe_q_ = pool_.Extra<uint16_t>(kExtraProbeQ);
+      probe_pos_ = pool_.Extra<uint32_t>(kExtraProbePos);
     } else {
       probes_cap_ = 0;
     }
@@ -549,12 +544,8 @@ class SelectiveSketch final : public Sketch {
     }
     // d >= 1: the pool is full here and the summary holds at most 3/4 of
     // it (summary_cap_, checked at load).
-    const size_t gone = d;
-    for (size_t i = summary_ + gone; i < count_; ++i) {
-      rows_.Move(i - gone, i);
-      logw_[i - gone] = logw_[i];
-    }
-    count_ -= gone;
+    pool_.Erase(summary_, summary_ + d, count_);
+    count_ -= d;
   }
 
   // Probes: slots [0, R) are a ring of the most recent queries; a query
@@ -968,21 +959,11 @@ class SelectiveSketch final : public Sketch {
       }
       // Remove the dropped items after the summary, keeping the insertion
       // order; the new slots then enter right after the summary.
-      size_t out = summary_;
-      for (size_t i = summary_; i < count_; ++i) {
-        if (drop[i]) continue;
-        if (out != i) {
-          rows_.Move(out, i);
-          logw_[out] = logw_[i];
-        }
-        ++out;
-      }
+      size_t out =
+          pool_.Sweep(summary_, count_, [&](size_t i) { return drop[i]; });
       size_t freed = count_ - out;
       if (fresh) {
-        for (size_t i = out; i-- > summary_;) {
-          rows_.Move(i + fresh, i);
-          logw_[i + fresh] = logw_[i];
-        }
+        pool_.Open(summary_, fresh, out);
         for (size_t t = 0; t < fresh; ++t) {
           const size_t ci = cand_new[t];
           candidate_row(ci);
@@ -1050,10 +1031,7 @@ class SelectiveSketch final : public Sketch {
     for (size_t x = 0; x < ks_ + vs_; ++x) row[x] = a * row[x] + b * tmp[x];
     rows_.Put(best, row, row + ks_);
     logw_[best] = RoundLogMass(m0 + m1);
-    for (size_t i = best + 2; i < count_; ++i) {
-      rows_.Move(i - 1, i);
-      logw_[i - 1] = logw_[i];
-    }
+    pool_.Erase(best + 1, best + 2, count_);
     --summary_;
     --count_;
   }
@@ -1126,6 +1104,7 @@ class SelectiveSketch final : public Sketch {
 
   static size_t RoundUp(size_t x, size_t a) { return (x + a - 1) / a * a; }
   Method mode_;
+  ItemPool pool_;
   RowStore rows_;
   uint32_t* seq_ = nullptr;
   float* score_ = nullptr;
@@ -1149,7 +1128,7 @@ size_t SelectiveWorkspaceFloats(const SketchConfig& c) {
   const size_t ks = PaddedCols(c.dk), vs = PaddedCols(c.dv);
   const size_t rows = c.budget_bytes / StateRowBytes(c);
   const size_t P0 = ProbeCount(c, rows);
-  const size_t cap = PoolCapacity(c, c.budget_bytes, P0);
+  const size_t cap = SelectiveLayout(c, P0).Capacity(c.budget_bytes);
   const size_t P = P0 * (c.rope_theta > 0.0f ? kHorizonCount : 1);
   // h2o / tova: scores [G][cap]; risk: log-weights [cap] and the
   // summary's partials.

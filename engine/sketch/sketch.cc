@@ -12,6 +12,7 @@
 #include "arch/targets.h"     // PaddedCols
 #include "engine/io/trace.h"  // ValidateRope
 #include "engine/sketch/methods.h"
+#include "engine/sketch/pool.h"
 #include "hwy/base.h"  // HWY_MIN
 #include "kvsketch/error.h"
 
@@ -227,22 +228,7 @@ void StagedState::CheckDoubles(const double* live, size_t n,
 size_t Sketch::RowBytes(const SketchConfig& c) { return StateRowBytes(c); }
 
 RowStore Sketch::CarveRows(const std::string& what, size_t cap) {
-  Rows r;
-  r.cap = cap;
-  r.dk = cfg_.dk;
-  r.dv = cfg_.dv;
-  r.ks = ks_;
-  r.vs = vs_;
-  r.kb = StorageRowBytes(cfg_.storage_k, cfg_.dk);
-  r.vb = StorageRowBytes(cfg_.storage_v, cfg_.dv);
-  r.tk = cfg_.storage_k;
-  r.tv = cfg_.storage_v;
-  r.krot = RotatedSide(cfg_.storage_k, cfg_.dk, cfg_.rotate);
-  r.vrot = RotatedSide(cfg_.storage_v, cfg_.dv, cfg_.rotate);
-  if (cap == 0) return r;
-  r.k = arena_.CarveArray<uint8_t>(what + " keys", cap * r.kb);
-  r.v = arena_.CarveArray<uint8_t>(what + " values", cap * r.vb);
-  return r;
+  return ItemPool(PoolLayout(what, cfg_), arena_, cap).rows();
 }
 
 // ---------------------------------------------------------------- Sketch
@@ -633,16 +619,14 @@ std::unique_ptr<Sketch> Sketch::Create(const SketchConfig& c, Arena& arena) {
     throw Error("group size must be in [1, " + std::to_string(kMaxGroup) + "]");
   }
   const size_t row = RowBytes(c);
-  // Rows of the budget as sinks + window carve them: four arrays (keys and
-  // values of each), every one 16-byte aligned. Float rows are multiples of
-  // 16 bytes at the usual head dims; quantized rows (d = 64 q8: 68 bytes)
-  // are not, so the carve, not the division, decides.
-  const size_t kb = StorageRowBytes(c.storage_k, c.dk);
-  const size_t vb = StorageRowBytes(c.storage_v, c.dv);
+  // Rows of the budget as sinks + window carve them (the layout that
+  // carves them sizes them: quantized rows, d = 64 q8: 68 bytes, are not
+  // multiples of the carve alignment, so the carve, not the division,
+  // decides).
+  const PoolLayout rows_only("rows", c);
   const auto carved = [&](size_t R) {
     const size_t s = R < c.sinks ? R : c.sinks;
-    return Arena::Aligned(s * kb) + Arena::Aligned(s * vb) +
-           Arena::Aligned((R - s) * kb) + Arena::Aligned((R - s) * vb);
+    return rows_only.Bytes(s) + rows_only.Bytes(R - s);
   };
   size_t rows = c.budget_bytes / row;
   while (rows > 0 && carved(rows) > c.budget_bytes) --rows;

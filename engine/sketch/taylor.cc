@@ -44,10 +44,10 @@ class TaylorSketch final : public Sketch {
   TaylorSketch(const SketchConfig& c, Arena& a, size_t rows) : Sketch(c, a, 0) {
     moments_.Init(a, "taylor", c.dk, vs_, FitDegree(c, RemainingBytes()),
                   c.recentre_every);
-    const size_t cap = Coreset::Capacity(RemainingBytes(), RowBytes(c));
-    pool_.Init(CarveRows("pool", cap), a, c.block, 1, c.first_seq);
+    pool_.Init("pool", c, a, RemainingBytes(), c.block, 1, c.first_seq);
     pool_.TrackBoundary(&folded_);
     folded_ = uint32_t(pool_.last_seq());
+    const size_t cap = pool_.cap();
     const size_t w = DefaultWindow(c, rows);
     protect_ = w < cap ? w : cap;
     window_share_ = cap ? double(protect_) / double(cap) : 1.0;

@@ -7,6 +7,7 @@
 #include "arch/attend.h"
 #include "arch/random.h"
 #include "engine/sketch/methods.h"
+#include "engine/sketch/pool.h"
 
 namespace kvsketch {
 namespace {
@@ -15,11 +16,8 @@ class Uniform final : public Sketch {
  public:
   Uniform(const SketchConfig& c, Arena& a, size_t rows)
       : Sketch(c, a, DefaultWindow(c, rows)) {
-    const size_t row = RowBytes(c);  // 2 carves: up to 2 * kAlign of padding
-    pool_ = CarveRows("reservoir",
-                      RemainingBytes() > 2 * Arena::kCarveAlign
-                          ? (RemainingBytes() - 2 * Arena::kCarveAlign) / row
-                          : 0);
+    const PoolLayout layout("reservoir", c);
+    pool_ = ItemPool(layout, a, layout.Capacity(RemainingBytes())).rows();
   }
 
  protected:
