@@ -1,6 +1,9 @@
 // The item pool: its layout's capacity is exact (the same code sizes and
 // carves), and its item operations keep rows and columns together.
+#include <cmath>
 #include <cstring>
+#include <memory>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -125,6 +128,76 @@ TEST_CASE("item pool: moves, erases, gaps and sweeps carry every column") {
   p.Move(0, n - 1);
   kept[0] = kept[n - 1];
   check(kept);
+}
+
+TEST_CASE("every method stays inside the workspace it asks for") {
+  // The workspace is followed by guard floats; appends, attends of the
+  // whole group, prefills and truncations of every method at several
+  // shapes must leave them untouched (the layouts that size the scratch
+  // also hand out its pointers).
+  const Method methods[] = {Method::kExact,   Method::kWindow, Method::kUniform,
+                            Method::kBalance, Method::kTaylor, Method::kHashed,
+                            Method::kH2O,     Method::kTova,   Method::kRisk,
+                            Method::kBlurry};
+  struct Shape {
+    size_t d, G, budget_tokens;
+    Storage storage;
+    float rope;
+  };
+  const Shape shapes[] = {{8, 2, 40, Storage::kF16, 0.0f},
+                          {64, 4, 96, Storage::kQ8, 10000.0f},
+                          {24, 1, 64, Storage::kF32, 0.0f}};
+  constexpr size_t kGuard = 256;
+  const float kCanary = -12345.678f;
+  for (const Shape& sh : shapes) {
+    for (Method m : methods) {
+      const std::string method = MethodName(m);
+      CAPTURE(method);
+      CAPTURE(sh.d);
+      SketchConfig c;
+      c.method = m;
+      c.dk = c.dv = sh.d;
+      c.scale = 1.0f / std::sqrt(float(sh.d));
+      c.max_group = sh.G;
+      c.storage_k = c.storage_v = sh.storage;
+      c.rope_theta = sh.rope;
+      c.block = 16;
+      const size_t n = 300;
+      c.budget_bytes = BudgetBytesForTokens(
+          m == Method::kExact ? n + 40 : sh.budget_tokens, sh.d, sh.d);
+      Arena arena(c.budget_bytes);
+      std::unique_ptr<Sketch> sk = Sketch::Create(c, arena);
+      const size_t wf = WorkspaceFloats(c);
+      std::vector<float> ws(wf + kGuard, kCanary);
+      std::mt19937 rng(11);
+      std::normal_distribution<float> nd(0.0f, 1.0f);
+      std::vector<float> k(n * sh.d), v(n * sh.d), q(n * sh.G * sh.d),
+          out(n * sh.G * sh.d);
+      for (auto& x : k) x = 2.0f * nd(rng);
+      for (auto& x : v) x = nd(rng);
+      for (auto& x : q) x = 2.0f * nd(rng);
+      // A prefill of 40 tokens, then token by token with attends, then a
+      // truncation of what the method can drop, then a second prefill.
+      sk->Prefill(q.data(), sh.G * sh.d, k.data(), sh.d, v.data(), sh.d, 40,
+                  sh.G, out.data(), sh.G * sh.d, ws.data());
+      for (size_t t = 40; t < 260; ++t) {
+        sk->Append(k.data() + t * sh.d, v.data() + t * sh.d, ws.data());
+        sk->Attend(q.data() + t * sh.G * sh.d, sh.G, out.data(), ws.data());
+      }
+      const size_t drop = std::min<size_t>(sk->Truncatable(), 5);
+      sk->Truncate(sk->tokens() - drop, ws.data());
+      sk->Prefill(q.data() + 260 * sh.G * sh.d, sh.G * sh.d,
+                  k.data() + 260 * sh.d, sh.d, v.data() + 260 * sh.d, sh.d, 40,
+                  sh.G, out.data(), sh.G * sh.d, ws.data());
+      size_t touched = 0;
+      for (size_t i = wf; i < wf + kGuard; ++i) touched += ws[i] != kCanary;
+      CHECK(touched == 0);
+      // The scratch was used (the canary test is not vacuous).
+      size_t used = 0;
+      for (size_t i = 0; i < wf; ++i) used += ws[i] != kCanary;
+      CHECK(used > 0);
+    }
+  }
 }
 
 }  // namespace

@@ -24,9 +24,18 @@
 #include "arch/targets.h"  // PaddedCols
 #include "engine/sketch/coreset.h"
 #include "engine/sketch/methods.h"
+#include "engine/sketch/scratch.h"
 
 namespace kvsketch {
 namespace {
+
+// Attend: the pool's log-weights and every query's raw scores (Adapt).
+struct AttendScratch {
+  float* lw;      // [n]
+  float* scores;  // [G][n]
+  AttendScratch(ScratchCarver& s, size_t n, size_t G)
+      : lw(s.Take(n)), scores(s.Take(G * n)) {}
+};
 
 class BalanceSketch final : public Sketch {
  public:
@@ -66,8 +75,10 @@ class BalanceSketch final : public Sketch {
       EmptyPartial(G, m, z);
       return;
     }
-    const float* lw = coreset_.LogW(ws);                        // [n]
-    float* scores = adaptive_ ? ws + RoundUp(n, 16) : nullptr;  // [G][n]
+    ScratchCarver carver(ws);
+    const AttendScratch s(carver, n, G);
+    const float* lw = coreset_.LogW(s.lw);
+    float* scores = adaptive_ ? s.scores : nullptr;
     AttendGroup(coreset_.rows().KView(0, n), coreset_.rows().VView(0, n), lw,
                 qp, G, cfg_.scale, m, z, N, scores);
     if (learning_ && adaptive_ && coreset_.full()) Adapt(scores, m, G);
@@ -144,11 +155,11 @@ class BalanceSketch final : public Sketch {
 
 size_t BalanceWorkspaceFloats(const SketchConfig& c) {
   const size_t ks = PaddedCols(c.dk), vs = PaddedCols(c.dv);
-  // Attend: scores of every pool item for every query of the group.
-  const size_t items = c.budget_bytes / StateRowBytes(c);
-  const size_t attend = (c.max_group + 1) * items + 16;
-  const size_t compact = Coreset::WorkspaceFloats(c.block, ks, vs);
-  return (attend > compact ? attend : compact) + 64;
+  // The most pool items (the pool alone in the whole budget).
+  const size_t items = Coreset::Layout("pool", c).Capacity(c.budget_bytes);
+  const size_t attend = ScratchFloats<AttendScratch>(items, c.max_group);
+  const size_t evict = Coreset::WorkspaceFloats(c.block, ks, vs, 1, items);
+  return attend > evict ? attend : evict;
 }
 
 std::unique_ptr<Sketch> MakeBalance(const SketchConfig& c, Arena& a,

@@ -13,6 +13,7 @@
 #include "arch/targets.h"  // PaddedCols
 #include "engine/sketch/methods.h"
 #include "engine/sketch/pool.h"
+#include "engine/sketch/scratch.h"
 
 namespace kvsketch {
 namespace {
@@ -23,6 +24,13 @@ PoolLayout SlotLayout(const SketchConfig& c) {
   l.AddColumn("log-masses", sizeof(float));
   return l;
 }
+
+// A merge: the two slots' rows.
+struct MergeScratch {
+  float *k0, *v0, *k1, *v1;
+  MergeScratch(ScratchCarver& s, size_t ks, size_t vs)
+      : k0(s.Take(ks)), v0(s.Take(vs)), k1(s.Take(ks)), v1(s.Take(vs)) {}
+};
 
 class BlurrySketch final : public Sketch {
  public:
@@ -93,10 +101,9 @@ class BlurrySketch final : public Sketch {
         best = i;
       }
     }
-    float* k0 = ws;
-    float* v0 = k0 + ks_;
-    float* k1 = v0 + vs_;
-    float* v1 = k1 + ks_;
+    ScratchCarver carver(ws);
+    const MergeScratch s(carver, ks_, vs_);
+    float *k0 = s.k0, *v0 = s.v0, *k1 = s.k1, *v1 = s.v1;
     slots_.Get(best, k0, v0);
     slots_.Get(best + 1, k1, v1);
     const float a = std::exp(logw_[best]) / best_mass;
@@ -123,7 +130,7 @@ class BlurrySketch final : public Sketch {
 }  // namespace
 
 size_t BlurryWorkspaceFloats(const SketchConfig& c) {
-  return 2 * (PaddedCols(c.dk) + PaddedCols(c.dv)) + 64;
+  return ScratchFloats<MergeScratch>(PaddedCols(c.dk), PaddedCols(c.dv));
 }
 
 std::unique_ptr<Sketch> MakeBlurry(const SketchConfig& c, Arena& a,

@@ -6,7 +6,8 @@
 #include <vector>
 
 #include "arch/targets.h"  // PaddedCols
-#include "hwy/base.h"      // HWY_MIN
+#include "engine/sketch/scratch.h"
+#include "hwy/base.h"  // HWY_MIN
 
 namespace kvsketch {
 
@@ -19,10 +20,42 @@ PoolLayout Coreset::Layout(const std::string& name, const SketchConfig& c,
   return l;
 }
 
-size_t Coreset::WorkspaceFloats(size_t block, size_t ks, size_t vs,
-                                size_t tags) {
-  return (tags * kMaxLevels + 15) / 16 * 16 + block * (4 + ks + vs) +
-         BalanceScratchFloats(block, ks, vs) + 64;
+namespace {
+// One compaction: the per-group counts, then the halved block (up to mmax
+// items): indices, rows, weights, signs, the kept list, and the halving
+// kernel's scratch.
+// A renumbering: the items' indices sorted by sequence number.
+struct ScratchRenumber {
+  uint32_t* idx;  // [cap]
+  ScratchRenumber(ScratchCarver& s, size_t cap) : idx(s.Take<uint32_t>(cap)) {}
+};
+struct CompactScratch {
+  uint32_t* counts;  // [tags][kMaxLevels]
+  uint32_t* idx;     // [mmax]
+  float* K;          // [mmax][ks]
+  float* V;          // [mmax][vs]
+  float* w;          // [mmax]
+  int8_t* eta;       // [mmax]
+  uint32_t* kept;    // [mmax]
+  float* scratch;    // BalanceScratchFloats
+  CompactScratch(ScratchCarver& s, size_t tags, size_t mmax, size_t ks,
+                 size_t vs)
+      : counts(s.Take<uint32_t>(tags * Coreset::kMaxLevels)),
+        idx(s.Take<uint32_t>(mmax)),
+        K(s.Take(mmax * ks)),
+        V(s.Take(mmax * vs)),
+        w(s.Take(mmax)),
+        eta(s.Take<int8_t>(mmax)),
+        kept(s.Take<uint32_t>(mmax)),
+        scratch(s.Take(BalanceScratchFloats(mmax, ks, vs))) {}
+};
+}  // namespace
+
+size_t Coreset::WorkspaceFloats(size_t block, size_t ks, size_t vs, size_t tags,
+                                size_t cap) {
+  const size_t renumber = ScratchFloats<ScratchRenumber>(cap);
+  const size_t compact = ScratchFloats<CompactScratch>(tags, block, ks, vs);
+  return renumber > compact ? renumber : compact;
 }
 
 const float* Coreset::LogW(float* dst) const {
@@ -87,7 +120,8 @@ void Coreset::Renumber(float* ws) {
     for (size_t i = 0; i < count_; ++i) below += seq_[i] <= *boundary_;
     *boundary_ = below;
   }
-  uint32_t* idx = reinterpret_cast<uint32_t*>(ws);
+  ScratchCarver carver(ws);
+  uint32_t* idx = ScratchRenumber(carver, count_).idx;
   for (size_t i = 0; i < count_; ++i) idx[i] = uint32_t(i);
   std::sort(idx, idx + count_,
             [&](uint32_t a, uint32_t b) { return seq_[a] < seq_[b]; });
@@ -132,8 +166,9 @@ bool Coreset::Compact(const CompactKernel& kern, const float* centres,
   if (n_allowed < 2) return false;
   // Cheapest group: least 2^level / (items halved).
   const size_t mmax = HWY_MIN(block_, rows_.cap);
-  uint32_t* counts = reinterpret_cast<uint32_t*>(ws);  // [tags_][kMaxLevels]
-  ws += (tags_ * kMaxLevels + 15) / 16 * 16;
+  ScratchCarver carver(ws);
+  const CompactScratch s(carver, tags_, mmax, rows_.ks, rows_.vs);
+  uint32_t* counts = s.counts;
   std::memset(counts, 0, tags_ * kMaxLevels * sizeof(uint32_t));
   for (size_t i = 0; i < count_; ++i) {
     if (allowed(i)) ++counts[tag(i) * kMaxLevels + level_[i]];
@@ -155,13 +190,13 @@ bool Coreset::Compact(const CompactKernel& kern, const float* centres,
   }
   const bool mixed = best_level < 0;  // every group is a single item
   const size_t ks = rows_.ks, vs = rows_.vs;
-  uint32_t* idx = reinterpret_cast<uint32_t*>(ws);
-  float* K = ws + mmax;
-  float* V = K + mmax * ks;
-  float* w = V + mmax * vs;
-  int8_t* eta = reinterpret_cast<int8_t*>(w + mmax);
-  uint32_t* kept = reinterpret_cast<uint32_t*>(w + 2 * mmax);
-  float* scratch = w + 3 * mmax;
+  uint32_t* idx = s.idx;
+  float* K = s.K;
+  float* V = s.V;
+  float* w = s.w;
+  int8_t* eta = s.eta;
+  uint32_t* kept = s.kept;
+  float* scratch = s.scratch;
   size_t m = 0;
   for (size_t i = 0; i < count_ && m < mmax; ++i) {
     if (!allowed(i)) continue;

@@ -42,8 +42,10 @@ class Coreset {
   // in the state.
   static PoolLayout Layout(const std::string& name, const SketchConfig& c,
                            size_t tags = 1);
-  static size_t WorkspaceFloats(size_t block, size_t ks, size_t vs,
-                                size_t tags = 1);
+  // Scratch of Insert / ReplaceOldest (a renumbering sorts `cap` indices)
+  // and of Compact (its CompactScratch) for pools of at most `cap` items.
+  static size_t WorkspaceFloats(size_t block, size_t ks, size_t vs, size_t tags,
+                                size_t cap);
 
   // Carves the most items of Layout(name, c, tags) that fit in `bytes` of
   // the arena; tags are in [0, tags).

@@ -24,6 +24,7 @@
 #include "engine/sketch/coreset.h"
 #include "engine/sketch/methods.h"
 #include "engine/sketch/moments.h"
+#include "engine/sketch/scratch.h"
 
 namespace kvsketch {
 namespace {
@@ -54,6 +55,26 @@ CellPlan PlanCells(const SketchConfig& c, size_t bytes) {
     }
   }
 }
+
+// Attend: per-item shifts of the moments and the verbatim passes, the
+// coreset's log-weights, each cell's centre score, one cell's value
+// moments, then a cell query's scratch.
+struct AttendScratch {
+  float *shift_a, *shift_b, *lw, *cell_m, *part, *rest;
+  AttendScratch(ScratchCarver& s, size_t n, size_t cells, size_t vs,
+                size_t poly)
+      : shift_a(s.Take(n)),
+        shift_b(s.Take(n)),
+        lw(s.Take(n)),
+        cell_m(s.Take(cells)),
+        part(s.Take(vs)),
+        rest(s.Take(poly)) {}
+};
+// Routing a key: its offset from the running mean.
+struct RouteScratch {
+  float* x;
+  RouteScratch(ScratchCarver& s, size_t ks) : x(s.Take(ks)) {}
+};
 
 class HashedSketch final : public Sketch {
  public:
@@ -134,13 +155,14 @@ class HashedSketch final : public Sketch {
   void AttendCompressed(const float* qp, size_t G, float* m, float* z, float* N,
                         float* ws) override {
     const size_t n = coreset_.count();
-    float* shift_a = ws;          // [n] per-item shifts, moments pass
-    float* shift_b = ws + n;      // [n] verbatim pass
-    float* lw_buf = shift_b + n;  // [n] log-weights
-    float* cell_m = lw_buf + n;   // [cells]
-    const float* lw = coreset_.LogW(lw_buf);
-    float* part = cell_m + n_cells_;  // [vs] moments of one cell
-    float* rest = part + vs_;
+    ScratchCarver carver(ws);
+    const AttendScratch s(carver, n, n_cells_, vs_, 0);
+    float* shift_a = s.shift_a;
+    float* shift_b = s.shift_b;
+    float* cell_m = s.cell_m;
+    const float* lw = coreset_.LogW(s.lw);
+    float* part = s.part;
+    float* rest = s.rest;
     for (size_t g = 0; g < G; ++g) {
       const float* q = qp + g * ks_;
       float* out = N + g * vs_;
@@ -249,7 +271,8 @@ class HashedSketch final : public Sketch {
  private:
   size_t Route(const float* k, float* ws) {
     // Running mean of evicted keys and of |k - mu| (norm shells).
-    float* x = ws;
+    ScratchCarver carver(ws);
+    float* x = RouteScratch(carver, ks_).x;
     for (size_t i = 0; i < cfg_.dk; ++i) mu_sum_[i] += k[i];
     ++evicted_;
     double r2 = 0;
@@ -311,13 +334,17 @@ class HashedSketch final : public Sketch {
 size_t HashedWorkspaceFloats(const SketchConfig& c) {
   const size_t ks = PaddedCols(c.dk), vs = PaddedCols(c.dv);
   // Attend: per-item shifts over the whole coreset (bounded by the budget).
-  const size_t items = c.budget_bytes / StateRowBytes(c);
+  // The most items: no tag column, the pool alone in the budget.
+  const size_t items = Coreset::Layout("pool", c, 1).Capacity(c.budget_bytes);
+  const size_t poly = Moments::WorkspaceFloats(c.dk, 1);
   const size_t attend =
-      3 * items + kMaxCells + vs + Moments::WorkspaceFloats(c.dk, 1);
-  const size_t cs = Coreset::WorkspaceFloats(c.block, ks, vs, kMaxCells);
-  const size_t append = Moments::WorkspaceFloats(c.dk, 1) + ks;
+      ScratchFloats<AttendScratch>(items, kMaxCells, vs, poly);
+  const size_t cs = Coreset::WorkspaceFloats(c.block, ks, vs, kMaxCells, items);
+  // Evict: routing, then a cell's moments, then the coreset (in turn).
+  const size_t route = ScratchFloats<RouteScratch>(ks);
   size_t w = attend > cs ? attend : cs;
-  return (w > append ? w : append) + 64;
+  w = w > route ? w : route;
+  return w > poly ? w : poly;
 }
 
 std::unique_ptr<Sketch> MakeHashed(const SketchConfig& c, Arena& a,

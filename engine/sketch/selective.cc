@@ -31,6 +31,7 @@
 #include "arch/targets.h"  // PaddedCols
 #include "engine/sketch/methods.h"
 #include "engine/sketch/pool.h"
+#include "engine/sketch/scratch.h"
 
 namespace kvsketch {
 namespace {
@@ -123,7 +124,7 @@ size_t SummaryCapacity(const SketchConfig& c, size_t cap) {
   return std::min(kSummaryMaxSlots, size_t(kSummaryMax * double(cap)));
 }
 
-// Scratch of one compaction, declared once: sizing (base == nullptr, at the
+// Scratch of one compaction, declared once (scratch.h): sizing (at the
 // largest P and C) and carving (at the actual ones) run the same code, so
 // the size always covers the pointers. Every array starts 16 floats apart.
 struct CompactScratch {
@@ -168,16 +169,10 @@ struct CompactScratch {
   float* o2;           // [N][Cs]
   uint32_t* kept_pos;  // [Cs] pool indices of the survivors
   size_t xr_stride;
-  size_t floats;  // total
 
-  CompactScratch(float* base, size_t cap, size_t P, size_t C, size_t dk,
+  CompactScratch(ScratchCarver& sc, size_t cap, size_t P, size_t C, size_t dk,
                  size_t dv, size_t ks, size_t vs, size_t S) {
-    size_t used = 0;
-    auto take = [&](size_t n) {
-      float* p = base ? base + used : nullptr;
-      used += RoundUp16(n);
-      return p;
-    };
+    auto take = [&](size_t n) { return sc.Take(n); };
     const size_t Cs = GramStride(C);
     cand = reinterpret_cast<uint32_t*>(take(cap));
     lw = take(cap);
@@ -218,8 +213,43 @@ struct CompactScratch {
     o1 = take(N * Cs);
     o2 = take(N * Cs);
     kept_pos = reinterpret_cast<uint32_t*>(take(Cs));
-    floats = used;
   }
+};
+
+// Attend: h2o / tova keep every query's raw scores [G][cap] for Observe;
+// risk the pool's log-weights and the summary's partials (Observe reads
+// them for the summary's share).
+struct AttendScratch {
+  float* scores = nullptr;                            // h2o / tova [G][cap]
+  float* lw = nullptr;                                // risk [cap]
+  float *sm = nullptr, *sz = nullptr, *sN = nullptr;  // [kMaxGroup](x vs)
+  AttendScratch(ScratchCarver& s, bool risk, size_t cap, size_t G, size_t vs) {
+    if (!risk) {
+      scores = s.Take(G * cap);
+      return;
+    }
+    lw = s.Take(cap);
+    sm = s.Take(kMaxGroup);
+    sz = s.Take(kMaxGroup);
+    sN = s.Take(kMaxGroup * vs);
+  }
+};
+// risk without a compaction (DropOldest): the summary's keys, masses,
+// norms and dots (LoadSummaryKeys), a row being merged and its neighbour.
+struct DropScratch {
+  float *sk, *row, *tmp;
+  DropScratch(ScratchCarver& s, size_t S, size_t ks, size_t vs)
+      : sk(s.Take(S * (ks + 3))), row(s.Take(ks + vs)), tmp(s.Take(ks + vs)) {}
+};
+// One item's rows (DropNewest); the items' order (Renumber).
+struct RowScratch {
+  float *k, *v;
+  RowScratch(ScratchCarver& s, size_t ks, size_t vs)
+      : k(s.Take(ks)), v(s.Take(vs)) {}
+};
+struct RenumberScratch {
+  uint32_t* idx;
+  RenumberScratch(ScratchCarver& s, size_t cap) : idx(s.Take<uint32_t>(cap)) {}
 };
 
 class SelectiveSketch final : public Sketch {
@@ -290,12 +320,12 @@ class SelectiveSketch final : public Sketch {
     }
     // risk needs no per-item scores (its log-weights go to the scratch);
     // h2o / tova keep the raw scores [G][n] there for Observe.
+    ScratchCarver carver(ws);
+    const AttendScratch s(carver, mode_ == Method::kRisk, rows_.cap, G, vs_);
     if (mode_ == Method::kRisk) {
-      const float* lw = LogW(ws);
+      const float* lw = LogW(s.lw);
       const size_t S = summary_;
-      float* sm = ws + RoundUp16(rows_.cap);  // the summary's partials [G]
-      float* sz = sm + kMaxGroup;
-      float* sN = sz + kMaxGroup;
+      float *sm = s.sm, *sz = s.sz, *sN = s.sN;  // the summary's partials
       if (S == 0) {
         for (size_t g = 0; g < G; ++g) sz[g] = 0.0f, sm[g] = 0.0f;
         AttendGroup(rows_.KView(0, count_), rows_.VView(0, count_), lw, qp, G,
@@ -318,7 +348,7 @@ class SelectiveSketch final : public Sketch {
       }
     } else {
       AttendGroup(rows_.KView(0, count_), rows_.VView(0, count_), nullptr, qp,
-                  G, cfg_.scale, m, z, N, ws);
+                  G, cfg_.scale, m, z, N, s.scores);
     }
     if (probes_cap_ && learning_) {
       const uint32_t pos = uint32_t(cfg_.rope_first_position + tokens_ - 1);
@@ -331,8 +361,10 @@ class SelectiveSketch final : public Sketch {
   void Observe(const float* m, const float* z, size_t G, float* ws) override {
     const size_t n = attended_;
     if (mode_ == Method::kRisk && n) {
-      const float* sm = ws + RoundUp16(rows_.cap);
-      const float* sz = sm + kMaxGroup;
+      ScratchCarver carver(ws);
+      const AttendScratch s(carver, true, rows_.cap, G, vs_);
+      const float* sm = s.sm;
+      const float* sz = s.sz;
       for (size_t g = 0; g < G; ++g) {
         const double share =
             z[g] > 0.0f && sz[g] > 0.0f
@@ -345,13 +377,15 @@ class SelectiveSketch final : public Sketch {
       }
     }
     if (n == 0 || score_ == nullptr) return;
+    ScratchCarver carver(ws);
+    float* scores = AttendScratch(carver, false, rows_.cap, G, vs_).scores;
     const float decay = mode_ == Method::kTova ? 0.0f : cfg_.decay;
     const float norm = mode_ == Method::kTova ? 1.0f / float(G) : 1.0f;
     for (size_t i = 0; i < n; ++i) score_[i] *= decay;
     for (size_t g = 0; g < G; ++g) {
       if (!(z[g] > 0.0f)) continue;
       const float inv = norm / z[g];
-      float* s = ws + g * n;  // raw scores -> weights, in place (SIMD exp)
+      float* s = scores + g * n;  // raw -> weights, in place (SIMD exp)
       for (size_t i = 0; i < n; ++i) s[i] = std::max(s[i] - m[g], -87.0f);
       ExpArray(s, s, n);
       for (size_t i = 0; i < n; ++i) score_[i] += s[i] * inv;
@@ -371,8 +405,10 @@ class SelectiveSketch final : public Sketch {
     return k;
   }
   void DropNewest(size_t k, float* ws) override {
-    float* kr = ws;
-    float* vr = ws + ks_;
+    ScratchCarver carver(ws);
+    const RowScratch s(carver, ks_, vs_);
+    float* kr = s.k;
+    float* vr = s.v;
     for (size_t i = count_ - k; i < count_; ++i) {
       // Their keys' norms leave the running sum (approximately: the rows as
       // stored; only the kernel temperature reads it, and no method of this
@@ -505,7 +541,8 @@ class SelectiveSketch final : public Sketch {
   // get 1..n in their order (slot `skip`, about to be overwritten, drops
   // out). O(n log n) in the scratch (no allocation), once per ~4e9 tokens.
   void Renumber(size_t skip, float* ws) {
-    uint32_t* idx = reinterpret_cast<uint32_t*>(ws);
+    ScratchCarver carver(ws);
+    uint32_t* idx = RenumberScratch(carver, count_).idx;
     size_t n = 0;
     for (size_t i = 0; i < count_; ++i)
       if (i != skip) idx[n++] = uint32_t(i);
@@ -533,9 +570,9 @@ class SelectiveSketch final : public Sketch {
     const size_t old = count_ - summary_;
     const size_t d = std::min(old, std::max<size_t>(1, rows_.cap / 32));
     if (summary_ && d) {
-      float* sk = ws;  // keys, masses, norms, dots (LoadSummaryKeys)
-      float* row = sk + summary_cap_ * (ks_ + 3);
-      float* tmp = row + ks_ + vs_;
+      ScratchCarver carver(ws);
+      const DropScratch s(carver, summary_cap_, ks_, vs_);
+      float *sk = s.sk, *row = s.row, *tmp = s.tmp;
       LoadSummaryKeys(sk, row);
       for (size_t i = summary_; i < summary_ + d; ++i) {
         rows_.Get(i, row, row + ks_);
@@ -614,7 +651,9 @@ class SelectiveSketch final : public Sketch {
     for (size_t i = summary_; i < n && C < cmax; ++i) C += !Protected(i);
     if (C == 0) return false;
     // Later rounds have at most as many candidates as the first.
-    const CompactScratch s(ws, rows_.cap, P, C, dk, dv, ks_, vs, summary_cap_);
+    ScratchCarver carver(ws);
+    const CompactScratch s(carver, rows_.cap, P, C, dk, dv, ks_, vs,
+                           summary_cap_);
     uint32_t* cand = s.cand;
     uint8_t* drop = s.drop;  // items leaving the pool (all rounds)
     std::memset(drop, 0, n);
@@ -1130,15 +1169,16 @@ size_t SelectiveWorkspaceFloats(const SketchConfig& c) {
   const size_t P0 = ProbeCount(c, rows);
   const size_t cap = SelectiveLayout(c, P0).Capacity(c.budget_bytes);
   const size_t P = P0 * (c.rope_theta > 0.0f ? kHorizonCount : 1);
-  // h2o / tova: scores [G][cap]; risk: log-weights [cap] and the
-  // summary's partials.
-  const size_t attend =
-      std::max(c.max_group * cap, kMaxGroup * (vs + 2)) + RoundUp16(cap);
-  if (c.method != Method::kRisk || cap == 0) return attend + 64;
+  const bool risk = c.method == Method::kRisk;
+  size_t w = std::max({ScratchFloats<AttendScratch>(risk, cap, c.max_group, vs),
+                       ScratchFloats<RowScratch>(ks, vs),
+                       ScratchFloats<RenumberScratch>(cap)});
+  if (!risk || cap == 0) return w;
+  const size_t S = SummaryCapacity(c, cap);
   const size_t C = std::min(cap, MaxCandidates(c));
-  const CompactScratch s(nullptr, cap, P, C, c.dk, c.dv, ks, vs,
-                         SummaryCapacity(c, cap));
-  return std::max(attend, s.floats) + 64;
+  return std::max(
+      {w, ScratchFloats<DropScratch>(S, ks, vs),
+       ScratchFloats<CompactScratch>(cap, P, C, c.dk, c.dv, ks, vs, S)});
 }
 
 std::unique_ptr<Sketch> MakeSelective(const SketchConfig& c, Arena& a,

@@ -13,6 +13,7 @@
 #include "engine/io/trace.h"  // ValidateRope
 #include "engine/sketch/methods.h"
 #include "engine/sketch/pool.h"
+#include "engine/sketch/scratch.h"
 #include "hwy/base.h"  // HWY_MIN
 #include "kvsketch/error.h"
 
@@ -231,6 +232,65 @@ RowStore Sketch::CarveRows(const std::string& what, size_t cap) {
   return ItemPool(PoolLayout(what, cfg_), arena_, cap).rows();
 }
 
+// ---------------------------------------------------------------- scratch
+
+namespace {
+// Append: the padded token and the row leaving the window; the method's
+// scratch follows.
+struct AppendScratch {
+  float *k, *v, *ek, *ev, *rest;
+  AppendScratch(ScratchCarver& s, size_t ks, size_t vs)
+      : k(s.Take(ks)),
+        v(s.Take(vs)),
+        ek(s.Take(ks)),
+        ev(s.Take(vs)),
+        rest(s.Rest()) {}
+};
+// AttendPartial of Q queries: the padded queries and the compressed
+// region's partials; the method's scratch follows.
+struct PartialScratch {
+  float *qp, *m2, *z2, *N2, *rest;
+  PartialScratch(ScratchCarver& s, size_t Q, size_t ks, size_t vs)
+      : qp(s.Take(Q * ks)),
+        m2(s.Take(Q)),
+        z2(s.Take(Q)),
+        N2(s.Take(Q * vs)),
+        rest(s.Rest()) {}
+};
+// Attend of G queries: their partials; AttendPartial's scratch follows.
+struct AttendScratch {
+  float *m, *z, *N, *rest;
+  AttendScratch(ScratchCarver& s, size_t G, size_t vs)
+      : m(s.Take(G)), z(s.Take(G)), N(s.Take(G * vs)), rest(s.Rest()) {}
+};
+// Prefill: partials of kMaxGroup queries over the state and over the
+// block, and the block kernel's tiles; AttendPartial's or Append's scratch
+// follows.
+struct PrefillScratch {
+  float *pm, *pz, *pN, *bm, *bz, *bN, *tiles, *rest;
+  PrefillScratch(ScratchCarver& s, size_t dk, size_t dv, size_t vs)
+      : pm(s.Take(kMaxGroup)),
+        pz(s.Take(kMaxGroup)),
+        pN(s.Take(kMaxGroup * vs)),
+        bm(s.Take(kMaxGroup)),
+        bz(s.Take(kMaxGroup)),
+        bN(s.Take(kMaxGroup * vs)),
+        tiles(s.Take(CausalBlockScratchFloats(dk, dv))),
+        rest(s.Rest()) {}
+};
+}  // namespace
+
+size_t Sketch::CommonWorkspaceFloats(const SketchConfig& c) {
+  const size_t ks = PaddedCols(c.dk), vs = PaddedCols(c.dv);
+  // Attend's partials are within Prefill's (kMaxGroup queries each).
+  return HWY_MAX(ScratchFloats<AppendScratch>(ks, vs),
+                 ScratchFloats<PartialScratch>(kMaxGroup, ks, vs));
+}
+
+size_t Sketch::PrefillWorkspaceFloats(const SketchConfig& c) {
+  return ScratchFloats<PrefillScratch>(c.dk, c.dv, PaddedCols(c.dv));
+}
+
 // ---------------------------------------------------------------- Sketch
 
 Sketch::Sketch(const SketchConfig& c, Arena& arena, size_t window)
@@ -247,13 +307,6 @@ Sketch::Sketch(const SketchConfig& c, Arena& arena, size_t window)
 size_t Sketch::RemainingBytes() const {
   const size_t spent = arena_.used() - bytes_at_start_;
   return cfg_.budget_bytes > spent ? cfg_.budget_bytes - spent : 0;
-}
-
-size_t Sketch::CommonWorkspaceFloats(const SketchConfig& c) {
-  const size_t ks = PaddedCols(c.dk), vs = PaddedCols(c.dv);
-  const size_t G = kMaxGroup;
-  // qpad, three partial sets (m, z, N), eviction rows.
-  return G * ks + 3 * (2 * G + G * vs) + ks + vs + 64;
 }
 
 void Sketch::SaveScalars(StateWriter& w) const {
@@ -335,12 +388,15 @@ static double Norm(const float* x, size_t n) {
 
 void Sketch::Append(const float* k, const float* v, float* ws) {
   // Work on padded f32 copies (zero padding is the kernels' contract).
-  float* kp = ws;
-  float* vp = ws + ks_;
-  std::memset(kp, 0, (ks_ + vs_) * sizeof(float));
+  ScratchCarver carver(ws);
+  const AppendScratch s(carver, ks_, vs_);
+  float* kp = s.k;
+  float* vp = s.v;
+  std::memset(kp, 0, ks_ * sizeof(float));
+  std::memset(vp, 0, vs_ * sizeof(float));
   std::memcpy(kp, k, cfg_.dk * sizeof(float));
   std::memcpy(vp, v, cfg_.dv * sizeof(float));
-  float* rest = ws + ks_ + vs_;
+  float* rest = s.rest;
   if (sinks_used_ < sinks_.cap) {
     sinks_.Put(sinks_used_++, kp, vp);
   } else if (window_cap_ == 0) {
@@ -353,10 +409,10 @@ void Sketch::Append(const float* k, const float* v, float* ws) {
     if (window_used_ == window_cap_) {
       // The oldest window row leaves: hand it to the compressed region
       // first (it may throw, e.g. `exact` when full: nothing changed yet).
-      float* ko = rest;
-      float* vo = rest + ks_;
+      float* ko = s.ek;
+      float* vo = s.ev;
       window_.Get(window_head_, ko, vo);
-      Evict(ko, vo, rest + ks_ + vs_);
+      Evict(ko, vo, rest);
       key_norm_sum_ += Norm(ko, cfg_.dk);
       window_.Put(window_head_, kp, vp);
       window_head_ = (window_head_ + 1) % window_cap_;
@@ -449,10 +505,12 @@ void Sketch::Attend(const float* q, size_t G, float* out, float* ws,
     throw Error("attend: group size " + std::to_string(G) + " not in [1, " +
                 std::to_string(kMaxGroup) + "]");
   }
-  float* m = ws;
-  float* z = m + G;
-  float* N = z + G;
-  AttendPartial(q, 1, 0, G, m, z, N, N + G * vs_, learn);
+  ScratchCarver carver(ws);
+  const AttendScratch s(carver, G, vs_);
+  float* m = s.m;
+  float* z = s.z;
+  float* N = s.N;
+  AttendPartial(q, 1, 0, G, m, z, N, s.rest, learn);
   for (size_t g = 0; g < G; ++g) {
     const float inv = z[g] > 0.0f ? 1.0f / z[g] : 0.0f;
     for (size_t c = 0; c < cfg_.dv; ++c)
@@ -468,11 +526,20 @@ void Sketch::AttendPartial(const float* q, size_t T, size_t q_stride, size_t G,
     throw Error("attend: " + std::to_string(Q) + " queries not in [1, " +
                 std::to_string(kMaxGroup) + "]");
   }
-  float* qp = ws;
-  float* m2 = qp + Q * ks_;
-  float* z2 = m2 + Q;
-  float* N2 = z2 + Q;
-  float* rest = N2 + Q * vs_;
+  // Methods that keep per-query scores size their scratch for the group
+  // they were created with (SketchConfig::max_group).
+  if (Q > MaxQueriesPerPass()) {
+    throw Error("attend: " + std::to_string(Q) + " queries in one call; " +
+                MethodName(cfg_.method) + " was created for at most " +
+                std::to_string(MaxQueriesPerPass()) + " (max_group)");
+  }
+  ScratchCarver carver(ws);
+  const PartialScratch s(carver, Q, ks_, vs_);
+  float* qp = s.qp;
+  float* m2 = s.m2;
+  float* z2 = s.z2;
+  float* N2 = s.N2;
+  float* rest = s.rest;
   for (size_t i = 0; i < Q; ++i) {
     const float* qi = q + (i / G) * q_stride + (i % G) * cfg_.dk;
     std::memset(qp + i * ks_, 0, ks_ * sizeof(float));
@@ -509,13 +576,6 @@ void Sketch::AttendPartial(const float* q, size_t T, size_t q_stride, size_t G,
   if (learn) Observe(m, z, Q, rest);
 }
 
-size_t Sketch::PrefillWorkspaceFloats(const SketchConfig& c) {
-  const size_t vs = PaddedCols(c.dv);
-  // Partials of kMaxGroup queries over the state and over the block, and
-  // the block kernel's tiles.
-  return 2 * kMaxGroup * (vs + 2) + CausalBlockScratchFloats(c.dk, c.dv) + 64;
-}
-
 void Sketch::Prefill(const float* q, size_t q_stride, const float* k,
                      size_t k_stride, const float* v, size_t v_stride, size_t n,
                      size_t G, float* out, size_t out_stride, float* ws) {
@@ -527,14 +587,12 @@ void Sketch::Prefill(const float* q, size_t q_stride, const float* k,
     throw Error("prefill: " + std::to_string(n) +
                 " tokens in one block (at most 2^31 - 1)");
   }
-  float* pm = ws;                    // [kMaxGroup] partials over the state
-  float* pz = pm + kMaxGroup;        // [kMaxGroup]
-  float* pN = pz + kMaxGroup;        // [kMaxGroup][vs]
-  float* bm = pN + kMaxGroup * vs_;  // [kMaxGroup] partials over the block
-  float* bz = bm + kMaxGroup;
-  float* bN = bz + kMaxGroup;  // [kMaxGroup][vs]
-  float* tiles = bN + kMaxGroup * vs_;
-  float* rest = ws + PrefillWorkspaceFloats(cfg_);
+  ScratchCarver carver(ws);
+  const PrefillScratch s(carver, cfg_.dk, cfg_.dv, vs_);
+  float *pm = s.pm, *pz = s.pz, *pN = s.pN;  // partials over the state
+  float *bm = s.bm, *bz = s.bz, *bN = s.bN;  // over the block
+  float* tiles = s.tiles;
+  float* rest = s.rest;
   // Tokens per block tile (their queries fill the kernel's lanes) and per
   // pass over the state.
   const size_t U = kMaxGroup / G;
@@ -568,7 +626,6 @@ void Sketch::Prefill(const float* q, size_t q_stride, const float* k,
 // ---------------------------------------------------------------- factory
 
 size_t WorkspaceFloats(const SketchConfig& c) {
-  const size_t ks = PaddedCols(c.dk), vs = PaddedCols(c.dv);
   size_t extra = 0;
   switch (c.method) {
     case Method::kBalance:
@@ -591,11 +648,10 @@ size_t WorkspaceFloats(const SketchConfig& c) {
     default:
       break;
   }
-  // Append: padded token + evicted row; Attend: queries and partials;
-  // Prefill: its chunk in front of either.
-  const size_t common =
-      HWY_MAX(2 * (ks + vs), Sketch::CommonWorkspaceFloats(c));
-  return Sketch::PrefillWorkspaceFloats(c) + common + extra;
+  // Every entry point's own arrays (Prefill's in front of Append's or
+  // AttendPartial's, which cover Attend's), then the method's.
+  return Sketch::PrefillWorkspaceFloats(c) + Sketch::CommonWorkspaceFloats(c) +
+         extra;
 }
 
 std::unique_ptr<Sketch> Sketch::Create(const SketchConfig& c, Arena& arena) {

@@ -26,6 +26,7 @@
 #include "engine/sketch/coreset.h"
 #include "engine/sketch/methods.h"
 #include "engine/sketch/moments.h"
+#include "engine/sketch/scratch.h"
 
 namespace kvsketch {
 namespace {
@@ -38,6 +39,24 @@ int FitDegree(const SketchConfig& c, size_t bytes) {
   while (t > 0 && Moments::Bytes(c.dk, vs, t) > bytes * 2 / 5) --t;
   return t;
 }
+
+// Attend: per-item shifts of the residual and the window passes, the
+// pool's log-weights, one value row, then the moments' scratch.
+struct AttendScratch {
+  float *shift_res, *shift_win, *lw, *nb, *rest;
+  AttendScratch(ScratchCarver& s, size_t n, size_t vs, size_t poly)
+      : shift_res(s.Take(n)),
+        shift_win(s.Take(n)),
+        lw(s.Take(n)),
+        nb(s.Take(vs)),
+        rest(s.Take(poly)) {}
+};
+// An item entering the moments: its rows, then the moments' scratch.
+struct FoldScratch {
+  float *k, *v, *rest;
+  FoldScratch(ScratchCarver& s, size_t ks, size_t vs, size_t poly)
+      : k(s.Take(ks)), v(s.Take(vs)), rest(s.Take(poly)) {}
+};
 
 class TaylorSketch final : public Sketch {
  public:
@@ -78,10 +97,10 @@ class TaylorSketch final : public Sketch {
           if (seq[i] < seq[oldest]) oldest = i;
         }
         if (seq[oldest] > folded_) {
-          float* kr = ws;
-          float* vr = ws + ks_;
-          pool_.rows().Get(oldest, kr, vr);
-          moments_.Add(kr, vr, ws + ks_ + vs_);
+          ScratchCarver carver(ws);
+          const FoldScratch s(carver, ks_, vs_, 0);
+          pool_.rows().Get(oldest, s.k, s.v);
+          moments_.Add(s.k, s.v, s.rest);
           folded_ = seq[oldest];
         }
         pool_.ReplaceOldest(k, v, 0, ws);
@@ -96,12 +115,13 @@ class TaylorSketch final : public Sketch {
   void AttendCompressed(const float* qp, size_t G, float* m, float* z, float* N,
                         float* ws) override {
     const size_t n = pool_.count();
-    float* shift_res = ws;          // [n]
-    float* shift_win = ws + n;      // [n]
-    float* lw_buf = shift_win + n;  // [n] log-weights
-    float* nb = lw_buf + n;         // [vs]
-    const float* lw = pool_.LogW(lw_buf);
-    float* rest = nb + vs_;
+    ScratchCarver carver(ws);
+    const AttendScratch s(carver, n, vs_, 0);
+    float* shift_res = s.shift_res;
+    float* shift_win = s.shift_win;
+    float* nb = s.nb;
+    const float* lw = pool_.LogW(s.lw);
+    float* rest = s.rest;
     const uint32_t* seq = pool_.seq();
     for (size_t g = 0; g < G; ++g) {
       const float* q = qp + g * ks_;
@@ -211,14 +231,14 @@ class TaylorSketch final : public Sketch {
     const uint32_t last = pool_.last_seq();
     const uint32_t boundary = last > protect_ ? uint32_t(last - protect_) : 0;
     const uint32_t* seq = pool_.seq();
-    float* kr = ws;
-    float* vr = ws + ks_;
+    ScratchCarver carver(ws);
+    const FoldScratch s(carver, ks_, vs_, 0);
     while (folded_ < boundary) {
       ++folded_;
       for (size_t i = 0; i < pool_.count(); ++i) {
         if (seq[i] != folded_) continue;
-        pool_.rows().Get(i, kr, vr);
-        moments_.Add(kr, vr, ws + ks_ + vs_);
+        pool_.rows().Get(i, s.k, s.v);
+        moments_.Add(s.k, s.v, s.rest);
         break;
       }
     }
@@ -250,13 +270,13 @@ class TaylorSketch final : public Sketch {
 size_t TaylorWorkspaceFloats(const SketchConfig& c) {
   const size_t ks = PaddedCols(c.dk), vs = PaddedCols(c.dv);
   const int t = c.degree > 2 ? 2 : (c.degree < 0 ? 0 : c.degree);
-  const size_t items = c.budget_bytes / StateRowBytes(c);
+  const size_t items = Coreset::Layout("pool", c).Capacity(c.budget_bytes);
   const size_t poly = Moments::WorkspaceFloats(c.dk, t);
-  const size_t attend = 3 * items + vs + poly;
-  const size_t append = ks + vs + poly;
-  const size_t cs = Coreset::WorkspaceFloats(c.block, ks, vs);
-  size_t w = attend > cs ? attend : cs;
-  return (w > append ? w : append) + 64;
+  const size_t attend = ScratchFloats<AttendScratch>(items, vs, poly);
+  const size_t fold = ScratchFloats<FoldScratch>(ks, vs, poly);
+  const size_t cs = Coreset::WorkspaceFloats(c.block, ks, vs, 1, items);
+  const size_t w = attend > cs ? attend : cs;
+  return w > fold ? w : fold;
 }
 
 std::unique_ptr<Sketch> MakeTaylor(const SketchConfig& c, Arena& a,
