@@ -14,9 +14,7 @@ namespace kvsketch {
 
 struct BenchOptions {
   bench::Workload workload;
-  std::vector<std::string> methods = {"exact",  "window", "uniform", "balance",
-                                      "taylor", "hashed", "h2o",     "tova",
-                                      "risk",   "blurry"};
+  std::vector<std::string> methods = AllMethodNames();
   std::vector<size_t> budgets = {32, 64, 128};  // tokens
   size_t budget_bytes = 0;  // alternative to budgets: bytes per head
   size_t eval_max = 512;    // max evaluated positions per head (stride)

@@ -1,4 +1,5 @@
-// Internal: constructors of the six sketches (one file each).
+// Internal: every method's constructor and scratch size (one file each,
+// listed in method_list.h).
 #pragma once
 
 #include <memory>
@@ -7,52 +8,37 @@
 
 namespace kvsketch {
 
-std::unique_ptr<Sketch> MakeExact(const SketchConfig& c, Arena& a, size_t rows);
-std::unique_ptr<Sketch> MakeWindow(const SketchConfig& c, Arena& a,
-                                   size_t rows);
-std::unique_ptr<Sketch> MakeUniform(const SketchConfig& c, Arena& a,
-                                    size_t rows);
-std::unique_ptr<Sketch> MakeBalance(const SketchConfig& c, Arena& a,
-                                    size_t rows);
-std::unique_ptr<Sketch> MakeTaylor(const SketchConfig& c, Arena& a,
-                                   size_t rows);
-std::unique_ptr<Sketch> MakeHashed(const SketchConfig& c, Arena& a,
-                                   size_t rows);
-
-std::unique_ptr<Sketch> MakeSelective(const SketchConfig& c, Arena& a,
-                                      size_t rows);  // h2o, tova, risk
-std::unique_ptr<Sketch> MakeBlurry(const SketchConfig& c, Arena& a,
-                                   size_t rows);
-
-size_t SelectiveWorkspaceFloats(const SketchConfig& c);
-size_t BlurryWorkspaceFloats(const SketchConfig& c);
-size_t BalanceWorkspaceFloats(const SketchConfig& c);
-size_t TaylorWorkspaceFloats(const SketchConfig& c);
-size_t HashedWorkspaceFloats(const SketchConfig& c);
+// Each method's constructor and scratch size (method_list.h; a
+// constructor shared by several methods is declared once per method).
+inline size_t NoWorkspaceFloats(const SketchConfig&) { return 0; }
+#define KVSKETCH_METHOD_DECLARE(e, name, make, ws)                            \
+  std::unique_ptr<Sketch> make(const SketchConfig& c, Arena& a, size_t rows); \
+  size_t ws(const SketchConfig& c);
+KVSKETCH_METHODS(KVSKETCH_METHOD_DECLARE)
+#undef KVSKETCH_METHOD_DECLARE
 
 inline std::unique_ptr<Sketch> MakeMethod(const SketchConfig& c, Arena& a,
                                           size_t rows) {
   switch (c.method) {
-    case Method::kExact:
-      return MakeExact(c, a, rows);
-    case Method::kWindow:
-      return MakeWindow(c, a, rows);
-    case Method::kUniform:
-      return MakeUniform(c, a, rows);
-    case Method::kBalance:
-      return MakeBalance(c, a, rows);
-    case Method::kTaylor:
-      return MakeTaylor(c, a, rows);
-    case Method::kHashed:
-      return MakeHashed(c, a, rows);
-    case Method::kH2O:
-    case Method::kTova:
-    case Method::kRisk:
-      return MakeSelective(c, a, rows);
-    case Method::kBlurry:
-      return MakeBlurry(c, a, rows);
+#define KVSKETCH_METHOD_MAKE(e, name, make, ws) \
+  case Method::e:                               \
+    return make(c, a, rows);
+    KVSKETCH_METHODS(KVSKETCH_METHOD_MAKE)
+#undef KVSKETCH_METHOD_MAKE
   }
   return nullptr;
+}
+
+// Scratch floats of the method itself (beyond Sketch's own).
+inline size_t MethodWorkspaceFloats(const SketchConfig& c) {
+  switch (c.method) {
+#define KVSKETCH_METHOD_WS(e, name, make, ws) \
+  case Method::e:                             \
+    return ws(c);
+    KVSKETCH_METHODS(KVSKETCH_METHOD_WS)
+#undef KVSKETCH_METHOD_WS
+  }
+  return 0;
 }
 
 // Default recent window for a compressed method with `rows` rows of budget.

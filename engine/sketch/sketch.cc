@@ -21,40 +21,22 @@ namespace kvsketch {
 
 const char* MethodName(Method m) {
   switch (m) {
-    case Method::kExact:
-      return "exact";
-    case Method::kWindow:
-      return "window";
-    case Method::kUniform:
-      return "uniform";
-    case Method::kBalance:
-      return "balance";
-    case Method::kTaylor:
-      return "taylor";
-    case Method::kHashed:
-      return "hashed";
-    case Method::kH2O:
-      return "h2o";
-    case Method::kTova:
-      return "tova";
-    case Method::kRisk:
-      return "risk";
-    case Method::kBlurry:
-      return "blurry";
+#define KVSKETCH_METHOD_NAME(e, name, make, ws) \
+  case Method::e:                               \
+    return name;
+    KVSKETCH_METHODS(KVSKETCH_METHOD_NAME)
+#undef KVSKETCH_METHOD_NAME
   }
   return "?";
 }
 
 Method ParseMethod(const std::string& name) {
-  for (Method m :
-       {Method::kExact, Method::kWindow, Method::kUniform, Method::kBalance,
-        Method::kTaylor, Method::kHashed, Method::kH2O, Method::kTova,
-        Method::kRisk, Method::kBlurry}) {
-    if (name == MethodName(m)) return m;
+  std::string known;
+  for (size_t i = 0; i < kMethodCount; ++i) {
+    if (name == MethodName(Method(i))) return Method(i);
+    known += (i ? ", " : "") + std::string(MethodName(Method(i)));
   }
-  throw Error("unknown method '" + name +
-              "' (known: exact, window, uniform, balance, taylor, hashed, "
-              "h2o, tova, risk, blurry)");
+  throw Error("unknown method '" + name + "' (known: " + known + ")");
 }
 
 Storage ParseStorage(const std::string& name) {
@@ -626,28 +608,7 @@ void Sketch::Prefill(const float* q, size_t q_stride, const float* k,
 // ---------------------------------------------------------------- factory
 
 size_t WorkspaceFloats(const SketchConfig& c) {
-  size_t extra = 0;
-  switch (c.method) {
-    case Method::kBalance:
-      extra = BalanceWorkspaceFloats(c);
-      break;
-    case Method::kTaylor:
-      extra = TaylorWorkspaceFloats(c);
-      break;
-    case Method::kHashed:
-      extra = HashedWorkspaceFloats(c);
-      break;
-    case Method::kH2O:
-    case Method::kTova:
-    case Method::kRisk:
-      extra = SelectiveWorkspaceFloats(c);
-      break;
-    case Method::kBlurry:
-      extra = BlurryWorkspaceFloats(c);
-      break;
-    default:
-      break;
-  }
+  const size_t extra = MethodWorkspaceFloats(c);
   // Every entry point's own arrays (Prefill's in front of Append's or
   // AttendPartial's, which cover Attend's), then the method's.
   return Sketch::PrefillWorkspaceFloats(c) + Sketch::CommonWorkspaceFloats(c) +

@@ -11,28 +11,30 @@
 #include <cstring>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "arch/attend.h"  // kMaxGroup
 #include "arch/types.h"   // Storage, RowsView
 #include "engine/budget/arena.h"
 #include "engine/io/serial.h"
+#include "engine/sketch/method_list.h"
 #include "engine/sketch/rows.h"
 
 namespace kvsketch {
 
-enum class Method : uint8_t {
-  kExact,
-  kWindow,
-  kUniform,
-  kBalance,
-  kTaylor,
-  kHashed,
-  kH2O,
-  kTova,
-  kRisk,
-  kBlurry
-};
+#define KVSKETCH_METHOD_ENUM(e, name, make, ws) e,
+enum class Method : uint8_t { KVSKETCH_METHODS(KVSKETCH_METHOD_ENUM) };
+#undef KVSKETCH_METHOD_ENUM
+#define KVSKETCH_METHOD_COUNT(e, name, make, ws) +1
+constexpr size_t kMethodCount = 0 KVSKETCH_METHODS(KVSKETCH_METHOD_COUNT);
+#undef KVSKETCH_METHOD_COUNT
 const char* MethodName(Method m);
+// Every method's name, in the list's order.
+inline std::vector<std::string> AllMethodNames() {
+  std::vector<std::string> v;
+  for (size_t i = 0; i < kMethodCount; ++i) v.push_back(MethodName(Method(i)));
+  return v;
+}
 Method ParseMethod(const std::string& name);  // throws Error on unknown names
 // f32, f16, bf16, q8, q4, q4a; throws Error naming the known ones.
 Storage ParseStorage(const std::string& name);
