@@ -49,36 +49,37 @@ class BlurrySketch final : public Sketch {
  protected:
   void Evict(const float* k, const float* v, float* ws) override {
     if (slots_.cap == 0) return;
-    if (count_ == slots_.cap) Merge(ws);
-    slots_.Put(count_, k, v);
-    logw_[count_++] = 0.0f;
+    if (pool_.count() == slots_.cap) Merge(ws);
+    slots_.Put(pool_.count(), k, v);
+    logw_[pool_.Push()] = 0.0f;
   }
 
   void AttendCompressed(const float* qp, size_t G, float* m, float* z, float* N,
                         float*) override {
-    if (count_ == 0) {
+    if (pool_.count() == 0) {
       EmptyPartial(G, m, z);
       return;
     }
-    AttendGroup(slots_.KView(0, count_), slots_.VView(0, count_), logw_, qp, G,
-                cfg_.scale, m, z, N);
+    AttendGroup(slots_.KView(0, pool_.count()), slots_.VView(0, pool_.count()),
+                logw_, qp, G, cfg_.scale, m, z, N);
   }
-  size_t CompressedRetained() const override { return count_; }
+  size_t CompressedRetained() const override { return pool_.count(); }
   void SaveScalars(StateWriter& w) const override {
     Sketch::SaveScalars(w);
-    w.Put<uint64_t>(count_);
+    pool_.Save(w);
   }
   void LoadScalars(StateReader& r) override {
     Sketch::LoadScalars(r);
-    count_ = r.GetAtMost<uint64_t>(slots_.cap, "slot count");
+    pool_.Load(r, "slot");
   }
   void CheckState(const StagedState& st) const override {
     Sketch::CheckState(st);
-    if (count_ > tokens_) InvalidState("slot count (more slots than tokens)");
-    st.CheckRows(slots_, count_, RowLimit(), "slot");
+    if (pool_.count() > tokens_)
+      InvalidState("slot count (more slots than tokens)");
+    pool_.CheckRows(st, RowLimit(), "slot");
     // A slot's log-mass: log(tokens merged into it), in [0, log(tokens)].
     const double most = std::log(double(tokens_) + 1.0) + 1e-3;
-    for (size_t i = 0; i < count_; ++i) {
+    for (size_t i = 0; i < pool_.count(); ++i) {
       const float lw = st.At(logw_, i);
       if (!(lw >= 0.0f) || !(double(lw) <= most))
         InvalidState("slot log-mass [" + std::to_string(i) + "]");
@@ -88,13 +89,13 @@ class BlurrySketch final : public Sketch {
  private:
   // Merges the adjacent pair with the least combined mass (ties: oldest).
   void Merge(float* ws) {
-    if (count_ < 2) {  // a single slot: it absorbs nothing, drop it
-      count_ = 0;
+    if (pool_.count() < 2) {  // a single slot: it absorbs nothing, drop it
+      pool_.set_count(0);
       return;
     }
     size_t best = 0;
     float best_mass = std::numeric_limits<float>::infinity();
-    for (size_t i = 0; i + 1 < count_; ++i) {
+    for (size_t i = 0; i + 1 < pool_.count(); ++i) {
       const float mass = std::exp(logw_[i]) + std::exp(logw_[i + 1]);
       if (mass < best_mass) {
         best_mass = mass;
@@ -117,14 +118,13 @@ class BlurrySketch final : public Sketch {
       v0[c] = std::min(lim, std::max(-lim, a * v0[c] + b * v1[c]));
     slots_.Put(best, k0, v0);
     logw_[best] = std::log(best_mass);
-    pool_.Erase(best + 1, best + 2, count_);
-    --count_;
+    pool_.Erase(best + 1, best + 2, pool_.count());
+    pool_.set_count(pool_.count() - 1);
   }
 
   ItemPool pool_;
   RowStore slots_;
   float* logw_ = nullptr;
-  size_t count_ = 0;
 };
 
 }  // namespace

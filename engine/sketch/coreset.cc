@@ -59,7 +59,8 @@ size_t Coreset::WorkspaceFloats(size_t block, size_t ks, size_t vs, size_t tags,
 }
 
 const float* Coreset::LogW(float* dst) const {
-  for (size_t i = 0; i < count_; ++i) dst[i] = float(level_[i]) * float(M_LN2);
+  for (size_t i = 0; i < pool_.count(); ++i)
+    dst[i] = float(level_[i]) * float(M_LN2);
   return dst;
 }
 
@@ -79,24 +80,25 @@ void Coreset::Init(const std::string& name, const SketchConfig& c, Arena& arena,
 }
 
 void Coreset::Save(StateWriter& w) const {
-  w.Put<uint64_t>(count_);
+  pool_.Save(w);
   w.Put<uint64_t>(next_seq_);
   w.Put<uint64_t>(compactions_);
 }
 
 void Coreset::Load(StateReader& r) {
-  count_ = r.GetAtMost<uint64_t>(rows_.cap, "coreset count");
+  pool_.Load(r, "coreset");
   next_seq_ = r.GetAtMost<uint64_t>(UINT32_MAX, "coreset sequence counter");
   compactions_ = r.Get<uint64_t>();
 }
 
 void Coreset::Check(const StagedState& st, uint64_t tokens, float limit,
                     size_t used_tags) const {
-  if (count_ > tokens) InvalidState("coreset count (more items than tokens)");
-  if (next_seq_ == 0 || (count_ && next_seq_ <= count_))
+  if (pool_.count() > tokens)
+    InvalidState("coreset count (more items than tokens)");
+  if (next_seq_ == 0 || (pool_.count() && next_seq_ <= pool_.count()))
     InvalidState("coreset sequence counter");
-  st.CheckRows(rows_, count_, limit, "coreset");
-  for (size_t i = 0; i < count_; ++i) {
+  pool_.CheckRows(st, limit, "coreset");
+  for (size_t i = 0; i < pool_.count(); ++i) {
     if (st.At(level_, i) >= kMaxLevels)
       InvalidState("coreset level [" + std::to_string(i) + "]");
     if (tag_ && st.At(tag_, i) >= used_tags)
@@ -117,16 +119,16 @@ void Coreset::SetFirstSeq(uint64_t first) {
 void Coreset::Renumber(float* ws) {
   if (boundary_) {
     uint32_t below = 0;
-    for (size_t i = 0; i < count_; ++i) below += seq_[i] <= *boundary_;
+    for (size_t i = 0; i < pool_.count(); ++i) below += seq_[i] <= *boundary_;
     *boundary_ = below;
   }
   ScratchCarver carver(ws);
-  uint32_t* idx = ScratchRenumber(carver, count_).idx;
-  for (size_t i = 0; i < count_; ++i) idx[i] = uint32_t(i);
-  std::sort(idx, idx + count_,
+  uint32_t* idx = ScratchRenumber(carver, pool_.count()).idx;
+  for (size_t i = 0; i < pool_.count(); ++i) idx[i] = uint32_t(i);
+  std::sort(idx, idx + pool_.count(),
             [&](uint32_t a, uint32_t b) { return seq_[a] < seq_[b]; });
-  for (size_t r = 0; r < count_; ++r) seq_[idx[r]] = uint32_t(r + 1);
-  next_seq_ = count_ + 1;
+  for (size_t r = 0; r < pool_.count(); ++r) seq_[idx[r]] = uint32_t(r + 1);
+  next_seq_ = pool_.count() + 1;
 }
 
 uint32_t Coreset::NextSeq(float* ws) {
@@ -136,17 +138,17 @@ uint32_t Coreset::NextSeq(float* ws) {
 
 void Coreset::Insert(const float* k, const float* v, uint16_t tag, float* ws) {
   const uint32_t s = NextSeq(ws);
-  rows_.Put(count_, k, v);
-  level_[count_] = 0;
-  if (tag_) tag_[count_] = tag;
-  seq_[count_] = s;
-  ++count_;
+  const size_t i = pool_.Push();
+  rows_.Put(i, k, v);
+  level_[i] = 0;
+  if (tag_) tag_[i] = tag;
+  seq_[i] = s;
 }
 
 void Coreset::ReplaceOldest(const float* k, const float* v, uint16_t tag,
                             float* ws) {
   size_t oldest = 0;
-  for (size_t i = 1; i < count_; ++i) {
+  for (size_t i = 1; i < pool_.count(); ++i) {
     if (seq_[i] < seq_[oldest]) oldest = i;
   }
   rows_.Put(oldest, k, v);
@@ -162,7 +164,7 @@ bool Coreset::Compact(const CompactKernel& kern, const float* centres,
       protect >= last_seq() ? 0 : uint32_t(last_seq() - protect);
   auto allowed = [&](size_t i) { return seq_[i] <= newest_allowed; };
   size_t n_allowed = 0;
-  for (size_t i = 0; i < count_; ++i) n_allowed += allowed(i);
+  for (size_t i = 0; i < pool_.count(); ++i) n_allowed += allowed(i);
   if (n_allowed < 2) return false;
   // Cheapest group: least 2^level / (items halved).
   const size_t mmax = HWY_MIN(block_, rows_.cap);
@@ -170,7 +172,7 @@ bool Coreset::Compact(const CompactKernel& kern, const float* centres,
   const CompactScratch s(carver, tags_, mmax, rows_.ks, rows_.vs);
   uint32_t* counts = s.counts;
   std::memset(counts, 0, tags_ * kMaxLevels * sizeof(uint32_t));
-  for (size_t i = 0; i < count_; ++i) {
+  for (size_t i = 0; i < pool_.count(); ++i) {
     if (allowed(i)) ++counts[tag(i) * kMaxLevels + level_[i]];
   }
   int best_level = -1;
@@ -198,7 +200,7 @@ bool Coreset::Compact(const CompactKernel& kern, const float* centres,
   uint32_t* kept = s.kept;
   float* scratch = s.scratch;
   size_t m = 0;
-  for (size_t i = 0; i < count_ && m < mmax; ++i) {
+  for (size_t i = 0; i < pool_.count() && m < mmax; ++i) {
     if (!allowed(i)) continue;
     if (mixed || (level_[i] == best_level && tag(i) == best_tag)) {
       idx[m++] = uint32_t(i);
@@ -234,7 +236,8 @@ bool Coreset::Compact(const CompactKernel& kern, const float* centres,
     const uint32_t i = idx[kept[j]];
     level_[i] = uint8_t(HWY_MIN((level_[i] & 0x7F) + 1, kMaxLevels - 1));
   }
-  count_ = pool_.Sweep(0, count_, [&](size_t i) { return level_[i] & 0x80; });
+  pool_.set_count(pool_.Sweep(0, pool_.count(),
+                              [&](size_t i) { return level_[i] & 0x80; }));
   return true;
 }
 

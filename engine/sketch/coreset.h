@@ -53,9 +53,9 @@ class Coreset {
             size_t bytes, size_t block, size_t tags = 1,
             uint64_t first_seq = 1);
 
-  size_t count() const { return count_; }
+  size_t count() const { return pool_.count(); }
   size_t cap() const { return rows_.cap; }
-  bool full() const { return count_ == rows_.cap; }
+  bool full() const { return pool_.full(); }
   const RowStore& rows() const { return rows_; }
   // Log-weights level * ln 2 of the items, written to dst [count()].
   const float* LogW(float* dst) const;
@@ -102,7 +102,7 @@ class Coreset {
   uint64_t next_seq_ = 1;  // < 2^32 (renumbered before)
   void Renumber(float* ws);
   uint32_t NextSeq(float* ws);
-  size_t count_ = 0, block_ = 0, tags_ = 1;
+  size_t block_ = 0, tags_ = 1;
   uint64_t compactions_ = 0;
 };
 

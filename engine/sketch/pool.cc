@@ -79,6 +79,17 @@ ItemPool::ItemPool(const PoolLayout& layout, Arena& arena, size_t cap)
   }
 }
 
+void ItemPool::Save(StateWriter& w) const { w.Put<uint64_t>(count_); }
+
+void ItemPool::Load(StateReader& r, const std::string& what) {
+  count_ = r.GetAtMost<uint64_t>(rows_.cap, (what + " count").c_str());
+}
+
+void ItemPool::CheckRows(const StagedState& st, float limit,
+                         const std::string& what) const {
+  st.CheckRows(rows_, count_, limit, what);
+}
+
 void ItemPool::Move(size_t dst, size_t src) const {
   if (dst == src) return;
   rows_.Move(dst, src);

@@ -18,11 +18,13 @@
 #include <string>
 
 #include "engine/budget/arena.h"
+#include "engine/io/serial.h"
 #include "engine/sketch/rows.h"
 
 namespace kvsketch {
 
 struct SketchConfig;
+class StagedState;
 
 class PoolLayout {
  public:
@@ -70,6 +72,20 @@ class ItemPool {
   ItemPool(const PoolLayout& layout, Arena& arena, size_t cap);
 
   size_t cap() const { return rows_.cap; }
+  // Items held: [0, count()) are valid.
+  size_t count() const { return count_; }
+  void set_count(size_t n) { count_ = n; }
+  bool full() const { return count_ == rows_.cap; }
+  // The next free slot (requires !full()); count() grows by one.
+  size_t Push() { return count_++; }
+
+  // The pool's part of a saved state: its count (the rows and columns are
+  // arena bytes). Load accepts at most cap() items; Check validates the
+  // staged rows of the loaded count (finite, within `limit`, zero padding).
+  void Save(StateWriter& w) const;
+  void Load(StateReader& r, const std::string& what);
+  void CheckRows(const StagedState& st, float limit,
+                 const std::string& what) const;
   const RowStore& rows() const { return rows_; }
   template <typename T>
   T* Column(size_t j) const {
@@ -109,6 +125,7 @@ class ItemPool {
   size_t col_bytes_[PoolLayout::kMaxColumns] = {};
   uint8_t* extras_[PoolLayout::kMaxExtras] = {};
   size_t n_cols_ = 0;
+  size_t count_ = 0;
 };
 
 }  // namespace kvsketch

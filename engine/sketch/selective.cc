@@ -299,13 +299,13 @@ class SelectiveSketch final : public Sketch {
  protected:
   void Evict(const float* k, const float* v, float* ws) override {
     if (rows_.cap == 0) return;
-    if (count_ < rows_.cap) {
-      Put(count_++, k, v, ws);
+    if (pool_.count() < rows_.cap) {
+      Put(pool_.Push(), k, v, ws);
       return;
     }
     if (mode_ == Method::kRisk) {
       if (probe_count_ == 0 || !Compact(ws)) DropOldest(ws);
-      Put(count_++, k, v, ws);
+      Put(pool_.Push(), k, v, ws);
       return;
     }
     Put(Victim(), k, v, ws);
@@ -313,8 +313,8 @@ class SelectiveSketch final : public Sketch {
 
   void AttendCompressed(const float* qp, size_t G, float* m, float* z, float* N,
                         float* ws) override {
-    attended_ = count_;
-    if (count_ == 0) {
+    attended_ = pool_.count();
+    if (pool_.count() == 0) {
       EmptyPartial(G, m, z);
       return;
     }
@@ -328,14 +328,16 @@ class SelectiveSketch final : public Sketch {
       float *sm = s.sm, *sz = s.sz, *sN = s.sN;  // the summary's partials
       if (S == 0) {
         for (size_t g = 0; g < G; ++g) sz[g] = 0.0f, sm[g] = 0.0f;
-        AttendGroup(rows_.KView(0, count_), rows_.VView(0, count_), lw, qp, G,
-                    cfg_.scale, m, z, N);
+        AttendGroup(rows_.KView(0, pool_.count()),
+                    rows_.VView(0, pool_.count()), lw, qp, G, cfg_.scale, m, z,
+                    N);
       } else {
         AttendGroup(rows_.KView(0, S), rows_.VView(0, S), lw, qp, G, cfg_.scale,
                     sm, sz, sN);
-        if (count_ > S) {
-          AttendGroup(rows_.KView(S, count_ - S), rows_.VView(S, count_ - S),
-                      lw + S, qp, G, cfg_.scale, m, z, N);
+        if (pool_.count() > S) {
+          AttendGroup(rows_.KView(S, pool_.count() - S),
+                      rows_.VView(S, pool_.count() - S), lw + S, qp, G,
+                      cfg_.scale, m, z, N);
         } else {
           EmptyPartial(G, m, z);
         }
@@ -347,8 +349,8 @@ class SelectiveSketch final : public Sketch {
         }
       }
     } else {
-      AttendGroup(rows_.KView(0, count_), rows_.VView(0, count_), nullptr, qp,
-                  G, cfg_.scale, m, z, N, s.scores);
+      AttendGroup(rows_.KView(0, pool_.count()), rows_.VView(0, pool_.count()),
+                  nullptr, qp, G, cfg_.scale, m, z, N, s.scores);
     }
     if (probes_cap_ && learning_) {
       const uint32_t pos = uint32_t(cfg_.rope_first_position + tokens_ - 1);
@@ -392,15 +394,16 @@ class SelectiveSketch final : public Sketch {
     }
   }
 
-  size_t CompressedRetained() const override { return count_; }
+  size_t CompressedRetained() const override { return pool_.count(); }
   // The newest pool items, untouched: risk's pool is in insertion order and
   // its protected tail is never compacted; h2o / tova put new items in
   // victims' slots once full, so only a tail in insertion order counts.
   size_t NewestVerbatim() const override {
-    const size_t limit = std::min(protect_, count_ - summary_);
+    const size_t limit = std::min(protect_, pool_.count() - summary_);
     if (mode_ == Method::kRisk) return limit;
     size_t k = 0;
-    while (k < limit && uint64_t(seq_[count_ - 1 - k]) + 1 + k == next_seq_)
+    while (k < limit &&
+           uint64_t(seq_[pool_.count() - 1 - k]) + 1 + k == next_seq_)
       ++k;
     return k;
   }
@@ -409,7 +412,7 @@ class SelectiveSketch final : public Sketch {
     const RowScratch s(carver, ks_, vs_);
     float* kr = s.k;
     float* vr = s.v;
-    for (size_t i = count_ - k; i < count_; ++i) {
+    for (size_t i = pool_.count() - k; i < pool_.count(); ++i) {
       // Their keys' norms leave the running sum (approximately: the rows as
       // stored; only the kernel temperature reads it, and no method of this
       // file does).
@@ -418,7 +421,7 @@ class SelectiveSketch final : public Sketch {
       for (size_t c = 0; c < cfg_.dk; ++c) n2 += double(kr[c]) * kr[c];
       key_norm_sum_ = std::max(0.0, key_norm_sum_ - std::sqrt(n2));
     }
-    count_ -= k;
+    pool_.set_count(pool_.count() - k);
     if (seq_) next_seq_ -= k;
     if (probes_cap_ == 0) return;
     if (tokens_ == 0) {
@@ -442,7 +445,7 @@ class SelectiveSketch final : public Sketch {
 
   void SaveScalars(StateWriter& w) const override {
     Sketch::SaveScalars(w);
-    w.Put<uint64_t>(count_);
+    pool_.Save(w);
     w.Put<uint64_t>(next_seq_);
     w.Put<uint64_t>(probe_count_);
     w.Put<uint64_t>(probe_head_);
@@ -456,7 +459,7 @@ class SelectiveSketch final : public Sketch {
   }
   void LoadScalars(StateReader& r) override {
     Sketch::LoadScalars(r);
-    count_ = r.GetAtMost<uint64_t>(rows_.cap, "pool count");
+    pool_.Load(r, "pool");
     next_seq_ = r.Get<uint64_t>();
     probe_count_ = r.GetAtMost<uint64_t>(probes_cap_, "probe count");
     probe_head_ =
@@ -471,16 +474,19 @@ class SelectiveSketch final : public Sketch {
   }
   void CheckState(const StagedState& st) const override {
     Sketch::CheckState(st);
-    if (count_ > tokens_) InvalidState("pool count (more items than tokens)");
-    if (summary_ > count_) InvalidState("summary slots (more than the pool)");
+    if (pool_.count() > tokens_)
+      InvalidState("pool count (more items than tokens)");
+    if (summary_ > pool_.count())
+      InvalidState("summary slots (more than the pool)");
     if (!(share_ >= 0.0 && share_ <= 1.0)) InvalidState("summary share");
     if (share_n_ > queries_) InvalidState("summary share count");
-    st.CheckRows(rows_, count_, RowLimit(), "pool");
+    pool_.CheckRows(st, RowLimit(), "pool");
     if (seq_) {
       // h2o / tova: per-item numbers are 32-bit copies below next_seq_.
-      if (next_seq_ == 0 || next_seq_ > UINT32_MAX || next_seq_ <= count_)
+      if (next_seq_ == 0 || next_seq_ > UINT32_MAX ||
+          next_seq_ <= pool_.count())
         InvalidState("pool sequence counter");
-      for (size_t i = 0; i < count_; ++i) {
+      for (size_t i = 0; i < pool_.count(); ++i) {
         const uint32_t s = st.At(seq_, i);
         if (s == 0 || s >= next_seq_)
           InvalidState("pool sequence number [" + std::to_string(i) + "]");
@@ -490,7 +496,7 @@ class SelectiveSketch final : public Sketch {
       }
     }
     if (logw_) {
-      for (size_t i = 0; i < count_; ++i) {
+      for (size_t i = 0; i < pool_.count(); ++i) {
         // A weight stands for at most 2^62 tokens; far below e^100 either
         // way (log-weights grow by the log of NNLS weights per compaction).
         const float lw = F16BitsToF32(st.At(logw_, i));
@@ -532,9 +538,9 @@ class SelectiveSketch final : public Sketch {
     if (score_) score_[i] = 0.0f;
     if (logw_) logw_[i] = 0;  // f16 +0
   }
-  // risk's log-weights of the pool in f32 (into dst [count_]).
+  // risk's log-weights of the pool in f32 (into dst [pool_.count()]).
   const float* LogW(float* dst) const {
-    ConvertRowToF32(Storage::kF16, logw_, dst, count_);
+    ConvertRowToF32(Storage::kF16, logw_, dst, pool_.count());
     return dst;
   }
   // h2o / tova: before the 32-bit per-item numbers would wrap, the items
@@ -542,9 +548,9 @@ class SelectiveSketch final : public Sketch {
   // out). O(n log n) in the scratch (no allocation), once per ~4e9 tokens.
   void Renumber(size_t skip, float* ws) {
     ScratchCarver carver(ws);
-    uint32_t* idx = RenumberScratch(carver, count_).idx;
+    uint32_t* idx = RenumberScratch(carver, pool_.count()).idx;
     size_t n = 0;
-    for (size_t i = 0; i < count_; ++i)
+    for (size_t i = 0; i < pool_.count(); ++i)
       if (i != skip) idx[n++] = uint32_t(i);
     std::sort(idx, idx + n,
               [&](uint32_t a, uint32_t b) { return seq_[a] < seq_[b]; });
@@ -554,7 +560,7 @@ class SelectiveSketch final : public Sketch {
   // The newest protect_ items (risk's pool is in insertion order).
   bool Protected(size_t i) const {
     return seq_ ? uint64_t(seq_[i]) + protect_ >= next_seq_
-                : i + protect_ >= count_;
+                : i + protect_ >= pool_.count();
   }
   // risk without a usable compaction (no probes yet, e.g. a prefill without
   // queries, or nothing old): the oldest items leave, 1/32 of the pool at a
@@ -563,11 +569,12 @@ class SelectiveSketch final : public Sketch {
     // With a summary, the oldest become its slots while there is room and
     // below the protected window; then d of them merge into it.
     if (summary_cap_) {
-      const size_t unprotected = count_ > protect_ ? count_ - protect_ : 0;
+      const size_t unprotected =
+          pool_.count() > protect_ ? pool_.count() - protect_ : 0;
       const size_t target = SummaryTarget();
       while (summary_ < target && summary_ < unprotected) ++summary_;
     }
-    const size_t old = count_ - summary_;
+    const size_t old = pool_.count() - summary_;
     const size_t d = std::min(old, std::max<size_t>(1, rows_.cap / 32));
     if (summary_ && d) {
       ScratchCarver carver(ws);
@@ -581,8 +588,8 @@ class SelectiveSketch final : public Sketch {
     }
     // d >= 1: the pool is full here and the summary holds at most 3/4 of
     // it (summary_cap_, checked at load).
-    pool_.Erase(summary_, summary_ + d, count_);
-    count_ -= d;
+    pool_.Erase(summary_, summary_ + d, pool_.count());
+    pool_.set_count(pool_.count() - d);
   }
 
   // Probes: slots [0, R) are a ring of the most recent queries; a query
@@ -628,7 +635,7 @@ class SelectiveSketch final : public Sketch {
   // when everything is protected.
   size_t Victim() const {
     size_t best = SIZE_MAX, oldest = 0;
-    for (size_t i = 0; i < count_; ++i) {
+    for (size_t i = 0; i < pool_.count(); ++i) {
       if (seq_[i] < seq_[oldest]) oldest = i;
       if (Protected(i) || score_ == nullptr) continue;
       if (best == SIZE_MAX || score_[i] < score_[best] ||
@@ -640,7 +647,7 @@ class SelectiveSketch final : public Sketch {
 
   // Risk-guided compaction of the old items; false when nothing is old.
   bool Compact(float* ws) {
-    const size_t vs = vs_, n = count_, dk = cfg_.dk, dv = cfg_.dv;
+    const size_t vs = vs_, n = pool_.count(), dk = cfg_.dk, dv = cfg_.dv;
     // Each stored probe is used at kHorizons future offsets (with RoPE).
     const size_t H = cfg_.rope_theta > 0.0f ? kHorizonCount : 1;
     const size_t P = probe_count_ * H;
@@ -998,9 +1005,9 @@ class SelectiveSketch final : public Sketch {
       }
       // Remove the dropped items after the summary, keeping the insertion
       // order; the new slots then enter right after the summary.
-      size_t out =
-          pool_.Sweep(summary_, count_, [&](size_t i) { return drop[i]; });
-      size_t freed = count_ - out;
+      size_t out = pool_.Sweep(summary_, pool_.count(),
+                               [&](size_t i) { return drop[i]; });
+      size_t freed = pool_.count() - out;
       if (fresh) {
         pool_.Open(summary_, fresh, out);
         for (size_t t = 0; t < fresh; ++t) {
@@ -1021,7 +1028,7 @@ class SelectiveSketch final : public Sketch {
           MergeIntoSummary(s.row, s.lwc[ci], s.sk, s.mrow);
         }
       }
-      count_ = out;
+      pool_.set_count(out);
       if (summary_ > SummaryTarget() && summary_ >= 2) {
         LoadSummaryKeys(s.sk, s.row);
         ShrinkSummary(s.sk, s.row, s.mrow);
@@ -1036,7 +1043,7 @@ class SelectiveSketch final : public Sketch {
   size_t NextCandidates(uint32_t* cand, const uint8_t* drop,
                         size_t cmax) const {
     size_t C = 0;
-    for (size_t i = summary_; i < count_ && C < cmax; ++i)
+    for (size_t i = summary_; i < pool_.count() && C < cmax; ++i)
       if (!Protected(i) && !drop[i]) cand[C++] = uint32_t(i);
     return C;
   }
@@ -1070,9 +1077,9 @@ class SelectiveSketch final : public Sketch {
     for (size_t x = 0; x < ks_ + vs_; ++x) row[x] = a * row[x] + b * tmp[x];
     rows_.Put(best, row, row + ks_);
     logw_[best] = RoundLogMass(m0 + m1);
-    pool_.Erase(best + 1, best + 2, count_);
+    pool_.Erase(best + 1, best + 2, pool_.count());
     --summary_;
-    --count_;
+    pool_.set_count(pool_.count() - 1);
   }
   // A summary slot's log-mass in f16, rounded up or down at random so that
   // the mass is right in expectation: a token merged into a slot of mass m
@@ -1150,7 +1157,7 @@ class SelectiveSketch final : public Sketch {
   uint16_t* logw_ = nullptr;     // risk: log-weights in f16
   uint16_t* probe_q_ = nullptr;  // [probes_cap_][dk] f16
   uint32_t* probe_pos_ = nullptr;
-  size_t count_ = 0, protect_ = 0, attended_ = 0;
+  size_t protect_ = 0, attended_ = 0;
   size_t summary_ = 0, summary_cap_ = 0;  // risk: slots at the pool's front
   double share_ = 0;  // running attention share of the summary
   uint64_t share_n_ = 0;

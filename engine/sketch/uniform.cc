@@ -17,58 +17,62 @@ class Uniform final : public Sketch {
   Uniform(const SketchConfig& c, Arena& a, size_t rows)
       : Sketch(c, a, DefaultWindow(c, rows)) {
     const PoolLayout layout("reservoir", c);
-    pool_ = ItemPool(layout, a, layout.Capacity(RemainingBytes())).rows();
+    pool_ = ItemPool(layout, a, layout.Capacity(RemainingBytes()));
+    rows_ = pool_.rows();
   }
 
  protected:
   void Evict(const float* k, const float* v, float*) override {
     ++evicted_;
-    if (count_ < pool_.cap) {
-      pool_.Put(count_++, k, v);
+    if (pool_.count() < rows_.cap) {
+      rows_.Put(pool_.Push(), k, v);
       return;
     }
-    if (pool_.cap == 0) return;
+    if (rows_.cap == 0) return;
     const uint64_t j = CounterHash(cfg_.seed, cfg_.stream, evicted_) % evicted_;
-    if (j < pool_.cap) pool_.Put(size_t(j), k, v);
+    if (j < rows_.cap) rows_.Put(size_t(j), k, v);
   }
 
   void AttendCompressed(const float* qp, size_t G, float* m, float* z, float* N,
                         float*) override {
-    if (count_ == 0) {
+    if (pool_.count() == 0) {
       EmptyPartial(G, m, z);
       return;
     }
-    AttendGroup(pool_.KView(0, count_), pool_.VView(0, count_), nullptr, qp, G,
-                cfg_.scale, m, z, N);
+    AttendGroup(rows_.KView(0, pool_.count()), rows_.VView(0, pool_.count()),
+                nullptr, qp, G, cfg_.scale, m, z, N);
     // Every sampled token stands for evicted / count tokens.
-    const float logw = float(std::log(double(evicted_) / double(count_)));
+    const float logw =
+        float(std::log(double(evicted_) / double(pool_.count())));
     for (size_t g = 0; g < G; ++g) m[g] += logw;
   }
-  size_t CompressedRetained() const override { return count_; }
+  size_t CompressedRetained() const override { return pool_.count(); }
   void SaveScalars(StateWriter& w) const override {
     Sketch::SaveScalars(w);
-    w.Put<uint64_t>(count_);
+    pool_.Save(w);
     w.Put<uint64_t>(evicted_);
   }
   void LoadScalars(StateReader& r) override {
     Sketch::LoadScalars(r);
-    count_ = r.GetAtMost<uint64_t>(pool_.cap, "reservoir count");
+    pool_.Load(r, "reservoir");
     evicted_ = r.Get<uint64_t>();
   }
   void CheckState(const StagedState& st) const override {
     Sketch::CheckState(st);
     // Every reservoir item is an evicted token, the reservoir fills first,
     // and evicted tokens are tokens (so the counter never wraps to 0).
-    if (evicted_ > tokens_ || count_ != std::min<uint64_t>(evicted_, pool_.cap))
-      InvalidState("reservoir counters (count " + std::to_string(count_) +
-                   ", evicted " + std::to_string(evicted_) + ", tokens " +
+    if (evicted_ > tokens_ ||
+        pool_.count() != std::min<uint64_t>(evicted_, rows_.cap))
+      InvalidState("reservoir counters (count " +
+                   std::to_string(pool_.count()) + ", evicted " +
+                   std::to_string(evicted_) + ", tokens " +
                    std::to_string(tokens_) + ")");
-    st.CheckRows(pool_, count_, RowLimit(), "reservoir");
+    pool_.CheckRows(st, RowLimit(), "reservoir");
   }
 
  private:
-  Rows pool_;
-  size_t count_ = 0;
+  ItemPool pool_;
+  Rows rows_;
   uint64_t evicted_ = 0;
 };
 
