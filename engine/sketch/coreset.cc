@@ -192,30 +192,23 @@ bool Coreset::Compact(const CompactKernel& kern, const float* centres,
   }
   const bool mixed = best_level < 0;  // every group is a single item
   const size_t ks = rows_.ks, vs = rows_.vs;
-  uint32_t* idx = s.idx;
-  float* K = s.K;
-  float* V = s.V;
-  float* w = s.w;
-  int8_t* eta = s.eta;
-  uint32_t* kept = s.kept;
-  float* scratch = s.scratch;
   size_t m = 0;
   for (size_t i = 0; i < pool_.count() && m < mmax; ++i) {
     if (!allowed(i)) continue;
     if (mixed || (level_[i] == best_level && tag(i) == best_tag)) {
-      idx[m++] = uint32_t(i);
+      s.idx[m++] = uint32_t(i);
     }
   }
   double vnorm2 = 0;
   for (size_t j = 0; j < m; ++j) {
-    rows_.Get(idx[j], K + j * ks, V + j * vs);
+    rows_.Get(s.idx[j], s.K + j * ks, s.V + j * vs);
     if (centres) {
-      const float* c = centres + size_t(tag(idx[j])) * ks;
-      for (size_t x = 0; x < rows_.dk; ++x) K[j * ks + x] -= c[x];
+      const float* c = centres + size_t(tag(s.idx[j])) * ks;
+      for (size_t x = 0; x < rows_.dk; ++x) s.K[j * ks + x] -= c[x];
     }
-    w[j] = mixed ? std::ldexp(1.0f, level_[idx[j]]) : 1.0f;
+    s.w[j] = mixed ? std::ldexp(1.0f, level_[s.idx[j]]) : 1.0f;
     for (size_t x = 0; x < rows_.dv; ++x) {
-      vnorm2 += double(V[j * vs + x]) * V[j * vs + x];
+      vnorm2 += double(s.V[j * vs + x]) * s.V[j * vs + x];
     }
   }
   BalanceParams p;
@@ -228,12 +221,13 @@ bool Coreset::Compact(const CompactKernel& kern, const float* centres,
   p.centre_keys = centres ? false : kern.centre_keys;
   p.seed = kern.seed;
   p.stream = kern.stream * 0x9E3779B97F4A7C15ull + compactions_++;
-  const size_t n_kept = Balance(K, ks, rows_.dk, V, vs, rows_.dv,
-                                mixed ? w : nullptr, m, p, scratch, eta, kept);
+  const size_t n_kept =
+      Balance(s.K, ks, rows_.dk, s.V, vs, rows_.dv, mixed ? s.w : nullptr, m, p,
+              s.scratch, s.eta, s.kept);
   // Kept items double their weight; the other candidates leave the pool.
-  for (size_t j = 0; j < m; ++j) level_[idx[j]] |= 0x80;
+  for (size_t j = 0; j < m; ++j) level_[s.idx[j]] |= 0x80;
   for (size_t j = 0; j < n_kept; ++j) {
-    const uint32_t i = idx[kept[j]];
+    const uint32_t i = s.idx[s.kept[j]];
     level_[i] = uint8_t(HWY_MIN((level_[i] & 0x7F) + 1, kMaxLevels - 1));
   }
   pool_.set_count(pool_.Sweep(0, pool_.count(),

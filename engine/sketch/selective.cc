@@ -141,7 +141,6 @@ struct CompactScratch {
   float* row;      // [ks + vs] one candidate's rows
   float* Kt;       // [dk][Cs] candidate keys, transposed
   float* Vt;       // [dv][Cs] candidate values, transposed
-  float* vnorm;    // [Cs] |v_c|
   float* a;        // [P][Cs] attention of probe p to candidate c
   float* vo;       // [P][Cs] <v_c, o_p>
   float* onorm;    // [P] sqrt(|o_p|^2 + lambda^2)
@@ -187,7 +186,6 @@ struct CompactScratch {
     row = take(ks + vs);
     Kt = take(dk * Cs);
     Vt = take(dv * Cs);
-    vnorm = take(Cs);
     a = take(P * Cs);
     vo = take(P * Cs);
     onorm = take(P);
