@@ -2,9 +2,10 @@
 // engine/CMakeLists.txt) plus one line here:
 //   X(enumerator, name, constructor, workspace floats)
 // The Method enum, names, parsing, construction and scratch sizing are all
-// generated from this list (sketch.h, sketch.cc, methods.h); the C ABI's
-// KVS_METHOD_* numbering (kvsketch_c.h) is a public ABI and follows it by
-// hand (static_assert in kvsketch_c.cc).
+// generated from this list (sketch.h, sketch.cc, methods.h). The public
+// lists follow it by hand: the C ABI's KVS_METHOD_* numbering and names
+// (kvsketch_c.h, kvsketch_c.cc: an ABI, so append only) and the Python
+// package's METHODS.
 #pragma once
 
 #define KVSKETCH_METHODS(X)                                   \

@@ -40,11 +40,12 @@ Method ParseMethod(const std::string& name) {
 }
 
 Storage ParseStorage(const std::string& name) {
+  std::string known;
   for (size_t i = 0; i < kStorageCount; ++i) {
     if (name == StorageName(Storage(i))) return Storage(i);
+    known += (i ? ", " : "") + std::string(StorageName(Storage(i)));
   }
-  throw Error("unknown storage '" + name +
-              "' (known: f32, f16, bf16, q8, q4, q4a)");
+  throw Error("unknown storage '" + name + "' (known: " + known + ")");
 }
 
 void CheckStoragePair(Storage k, Storage v) {
