@@ -353,47 +353,6 @@ HWY_INLINE void PrefetchTile(const KR& rows, size_t r_ahead) {
   for (size_t off = 0; off < bytes; off += 64) hwy::Prefetch(p + off);
 }
 
-// One query (G = 1): scores, online softmax and values per tile, straight
-// from the stored rows (grouped calls: AttendGroupT below).
-template <class DK, class DV, class KR, class VR>
-void AttendT(DK dk, DV dv, const KR& K, const VR& V, size_t n,
-             const float* HWY_RESTRICT logw, const float* HWY_RESTRICT q,
-             const float* HWY_RESTRICT qsum, float* HWY_RESTRICT m,
-             float* HWY_RESTRICT z, float* HWY_RESTRICT acc, size_t acc_cols,
-             float* HWY_RESTRICT scores) {
-  const size_t NV = hn::Lanes(dv);
-  HWY_ALIGN float s[kTile];
-  const size_t pf_rows =
-      RoundUp(HWY_MAX(size_t{1}, kPrefetchBytes / K.row_bytes()), kTile);
-  for (size_t r0 = 0; r0 < n; r0 += kTile) {
-    const size_t rows = HWY_MIN(kTile, n - r0);
-    if (r0 + kTile + pf_rows <= n) {
-      // Every cache line of the tile pf_rows ahead (K and V).
-      PrefetchTile(K, r0 + pf_rows);
-      PrefetchTile(V, r0 + pf_rows);
-    }
-    ScoreTile(dk, K, r0, q, qsum, logw ? logw + r0 : nullptr, rows, s);
-    if (scores) {
-      for (size_t r = 0; r < rows; ++r) scores[r0 + r] = s[r];
-    }
-    // Online softmax: rescale what was accumulated when the max grows.
-    float mt = s[0];
-    for (size_t r = 1; r < rows; ++r) mt = HWY_MAX(mt, s[r]);
-    if (mt > *m) {
-      const float f = std::exp(*m - mt);  // 0 on the first tile
-      *z *= f;
-      const auto vf = hn::Set(dv, f);
-      for (size_t c = 0; c < acc_cols; c += NV) {
-        hn::StoreU(hn::Mul(hn::LoadU(dv, acc + c), vf), dv, acc + c);
-      }
-      *m = mt;
-    }
-    for (size_t r = 0; r < rows; ++r) s[r] -= *m;
-    *z += ExpTileSum(s, rows);
-    AccumulateTile(dv, V, r0, s, rows, acc);
-  }
-}
-
 // ------------------------------------------------ grouped queries (G > 1)
 //
 // A G-query call must cost about what a 1-query call costs: both read the
@@ -409,6 +368,25 @@ void AttendT(DK dk, DV dv, const KR& K, const VR& V, size_t n,
 template <class D>
 HWY_INLINE hn::Vec<D> Fold2(D d, hn::Vec<D> lo, hn::Vec<D> hi) {
   return hn::Add(hn::ConcatEven(d, hi, lo), hn::ConcatOdd(d, hi, lo));
+}
+#endif
+
+#if HWY_TARGET != HWY_SCALAR
+// part: kTile / 4 vectors, each the fold of four rows' partial-sum vectors
+// (N / 4 lanes per row). Each fold halves the vectors; stop at kTile lanes of
+// whole sums, written to s in row order.
+template <class D>
+HWY_INLINE void FoldParts(D d, float* HWY_RESTRICT part,
+                          float* HWY_RESTRICT s) {
+  const size_t N = hn::Lanes(d);
+  for (size_t count = kTile / 4; count * N > kTile; count /= 2) {
+    for (size_t j = 0; j < count / 2; ++j) {
+      const auto lo = hn::Load(d, part + 2 * j * N);
+      const auto hi = hn::Load(d, part + (2 * j + 1) * N);
+      hn::Store(Fold2(d, lo, hi), d, part + j * N);
+    }
+  }
+  std::memcpy(s, part, kTile * sizeof(float));
 }
 #endif
 
@@ -492,20 +470,111 @@ HWY_NOINLINE void ScoreTileTree(D d, const float* HWY_RESTRICT K, size_t stride,
                   part + j * N);
       }
     }
-    // Each fold halves the vectors; stop at kTile lanes of whole sums.
-    for (size_t count = kTile / 4; count * N > kTile; count /= 2) {
-      for (size_t j = 0; j < count / 2; ++j) {
-        const auto lo = hn::Load(d, part + 2 * j * N);
-        const auto hi = hn::Load(d, part + (2 * j + 1) * N);
-        hn::Store(Fold2(d, lo, hi), d, part + j * N);
-      }
-    }
-    std::memcpy(s, part, kTile * sizeof(float));
+    FoldParts(d, part, s);
     return;
   }
 #endif
   HWY_ASSERT(false);  // callers check TreeLanes
   (void)d, (void)K, (void)stride, (void)kcols, (void)q, (void)s;
+}
+
+// Scores of a full tile of q8 rows against one query: the per-row loop of
+// ScoreTile's q8 branch without its per-row horizontal sum (each row's
+// partial-sum vector enters the same reduction tree as ScoreTileTree).
+// Requires TreeLanes(d); the lanes divide the group (WithTagFor). (The same
+// for q4 measured ~5 % slower in cache: its offset terms need a second pass
+// over the rows' scales.)
+template <class D>
+HWY_NOINLINE void ScoreTileTreeQ8(D d, const QuantRows& KR, size_t r0,
+                                  const float* HWY_RESTRICT q,
+                                  float* HWY_RESTRICT s) {
+#if HWY_TARGET != HWY_SCALAR
+  if constexpr (hn::MaxLanes(D()) >= 4) {
+    const size_t N = hn::Lanes(d);
+    const size_t g = KR.group, groups = KR.groups;
+    const size_t rowb = KR.rowb, block = KR.block;
+    HWY_ALIGN float part[kTile * kTile / 4];
+    const auto row_vec = [&](const uint8_t* HWY_RESTRICT row) {
+      auto acc = hn::Zero(d);
+      for (size_t j = 0; j < groups; ++j) {
+        const uint8_t* HWY_RESTRICT codes = row + j * block + 2;
+        const float* HWY_RESTRICT qg = q + j * g;
+        auto p = hn::Mul(LoadQ8(d, codes, 0), hn::LoadU(d, qg));
+        for (size_t i = N; i < g; i += N) {
+          p = hn::MulAdd(LoadQ8(d, codes, i), hn::LoadU(d, qg + i), p);
+        }
+        acc = hn::MulAdd(hn::Set(d, HalfAt(row + j * block)), p, acc);
+      }
+      return acc;
+    };
+    const uint8_t* HWY_RESTRICT base = KR.p + r0 * rowb;
+    for (size_t j = 0; j < kTile / 4; ++j) {
+      const uint8_t* HWY_RESTRICT r = base + 4 * j * rowb;
+      const auto a0 = row_vec(r);
+      const auto a1 = row_vec(r + rowb);
+      const auto a2 = row_vec(r + 2 * rowb);
+      const auto a3 = row_vec(r + 3 * rowb);
+      hn::Store(Fold2(d, Fold2(d, a0, a1), Fold2(d, a2, a3)), d, part + j * N);
+    }
+    FoldParts(d, part, s);
+    return;
+  }
+#endif
+  HWY_ASSERT(false);  // callers check TreeLanes
+  (void)d, (void)KR, (void)r0, (void)q, (void)s;
+}
+
+// One query (G = 1): scores, online softmax and values per tile, straight
+// from the stored rows (grouped calls: AttendGroupT below).
+template <class DK, class DV, class KR, class VR>
+void AttendT(DK dk, DV dv, const KR& K, const VR& V, size_t n,
+             const float* HWY_RESTRICT logw, const float* HWY_RESTRICT q,
+             const float* HWY_RESTRICT qsum, float* HWY_RESTRICT m,
+             float* HWY_RESTRICT z, float* HWY_RESTRICT acc, size_t acc_cols,
+             float* HWY_RESTRICT scores) {
+  const size_t NV = hn::Lanes(dv);
+  HWY_ALIGN float s[kTile];
+  const size_t pf_rows =
+      RoundUp(HWY_MAX(size_t{1}, kPrefetchBytes / K.row_bytes()), kTile);
+  for (size_t r0 = 0; r0 < n; r0 += kTile) {
+    const size_t rows = HWY_MIN(kTile, n - r0);
+    if (r0 + kTile + pf_rows <= n) {
+      // Every cache line of the tile pf_rows ahead (K and V).
+      PrefetchTile(K, r0 + pf_rows);
+      PrefetchTile(V, r0 + pf_rows);
+    }
+    bool scored = false;
+    if constexpr (std::is_same<KR, QuantRows>::value) {
+      if (K.q8 && rows == kTile && TreeLanes(dk)) {
+        ScoreTileTreeQ8(dk, K, r0, q, s);
+        if (logw) {
+          for (size_t r = 0; r < kTile; ++r) s[r] += logw[r0 + r];
+        }
+        scored = true;
+      }
+    }
+    if (!scored) {
+      ScoreTile(dk, K, r0, q, qsum, logw ? logw + r0 : nullptr, rows, s);
+    }
+    if (scores) {
+      for (size_t r = 0; r < rows; ++r) scores[r0 + r] = s[r];
+    }
+    // Online softmax: rescale what was accumulated when the max grows.
+    float mt = s[0];
+    for (size_t r = 1; r < rows; ++r) mt = HWY_MAX(mt, s[r]);
+    if (mt > *m) {
+      const float f = std::exp(*m - mt);  // 0 on the first tile
+      *z *= f;
+      const auto vf = hn::Set(dv, f);
+      for (size_t c = 0; c < acc_cols; c += NV) {
+        hn::StoreU(hn::Mul(hn::LoadU(dv, acc + c), vf), dv, acc + c);
+      }
+      *m = mt;
+    }
+    for (size_t r = 0; r < rows; ++r) s[r] -= *m;
+    *z += ExpTileSum(s, rows);
+    AccumulateTile(dv, V, r0, s, rows, acc);
+  }
 }
 
 // Rows [r0, r0 + rows) as f32: f32 rows in place, others converted into
