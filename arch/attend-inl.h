@@ -353,6 +353,21 @@ HWY_INLINE void PrefetchTile(const KR& rows, size_t r_ahead) {
   for (size_t off = 0; off < bytes; off += 64) hwy::Prefetch(p + off);
 }
 
+// Rows a tile is prefetched ahead, and the prefetch of tile r0 + that (K and
+// V, every cache line) when it exists.
+template <class KR>
+HWY_INLINE size_t PrefetchRows(const KR& K) {
+  return RoundUp(HWY_MAX(size_t{1}, kPrefetchBytes / K.row_bytes()), kTile);
+}
+template <class KR, class VR>
+HWY_INLINE void PrefetchAhead(const KR& K, const VR& V, size_t r0, size_t n,
+                              size_t pf_rows) {
+  if (r0 + kTile + pf_rows <= n) {
+    PrefetchTile(K, r0 + pf_rows);
+    PrefetchTile(V, r0 + pf_rows);
+  }
+}
+
 // ------------------------------------------------ grouped queries (G > 1)
 //
 // A G-query call must cost about what a 1-query call costs: both read the
@@ -388,6 +403,25 @@ HWY_INLINE void FoldParts(D d, float* HWY_RESTRICT part,
   }
   std::memcpy(s, part, kTile * sizeof(float));
 }
+
+// The kTile scores of the rows at base, base + stride, ... (stride in
+// elements of T): row_vec(row) is a row's partial-sum vector; four rows are
+// folded at a time, then FoldParts.
+template <class D, typename T, class RowVec>
+HWY_INLINE void TreeScores(D d, const T* HWY_RESTRICT base, size_t stride,
+                           const RowVec& row_vec, float* HWY_RESTRICT s) {
+  const size_t N = hn::Lanes(d);
+  HWY_ALIGN float part[kTile * kTile / 4];
+  for (size_t j = 0; j < kTile / 4; ++j) {
+    const T* HWY_RESTRICT r = base + 4 * j * stride;
+    const auto a0 = row_vec(r);
+    const auto a1 = row_vec(r + stride);
+    const auto a2 = row_vec(r + 2 * stride);
+    const auto a3 = row_vec(r + 3 * stride);
+    hn::Store(Fold2(d, Fold2(d, a0, a1), Fold2(d, a2, a3)), d, part + j * N);
+  }
+  FoldParts(d, part, s);
+}
 #endif
 
 // True if the reduction tree applies to tag D: at least 4 lanes, a power of
@@ -410,7 +444,6 @@ HWY_NOINLINE void ScoreTileTree(D d, const float* HWY_RESTRICT K, size_t stride,
 #if HWY_TARGET != HWY_SCALAR
   if constexpr (hn::MaxLanes(D()) >= 4) {
     const size_t N = hn::Lanes(d);
-    HWY_ALIGN float part[kTile * kTile / 4];
     if (kcols <= 8 * N) {
       // The query in registers (up to 8 vectors: d = 128 at 16 lanes): each
       // row costs its loads and FMAs.
@@ -437,15 +470,8 @@ HWY_NOINLINE void ScoreTileTree(D d, const float* HWY_RESTRICT K, size_t stride,
         if (nv > 7) b = hn::MulAdd(hn::LoadU(d, k + 7 * N), q7, b);
         return nv > 4 ? hn::Add(a, b) : a;
       };
-      for (size_t j = 0; j < kTile / 4; ++j) {
-        const float* HWY_RESTRICT k = K + 4 * j * stride;
-        const auto r0 = row_vec(k);
-        const auto r1 = row_vec(k + stride);
-        const auto r2 = row_vec(k + 2 * stride);
-        const auto r3 = row_vec(k + 3 * stride);
-        hn::Store(Fold2(d, Fold2(d, r0, r1), Fold2(d, r2, r3)), d,
-                  part + j * N);
-      }
+      TreeScores(d, K, stride, row_vec, s);
+      return;
     } else {
       const auto row_vec = [&](const float* HWY_RESTRICT k) {
         auto a0 = hn::Mul(hn::LoadU(d, k), hn::LoadU(d, q));
@@ -460,18 +486,9 @@ HWY_NOINLINE void ScoreTileTree(D d, const float* HWY_RESTRICT K, size_t stride,
         }
         return hn::Add(a0, a1);
       };
-      for (size_t j = 0; j < kTile / 4; ++j) {
-        const float* HWY_RESTRICT k = K + 4 * j * stride;
-        const auto r0 = row_vec(k);
-        const auto r1 = row_vec(k + stride);
-        const auto r2 = row_vec(k + 2 * stride);
-        const auto r3 = row_vec(k + 3 * stride);
-        hn::Store(Fold2(d, Fold2(d, r0, r1), Fold2(d, r2, r3)), d,
-                  part + j * N);
-      }
+      TreeScores(d, K, stride, row_vec, s);
+      return;
     }
-    FoldParts(d, part, s);
-    return;
   }
 #endif
   HWY_ASSERT(false);  // callers check TreeLanes
@@ -493,7 +510,6 @@ HWY_NOINLINE void ScoreTileTreeQ8(D d, const QuantRows& KR, size_t r0,
     const size_t N = hn::Lanes(d);
     const size_t g = KR.group, groups = KR.groups;
     const size_t rowb = KR.rowb, block = KR.block;
-    HWY_ALIGN float part[kTile * kTile / 4];
     const auto row_vec = [&](const uint8_t* HWY_RESTRICT row) {
       auto acc = hn::Zero(d);
       for (size_t j = 0; j < groups; ++j) {
@@ -507,16 +523,7 @@ HWY_NOINLINE void ScoreTileTreeQ8(D d, const QuantRows& KR, size_t r0,
       }
       return acc;
     };
-    const uint8_t* HWY_RESTRICT base = KR.p + r0 * rowb;
-    for (size_t j = 0; j < kTile / 4; ++j) {
-      const uint8_t* HWY_RESTRICT r = base + 4 * j * rowb;
-      const auto a0 = row_vec(r);
-      const auto a1 = row_vec(r + rowb);
-      const auto a2 = row_vec(r + 2 * rowb);
-      const auto a3 = row_vec(r + 3 * rowb);
-      hn::Store(Fold2(d, Fold2(d, a0, a1), Fold2(d, a2, a3)), d, part + j * N);
-    }
-    FoldParts(d, part, s);
+    TreeScores(d, KR.p + r0 * rowb, rowb, row_vec, s);
     return;
   }
 #endif
@@ -534,15 +541,10 @@ void AttendT(DK dk, DV dv, const KR& K, const VR& V, size_t n,
              float* HWY_RESTRICT scores) {
   const size_t NV = hn::Lanes(dv);
   HWY_ALIGN float s[kTile];
-  const size_t pf_rows =
-      RoundUp(HWY_MAX(size_t{1}, kPrefetchBytes / K.row_bytes()), kTile);
+  const size_t pf_rows = PrefetchRows(K);
   for (size_t r0 = 0; r0 < n; r0 += kTile) {
     const size_t rows = HWY_MIN(kTile, n - r0);
-    if (r0 + kTile + pf_rows <= n) {
-      // Every cache line of the tile pf_rows ahead (K and V).
-      PrefetchTile(K, r0 + pf_rows);
-      PrefetchTile(V, r0 + pf_rows);
-    }
+    PrefetchAhead(K, V, r0, n, pf_rows);
     bool scored = false;
     if constexpr (std::is_same<KR, QuantRows>::value) {
       if (K.q8 && rows == kTile && TreeLanes(dk)) {
@@ -794,14 +796,10 @@ void AttendGroupT(DK dk, DV dv, const KR& K, const VR& V, size_t n,
   HWY_ALIGN float
       vbuf[std::is_same<VR, QuantRows>::value ? kTile * kMaxHeadDim : 1];
   const bool tree = TreeLanes(dk);
-  const size_t pf_rows =
-      RoundUp(HWY_MAX(size_t{1}, kPrefetchBytes / K.row_bytes()), kTile);
+  const size_t pf_rows = PrefetchRows(K);
   for (size_t r0 = 0; r0 < n; r0 += kTile) {
     const size_t rows = HWY_MIN(kTile, n - r0);
-    if (r0 + kTile + pf_rows <= n) {
-      PrefetchTile(K, r0 + pf_rows);
-      PrefetchTile(V, r0 + pf_rows);
-    }
+    PrefetchAhead(K, V, r0, n, pf_rows);
     const FloatRows<float> KT = TileF32(dk, K, r0, rows, kbuf);
     for (size_t g = 0; g < G; ++g) {
       const float* HWY_RESTRICT q = qs + g * q_stride;
