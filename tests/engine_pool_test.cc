@@ -12,6 +12,7 @@
 #include "engine/budget/arena.h"
 #include "engine/sketch/pool.h"
 #include "engine/sketch/sketch.h"
+#include "kvsketch/error.h"
 
 namespace kvsketch {
 namespace {
@@ -197,6 +198,29 @@ TEST_CASE("every method stays inside the workspace it asks for") {
       for (size_t i = 0; i < wf; ++i) used += ws[i] != kCanary;
       CHECK(used > 0);
     }
+  }
+}
+
+TEST_CASE("attend refuses more queries than the group it was sized for") {
+  // h2o, tova and balance keep per-query scores in a scratch sized by
+  // max_group: a larger call is an error, not an overrun.
+  for (Method m : {Method::kH2O, Method::kTova, Method::kBalance}) {
+    SketchConfig c;
+    c.method = m;
+    c.dk = c.dv = 8;
+    c.scale = 0.35f;
+    c.max_group = 2;
+    c.budget_bytes = BudgetBytesForTokens(64, 8, 8);
+    Arena arena(c.budget_bytes);
+    std::unique_ptr<Sketch> sk = Sketch::Create(c, arena);
+    std::vector<float> ws(WorkspaceFloats(c)), k(8, 0.5f), q(4 * 8, 0.25f),
+        out(4 * 8);
+    for (int t = 0; t < 100; ++t) sk->Append(k.data(), k.data(), ws.data());
+    const std::string method = MethodName(m);
+    CAPTURE(method);
+    CHECK_NOTHROW(sk->Attend(q.data(), 2, out.data(), ws.data()));
+    CHECK_THROWS_WITH_AS(sk->Attend(q.data(), 4, out.data(), ws.data()),
+                         doctest::Contains("at most 2 (max_group)"), Error);
   }
 }
 

@@ -38,19 +38,18 @@ class BlurrySketch final : public Sketch {
       : Sketch(c, a, DefaultWindow(c, rows)) {
     const PoolLayout layout = SlotLayout(c);
     pool_ = ItemPool(layout, a, layout.Capacity(RemainingBytes()));
-    slots_ = pool_.rows();
     logw_ = pool_.Column<float>(0);
   }
 
   std::string Describe() const override {
-    return Sketch::Describe() + " slots=" + std::to_string(slots_.cap);
+    return Sketch::Describe() + " slots=" + std::to_string(pool_.rows().cap);
   }
 
  protected:
   void Evict(const float* k, const float* v, float* ws) override {
-    if (slots_.cap == 0) return;
-    if (pool_.count() == slots_.cap) Merge(ws);
-    slots_.Put(pool_.count(), k, v);
+    if (pool_.rows().cap == 0) return;
+    if (pool_.count() == pool_.rows().cap) Merge(ws);
+    pool_.rows().Put(pool_.count(), k, v);
     logw_[pool_.Push()] = 0.0f;
   }
 
@@ -60,8 +59,9 @@ class BlurrySketch final : public Sketch {
       EmptyPartial(G, m, z);
       return;
     }
-    AttendGroup(slots_.KView(0, pool_.count()), slots_.VView(0, pool_.count()),
-                logw_, qp, G, cfg_.scale, m, z, N);
+    AttendGroup(pool_.rows().KView(0, pool_.count()),
+                pool_.rows().VView(0, pool_.count()), logw_, qp, G, cfg_.scale,
+                m, z, N);
   }
   size_t CompressedRetained() const override { return pool_.count(); }
   void SaveScalars(StateWriter& w) const override {
@@ -105,8 +105,8 @@ class BlurrySketch final : public Sketch {
     ScratchCarver carver(ws);
     const MergeScratch s(carver, ks_, vs_);
     float *k0 = s.k0, *v0 = s.v0, *k1 = s.k1, *v1 = s.v1;
-    slots_.Get(best, k0, v0);
-    slots_.Get(best + 1, k1, v1);
+    pool_.rows().Get(best, k0, v0);
+    pool_.rows().Get(best + 1, k1, v1);
     const float a = std::exp(logw_[best]) / best_mass;
     const float b = 1.0f - a;
     // A convex combination: within the inputs' bound but for rounding,
@@ -116,14 +116,13 @@ class BlurrySketch final : public Sketch {
       k0[c] = std::min(lim, std::max(-lim, a * k0[c] + b * k1[c]));
     for (size_t c = 0; c < vs_; ++c)
       v0[c] = std::min(lim, std::max(-lim, a * v0[c] + b * v1[c]));
-    slots_.Put(best, k0, v0);
+    pool_.rows().Put(best, k0, v0);
     logw_[best] = std::log(best_mass);
     pool_.Erase(best + 1, best + 2, pool_.count());
     pool_.set_count(pool_.count() - 1);
   }
 
   ItemPool pool_;
-  RowStore slots_;
   float* logw_ = nullptr;
 };
 

@@ -73,7 +73,6 @@ void Coreset::Init(const std::string& name, const SketchConfig& c, Arena& arena,
   const PoolLayout layout = Layout(name, c, tags_);
   // No room: cap 0 and null columns (the caller never inserts).
   pool_ = ItemPool(layout, arena, layout.Capacity(bytes));
-  rows_ = pool_.rows();
   level_ = pool_.Column<uint8_t>(0);
   seq_ = pool_.Column<uint32_t>(1);
   if (tags_ > 1) tag_ = pool_.Column<uint16_t>(2);
@@ -139,7 +138,7 @@ uint32_t Coreset::NextSeq(float* ws) {
 void Coreset::Insert(const float* k, const float* v, uint16_t tag, float* ws) {
   const uint32_t s = NextSeq(ws);
   const size_t i = pool_.Push();
-  rows_.Put(i, k, v);
+  pool_.rows().Put(i, k, v);
   level_[i] = 0;
   if (tag_) tag_[i] = tag;
   seq_[i] = s;
@@ -151,7 +150,7 @@ void Coreset::ReplaceOldest(const float* k, const float* v, uint16_t tag,
   for (size_t i = 1; i < pool_.count(); ++i) {
     if (seq_[i] < seq_[oldest]) oldest = i;
   }
-  rows_.Put(oldest, k, v);
+  pool_.rows().Put(oldest, k, v);
   level_[oldest] = 0;
   if (tag_) tag_[oldest] = tag;
   seq_[oldest] = NextSeq(ws);
@@ -167,9 +166,9 @@ bool Coreset::Compact(const CompactKernel& kern, const float* centres,
   for (size_t i = 0; i < pool_.count(); ++i) n_allowed += allowed(i);
   if (n_allowed < 2) return false;
   // Cheapest group: least 2^level / (items halved).
-  const size_t mmax = HWY_MIN(block_, rows_.cap);
+  const size_t mmax = HWY_MIN(block_, pool_.rows().cap);
   ScratchCarver carver(ws);
-  const CompactScratch s(carver, tags_, mmax, rows_.ks, rows_.vs);
+  const CompactScratch s(carver, tags_, mmax, pool_.rows().ks, pool_.rows().vs);
   uint32_t* counts = s.counts;
   std::memset(counts, 0, tags_ * kMaxLevels * sizeof(uint32_t));
   for (size_t i = 0; i < pool_.count(); ++i) {
@@ -191,7 +190,7 @@ bool Coreset::Compact(const CompactKernel& kern, const float* centres,
     }
   }
   const bool mixed = best_level < 0;  // every group is a single item
-  const size_t ks = rows_.ks, vs = rows_.vs;
+  const size_t ks = pool_.rows().ks, vs = pool_.rows().vs;
   size_t m = 0;
   for (size_t i = 0; i < pool_.count() && m < mmax; ++i) {
     if (!allowed(i)) continue;
@@ -201,13 +200,13 @@ bool Coreset::Compact(const CompactKernel& kern, const float* centres,
   }
   double vnorm2 = 0;
   for (size_t j = 0; j < m; ++j) {
-    rows_.Get(s.idx[j], s.K + j * ks, s.V + j * vs);
+    pool_.rows().Get(s.idx[j], s.K + j * ks, s.V + j * vs);
     if (centres) {
       const float* c = centres + size_t(tag(s.idx[j])) * ks;
-      for (size_t x = 0; x < rows_.dk; ++x) s.K[j * ks + x] -= c[x];
+      for (size_t x = 0; x < pool_.rows().dk; ++x) s.K[j * ks + x] -= c[x];
     }
     s.w[j] = mixed ? std::ldexp(1.0f, level_[s.idx[j]]) : 1.0f;
-    for (size_t x = 0; x < rows_.dv; ++x) {
+    for (size_t x = 0; x < pool_.rows().dv; ++x) {
       vnorm2 += double(s.V[j * vs + x]) * s.V[j * vs + x];
     }
   }
@@ -222,8 +221,8 @@ bool Coreset::Compact(const CompactKernel& kern, const float* centres,
   p.seed = kern.seed;
   p.stream = kern.stream * 0x9E3779B97F4A7C15ull + compactions_++;
   const size_t n_kept =
-      Balance(s.K, ks, rows_.dk, s.V, vs, rows_.dv, mixed ? s.w : nullptr, m, p,
-              s.scratch, s.eta, s.kept);
+      Balance(s.K, ks, pool_.rows().dk, s.V, vs, pool_.rows().dv,
+              mixed ? s.w : nullptr, m, p, s.scratch, s.eta, s.kept);
   // Kept items double their weight; the other candidates leave the pool.
   for (size_t j = 0; j < m; ++j) level_[s.idx[j]] |= 0x80;
   for (size_t j = 0; j < n_kept; ++j) {

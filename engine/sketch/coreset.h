@@ -54,9 +54,9 @@ class Coreset {
             uint64_t first_seq = 1);
 
   size_t count() const { return pool_.count(); }
-  size_t cap() const { return rows_.cap; }
+  size_t cap() const { return pool_.rows().cap; }
   bool full() const { return pool_.full(); }
-  const RowStore& rows() const { return rows_; }
+  const RowStore& rows() const { return pool_.rows(); }
   // Log-weights level * ln 2 of the items, written to dst [count()].
   const float* LogW(float* dst) const;
   uint16_t tag(size_t i) const { return tag_ ? tag_[i] : 0; }
@@ -94,7 +94,6 @@ class Coreset {
 
  private:
   ItemPool pool_;
-  RowStore rows_;
   uint8_t* level_ = nullptr;
   uint16_t* tag_ = nullptr;
   uint32_t* seq_ = nullptr;

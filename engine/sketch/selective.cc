@@ -260,7 +260,6 @@ class SelectiveSketch final : public Sketch {
     const PoolLayout layout = SelectiveLayout(c, probes_cap_);
     const size_t cap = layout.Capacity(RemainingBytes());
     pool_ = ItemPool(layout, a, cap);
-    rows_ = pool_.rows();
     if (cap) {
       if (mode_ == Method::kRisk) {
         logw_ = pool_.Column<uint16_t>(kColLogW);
@@ -286,7 +285,7 @@ class SelectiveSketch final : public Sketch {
   }
 
   std::string Describe() const override {
-    return Sketch::Describe() + " pool=" + std::to_string(rows_.cap) +
+    return Sketch::Describe() + " pool=" + std::to_string(pool_.rows().cap) +
            " window=" + std::to_string(protect_) +
            (probes_cap_ ? " probes=" + std::to_string(probes_cap_) : "") +
            (summary_cap_ ? " summary=" + std::to_string(summary_) + "/" +
@@ -296,8 +295,8 @@ class SelectiveSketch final : public Sketch {
 
  protected:
   void Evict(const float* k, const float* v, float* ws) override {
-    if (rows_.cap == 0) return;
-    if (pool_.count() < rows_.cap) {
+    if (pool_.rows().cap == 0) return;
+    if (pool_.count() < pool_.rows().cap) {
       Put(pool_.Push(), k, v, ws);
       return;
     }
@@ -319,22 +318,23 @@ class SelectiveSketch final : public Sketch {
     // risk needs no per-item scores (its log-weights go to the scratch);
     // h2o / tova keep the raw scores [G][n] there for Observe.
     ScratchCarver carver(ws);
-    const AttendScratch s(carver, mode_ == Method::kRisk, rows_.cap, G, vs_);
+    const AttendScratch s(carver, mode_ == Method::kRisk, pool_.rows().cap, G,
+                          vs_);
     if (mode_ == Method::kRisk) {
       const float* lw = LogW(s.lw);
       const size_t S = summary_;
       float *sm = s.sm, *sz = s.sz, *sN = s.sN;  // the summary's partials
       if (S == 0) {
         for (size_t g = 0; g < G; ++g) sz[g] = 0.0f, sm[g] = 0.0f;
-        AttendGroup(rows_.KView(0, pool_.count()),
-                    rows_.VView(0, pool_.count()), lw, qp, G, cfg_.scale, m, z,
-                    N);
+        AttendGroup(pool_.rows().KView(0, pool_.count()),
+                    pool_.rows().VView(0, pool_.count()), lw, qp, G, cfg_.scale,
+                    m, z, N);
       } else {
-        AttendGroup(rows_.KView(0, S), rows_.VView(0, S), lw, qp, G, cfg_.scale,
-                    sm, sz, sN);
+        AttendGroup(pool_.rows().KView(0, S), pool_.rows().VView(0, S), lw, qp,
+                    G, cfg_.scale, sm, sz, sN);
         if (pool_.count() > S) {
-          AttendGroup(rows_.KView(S, pool_.count() - S),
-                      rows_.VView(S, pool_.count() - S), lw + S, qp, G,
+          AttendGroup(pool_.rows().KView(S, pool_.count() - S),
+                      pool_.rows().VView(S, pool_.count() - S), lw + S, qp, G,
                       cfg_.scale, m, z, N);
         } else {
           EmptyPartial(G, m, z);
@@ -347,8 +347,9 @@ class SelectiveSketch final : public Sketch {
         }
       }
     } else {
-      AttendGroup(rows_.KView(0, pool_.count()), rows_.VView(0, pool_.count()),
-                  nullptr, qp, G, cfg_.scale, m, z, N, s.scores);
+      AttendGroup(pool_.rows().KView(0, pool_.count()),
+                  pool_.rows().VView(0, pool_.count()), nullptr, qp, G,
+                  cfg_.scale, m, z, N, s.scores);
     }
     if (probes_cap_ && learning_) {
       const uint32_t pos = uint32_t(cfg_.rope_first_position + tokens_ - 1);
@@ -362,7 +363,7 @@ class SelectiveSketch final : public Sketch {
     const size_t n = attended_;
     if (mode_ == Method::kRisk && n) {
       ScratchCarver carver(ws);
-      const AttendScratch s(carver, true, rows_.cap, G, vs_);
+      const AttendScratch s(carver, true, pool_.rows().cap, G, vs_);
       const float* sm = s.sm;
       const float* sz = s.sz;
       for (size_t g = 0; g < G; ++g) {
@@ -378,7 +379,8 @@ class SelectiveSketch final : public Sketch {
     }
     if (n == 0 || score_ == nullptr) return;
     ScratchCarver carver(ws);
-    float* scores = AttendScratch(carver, false, rows_.cap, G, vs_).scores;
+    float* scores =
+        AttendScratch(carver, false, pool_.rows().cap, G, vs_).scores;
     const float decay = mode_ == Method::kTova ? 0.0f : cfg_.decay;
     const float norm = mode_ == Method::kTova ? 1.0f / float(G) : 1.0f;
     for (size_t i = 0; i < n; ++i) score_[i] *= decay;
@@ -414,7 +416,7 @@ class SelectiveSketch final : public Sketch {
       // Their keys' norms leave the running sum (approximately: the rows as
       // stored; only the kernel temperature reads it, and no method of this
       // file does).
-      rows_.Get(i, kr, vr);
+      pool_.rows().Get(i, kr, vr);
       double n2 = 0;
       for (size_t c = 0; c < cfg_.dk; ++c) n2 += double(kr[c]) * kr[c];
       key_norm_sum_ = std::max(0.0, key_norm_sum_ - std::sqrt(n2));
@@ -530,7 +532,7 @@ class SelectiveSketch final : public Sketch {
  private:
   void Put(size_t i, const float* k, const float* v, float* ws) {
     if (seq_ && next_seq_ >= UINT32_MAX) Renumber(i, ws);
-    rows_.Put(i, k, v);
+    pool_.rows().Put(i, k, v);
     if (seq_) seq_[i] = uint32_t(next_seq_);
     ++next_seq_;
     if (score_) score_[i] = 0.0f;
@@ -573,14 +575,14 @@ class SelectiveSketch final : public Sketch {
       while (summary_ < target && summary_ < unprotected) ++summary_;
     }
     const size_t old = pool_.count() - summary_;
-    const size_t d = std::min(old, std::max<size_t>(1, rows_.cap / 32));
+    const size_t d = std::min(old, std::max<size_t>(1, pool_.rows().cap / 32));
     if (summary_ && d) {
       ScratchCarver carver(ws);
       const DropScratch s(carver, summary_cap_, ks_, vs_);
       float *sk = s.sk, *row = s.row, *tmp = s.tmp;
       LoadSummaryKeys(sk, row);
       for (size_t i = summary_; i < summary_ + d; ++i) {
-        rows_.Get(i, row, row + ks_);
+        pool_.rows().Get(i, row, row + ks_);
         MergeIntoSummary(row, F16BitsToF32(logw_[i]), sk, tmp);
       }
     }
@@ -651,13 +653,13 @@ class SelectiveSketch final : public Sketch {
     const size_t P = probe_count_ * H;
     // Candidates: the oldest old items (at most MaxCandidates; the pool is
     // in insertion order).
-    const size_t cmax = std::min(rows_.cap, MaxCandidates(cfg_));
+    const size_t cmax = std::min(pool_.rows().cap, MaxCandidates(cfg_));
     size_t C = 0;
     for (size_t i = summary_; i < n && C < cmax; ++i) C += !Protected(i);
     if (C == 0) return false;
     // Later rounds have at most as many candidates as the first.
     ScratchCarver carver(ws);
-    const CompactScratch s(carver, rows_.cap, P, C, dk, dv, ks_, vs,
+    const CompactScratch s(carver, pool_.rows().cap, P, C, dk, dv, ks_, vs,
                            summary_cap_);
     uint32_t* cand = s.cand;
     uint8_t* drop = s.drop;  // items leaving the pool (all rounds)
@@ -717,8 +719,8 @@ class SelectiveSketch final : public Sketch {
       const size_t g = std::min(kMaxGroup, P - p0);
       AttendSinks(q + p0 * ks_, g, pm + p0, pz + p0, pN + p0 * vs, s.tm, s.tz,
                   s.tN);
-      AttendGroup(rows_.KView(0, n), rows_.VView(0, n), lw, q + p0 * ks_, g,
-                  cfg_.scale, s.tm, s.tz, s.tN);
+      AttendGroup(pool_.rows().KView(0, n), pool_.rows().VView(0, n), lw,
+                  q + p0 * ks_, g, cfg_.scale, s.tm, s.tz, s.tN);
       for (size_t j = 0; j < g; ++j) {
         const size_t p = p0 + j;
         MergePartials(pm + p, pz + p, pN + p * vs, s.tm[j], s.tz[j],
@@ -748,7 +750,7 @@ class SelectiveSketch final : public Sketch {
       // Candidate rows, transposed (zero columns past C): the products below
       // are broadcast-FMA outer products.
       for (size_t ci = carried; ci < C; ++ci) {
-        rows_.Get(cand[ci], s.row, s.row + ks_);
+        pool_.rows().Get(cand[ci], s.row, s.row + ks_);
         for (size_t x = 0; x < dk; ++x) Kt[x * Cs + ci] = s.row[x];
         for (size_t x = 0; x < dv; ++x) Vt[x * Cs + ci] = s.row[ks_ + x];
         s.lwc[ci] = lw[cand[ci]];
@@ -1011,7 +1013,7 @@ class SelectiveSketch final : public Sketch {
         for (size_t t = 0; t < fresh; ++t) {
           const size_t ci = cand_new[t];
           candidate_row(ci);
-          rows_.Put(summary_ + t, s.row, s.row + ks_);
+          pool_.rows().Put(summary_ + t, s.row, s.row + ks_);
           logw_[summary_ + t] = F32ToF16Bits(s.lwc[ci]);
         }
         summary_ += fresh;
@@ -1049,8 +1051,9 @@ class SelectiveSketch final : public Sketch {
   size_t SummaryTarget() const {
     const double share = std::min(kSummaryMax, std::max(kSummaryMin, share_));
     // At least one slot (it measures the share) when there is one.
-    return std::min(summary_cap_,
-                    std::max<size_t>(1, size_t(share * double(rows_.cap))));
+    return std::min(
+        summary_cap_,
+        std::max<size_t>(1, size_t(share * double(pool_.rows().cap))));
   }
   // Merges the adjacent pair of summary slots of least Ward cost (one slot
   // fewer; the items after it shift down). sk: the slots' keys.
@@ -1070,10 +1073,10 @@ class SelectiveSketch final : public Sketch {
     }
     const double m0 = mass[best], m1 = mass[best + 1];
     const float a = float(m0 / (m0 + m1)), b = float(m1 / (m0 + m1));
-    rows_.Get(best, row, row + ks_);
-    rows_.Get(best + 1, tmp, tmp + ks_);
+    pool_.rows().Get(best, row, row + ks_);
+    pool_.rows().Get(best + 1, tmp, tmp + ks_);
     for (size_t x = 0; x < ks_ + vs_; ++x) row[x] = a * row[x] + b * tmp[x];
-    rows_.Put(best, row, row + ks_);
+    pool_.rows().Put(best, row, row + ks_);
     logw_[best] = RoundLogMass(m0 + m1);
     pool_.Erase(best + 1, best + 2, pool_.count());
     --summary_;
@@ -1108,7 +1111,7 @@ class SelectiveSketch final : public Sketch {
     float* mass = sk + summary_cap_ * ks_;
     float* norm2 = mass + summary_cap_;
     for (size_t j = 0; j < summary_; ++j) {
-      rows_.Get(j, row, row + ks_);
+      pool_.rows().Get(j, row, row + ks_);
       std::memcpy(sk + j * ks_, row, ks_ * sizeof(float));
       mass[j] = std::exp(F16BitsToF32(logw_[j]));
       norm2[j] = Dot(row, row, ks_);
@@ -1137,9 +1140,9 @@ class SelectiveSketch final : public Sketch {
     }
     const double mj = mass[best];
     const float a = float(mj / (mj + m)), b = float(m / (mj + m));
-    rows_.Get(best, tmp, tmp + ks_);
+    pool_.rows().Get(best, tmp, tmp + ks_);
     for (size_t x = 0; x < ks_ + vs_; ++x) tmp[x] = a * tmp[x] + b * row[x];
-    rows_.Put(best, tmp, tmp + ks_);
+    pool_.rows().Put(best, tmp, tmp + ks_);
     std::memcpy(sk + best * ks_, tmp, ks_ * sizeof(float));
     norm2[best] = Dot(tmp, tmp, ks_);
     logw_[best] = RoundLogMass(mj + m);
@@ -1149,7 +1152,6 @@ class SelectiveSketch final : public Sketch {
   static size_t RoundUp(size_t x, size_t a) { return (x + a - 1) / a * a; }
   Method mode_;
   ItemPool pool_;
-  RowStore rows_;
   uint32_t* seq_ = nullptr;
   float* score_ = nullptr;
   uint16_t* logw_ = nullptr;     // risk: log-weights in f16

@@ -18,19 +18,18 @@ class Uniform final : public Sketch {
       : Sketch(c, a, DefaultWindow(c, rows)) {
     const PoolLayout layout("reservoir", c);
     pool_ = ItemPool(layout, a, layout.Capacity(RemainingBytes()));
-    rows_ = pool_.rows();
   }
 
  protected:
   void Evict(const float* k, const float* v, float*) override {
     ++evicted_;
-    if (pool_.count() < rows_.cap) {
-      rows_.Put(pool_.Push(), k, v);
+    if (pool_.count() < pool_.rows().cap) {
+      pool_.rows().Put(pool_.Push(), k, v);
       return;
     }
-    if (rows_.cap == 0) return;
+    if (pool_.rows().cap == 0) return;
     const uint64_t j = CounterHash(cfg_.seed, cfg_.stream, evicted_) % evicted_;
-    if (j < rows_.cap) rows_.Put(size_t(j), k, v);
+    if (j < pool_.rows().cap) pool_.rows().Put(size_t(j), k, v);
   }
 
   void AttendCompressed(const float* qp, size_t G, float* m, float* z, float* N,
@@ -39,8 +38,9 @@ class Uniform final : public Sketch {
       EmptyPartial(G, m, z);
       return;
     }
-    AttendGroup(rows_.KView(0, pool_.count()), rows_.VView(0, pool_.count()),
-                nullptr, qp, G, cfg_.scale, m, z, N);
+    AttendGroup(pool_.rows().KView(0, pool_.count()),
+                pool_.rows().VView(0, pool_.count()), nullptr, qp, G,
+                cfg_.scale, m, z, N);
     // Every sampled token stands for evicted / count tokens.
     const float logw =
         float(std::log(double(evicted_) / double(pool_.count())));
@@ -62,7 +62,7 @@ class Uniform final : public Sketch {
     // Every reservoir item is an evicted token, the reservoir fills first,
     // and evicted tokens are tokens (so the counter never wraps to 0).
     if (evicted_ > tokens_ ||
-        pool_.count() != std::min<uint64_t>(evicted_, rows_.cap))
+        pool_.count() != std::min<uint64_t>(evicted_, pool_.rows().cap))
       InvalidState("reservoir counters (count " +
                    std::to_string(pool_.count()) + ", evicted " +
                    std::to_string(evicted_) + ", tokens " +
@@ -72,7 +72,6 @@ class Uniform final : public Sketch {
 
  private:
   ItemPool pool_;
-  Rows rows_;
   uint64_t evicted_ = 0;
 };
 
