@@ -83,6 +83,67 @@ inline QuantRows MakeQuantRows(const RowsView& v) {
   return r;
 }
 
+// Max groups of a quantized row (kMaxHeadDim / 8).
+constexpr size_t kMaxQuantGroups = kMaxHeadDim / 8;
+
+// The f16 at byte `at` of group j of rows [r0, r0 + rows) (a scale, or q4a's
+// offset) times mul, as out[0, kTile) (zero beyond rows). For a full tile
+// where the target gathers natively (AVX2, AVX-512): one 32-bit gather per
+// vector (the two bytes after an f16 are codes of its block, so the reads
+// stay inside the rows) and the f16 bits converted in registers. Otherwise
+// scalar conversions (an emulated gather is a vector load of lanes just
+// stored one by one, which waits for the stores).
+HWY_INLINE void GroupHalves(const QuantRows& R, size_t r0, size_t rows,
+                            size_t j, size_t at, float mul,
+                            float* HWY_RESTRICT out) {
+  const uint8_t* HWY_RESTRICT p = R.Block(r0, j) + at;
+#if HWY_TARGET <= HWY_AVX2
+  if (rows == kTile) {
+    const hn::CappedTag<float, kTile> df;
+    const hn::Rebind<int32_t, decltype(df)> di;
+    const hn::Rebind<uint32_t, decltype(df)> du;
+    const size_t L = hn::Lanes(df);
+    const auto vm = hn::Set(df, mul * 5.192296858534828e33f);  // x 2^112
+    const auto stride = hn::Set(di, int32_t(R.rowb));
+    for (size_t i = 0; i < kTile; i += L) {
+      const auto off =
+          hn::Mul(hn::Add(hn::Iota(di, 0), hn::Set(di, int32_t(i))), stride);
+      const auto bits = hn::BitCast(
+          du, hn::GatherOffset(di, reinterpret_cast<const int32_t*>(p), off));
+      const auto mag = hn::BitCast(
+          df, hn::ShiftLeft<13>(hn::And(bits, hn::Set(du, 0x7FFFu))));
+      const auto sign = hn::ShiftLeft<16>(hn::And(bits, hn::Set(du, 0x8000u)));
+      hn::Store(hn::Or(hn::Mul(mag, vm), hn::BitCast(df, sign)), df, out + i);
+    }
+    return;
+  }
+#endif
+  for (size_t r = 0; r < rows; ++r) out[r] = HalfAt(p + r * R.rowb) * mul;
+  for (size_t r = rows; r < kTile; ++r) out[r] = 0.0f;
+}
+
+// A query as 16-bit integers for dot products with q8 keys: codes[c] =
+// round(q[c] / scale), scale = max|q| / 32767 (0 for a zero query). The
+// rounding error, at most scale / 2 per element, is 1.5e-5 of the query's
+// largest element: small beside the keys' own 8-bit error (1/254 of their
+// group's largest).
+struct QueryCodes {
+  HWY_ALIGN int16_t codes[kMaxHeadDim];
+  float scale;
+};
+
+inline void QuantizeQuery(const float* HWY_RESTRICT q, size_t cols,
+                          QueryCodes* out) {
+  float mx = 0.0f;
+  for (size_t c = 0; c < cols; ++c) mx = HWY_MAX(mx, std::fabs(q[c]));
+  const float inv = mx > 0.0f ? 32767.0f / mx : 0.0f;
+  for (size_t c = 0; c < cols; ++c) {
+    const float v = std::nearbyint(q[c] * inv);
+    out->codes[c] = int16_t(HWY_MIN(32767.0f, HWY_MAX(-32767.0f, v)));
+  }
+  out->scale = mx / 32767.0f;
+}
+
 // Lanes that divide what one row side processes per step.
 template <typename T, class F>
 HWY_INLINE void WithTagFor(const FloatRows<T>& /*rows*/, const RowsView& v,
@@ -108,20 +169,6 @@ HWY_INLINE float DotRow(D d, const TK* HWY_RESTRICT k,
   }
   if (i < cols) s0 = hn::MulAdd(LoadF32(d, k + i), hn::LoadU(d, q + i), s0);
   return hn::GetLane(hn::SumOfLanes(d, hn::Add(s0, s1)));
-}
-
-// Exp of `n` <= kTile floats in place (tile buffer padded to kTile).
-HWY_INLINE float ExpTileSum(float* HWY_RESTRICT x, size_t n) {
-  const hn::CappedTag<float, 16> d;
-  const size_t N = hn::Lanes(d);
-  auto sum = hn::Zero(d);
-  for (size_t i = 0; i < kTile; i += N) {
-    const auto e = hn::Exp(d, hn::LoadU(d, x + i));
-    hn::StoreU(e, d, x + i);
-  }
-  for (size_t i = n; i < kTile; ++i) x[i] = 0.0f;  // unused rows weigh 0
-  for (size_t i = 0; i < kTile; i += N) sum = hn::Add(sum, hn::LoadU(d, x + i));
-  return hn::GetLane(hn::SumOfLanes(d, sum));
 }
 
 // Scores of rows [r0, r0 + rows) against one query (qsum: unused for float
@@ -285,44 +332,61 @@ HWY_INLINE void AccumulateTile(D d, const FloatRows<TV>& VR, size_t r0,
   }
 }
 
-// Quantized values: per group, the weights p[r] * scale enter the codes and
-// sum_r p[r] * offset is added to every element of the group once per tile.
+// Quantized values: per group, the weights p[r] * scale (the tile's scales
+// converted as one vector) enter the codes, and sum_r p[r] * offset is added
+// to every element of the group once per tile. p is padded to kTile.
 template <class D>
 HWY_INLINE void AccumulateTile(D d, const QuantRows& VR, size_t r0,
                                const float* HWY_RESTRICT p, size_t rows,
                                float* HWY_RESTRICT acc) {
   const size_t N = hn::Lanes(d);
   const hn::Rebind<int32_t, D> di;
-  const size_t g = VR.group, half = g / 2;
+  const size_t g = VR.group, half = g / 2, rowb = VR.rowb;
   HWY_ALIGN float w[kTile];
-  const uint8_t* codes[kTile];
   for (size_t j = 0; j < VR.groups; ++j) {
+    // Scalar on purpose (see GroupHalves).
+    const uint8_t* HWY_RESTRICT blk = VR.Block(r0, j);
     float off = 0.0f;
     for (size_t r = 0; r < rows; ++r) {
-      const uint8_t* blk = VR.Block(r0 + r, j);
-      const float sc = HalfAt(blk);
+      const float sc = HalfAt(blk + r * rowb);
       w[r] = p[r] * sc;
-      codes[r] = blk + VR.code_offset();
-      if (!VR.q8) off += p[r] * (VR.asym ? HalfAt(blk + 2) : -8.0f * sc);
+      if (!VR.q8) {
+        off += p[r] * (VR.asym ? HalfAt(blk + r * rowb + 2) : -8.0f * sc);
+      }
     }
+    const uint8_t* HWY_RESTRICT codes = VR.Block(r0, j) + VR.code_offset();
     float* HWY_RESTRICT a = acc + j * g;
     if (VR.q8) {
       size_t c = 0;
       for (; c + 2 * N <= g; c += 2 * N) {
+        // Even and odd rows in separate chains (half the FMA latency).
         auto a0 = hn::LoadU(d, a + c);
         auto a1 = hn::LoadU(d, a + c + N);
-        for (size_t r = 0; r < rows; ++r) {
-          const auto wr = hn::Set(d, w[r]);
-          a0 = hn::MulAdd(wr, LoadQ8(d, codes[r], c), a0);
-          a1 = hn::MulAdd(wr, LoadQ8(d, codes[r], c + N), a1);
+        auto b0 = hn::Zero(d);
+        auto b1 = hn::Zero(d);
+        size_t r = 0;
+        for (; r + 2 <= rows; r += 2) {
+          const uint8_t* HWY_RESTRICT c0 = codes + r * rowb;
+          const uint8_t* HWY_RESTRICT c1 = c0 + rowb;
+          const auto w0 = hn::Set(d, w[r]);
+          const auto w1 = hn::Set(d, w[r + 1]);
+          a0 = hn::MulAdd(w0, LoadQ8(d, c0, c), a0);
+          a1 = hn::MulAdd(w0, LoadQ8(d, c0, c + N), a1);
+          b0 = hn::MulAdd(w1, LoadQ8(d, c1, c), b0);
+          b1 = hn::MulAdd(w1, LoadQ8(d, c1, c + N), b1);
         }
-        hn::StoreU(a0, d, a + c);
-        hn::StoreU(a1, d, a + c + N);
+        if (r < rows) {
+          const auto w0 = hn::Set(d, w[r]);
+          a0 = hn::MulAdd(w0, LoadQ8(d, codes + r * rowb, c), a0);
+          a1 = hn::MulAdd(w0, LoadQ8(d, codes + r * rowb, c + N), a1);
+        }
+        hn::StoreU(hn::Add(a0, b0), d, a + c);
+        hn::StoreU(hn::Add(a1, b1), d, a + c + N);
       }
       if (c < g) {
         auto a0 = hn::LoadU(d, a + c);
         for (size_t r = 0; r < rows; ++r) {
-          a0 = hn::MulAdd(hn::Set(d, w[r]), LoadQ8(d, codes[r], c), a0);
+          a0 = hn::MulAdd(hn::Set(d, w[r]), LoadQ8(d, codes + r * rowb, c), a0);
         }
         hn::StoreU(a0, d, a + c);
       }
@@ -335,7 +399,7 @@ HWY_INLINE void AccumulateTile(D d, const QuantRows& VR, size_t r0,
       auto a1 = hn::Add(hn::LoadU(d, a + half + c), vo);
       for (size_t r = 0; r < rows; ++r) {
         const auto wr = hn::Set(d, w[r]);
-        const auto b = LoadQ4Bytes(d, codes[r], c);
+        const auto b = LoadQ4Bytes(d, codes + r * rowb, c);
         a0 = hn::MulAdd(wr, hn::ConvertTo(d, hn::And(b, mask)), a0);
         a1 = hn::MulAdd(wr, hn::ConvertTo(d, hn::ShiftRight<4>(b)), a1);
       }
@@ -357,7 +421,7 @@ HWY_INLINE void PrefetchTile(const KR& rows, size_t r_ahead) {
 // V, every cache line) when it exists.
 template <class KR>
 HWY_INLINE size_t PrefetchRows(const KR& K) {
-  return RoundUp(HWY_MAX(size_t{1}, kPrefetchBytes / K.row_bytes()), kTile);
+  return RoundUp(HWY_MAX(size_t{1}, kPrefetchBytes / K.row_bytes()), 16);
 }
 template <class KR, class VR>
 HWY_INLINE void PrefetchAhead(const KR& K, const VR& V, size_t r0, size_t n,
@@ -391,8 +455,8 @@ HWY_INLINE hn::Vec<D> Fold2(D d, hn::Vec<D> lo, hn::Vec<D> hi) {
 // (N / 4 lanes per row). Each fold halves the vectors; stop at kTile lanes of
 // whole sums, written to s in row order.
 template <class D>
-HWY_INLINE void FoldParts(D d, float* HWY_RESTRICT part,
-                          float* HWY_RESTRICT s) {
+HWY_INLINE void FoldParts(D d, hn::TFromD<D>* HWY_RESTRICT part,
+                          hn::TFromD<D>* HWY_RESTRICT s) {
   const size_t N = hn::Lanes(d);
   for (size_t count = kTile / 4; count * N > kTile; count /= 2) {
     for (size_t j = 0; j < count / 2; ++j) {
@@ -401,23 +465,21 @@ HWY_INLINE void FoldParts(D d, float* HWY_RESTRICT part,
       hn::Store(Fold2(d, lo, hi), d, part + j * N);
     }
   }
-  std::memcpy(s, part, kTile * sizeof(float));
+  std::memcpy(s, part, kTile * sizeof(hn::TFromD<D>));
 }
 
-// The kTile scores of the rows at base, base + stride, ... (stride in
-// elements of T): row_vec(row) is a row's partial-sum vector; four rows are
-// folded at a time, then FoldParts.
-template <class D, typename T, class RowVec>
-HWY_INLINE void TreeScores(D d, const T* HWY_RESTRICT base, size_t stride,
-                           const RowVec& row_vec, float* HWY_RESTRICT s) {
+// The kTile scores of a tile: row_vec(r) is row r's partial-sum vector (r <
+// kTile); four rows are folded at a time, then FoldParts.
+template <class D, class RowVec>
+HWY_INLINE void TreeScores(D d, const RowVec& row_vec,
+                           hn::TFromD<D>* HWY_RESTRICT s) {
   const size_t N = hn::Lanes(d);
-  HWY_ALIGN float part[kTile * kTile / 4];
+  HWY_ALIGN hn::TFromD<D> part[kTile * kTile / 4];
   for (size_t j = 0; j < kTile / 4; ++j) {
-    const T* HWY_RESTRICT r = base + 4 * j * stride;
-    const auto a0 = row_vec(r);
-    const auto a1 = row_vec(r + stride);
-    const auto a2 = row_vec(r + 2 * stride);
-    const auto a3 = row_vec(r + 3 * stride);
+    const auto a0 = row_vec(4 * j);
+    const auto a1 = row_vec(4 * j + 1);
+    const auto a2 = row_vec(4 * j + 2);
+    const auto a3 = row_vec(4 * j + 3);
     hn::Store(Fold2(d, Fold2(d, a0, a1), Fold2(d, a2, a3)), d, part + j * N);
   }
   FoldParts(d, part, s);
@@ -437,8 +499,8 @@ HWY_INLINE bool TreeLanes(D d) {
 // q zero beyond the valid columns) against one query: row r's partial-sum
 // vector, folded four rows at a time and then across the groups, gives the
 // kTile sums in order. Requires TreeLanes(d).
-template <class D>
-HWY_NOINLINE void ScoreTileTree(D d, const float* HWY_RESTRICT K, size_t stride,
+template <class D, typename T>
+HWY_NOINLINE void ScoreTileTree(D d, const T* HWY_RESTRICT K, size_t stride,
                                 size_t kcols, const float* HWY_RESTRICT q,
                                 float* HWY_RESTRICT s) {
 #if HWY_TARGET != HWY_SCALAR
@@ -457,36 +519,38 @@ HWY_NOINLINE void ScoreTileTree(D d, const float* HWY_RESTRICT K, size_t stride,
       const auto q6 = kcols > 6 * N ? hn::LoadU(d, q + 6 * N) : z;
       const auto q7 = kcols > 7 * N ? hn::LoadU(d, q + 7 * N) : z;
       const size_t nv = kcols / N;
-      const auto row_vec = [&](const float* HWY_RESTRICT k) {
+      const auto row_vec = [&](size_t r) {
+        const T* HWY_RESTRICT k = K + r * stride;
         // Two chains when the row is long (FMA latency, not throughput).
-        auto a = hn::Mul(hn::LoadU(d, k), q0);
+        auto a = hn::Mul(LoadF32(d, k), q0);
         auto b = z;
-        if (nv > 1) a = hn::MulAdd(hn::LoadU(d, k + 1 * N), q1, a);
-        if (nv > 2) a = hn::MulAdd(hn::LoadU(d, k + 2 * N), q2, a);
-        if (nv > 3) a = hn::MulAdd(hn::LoadU(d, k + 3 * N), q3, a);
-        if (nv > 4) b = hn::Mul(hn::LoadU(d, k + 4 * N), q4);
-        if (nv > 5) b = hn::MulAdd(hn::LoadU(d, k + 5 * N), q5, b);
-        if (nv > 6) b = hn::MulAdd(hn::LoadU(d, k + 6 * N), q6, b);
-        if (nv > 7) b = hn::MulAdd(hn::LoadU(d, k + 7 * N), q7, b);
+        if (nv > 1) a = hn::MulAdd(LoadF32(d, k + 1 * N), q1, a);
+        if (nv > 2) a = hn::MulAdd(LoadF32(d, k + 2 * N), q2, a);
+        if (nv > 3) a = hn::MulAdd(LoadF32(d, k + 3 * N), q3, a);
+        if (nv > 4) b = hn::Mul(LoadF32(d, k + 4 * N), q4);
+        if (nv > 5) b = hn::MulAdd(LoadF32(d, k + 5 * N), q5, b);
+        if (nv > 6) b = hn::MulAdd(LoadF32(d, k + 6 * N), q6, b);
+        if (nv > 7) b = hn::MulAdd(LoadF32(d, k + 7 * N), q7, b);
         return nv > 4 ? hn::Add(a, b) : a;
       };
-      TreeScores(d, K, stride, row_vec, s);
+      TreeScores(d, row_vec, s);
       return;
     } else {
-      const auto row_vec = [&](const float* HWY_RESTRICT k) {
-        auto a0 = hn::Mul(hn::LoadU(d, k), hn::LoadU(d, q));
-        auto a1 = hn::Mul(hn::LoadU(d, k + N), hn::LoadU(d, q + N));
+      const auto row_vec = [&](size_t r) {
+        const T* HWY_RESTRICT k = K + r * stride;
+        auto a0 = hn::Mul(LoadF32(d, k), hn::LoadU(d, q));
+        auto a1 = hn::Mul(LoadF32(d, k + N), hn::LoadU(d, q + N));
         size_t c = 2 * N;
         for (; c + 2 * N <= kcols; c += 2 * N) {
-          a0 = hn::MulAdd(hn::LoadU(d, k + c), hn::LoadU(d, q + c), a0);
-          a1 = hn::MulAdd(hn::LoadU(d, k + c + N), hn::LoadU(d, q + c + N), a1);
+          a0 = hn::MulAdd(LoadF32(d, k + c), hn::LoadU(d, q + c), a0);
+          a1 = hn::MulAdd(LoadF32(d, k + c + N), hn::LoadU(d, q + c + N), a1);
         }
         if (c < kcols) {
-          a0 = hn::MulAdd(hn::LoadU(d, k + c), hn::LoadU(d, q + c), a0);
+          a0 = hn::MulAdd(LoadF32(d, k + c), hn::LoadU(d, q + c), a0);
         }
         return hn::Add(a0, a1);
       };
-      TreeScores(d, K, stride, row_vec, s);
+      TreeScores(d, row_vec, s);
       return;
     }
   }
@@ -510,7 +574,9 @@ HWY_NOINLINE void ScoreTileTreeQ8(D d, const QuantRows& KR, size_t r0,
     const size_t N = hn::Lanes(d);
     const size_t g = KR.group, groups = KR.groups;
     const size_t rowb = KR.rowb, block = KR.block;
-    const auto row_vec = [&](const uint8_t* HWY_RESTRICT row) {
+    const uint8_t* HWY_RESTRICT base = KR.p + r0 * rowb;
+    const auto row_vec = [&](size_t r) {
+      const uint8_t* HWY_RESTRICT row = base + r * rowb;
       auto acc = hn::Zero(d);
       for (size_t j = 0; j < groups; ++j) {
         const uint8_t* HWY_RESTRICT codes = row + j * block + 2;
@@ -523,7 +589,7 @@ HWY_NOINLINE void ScoreTileTreeQ8(D d, const QuantRows& KR, size_t r0,
       }
       return acc;
     };
-    TreeScores(d, KR.p + r0 * rowb, rowb, row_vec, s);
+    TreeScores(d, row_vec, s);
     return;
   }
 #endif
@@ -531,28 +597,180 @@ HWY_NOINLINE void ScoreTileTreeQ8(D d, const QuantRows& KR, size_t r0,
   (void)d, (void)KR, (void)r0, (void)q, (void)s;
 }
 
+// True if the integer q8 scores apply to float tag D: the 16-bit lanes
+// (twice D's) divide the group and the reduction tree applies.
+template <class D>
+HWY_INLINE bool IntScoreLanes(D d, const QuantRows& KR) {
+  if (!KR.q8 || !TreeLanes(d)) return false;
+  const hn::Repartition<int16_t, D> d16;
+  const size_t N16 = hn::Lanes(d16);
+  return KR.group == N16 || KR.group == 2 * N16 || KR.group == 4 * N16;
+}
+
+// ScoreTileTreeQ8 with integer products: each group's codes widen to 16
+// bits and meet the query's 16-bit codes in a widening multiply-add (x86
+// pmaddwd, NEON smlal) that sums pairs into 32-bit lanes. A group's 16 rows
+// go through the reduction tree as integers (exact: at most
+// 32 x 127 x 32767 < 2^31 per row), then the tile's sums are converted,
+// scaled by their key scales (a vector conversion of the tile's f16 scales)
+// and by the query's scale. The groups (kGroups, 0: runtime) and
+// multiply-adds per group (kSteps) are compile-time for the usual shapes.
+template <size_t kGroups, size_t kSteps, class D>
+HWY_INLINE void ScoreTileTreeQ8IT(D d, const QuantRows& KR, size_t r0,
+                                  const QueryCodes& qc, float* HWY_RESTRICT s) {
+#if HWY_TARGET != HWY_SCALAR
+  if constexpr (hn::MaxLanes(D()) >= 4) {
+    const hn::Repartition<int16_t, D> d16;
+    const hn::Rebind<int8_t, decltype(d16)> d8;
+    const hn::Repartition<int32_t, D> d32;
+    const size_t N16 = hn::Lanes(d16);
+    const size_t groups = kGroups ? kGroups : KR.groups;
+    const size_t rowb = KR.rowb, block = KR.block;
+    const uint8_t* HWY_RESTRICT base = KR.p + r0 * rowb;
+    HWY_ALIGN int32_t sums[kMaxQuantGroups * kTile];
+    HWY_ALIGN hwy::float16_t scales[kMaxQuantGroups * kTile];
+    for (size_t j = 0; j < groups; ++j) {
+      const uint8_t* HWY_RESTRICT blk = base + j * block;
+      const int16_t* HWY_RESTRICT qg = qc.codes + j * kSteps * N16;
+      const auto row_vec = [&](size_t r) {
+        const int8_t* HWY_RESTRICT codes =
+            reinterpret_cast<const int8_t*>(blk + r * rowb + 2);
+        auto p0 = hn::Zero(d32);
+        auto p1 = hn::Zero(d32);
+        for (size_t i = 0; i < kSteps; ++i) {
+          p0 = hn::ReorderWidenMulAccumulate(
+              d32, hn::PromoteTo(d16, hn::LoadU(d8, codes + i * N16)),
+              hn::Load(d16, qg + i * N16), p0, p1);
+        }
+        return hn::Add(p0, p1);
+      };
+      TreeScores(d32, row_vec, sums + j * kTile);
+      for (size_t r = 0; r < kTile; ++r) {
+        std::memcpy(&scales[j * kTile + r], blk + r * rowb, 2);
+      }
+    }
+    const hn::CappedTag<float, kTile> dt;
+    const hn::Rebind<int32_t, decltype(dt)> dti;
+    const hn::Rebind<hwy::float16_t, decltype(dt)> dth;
+    const auto vq = hn::Set(dt, qc.scale);
+    for (size_t i = 0; i < kTile; i += hn::Lanes(dt)) {
+      auto acc = hn::Zero(dt);
+      for (size_t j = 0; j < groups; ++j) {
+        acc = hn::MulAdd(
+            hn::ConvertTo(dt, hn::Load(dti, sums + j * kTile + i)),
+            hn::PromoteTo(dt, hn::Load(dth, scales + j * kTile + i)), acc);
+      }
+      hn::Store(hn::Mul(acc, vq), dt, s + i);
+    }
+    return;
+  }
+#endif
+  HWY_ASSERT(false);  // callers check IntScoreLanes
+  (void)d, (void)KR, (void)r0, (void)qc, (void)s;
+}
+
+// Requires IntScoreLanes(d, KR).
+template <class D>
+HWY_NOINLINE void ScoreTileTreeQ8I(D d, const QuantRows& KR, size_t r0,
+                                   const QueryCodes& qc,
+                                   float* HWY_RESTRICT s) {
+  const hn::Repartition<int16_t, D> d16;
+  const size_t steps = KR.group / hn::Lanes(d16);
+  const auto with_groups = [&](auto steps_c) {
+    constexpr size_t kS = decltype(steps_c)::value;
+    switch (KR.groups) {
+      case 1:
+        return ScoreTileTreeQ8IT<1, kS>(d, KR, r0, qc, s);
+      case 2:
+        return ScoreTileTreeQ8IT<2, kS>(d, KR, r0, qc, s);
+      case 4:
+        return ScoreTileTreeQ8IT<4, kS>(d, KR, r0, qc, s);
+      default:
+        return ScoreTileTreeQ8IT<0, kS>(d, KR, r0, qc, s);
+    }
+  };
+  if (steps == 1) return with_groups(std::integral_constant<size_t, 1>());
+  if (steps == 2) return with_groups(std::integral_constant<size_t, 2>());
+  HWY_DASSERT(steps == 4);
+  return with_groups(std::integral_constant<size_t, 4>());
+}
+
+// Online softmax of one query's tile scores s[0, rows) (s padded to kTile):
+// rescales the query's accumulator and lane sums zl[0, kTile) when its max
+// grows (the lane-wise max is compared with m; the reduction to one max only
+// runs then), writes the weights exp(s - m) to p[0, kTile) (zero beyond rows)
+// and adds them to zl lane by lane.
+// One copy per target (not per tag pair of the callers).
+static HWY_NOINLINE void SoftmaxTile(float* HWY_RESTRICT s, size_t rows,
+                                     float* HWY_RESTRICT m,
+                                     float* HWY_RESTRICT zl,
+                                     float* HWY_RESTRICT a, size_t acc_cols,
+                                     float* HWY_RESTRICT p) {
+  const hn::CappedTag<float, kTile> d;
+  const size_t L = hn::Lanes(d);
+  for (size_t r = rows; r < kTile; ++r) s[r] = -INFINITY;
+  auto vmax = hn::LoadU(d, s);
+  for (size_t i = L; i < kTile; i += L) {
+    vmax = hn::Max(vmax, hn::LoadU(d, s + i));
+  }
+  if (!hn::AllFalse(d, hn::Gt(vmax, hn::Set(d, *m)))) {
+    const float mt = hn::GetLane(hn::MaxOfLanes(d, vmax));
+    const float f = std::exp(*m - mt);                // 0 on the first tile
+    for (size_t c = 0; c < acc_cols; ++c) a[c] *= f;  // rare: max grows
+    const auto vfz = hn::Set(d, f);
+    for (size_t i = 0; i < kTile; i += L) {
+      hn::StoreU(hn::Mul(hn::LoadU(d, zl + i), vfz), d, zl + i);
+    }
+    *m = mt;
+  }
+  const auto vm = hn::Set(d, *m);
+  const auto ninf = hn::Set(d, -INFINITY);
+  for (size_t i = 0; i < kTile; i += L) {
+    const auto x = hn::LoadU(d, s + i);
+    // Padding rows (-inf) weigh exactly 0.
+    const auto e =
+        hn::IfThenZeroElse(hn::Eq(x, ninf), hn::Exp(d, hn::Sub(x, vm)));
+    hn::StoreU(e, d, p + i);
+    hn::StoreU(hn::Add(hn::LoadU(d, zl + i), e), d, zl + i);
+  }
+}
+
 // One query (G = 1): scores, online softmax and values per tile, straight
 // from the stored rows (grouped calls: AttendGroupT below).
 template <class DK, class DV, class KR, class VR>
 void AttendT(DK dk, DV dv, const KR& K, const VR& V, size_t n,
              const float* HWY_RESTRICT logw, const float* HWY_RESTRICT q,
-             const float* HWY_RESTRICT qsum, float* HWY_RESTRICT m,
-             float* HWY_RESTRICT z, float* HWY_RESTRICT acc, size_t acc_cols,
+             const float* HWY_RESTRICT qsum, const QueryCodes* qc,
+             float* HWY_RESTRICT m, float* HWY_RESTRICT z,
+             float* HWY_RESTRICT acc, size_t acc_cols,
              float* HWY_RESTRICT scores) {
-  const size_t NV = hn::Lanes(dv);
   HWY_ALIGN float s[kTile];
+  HWY_ALIGN float p[kTile];
+  HWY_ALIGN float zl[kTile] = {};  // per-lane sums of the weights
+  const bool tree = TreeLanes(dk);
   const size_t pf_rows = PrefetchRows(K);
   for (size_t r0 = 0; r0 < n; r0 += kTile) {
     const size_t rows = HWY_MIN(kTile, n - r0);
-    PrefetchAhead(K, V, r0, n, pf_rows);
+    // The keys' prefetch before the scores, the values' before the values
+    // (one burst of both stalled the f16 d = 128 loads at 32-row tiles).
+    const bool pf = r0 + kTile + pf_rows <= n;
+    if (pf) PrefetchTile(K, r0 + pf_rows);
     bool scored = false;
-    if constexpr (std::is_same<KR, QuantRows>::value) {
-      if (K.q8 && rows == kTile && TreeLanes(dk)) {
-        ScoreTileTreeQ8(dk, K, r0, q, s);
-        if (logw) {
-          for (size_t r = 0; r < kTile; ++r) s[r] += logw[r0 + r];
+    if (tree && rows == kTile) {
+      if constexpr (std::is_same<KR, QuantRows>::value) {
+        if (qc && IntScoreLanes(dk, K)) {
+          ScoreTileTreeQ8I(dk, K, r0, *qc, s);
+          scored = true;
+        } else if (K.q8) {
+          ScoreTileTreeQ8(dk, K, r0, q, s);
+          scored = true;
         }
+      } else {
+        ScoreTileTree(dk, K.p + r0 * K.stride, K.stride, K.cols, q, s);
         scored = true;
+      }
+      if (scored && logw) {
+        for (size_t r = 0; r < kTile; ++r) s[r] += logw[r0 + r];
       }
     }
     if (!scored) {
@@ -561,22 +779,13 @@ void AttendT(DK dk, DV dv, const KR& K, const VR& V, size_t n,
     if (scores) {
       for (size_t r = 0; r < rows; ++r) scores[r0 + r] = s[r];
     }
-    // Online softmax: rescale what was accumulated when the max grows.
-    float mt = s[0];
-    for (size_t r = 1; r < rows; ++r) mt = HWY_MAX(mt, s[r]);
-    if (mt > *m) {
-      const float f = std::exp(*m - mt);  // 0 on the first tile
-      *z *= f;
-      const auto vf = hn::Set(dv, f);
-      for (size_t c = 0; c < acc_cols; c += NV) {
-        hn::StoreU(hn::Mul(hn::LoadU(dv, acc + c), vf), dv, acc + c);
-      }
-      *m = mt;
-    }
-    for (size_t r = 0; r < rows; ++r) s[r] -= *m;
-    *z += ExpTileSum(s, rows);
-    AccumulateTile(dv, V, r0, s, rows, acc);
+    if (pf) PrefetchTile(V, r0 + pf_rows);
+    SoftmaxTile(s, rows, m, zl, acc, acc_cols, p);
+    AccumulateTile(dv, V, r0, p, rows, acc);
   }
+  float sum = 0.0f;
+  for (size_t i = 0; i < kTile; ++i) sum += zl[i];
+  *z += sum;
 }
 
 // Rows [r0, r0 + rows) as f32: f32 rows in place, others converted into
@@ -734,46 +943,6 @@ HWY_NOINLINE void AccumulateGroup(D d, const FloatRows<TV>& VR,
   }
 }
 
-// Online softmax of one query's tile scores s[0, rows) (s padded to kTile):
-// rescales the query's accumulator and lane sums zl[0, kTile) when its max
-// grows (the lane-wise max is compared with m; the reduction to one max only
-// runs then), writes the weights exp(s - m) to p[0, kTile) (zero beyond rows)
-// and adds them to zl lane by lane.
-// One copy per target (not per tag pair of the callers).
-static HWY_NOINLINE void SoftmaxTile(float* HWY_RESTRICT s, size_t rows,
-                                     float* HWY_RESTRICT m,
-                                     float* HWY_RESTRICT zl,
-                                     float* HWY_RESTRICT a, size_t acc_cols,
-                                     float* HWY_RESTRICT p) {
-  const hn::CappedTag<float, kTile> d;
-  const size_t L = hn::Lanes(d);
-  for (size_t r = rows; r < kTile; ++r) s[r] = -INFINITY;
-  auto vmax = hn::LoadU(d, s);
-  for (size_t i = L; i < kTile; i += L) {
-    vmax = hn::Max(vmax, hn::LoadU(d, s + i));
-  }
-  if (!hn::AllFalse(d, hn::Gt(vmax, hn::Set(d, *m)))) {
-    const float mt = hn::GetLane(hn::MaxOfLanes(d, vmax));
-    const float f = std::exp(*m - mt);                // 0 on the first tile
-    for (size_t c = 0; c < acc_cols; ++c) a[c] *= f;  // rare: max grows
-    const auto vfz = hn::Set(d, f);
-    for (size_t i = 0; i < kTile; i += L) {
-      hn::StoreU(hn::Mul(hn::LoadU(d, zl + i), vfz), d, zl + i);
-    }
-    *m = mt;
-  }
-  const auto vm = hn::Set(d, *m);
-  const auto ninf = hn::Set(d, -INFINITY);
-  for (size_t i = 0; i < kTile; i += L) {
-    const auto x = hn::LoadU(d, s + i);
-    // Padding rows (-inf) weigh exactly 0.
-    const auto e =
-        hn::IfThenZeroElse(hn::Eq(x, ninf), hn::Exp(d, hn::Sub(x, vm)));
-    hn::StoreU(e, d, p + i);
-    hn::StoreU(hn::Add(hn::LoadU(d, zl + i), e), d, zl + i);
-  }
-}
-
 template <class DK, class DV, class KR, class VR>
 void AttendGroupT(DK dk, DV dv, const KR& K, const VR& V, size_t n,
                   const float* HWY_RESTRICT logw, const float* HWY_RESTRICT qs,
@@ -868,9 +1037,6 @@ void ResidualT(DK dk, DV dv, const KR& K, const VR& V, size_t n,
 
 // ------------------------------------------------- queries in, outputs out
 
-// Max groups of a quantized row (kMaxHeadDim / 8).
-constexpr size_t kMaxQuantGroups = kMaxHeadDim / 8;
-
 // Columns a row side processes, for the chosen lanes.
 template <typename T>
 HWY_INLINE void AdjustCols(FloatRows<T>& r, size_t lanes, const RowsView& v) {
@@ -957,6 +1123,10 @@ void AttendRows(const KR& kr, const VR& vr, const RowsView& K,
   constexpr bool direct = kDirectOutput<VR>;
   HWY_ALIGN float scratch[direct ? 1 : kMaxGroup * kMaxHeadDim];
   const size_t q_stride = PrepareQueries(K, q, G, scale, qs, qsum);
+  // One query against q8 keys: integer products (see ScoreTileTreeQ8I).
+  HWY_ALIGN QueryCodes qc;
+  const bool int_keys = G == 1 && K.type == Storage::kQ8;
+  if (int_keys) QuantizeQuery(qs, q_stride, &qc);
   float* acc = direct ? N : scratch;
   const size_t acc_stride = direct ? V.stride : AccStride(V);
   for (size_t g = 0; g < G; ++g) {
@@ -967,8 +1137,9 @@ void AttendRows(const KR& kr, const VR& vr, const RowsView& K,
   WithSides(
       kr, vr, K, V, [&](auto dk, auto dv, const auto& k2, const auto& v2) {
         if (G == 1) {
-          AttendT(dk, dv, k2, v2, K.rows, logw, qs, qsum, m, z, acc,
-                  AccCols(v2, acc_stride), scores);
+          AttendT(dk, dv, k2, v2, K.rows, logw, qs, qsum,
+                  int_keys ? &qc : nullptr, m, z, acc, AccCols(v2, acc_stride),
+                  scores);
         } else {
           AttendGroupT(dk, dv, k2, v2, K.rows, logw, qs, q_stride, G, m, z, acc,
                        acc_stride, AccCols(v2, acc_stride), scores);

@@ -301,6 +301,49 @@ TEST_CASE("attend over quantized rows equals the reference on every target") {
   });
 }
 
+// One query against q8 keys: the kernels take the query as 16-bit codes
+// (scale max|q| / 32767) for integer products, so each score may move by at
+// most half a code step times sum |k| (docs/quantization.md). A query with
+// one large outlier makes the step coarse for the other elements.
+TEST_CASE("q8 keys, one query: scores within the query-code bound") {
+  test::ForEachTarget("Attend q8 query codes", [](const char* target) {
+    for (size_t d : {32u, 64u, 128u, 256u}) {
+      const size_t n = 80;
+      std::mt19937 rng(unsigned(d + 5));
+      const Side K = MakeSide(Storage::kQ8, n, d, false, rng, 1.0f);
+      const Side V = MakeSide(Storage::kF16, n, d, false, rng, 1.0f);
+      std::vector<float> q(K.stride, 0.0f);
+      const auto x = Gaussian(d, rng, 1.0f);
+      std::copy(x.begin(), x.end(), q.begin());
+      q[3] = 40.0f;
+      const float scale = 0.3f;
+      std::vector<float> logw(n, 0.0f), N(V.stride), sc(n);
+      float m, z;
+      AttendGroup(K.View(), V.View(), logw.data(), q.data(), 1, scale, &m, &z,
+                  N.data(), sc.data());
+      const double step = scale * 40.0 / 32767.0;
+      double worst = 0;  // largest error as a fraction of its bound
+      for (size_t i = 0; i < n; ++i) {
+        const float* k = K.ref.data() + i * K.stride;
+        double want = 0, kabs = 0, mag = 0;
+        for (size_t c = 0; c < d; ++c) {
+          want += double(k[c]) * q[c] * scale;
+          kabs += std::fabs(k[c]);
+          mag += std::fabs(double(k[c]) * q[c] * scale);
+        }
+        const double bound = 0.5 * step * kabs + 1e-6 * mag;
+        INFO("d " << d << " row " << i);
+        CHECK(std::fabs(sc[i] - want) <= bound);
+        worst = std::max(worst, std::fabs(sc[i] - want) / bound);
+      }
+      // Vector targets take the integer path, and the bound is not loose by
+      // orders of magnitude there (16-bit codes, not wider): some score uses
+      // a visible part of it. SCALAR keeps f32 products (rounding only).
+      if (std::string(target) != "SCALAR") CHECK(worst > 0.01);
+    }
+  });
+}
+
 TEST_CASE("residual accumulation over quantized rows equals the f32 path") {
   test::ForEachTarget("ResidualAccumulate quantized", [](const char*) {
     for (Storage tk : kQuant) {
