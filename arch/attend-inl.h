@@ -359,29 +359,15 @@ HWY_INLINE void AccumulateTile(D d, const QuantRows& VR, size_t r0,
     if (VR.q8) {
       size_t c = 0;
       for (; c + 2 * N <= g; c += 2 * N) {
-        // Even and odd rows in separate chains (half the FMA latency).
         auto a0 = hn::LoadU(d, a + c);
         auto a1 = hn::LoadU(d, a + c + N);
-        auto b0 = hn::Zero(d);
-        auto b1 = hn::Zero(d);
-        size_t r = 0;
-        for (; r + 2 <= rows; r += 2) {
-          const uint8_t* HWY_RESTRICT c0 = codes + r * rowb;
-          const uint8_t* HWY_RESTRICT c1 = c0 + rowb;
-          const auto w0 = hn::Set(d, w[r]);
-          const auto w1 = hn::Set(d, w[r + 1]);
-          a0 = hn::MulAdd(w0, LoadQ8(d, c0, c), a0);
-          a1 = hn::MulAdd(w0, LoadQ8(d, c0, c + N), a1);
-          b0 = hn::MulAdd(w1, LoadQ8(d, c1, c), b0);
-          b1 = hn::MulAdd(w1, LoadQ8(d, c1, c + N), b1);
+        for (size_t r = 0; r < rows; ++r) {
+          const auto wr = hn::Set(d, w[r]);
+          a0 = hn::MulAdd(wr, LoadQ8(d, codes + r * rowb, c), a0);
+          a1 = hn::MulAdd(wr, LoadQ8(d, codes + r * rowb, c + N), a1);
         }
-        if (r < rows) {
-          const auto w0 = hn::Set(d, w[r]);
-          a0 = hn::MulAdd(w0, LoadQ8(d, codes + r * rowb, c), a0);
-          a1 = hn::MulAdd(w0, LoadQ8(d, codes + r * rowb, c + N), a1);
-        }
-        hn::StoreU(hn::Add(a0, b0), d, a + c);
-        hn::StoreU(hn::Add(a1, b1), d, a + c + N);
+        hn::StoreU(a0, d, a + c);
+        hn::StoreU(a1, d, a + c + N);
       }
       if (c < g) {
         auto a0 = hn::LoadU(d, a + c);
@@ -744,17 +730,16 @@ void AttendT(DK dk, DV dv, const KR& K, const VR& V, size_t n,
              float* HWY_RESTRICT m, float* HWY_RESTRICT z,
              float* HWY_RESTRICT acc, size_t acc_cols,
              float* HWY_RESTRICT scores) {
-  HWY_ALIGN float s[kTile];
+  // Two score buffers: the next tile's scores are computed before this
+  // tile's softmax and values, so they overlap the exp latency (the next
+  // tile's work is close enough for the out-of-order window).
+  HWY_ALIGN float sbuf[2][kTile];
   HWY_ALIGN float p[kTile];
   HWY_ALIGN float zl[kTile] = {};  // per-lane sums of the weights
   const bool tree = TreeLanes(dk);
   const size_t pf_rows = PrefetchRows(K);
-  for (size_t r0 = 0; r0 < n; r0 += kTile) {
+  const auto score = [&](size_t r0, float* HWY_RESTRICT s) {
     const size_t rows = HWY_MIN(kTile, n - r0);
-    // The keys' prefetch before the scores, the values' before the values
-    // (one burst of both stalled the f16 d = 128 loads at 32-row tiles).
-    const bool pf = r0 + kTile + pf_rows <= n;
-    if (pf) PrefetchTile(K, r0 + pf_rows);
     bool scored = false;
     if (tree && rows == kTile) {
       if constexpr (std::is_same<KR, QuantRows>::value) {
@@ -779,7 +764,13 @@ void AttendT(DK dk, DV dv, const KR& K, const VR& V, size_t n,
     if (scores) {
       for (size_t r = 0; r < rows; ++r) scores[r0 + r] = s[r];
     }
-    if (pf) PrefetchTile(V, r0 + pf_rows);
+  };
+  if (n != 0) score(0, sbuf[0]);
+  for (size_t r0 = 0, t = 0; r0 < n; r0 += kTile, ++t) {
+    const size_t rows = HWY_MIN(kTile, n - r0);
+    PrefetchAhead(K, V, r0, n, pf_rows);
+    if (r0 + kTile < n) score(r0 + kTile, sbuf[(t + 1) & 1]);
+    float* HWY_RESTRICT s = sbuf[t & 1];
     SoftmaxTile(s, rows, m, zl, acc, acc_cols, p);
     AccumulateTile(dv, V, r0, p, rows, acc);
   }

@@ -268,8 +268,9 @@ TEST_CASE("attend over quantized rows equals the reference on every target") {
               std::vector<float> m(G), z(G), N(G * V.stride, 9.0f), sc(G * n);
               AttendGroup(K.View(), V.View(), logw.data(), q.data(), G, 0.3f,
                           m.data(), z.data(), N.data(), sc.data());
-              INFO(StorageName(tk) << "/" << StorageName(tv) << " d " << d
-                                   << " rotate " << rotate << " G " << G);
+              INFO(std::string(StorageName(tk))
+                   << "/" << std::string(StorageName(tv)) << " d " << d
+                   << " rotate " << rotate << " G " << G);
               for (size_t g = 0; g < G; ++g) {
                 double rm, rz;
                 std::vector<double> rN(V.stride);
@@ -372,8 +373,9 @@ TEST_CASE("residual accumulation over quantized rows equals the f32 path") {
                                0.1f, nullptr, 0.0f, degree, N1.data(), &Z1);
             ResidualAccumulate(Kf, Vf, logw.data(), q.data(), 0.2f, 0.1f,
                                nullptr, 0.0f, degree, N2.data(), &Z2);
-            INFO(StorageName(tk) << "/" << StorageName(tv) << " d " << d
-                                 << " degree " << degree);
+            INFO(std::string(StorageName(tk))
+                 << "/" << std::string(StorageName(tv)) << " d " << d
+                 << " degree " << degree);
             CHECK(test::Near(Z1, Z2, 1e-4, 1e-6));
             double nmax = 0;
             for (size_t c = 0; c < d; ++c)
