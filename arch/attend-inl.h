@@ -122,24 +122,30 @@ HWY_INLINE void GroupHalves(const QuantRows& R, size_t r0, size_t rows,
   for (size_t r = rows; r < kTile; ++r) out[r] = 0.0f;
 }
 
-// A query as 16-bit integers for dot products with q8 keys: codes[c] =
-// round(q[c] / scale), scale = max|q| / 32767 (0 for a zero query). The
-// rounding error, at most scale / 2 per element, is 1.5e-5 of the query's
-// largest element: small beside the keys' own 8-bit error (1/254 of their
-// group's largest).
+// A query as 16-bit integers for dot products with quantized keys: codes[c]
+// = round(q[c] / scale), scale = max|q| / 32767 (0 for a zero query), and
+// the codes' sum per key group (for the q4 offsets). The rounding error, at
+// most scale / 2 per element, is 1.5e-5 of the query's largest element:
+// small beside the keys' own 8-bit error (1/254 of their group's largest).
 struct QueryCodes {
   HWY_ALIGN int16_t codes[kMaxHeadDim];
+  int32_t sum[kMaxQuantGroups];  // of the codes, per key group
   float scale;
 };
 
 inline void QuantizeQuery(const float* HWY_RESTRICT q, size_t cols,
-                          QueryCodes* out) {
+                          size_t group, QueryCodes* out) {
   float mx = 0.0f;
   for (size_t c = 0; c < cols; ++c) mx = HWY_MAX(mx, std::fabs(q[c]));
   const float inv = mx > 0.0f ? 32767.0f / mx : 0.0f;
   for (size_t c = 0; c < cols; ++c) {
     const float v = std::nearbyint(q[c] * inv);
     out->codes[c] = int16_t(HWY_MIN(32767.0f, HWY_MAX(-32767.0f, v)));
+  }
+  for (size_t j = 0; j * group < cols; ++j) {
+    int32_t sum = 0;
+    for (size_t c = 0; c < group; ++c) sum += out->codes[j * group + c];
+    out->sum[j] = sum;
   }
   out->scale = mx / 32767.0f;
 }
@@ -587,52 +593,91 @@ HWY_NOINLINE void ScoreTileTreeQ8(D d, const QuantRows& KR, size_t r0,
 // (twice D's) divide the group and the reduction tree applies.
 template <class D>
 HWY_INLINE bool IntScoreLanes(D d, const QuantRows& KR) {
-  if (!KR.q8 || !TreeLanes(d)) return false;
+  if (!TreeLanes(d)) return false;
   const hn::Repartition<int16_t, D> d16;
   const size_t N16 = hn::Lanes(d16);
   return KR.group == N16 || KR.group == 2 * N16 || KR.group == 4 * N16;
 }
 
-// ScoreTileTreeQ8 with integer products: each group's codes widen to 16
-// bits and meet the query's 16-bit codes in a widening multiply-add (x86
-// pmaddwd, NEON smlal) that sums pairs into 32-bit lanes. A group's 16 rows
-// go through the reduction tree as integers (exact: at most
-// 32 x 127 x 32767 < 2^31 per row), then the tile's sums are converted,
-// scaled by their key scales (a vector conversion of the tile's f16 scales)
-// and by the query's scale. The groups (kGroups, 0: runtime) and
-// multiply-adds per group (kSteps) are compile-time for the usual shapes.
+// Scores of a full tile of quantized keys against one query's 16-bit codes
+// (QueryCodes), in integers: each group's codes widen to 16 bits and meet
+// the query codes in a widening multiply-add (x86 pmaddwd, NEON smlal) that
+// sums pairs into 32-bit lanes. A group's 16 rows go through the reduction
+// tree as integers (exact: at most 32 x 127 x 32767 < 2^31 per row); q4's
+// codes are offset by 8, so 8 x the group's query-code sum is subtracted
+// (exact). Then the tile's sums are converted, scaled by their key scales (a
+// vector conversion of the tile's f16 scales), q4a's offsets times the
+// group's query-code sum are added, and all is scaled by the query's scale.
+// q4 codes are nibbles: a step widens N16 / 2 bytes to their low nibbles
+// (elements i..) and high nibbles (elements group / 2 + i..), side by side,
+// so the query codes must be in that order (PermuteQ4Query). The groups
+// (kGroups, 0: runtime) and steps per group (kSteps) are compile-time for
+// the usual shapes.
 template <size_t kGroups, size_t kSteps, class D>
-HWY_INLINE void ScoreTileTreeQ8IT(D d, const QuantRows& KR, size_t r0,
-                                  const QueryCodes& qc, float* HWY_RESTRICT s) {
+HWY_INLINE void ScoreTileTreeQIT(D d, const QuantRows& KR, size_t r0,
+                                 const QueryCodes& qc, float* HWY_RESTRICT s) {
 #if HWY_TARGET != HWY_SCALAR
   if constexpr (hn::MaxLanes(D()) >= 4) {
     const hn::Repartition<int16_t, D> d16;
     const hn::Rebind<int8_t, decltype(d16)> d8;
+    const hn::Half<decltype(d16)> dh16;
+    const hn::Rebind<uint8_t, decltype(dh16)> du8;
     const hn::Repartition<int32_t, D> d32;
-    const size_t N16 = hn::Lanes(d16);
+    const size_t N16 = hn::Lanes(d16), H = N16 / 2;
     const size_t groups = kGroups ? kGroups : KR.groups;
-    const size_t rowb = KR.rowb, block = KR.block;
+    const size_t rowb = KR.rowb, block = KR.block, co = KR.code_offset();
+    const bool q8 = KR.q8, asym = KR.asym;
     const uint8_t* HWY_RESTRICT base = KR.p + r0 * rowb;
     HWY_ALIGN int32_t sums[kMaxQuantGroups * kTile];
     HWY_ALIGN hwy::float16_t scales[kMaxQuantGroups * kTile];
+    HWY_ALIGN hwy::float16_t offs[kMaxQuantGroups * kTile];
     for (size_t j = 0; j < groups; ++j) {
       const uint8_t* HWY_RESTRICT blk = base + j * block;
       const int16_t* HWY_RESTRICT qg = qc.codes + j * kSteps * N16;
-      const auto row_vec = [&](size_t r) {
-        const int8_t* HWY_RESTRICT codes =
-            reinterpret_cast<const int8_t*>(blk + r * rowb + 2);
-        auto p0 = hn::Zero(d32);
-        auto p1 = hn::Zero(d32);
-        for (size_t i = 0; i < kSteps; ++i) {
-          p0 = hn::ReorderWidenMulAccumulate(
-              d32, hn::PromoteTo(d16, hn::LoadU(d8, codes + i * N16)),
-              hn::Load(d16, qg + i * N16), p0, p1);
+      if (q8) {
+        const auto row_vec = [&](size_t r) {
+          const int8_t* HWY_RESTRICT codes =
+              reinterpret_cast<const int8_t*>(blk + r * rowb + co);
+          auto p0 = hn::Zero(d32);
+          auto p1 = hn::Zero(d32);
+          for (size_t i = 0; i < kSteps; ++i) {
+            p0 = hn::ReorderWidenMulAccumulate(
+                d32, hn::PromoteTo(d16, hn::LoadU(d8, codes + i * N16)),
+                hn::Load(d16, qg + i * N16), p0, p1);
+          }
+          return hn::Add(p0, p1);
+        };
+        TreeScores(d32, row_vec, sums + j * kTile);
+      } else {
+        const auto mask = hn::Set(dh16, 0xF);
+        const auto row_vec = [&](size_t r) {
+          const uint8_t* HWY_RESTRICT codes = blk + r * rowb + co;
+          auto p0 = hn::Zero(d32);
+          auto p1 = hn::Zero(d32);
+          for (size_t i = 0; i < kSteps; ++i) {
+            const auto b = hn::BitCast(
+                dh16, hn::PromoteTo(hn::RebindToUnsigned<decltype(dh16)>(),
+                                    hn::LoadU(du8, codes + i * H)));
+            const auto c =
+                hn::Combine(d16, hn::ShiftRight<4>(b), hn::And(b, mask));
+            p0 = hn::ReorderWidenMulAccumulate(
+                d32, c, hn::Load(d16, qg + i * N16), p0, p1);
+          }
+          return hn::Add(p0, p1);
+        };
+        TreeScores(d32, row_vec, sums + j * kTile);
+        if (!asym) {
+          const int32_t shift = 8 * qc.sum[j];
+          for (size_t r = 0; r < kTile; ++r) sums[j * kTile + r] -= shift;
         }
-        return hn::Add(p0, p1);
-      };
-      TreeScores(d32, row_vec, sums + j * kTile);
+      }
       for (size_t r = 0; r < kTile; ++r) {
         std::memcpy(&scales[j * kTile + r], blk + r * rowb, 2);
+      }
+      if (asym) {
+        for (size_t r = 0; r < kTile; ++r) {
+          std::memcpy(&offs[j * kTile + r], blk + r * rowb + 2, 2);
+        }
       }
     }
     const hn::CappedTag<float, kTile> dt;
@@ -646,7 +691,14 @@ HWY_INLINE void ScoreTileTreeQ8IT(D d, const QuantRows& KR, size_t r0,
             hn::ConvertTo(dt, hn::Load(dti, sums + j * kTile + i)),
             hn::PromoteTo(dt, hn::Load(dth, scales + j * kTile + i)), acc);
       }
-      hn::Store(hn::Mul(acc, vq), dt, s + i);
+      // q4a: offset x the group's query-code sum (so a score is exactly
+      // sum_i k_i q_i over the codes: the rounding bound holds for any offset).
+      for (size_t j = 0; asym && j < groups; ++j) {
+        acc = hn::MulAdd(hn::PromoteTo(dt, hn::Load(dth, offs + j * kTile + i)),
+                         hn::Set(dt, float(qc.sum[j])), acc);
+      }
+      acc = hn::Mul(acc, vq);
+      hn::Store(acc, dt, s + i);
     }
     return;
   }
@@ -655,24 +707,44 @@ HWY_INLINE void ScoreTileTreeQ8IT(D d, const QuantRows& KR, size_t r0,
   (void)d, (void)KR, (void)r0, (void)qc, (void)s;
 }
 
+// The query codes in the order ScoreTileTreeQIT reads q4 nibbles for tag D
+// (sums and scale unchanged).
+template <class D>
+HWY_INLINE void PermuteQ4Query(D /*d*/, const QueryCodes& in, size_t group,
+                               size_t groups, QueryCodes* out) {
+  const hn::Repartition<int16_t, D> d16;
+  const size_t N16 = hn::Lanes(d16), H = N16 / 2, half = group / 2;
+  for (size_t j = 0; j < groups; ++j) {
+    const int16_t* src = in.codes + j * group;
+    int16_t* dst = out->codes + j * group;
+    for (size_t i = 0; i * N16 < group; ++i) {
+      for (size_t l = 0; l < H; ++l) {
+        dst[i * N16 + l] = src[i * H + l];
+        dst[i * N16 + H + l] = src[half + i * H + l];
+      }
+    }
+    out->sum[j] = in.sum[j];
+  }
+  out->scale = in.scale;
+}
+
 // Requires IntScoreLanes(d, KR).
 template <class D>
-HWY_NOINLINE void ScoreTileTreeQ8I(D d, const QuantRows& KR, size_t r0,
-                                   const QueryCodes& qc,
-                                   float* HWY_RESTRICT s) {
+HWY_NOINLINE void ScoreTileTreeQI(D d, const QuantRows& KR, size_t r0,
+                                  const QueryCodes& qc, float* HWY_RESTRICT s) {
   const hn::Repartition<int16_t, D> d16;
   const size_t steps = KR.group / hn::Lanes(d16);
   const auto with_groups = [&](auto steps_c) {
     constexpr size_t kS = decltype(steps_c)::value;
     switch (KR.groups) {
       case 1:
-        return ScoreTileTreeQ8IT<1, kS>(d, KR, r0, qc, s);
+        return ScoreTileTreeQIT<1, kS>(d, KR, r0, qc, s);
       case 2:
-        return ScoreTileTreeQ8IT<2, kS>(d, KR, r0, qc, s);
+        return ScoreTileTreeQIT<2, kS>(d, KR, r0, qc, s);
       case 4:
-        return ScoreTileTreeQ8IT<4, kS>(d, KR, r0, qc, s);
+        return ScoreTileTreeQIT<4, kS>(d, KR, r0, qc, s);
       default:
-        return ScoreTileTreeQ8IT<0, kS>(d, KR, r0, qc, s);
+        return ScoreTileTreeQIT<0, kS>(d, KR, r0, qc, s);
     }
   };
   if (steps == 1) return with_groups(std::integral_constant<size_t, 1>());
@@ -738,13 +810,26 @@ void AttendT(DK dk, DV dv, const KR& K, const VR& V, size_t n,
   HWY_ALIGN float zl[kTile] = {};  // per-lane sums of the weights
   const bool tree = TreeLanes(dk);
   const size_t pf_rows = PrefetchRows(K);
+  // Integer scores when the query has codes and the lanes fit the groups;
+  // q4 reads the codes in its nibble order.
+  const QueryCodes* qi = nullptr;
+  HWY_ALIGN QueryCodes q4codes;
+  if constexpr (std::is_same<KR, QuantRows>::value) {
+    if (qc && IntScoreLanes(dk, K)) {
+      qi = qc;
+      if (!K.q8) {
+        PermuteQ4Query(dk, *qc, K.group, K.groups, &q4codes);
+        qi = &q4codes;
+      }
+    }
+  }
   const auto score = [&](size_t r0, float* HWY_RESTRICT s) {
     const size_t rows = HWY_MIN(kTile, n - r0);
     bool scored = false;
     if (tree && rows == kTile) {
       if constexpr (std::is_same<KR, QuantRows>::value) {
-        if (qc && IntScoreLanes(dk, K)) {
-          ScoreTileTreeQ8I(dk, K, r0, *qc, s);
+        if (qi) {
+          ScoreTileTreeQI(dk, K, r0, *qi, s);
           scored = true;
         } else if (K.q8) {
           ScoreTileTreeQ8(dk, K, r0, q, s);
@@ -1114,10 +1199,10 @@ void AttendRows(const KR& kr, const VR& vr, const RowsView& K,
   constexpr bool direct = kDirectOutput<VR>;
   HWY_ALIGN float scratch[direct ? 1 : kMaxGroup * kMaxHeadDim];
   const size_t q_stride = PrepareQueries(K, q, G, scale, qs, qsum);
-  // One query against q8 keys: integer products (see ScoreTileTreeQ8I).
+  // One query against quantized keys: integer products (ScoreTileTreeQIT).
   HWY_ALIGN QueryCodes qc;
-  const bool int_keys = G == 1 && K.type == Storage::kQ8;
-  if (int_keys) QuantizeQuery(qs, q_stride, &qc);
+  const bool int_keys = G == 1 && IsQuantized(K.type);
+  if (int_keys) QuantizeQuery(qs, q_stride, QuantGroup(K.cols), &qc);
   float* acc = direct ? N : scratch;
   const size_t acc_stride = direct ? V.stride : AccStride(V);
   for (size_t g = 0; g < G; ++g) {
