@@ -86,42 +86,6 @@ inline QuantRows MakeQuantRows(const RowsView& v) {
 // Max groups of a quantized row (kMaxHeadDim / 8).
 constexpr size_t kMaxQuantGroups = kMaxHeadDim / 8;
 
-// The f16 at byte `at` of group j of rows [r0, r0 + rows) (a scale, or q4a's
-// offset) times mul, as out[0, kTile) (zero beyond rows). For a full tile
-// where the target gathers natively (AVX2, AVX-512): one 32-bit gather per
-// vector (the two bytes after an f16 are codes of its block, so the reads
-// stay inside the rows) and the f16 bits converted in registers. Otherwise
-// scalar conversions (an emulated gather is a vector load of lanes just
-// stored one by one, which waits for the stores).
-HWY_INLINE void GroupHalves(const QuantRows& R, size_t r0, size_t rows,
-                            size_t j, size_t at, float mul,
-                            float* HWY_RESTRICT out) {
-  const uint8_t* HWY_RESTRICT p = R.Block(r0, j) + at;
-#if HWY_TARGET <= HWY_AVX2
-  if (rows == kTile) {
-    const hn::CappedTag<float, kTile> df;
-    const hn::Rebind<int32_t, decltype(df)> di;
-    const hn::Rebind<uint32_t, decltype(df)> du;
-    const size_t L = hn::Lanes(df);
-    const auto vm = hn::Set(df, mul * 5.192296858534828e33f);  // x 2^112
-    const auto stride = hn::Set(di, int32_t(R.rowb));
-    for (size_t i = 0; i < kTile; i += L) {
-      const auto off =
-          hn::Mul(hn::Add(hn::Iota(di, 0), hn::Set(di, int32_t(i))), stride);
-      const auto bits = hn::BitCast(
-          du, hn::GatherOffset(di, reinterpret_cast<const int32_t*>(p), off));
-      const auto mag = hn::BitCast(
-          df, hn::ShiftLeft<13>(hn::And(bits, hn::Set(du, 0x7FFFu))));
-      const auto sign = hn::ShiftLeft<16>(hn::And(bits, hn::Set(du, 0x8000u)));
-      hn::Store(hn::Or(hn::Mul(mag, vm), hn::BitCast(df, sign)), df, out + i);
-    }
-    return;
-  }
-#endif
-  for (size_t r = 0; r < rows; ++r) out[r] = HalfAt(p + r * R.rowb) * mul;
-  for (size_t r = rows; r < kTile; ++r) out[r] = 0.0f;
-}
-
 // A query as 16-bit integers for dot products with quantized keys: codes[c]
 // = round(q[c] / scale), scale = max|q| / 32767 (0 for a zero query), and
 // the codes' sum per key group (for the q4 offsets). The rounding error, at
@@ -350,7 +314,9 @@ HWY_INLINE void AccumulateTile(D d, const QuantRows& VR, size_t r0,
   const size_t g = VR.group, half = g / 2, rowb = VR.rowb;
   HWY_ALIGN float w[kTile];
   for (size_t j = 0; j < VR.groups; ++j) {
-    // Scalar on purpose (see GroupHalves).
+    // Scalar conversions on purpose: they run beside the vector work, and
+    // a vector load of scales copied one by one would wait for the copies
+    // (no store forwarding); AMD's gathers were slower still.
     const uint8_t* HWY_RESTRICT blk = VR.Block(r0, j);
     float off = 0.0f;
     for (size_t r = 0; r < rows; ++r) {
