@@ -379,7 +379,7 @@ HWY_INLINE void PrefetchTile(const KR& rows, size_t r_ahead) {
 // V, every cache line) when it exists.
 template <class KR>
 HWY_INLINE size_t PrefetchRows(const KR& K) {
-  return RoundUp(HWY_MAX(size_t{1}, kPrefetchBytes / K.row_bytes()), 16);
+  return RoundUp(HWY_MAX(size_t{1}, kPrefetchBytes / K.row_bytes()), kTile);
 }
 template <class KR, class VR>
 HWY_INLINE void PrefetchAhead(const KR& K, const VR& V, size_t r0, size_t n,
@@ -555,8 +555,9 @@ HWY_NOINLINE void ScoreTileTreeQ8(D d, const QuantRows& KR, size_t r0,
   (void)d, (void)KR, (void)r0, (void)q, (void)s;
 }
 
-// True if the integer q8 scores apply to float tag D: the 16-bit lanes
-// (twice D's) divide the group and the reduction tree applies.
+// True if the integer scores (ScoreTileTreeQIT: q8, q4, q4a keys) apply to
+// float tag D: the group is 1, 2 or 4 times the 16-bit lanes (twice D's)
+// and the reduction tree applies.
 template <class D>
 HWY_INLINE bool IntScoreLanes(D d, const QuantRows& KR) {
   if (!TreeLanes(d)) return false;
