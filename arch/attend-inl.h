@@ -393,12 +393,14 @@ HWY_INLINE void PrefetchAhead(const KR& K, const VR& V, size_t r0, size_t n,
 // ------------------------------------------------ grouped queries (G > 1)
 //
 // A G-query call must cost about what a 1-query call costs: both read the
-// same K/V bytes, so the per-query work has to be only the FMAs it needs.
-// Per tile: the keys are converted to f32 once (f32 rows are read in place)
-// and each query's 16 scores come out of one reduction tree (no per-row
-// horizontal sum); the softmax bookkeeping is vectorised over the tile; then
-// every value vector is loaded (and converted) once for up to 8 queries,
-// whose accumulators stay in registers.
+// same K/V bytes, so the per-query work has to be only the FMAs it needs,
+// and they must not wait on loads or on each other. Per tile: blocks of 4
+// queries (2 on 16-register targets) meet 4 key rows at a time (16
+// independent FMA chains, each key vector loaded and converted once per
+// block), each query's 16 scores come out of one reduction tree (no per-row
+// horizontal sum); the softmax is vectorised over the tile; then 4 queries'
+// weights meet 4 value vectors per row (16 accumulators in registers for the
+// whole tile). Quantized rows are decoded to f32 per tile first.
 
 #if HWY_TARGET != HWY_SCALAR
 // [N/2 pair sums of lo | N/2 pair sums of hi].
@@ -904,85 +906,309 @@ HWY_INLINE FloatRows<float> ValueTile(D d, const QuantRows& R, size_t r0,
   return t;
 }
 
-// acc_i[0, cols) += sum_r P[i][r] * V[r] for i < kG (P rows kTile apart,
-// accumulators at acc[i]): each value vector is loaded and converted once for
-// the kG queries, whose accumulators stay in registers.
-template <size_t kG, class D, typename TV>
-HWY_INLINE void AccumulateGroupTile(D d, const FloatRows<TV>& VR,
-                                    const float* HWY_RESTRICT P, size_t rows,
-                                    float* const* acc) {
-  static_assert(kG == 4 || kG == 8, "queries per pass");
+// Queries per register block of the grouped kernels: 4 where the target has
+// 32 vector registers (AVX-512, AArch64: 16 accumulators, 4 query and 4
+// row vectors), 2 where it has 16 (AVX2 and older, Armv7).
+#if (HWY_ARCH_X86 && HWY_TARGET > HWY_AVX3) || HWY_ARCH_ARM_V7
+constexpr size_t kBlockQ = 2;
+#else
+constexpr size_t kBlockQ = 4;
+#endif
+
+#if HWY_TARGET != HWY_SCALAR
+// Scores of a full tile (kTile rows `stride` apart; kcols a multiple of the
+// lanes, queries zero beyond the valid columns) against kQ queries q_stride
+// apart, into s[i * kTile + r]: four rows at a time meet all kQ queries, so
+// every key vector loaded (and converted) serves kQ FMAs and every query
+// vector 4, with 4 x kQ independent chains. Each query's four row sums fold
+// into one vector, then FoldParts as in ScoreTileTree. Requires TreeLanes(d).
+template <size_t kQ, class D, typename T>
+HWY_NOINLINE void ScoreGroupTile(D d, const T* HWY_RESTRICT K, size_t stride,
+                                 size_t kcols, const float* HWY_RESTRICT q,
+                                 size_t q_stride, float* HWY_RESTRICT s) {
+  static_assert(kQ == 2 || kQ == 4, "queries per block");
   const size_t N = hn::Lanes(d);
-  const TV* HWY_RESTRICT V = VR.p;
-  for (size_t c = 0; c < VR.cols; c += N) {
-    auto a0 = hn::LoadU(d, acc[0] + c);
-    auto a1 = hn::LoadU(d, acc[1] + c);
-    auto a2 = hn::LoadU(d, acc[2] + c);
-    auto a3 = hn::LoadU(d, acc[3] + c);
-    auto a4 = a0, a5 = a0, a6 = a0, a7 = a0;
-    if constexpr (kG > 4) {
-      a4 = hn::LoadU(d, acc[4] + c);
-      a5 = hn::LoadU(d, acc[5] + c);
-      a6 = hn::LoadU(d, acc[6] + c);
-      a7 = hn::LoadU(d, acc[7] + c);
-    }
-    for (size_t r = 0; r < rows; ++r) {
-      const auto v = LoadF32(d, V + r * VR.stride + c);
-      a0 = hn::MulAdd(hn::Set(d, P[r]), v, a0);
-      a1 = hn::MulAdd(hn::Set(d, P[1 * kTile + r]), v, a1);
-      a2 = hn::MulAdd(hn::Set(d, P[2 * kTile + r]), v, a2);
-      a3 = hn::MulAdd(hn::Set(d, P[3 * kTile + r]), v, a3);
-      if constexpr (kG > 4) {
-        a4 = hn::MulAdd(hn::Set(d, P[4 * kTile + r]), v, a4);
-        a5 = hn::MulAdd(hn::Set(d, P[5 * kTile + r]), v, a5);
-        a6 = hn::MulAdd(hn::Set(d, P[6 * kTile + r]), v, a6);
-        a7 = hn::MulAdd(hn::Set(d, P[7 * kTile + r]), v, a7);
+  HWY_ALIGN float part[kQ * kTile * kTile / 4];  // [kQ][kTile / 4][N]
+  const size_t pstride = kTile / 4 * N;
+  const float* HWY_RESTRICT q0p = q;
+  const float* HWY_RESTRICT q1p = q + q_stride;
+  const float* HWY_RESTRICT q2p = q + (kQ > 2 ? 2 * q_stride : 0);
+  const float* HWY_RESTRICT q3p = q + (kQ > 2 ? 3 * q_stride : 0);
+  for (size_t j = 0; j < kTile / 4; ++j) {
+    const T* HWY_RESTRICT k0 = K + 4 * j * stride;
+    const T* HWY_RESTRICT k1 = k0 + stride;
+    const T* HWY_RESTRICT k2 = k1 + stride;
+    const T* HWY_RESTRICT k3 = k2 + stride;
+    // a<query><row>
+    auto a00 = hn::Zero(d), a01 = a00, a02 = a00, a03 = a00;
+    auto a10 = a00, a11 = a00, a12 = a00, a13 = a00;
+    auto a20 = a00, a21 = a00, a22 = a00, a23 = a00;
+    auto a30 = a00, a31 = a00, a32 = a00, a33 = a00;
+    for (size_t c = 0; c < kcols; c += N) {
+      const auto x0 = LoadF32(d, k0 + c);
+      const auto x1 = LoadF32(d, k1 + c);
+      const auto x2 = LoadF32(d, k2 + c);
+      const auto x3 = LoadF32(d, k3 + c);
+      const auto q0 = hn::LoadU(d, q0p + c);
+      a00 = hn::MulAdd(x0, q0, a00);
+      a01 = hn::MulAdd(x1, q0, a01);
+      a02 = hn::MulAdd(x2, q0, a02);
+      a03 = hn::MulAdd(x3, q0, a03);
+      const auto q1 = hn::LoadU(d, q1p + c);
+      a10 = hn::MulAdd(x0, q1, a10);
+      a11 = hn::MulAdd(x1, q1, a11);
+      a12 = hn::MulAdd(x2, q1, a12);
+      a13 = hn::MulAdd(x3, q1, a13);
+      if constexpr (kQ > 2) {
+        const auto q2 = hn::LoadU(d, q2p + c);
+        a20 = hn::MulAdd(x0, q2, a20);
+        a21 = hn::MulAdd(x1, q2, a21);
+        a22 = hn::MulAdd(x2, q2, a22);
+        a23 = hn::MulAdd(x3, q2, a23);
+        const auto q3 = hn::LoadU(d, q3p + c);
+        a30 = hn::MulAdd(x0, q3, a30);
+        a31 = hn::MulAdd(x1, q3, a31);
+        a32 = hn::MulAdd(x2, q3, a32);
+        a33 = hn::MulAdd(x3, q3, a33);
       }
     }
-    hn::StoreU(a0, d, acc[0] + c);
-    hn::StoreU(a1, d, acc[1] + c);
-    hn::StoreU(a2, d, acc[2] + c);
-    hn::StoreU(a3, d, acc[3] + c);
-    if constexpr (kG > 4) {
-      hn::StoreU(a4, d, acc[4] + c);
-      hn::StoreU(a5, d, acc[5] + c);
-      hn::StoreU(a6, d, acc[6] + c);
-      hn::StoreU(a7, d, acc[7] + c);
+    hn::Store(Fold2(d, Fold2(d, a00, a01), Fold2(d, a02, a03)), d,
+              part + j * N);
+    hn::Store(Fold2(d, Fold2(d, a10, a11), Fold2(d, a12, a13)), d,
+              part + pstride + j * N);
+    if constexpr (kQ > 2) {
+      hn::Store(Fold2(d, Fold2(d, a20, a21), Fold2(d, a22, a23)), d,
+                part + 2 * pstride + j * N);
+      hn::Store(Fold2(d, Fold2(d, a30, a31), Fold2(d, a32, a33)), d,
+                part + 3 * pstride + j * N);
+    }
+  }
+  for (size_t i = 0; i < kQ; ++i) {
+    FoldParts(d, part + i * pstride, s + i * kTile);
+  }
+}
+#endif
+
+// Key rows the grouped scores read: float rows in place (converted in
+// registers by each block of queries), quantized rows decoded into `buf`.
+template <class D, typename T>
+HWY_INLINE FloatRows<T> KeyTile(D /*d*/, const FloatRows<T>& R, size_t r0,
+                                size_t /*rows*/, float* HWY_RESTRICT /*buf*/) {
+  return FloatRows<T>{R.p + r0 * R.stride, R.stride, R.cols};
+}
+template <class D>
+HWY_INLINE FloatRows<float> KeyTile(D d, const QuantRows& R, size_t r0,
+                                    size_t rows, float* HWY_RESTRICT buf) {
+  return TileF32(d, R, r0, rows, buf);
+}
+
+// The tile's scores for all G queries into s[g * kTile + r] (tile-relative
+// rows; log-weights added): full tiles in blocks of kBlockQ (then 2) queries,
+// a last single query through ScoreTileTree; partial tiles (and targets
+// without the tree) one query and row at a time.
+template <class D, typename T>
+HWY_INLINE void ScoreGroup(D d, const FloatRows<T>& KT, size_t rows,
+                           const float* HWY_RESTRICT qs, size_t q_stride,
+                           size_t G, const float* HWY_RESTRICT logw,
+                           float* HWY_RESTRICT s) {
+  size_t g = 0;
+#if HWY_TARGET != HWY_SCALAR
+  if constexpr (hn::MaxLanes(D()) >= 4) {
+    if (rows == kTile && TreeLanes(d)) {
+      if constexpr (kBlockQ == 4) {
+        for (; g + 4 <= G; g += 4) {
+          ScoreGroupTile<4>(d, KT.p, KT.stride, KT.cols, qs + g * q_stride,
+                            q_stride, s + g * kTile);
+        }
+      }
+      for (; g + 2 <= G; g += 2) {
+        ScoreGroupTile<2>(d, KT.p, KT.stride, KT.cols, qs + g * q_stride,
+                          q_stride, s + g * kTile);
+      }
+      if (g < G) {
+        ScoreTileTree(d, KT.p, KT.stride, KT.cols, qs + g * q_stride,
+                      s + g * kTile);
+      }
+      if (logw) {
+        for (size_t i = 0; i < G; ++i) {
+          for (size_t r = 0; r < kTile; ++r) s[i * kTile + r] += logw[r];
+        }
+      }
+      return;
+    }
+  }
+#endif
+  for (; g < G; ++g) {
+    ScoreTile(d, KT, 0, qs + g * q_stride, nullptr, logw, rows, s + g * kTile);
+  }
+}
+
+// acc_i[c0, c0 + kC N) += sum_r P[i][r] * V[r][c0, ...) for i < kQ (P rows
+// kTile apart, accumulators at acc[i]): kQ x kC accumulators in registers
+// for the whole tile; each row costs kC value loads (converted) and kQ
+// broadcasts for kQ x kC independent FMAs.
+template <size_t kQ, size_t kC, class D, typename TV>
+HWY_INLINE void AccumulateBlock(D d, const TV* HWY_RESTRICT V, size_t stride,
+                                size_t c0, const float* HWY_RESTRICT P,
+                                size_t rows, float* const* acc) {
+  static_assert((kQ == 2 || kQ == 4) && (kC == 1 || kC == 2 || kC == 4),
+                "block shape");
+  const size_t N = hn::Lanes(d);
+  float* HWY_RESTRICT p0 = acc[0] + c0;
+  float* HWY_RESTRICT p1 = acc[1] + c0;
+  float* HWY_RESTRICT p2 = acc[kQ > 2 ? 2 : 0] + c0;
+  float* HWY_RESTRICT p3 = acc[kQ > 2 ? 3 : 0] + c0;
+  // a<query><column vector>
+  auto a00 = hn::LoadU(d, p0), a01 = a00, a02 = a00, a03 = a00;
+  auto a10 = hn::LoadU(d, p1), a11 = a10, a12 = a10, a13 = a10;
+  auto a20 = a00, a21 = a00, a22 = a00, a23 = a00;
+  auto a30 = a00, a31 = a00, a32 = a00, a33 = a00;
+  if constexpr (kC > 1) {
+    a01 = hn::LoadU(d, p0 + N);
+    a11 = hn::LoadU(d, p1 + N);
+  }
+  if constexpr (kC > 2) {
+    a02 = hn::LoadU(d, p0 + 2 * N);
+    a03 = hn::LoadU(d, p0 + 3 * N);
+    a12 = hn::LoadU(d, p1 + 2 * N);
+    a13 = hn::LoadU(d, p1 + 3 * N);
+  }
+  if constexpr (kQ > 2) {
+    a20 = hn::LoadU(d, p2);
+    a30 = hn::LoadU(d, p3);
+    if constexpr (kC > 1) {
+      a21 = hn::LoadU(d, p2 + N);
+      a31 = hn::LoadU(d, p3 + N);
+    }
+    if constexpr (kC > 2) {
+      a22 = hn::LoadU(d, p2 + 2 * N);
+      a23 = hn::LoadU(d, p2 + 3 * N);
+      a32 = hn::LoadU(d, p3 + 2 * N);
+      a33 = hn::LoadU(d, p3 + 3 * N);
+    }
+  }
+  for (size_t r = 0; r < rows; ++r) {
+    const TV* HWY_RESTRICT v = V + r * stride + c0;
+    const auto v0 = LoadF32(d, v);
+    const auto w0 = hn::Set(d, P[r]);
+    const auto w1 = hn::Set(d, P[kTile + r]);
+    a00 = hn::MulAdd(w0, v0, a00);
+    a10 = hn::MulAdd(w1, v0, a10);
+    if constexpr (kC > 1) {
+      const auto v1 = LoadF32(d, v + N);
+      a01 = hn::MulAdd(w0, v1, a01);
+      a11 = hn::MulAdd(w1, v1, a11);
+      if constexpr (kC > 2) {
+        const auto v2 = LoadF32(d, v + 2 * N);
+        const auto v3 = LoadF32(d, v + 3 * N);
+        a02 = hn::MulAdd(w0, v2, a02);
+        a03 = hn::MulAdd(w0, v3, a03);
+        a12 = hn::MulAdd(w1, v2, a12);
+        a13 = hn::MulAdd(w1, v3, a13);
+        if constexpr (kQ > 2) {
+          const auto w2 = hn::Set(d, P[2 * kTile + r]);
+          const auto w3 = hn::Set(d, P[3 * kTile + r]);
+          a20 = hn::MulAdd(w2, v0, a20);
+          a21 = hn::MulAdd(w2, v1, a21);
+          a22 = hn::MulAdd(w2, v2, a22);
+          a23 = hn::MulAdd(w2, v3, a23);
+          a30 = hn::MulAdd(w3, v0, a30);
+          a31 = hn::MulAdd(w3, v1, a31);
+          a32 = hn::MulAdd(w3, v2, a32);
+          a33 = hn::MulAdd(w3, v3, a33);
+        }
+      } else if constexpr (kQ > 2) {
+        const auto w2 = hn::Set(d, P[2 * kTile + r]);
+        const auto w3 = hn::Set(d, P[3 * kTile + r]);
+        a20 = hn::MulAdd(w2, v0, a20);
+        a21 = hn::MulAdd(w2, v1, a21);
+        a30 = hn::MulAdd(w3, v0, a30);
+        a31 = hn::MulAdd(w3, v1, a31);
+      }
+    } else if constexpr (kQ > 2) {
+      const auto w2 = hn::Set(d, P[2 * kTile + r]);
+      const auto w3 = hn::Set(d, P[3 * kTile + r]);
+      a20 = hn::MulAdd(w2, v0, a20);
+      a30 = hn::MulAdd(w3, v0, a30);
+    }
+  }
+  hn::StoreU(a00, d, p0);
+  hn::StoreU(a10, d, p1);
+  if constexpr (kC > 1) {
+    hn::StoreU(a01, d, p0 + N);
+    hn::StoreU(a11, d, p1 + N);
+  }
+  if constexpr (kC > 2) {
+    hn::StoreU(a02, d, p0 + 2 * N);
+    hn::StoreU(a03, d, p0 + 3 * N);
+    hn::StoreU(a12, d, p1 + 2 * N);
+    hn::StoreU(a13, d, p1 + 3 * N);
+  }
+  if constexpr (kQ > 2) {
+    hn::StoreU(a20, d, p2);
+    hn::StoreU(a30, d, p3);
+    if constexpr (kC > 1) {
+      hn::StoreU(a21, d, p2 + N);
+      hn::StoreU(a31, d, p3 + N);
+    }
+    if constexpr (kC > 2) {
+      hn::StoreU(a22, d, p2 + 2 * N);
+      hn::StoreU(a23, d, p2 + 3 * N);
+      hn::StoreU(a32, d, p3 + 2 * N);
+      hn::StoreU(a33, d, p3 + 3 * N);
     }
   }
 }
 
-// The whole group's values for one tile: passes of 8 or 4 queries (a pass
-// with fewer queries left runs on zero weights into `spare`, so only two
-// variants are compiled), one or two leftover queries on their own.
-// P: [kMaxGroup][kTile], rows >= G zero.
+// kQ queries' values for one tile: column blocks of kMaxC vectors (16
+// accumulators with kQ = 4 on 32-register targets, 8 otherwise), the
+// remaining columns one vector at a time.
+template <size_t kQ, class D, typename TV>
+HWY_INLINE void AccumulateQueries(D d, const FloatRows<TV>& VR,
+                                  const float* HWY_RESTRICT P, size_t rows,
+                                  float* const* acc) {
+  constexpr size_t kMaxC = kBlockQ * 4 / kQ;
+  const size_t N = hn::Lanes(d);
+  size_t c = 0;
+  if constexpr (kMaxC >= 4) {
+    for (; c + 4 * N <= VR.cols; c += 4 * N) {
+      AccumulateBlock<kQ, 4>(d, VR.p, VR.stride, c, P, rows, acc);
+    }
+  }
+  for (; c + 2 * N <= VR.cols; c += 2 * N) {
+    AccumulateBlock<kQ, 2>(d, VR.p, VR.stride, c, P, rows, acc);
+  }
+  for (; c < VR.cols; c += N) {
+    AccumulateBlock<kQ, 1>(d, VR.p, VR.stride, c, P, rows, acc);
+  }
+}
+
+// The whole group's values for one tile: blocks of kBlockQ queries (a block
+// with fewer queries left runs on zero weights into `spare`), then a pair,
+// then a last query on its own. P: [kMaxGroup][kTile], rows >= G zero.
 template <class D, typename TV>
 HWY_NOINLINE void AccumulateGroup(D d, const FloatRows<TV>& VR,
                                   const float* HWY_RESTRICT P, size_t rows,
                                   size_t G, float* HWY_RESTRICT acc,
                                   size_t acc_stride,
                                   float* HWY_RESTRICT spare) {
-  for (size_t g0 = 0; g0 < G;) {
-    const size_t left = G - g0;
-    if (left <= 2) {
-      // Too few chains to hide the FMA latency in a pass: two column
-      // vectors at a time per query instead.
-      for (size_t g = g0; g < G; ++g) {
-        AccumulateTile(d, VR, 0, P + g * kTile, rows, acc + g * acc_stride);
+  size_t g0 = 0;
+  if constexpr (kBlockQ == 4) {
+    // Three queries left: a block of four with one zero-weight query.
+    for (; g0 + 3 <= G; g0 += 4) {
+      float* accp[4];
+      for (size_t i = 0; i < 4; ++i) {
+        accp[i] = g0 + i < G ? acc + (g0 + i) * acc_stride : spare;
       }
-      return;
+      AccumulateQueries<4>(d, VR, P + g0 * kTile, rows, accp);
     }
-    const size_t width = left > 4 ? 8 : 4;
-    float* accp[8];
-    for (size_t i = 0; i < width; ++i) {
-      accp[i] = i < left ? acc + (g0 + i) * acc_stride : spare;
-    }
-    if (width == 8) {
-      AccumulateGroupTile<8>(d, VR, P + g0 * kTile, rows, accp);
-    } else {
-      AccumulateGroupTile<4>(d, VR, P + g0 * kTile, rows, accp);
-    }
-    g0 += HWY_MIN(width, left);
+  }
+  for (; g0 + 2 <= G; g0 += 2) {
+    float* accp[2] = {acc + g0 * acc_stride, acc + (g0 + 1) * acc_stride};
+    AccumulateQueries<2>(d, VR, P + g0 * kTile, rows, accp);
+  }
+  if (g0 < G) {
+    AccumulateTile(d, VR, 0, P + g0 * kTile, rows, acc + g0 * acc_stride);
   }
 }
 
@@ -993,42 +1219,37 @@ void AttendGroupT(DK dk, DV dv, const KR& K, const VR& V, size_t n,
                   float* HWY_RESTRICT z, float* HWY_RESTRICT acc,
                   size_t acc_stride, size_t acc_cols,
                   float* HWY_RESTRICT scores) {
-  HWY_ALIGN float s[kTile];
+  HWY_ALIGN float s[kMaxGroup * kTile];
   HWY_ALIGN float P[kMaxGroup * kTile];
   HWY_ALIGN float zl[kMaxGroup * kTile];  // per-lane sums of the weights
   for (size_t i = 0; i < G * kTile; ++i) zl[i] = 0.0f;
-  // Weights of the queries a pass pads with (zero), and where their
+  // Weights of the query a block pads with (zero), and where its
   // accumulator goes.
   for (size_t i = G * kTile; i < kMaxGroup * kTile; ++i) P[i] = 0.0f;
   HWY_ALIGN float spare[kMaxHeadDim];
   for (size_t c = 0; c < acc_stride; ++c) spare[c] = 0.0f;
-  // The tile's rows as f32 when they are stored otherwise: at most
-  // kTile x kMaxHeadDim (4 KiB at d = 64, L1-resident).
-  HWY_ALIGN float kbuf[kTile * kMaxHeadDim];
-  HWY_ALIGN float
-      vbuf[std::is_same<VR, QuantRows>::value ? kTile * kMaxHeadDim : 1];
-  const bool tree = TreeLanes(dk);
+  // Quantized rows of the tile decoded to f32: at most kTile x kMaxHeadDim.
+  constexpr bool kQuantK = std::is_same<KR, QuantRows>::value;
+  constexpr bool kQuantV = std::is_same<VR, QuantRows>::value;
+  HWY_ALIGN float kbuf[kQuantK ? kTile * kMaxHeadDim : 1];
+  HWY_ALIGN float vbuf[kQuantV ? kTile * kMaxHeadDim : 1];
   const size_t pf_rows = PrefetchRows(K);
   for (size_t r0 = 0; r0 < n; r0 += kTile) {
     const size_t rows = HWY_MIN(kTile, n - r0);
-    PrefetchAhead(K, V, r0, n, pf_rows);
-    const FloatRows<float> KT = TileF32(dk, K, r0, rows, kbuf);
+    const bool pf = r0 + kTile + pf_rows <= n;
+    if (pf) PrefetchTile(K, r0 + pf_rows);
+    ScoreGroup(dk, KeyTile(dk, K, r0, rows, kbuf), rows, qs, q_stride, G,
+               logw ? logw + r0 : nullptr, s);
     for (size_t g = 0; g < G; ++g) {
-      const float* HWY_RESTRICT q = qs + g * q_stride;
-      if (tree && rows == kTile) {
-        ScoreTileTree(dk, KT.p, KT.stride, KT.cols, q, s);
-        if (logw) {
-          for (size_t r = 0; r < kTile; ++r) s[r] += logw[r0 + r];
-        }
-      } else {
-        ScoreTile(dk, KT, 0, q, nullptr, logw ? logw + r0 : nullptr, rows, s);
-      }
       if (scores) {
-        for (size_t r = 0; r < rows; ++r) scores[g * n + r0 + r] = s[r];
+        for (size_t r = 0; r < rows; ++r) {
+          scores[g * n + r0 + r] = s[g * kTile + r];
+        }
       }
-      SoftmaxTile(s, rows, m + g, zl + g * kTile, acc + g * acc_stride,
-                  acc_cols, P + g * kTile);
+      SoftmaxTile(s + g * kTile, rows, m + g, zl + g * kTile,
+                  acc + g * acc_stride, acc_cols, P + g * kTile);
     }
+    if (pf) PrefetchTile(V, r0 + pf_rows);
     AccumulateGroup(dv, ValueTile(dv, V, r0, rows, vbuf), P, rows, G, acc,
                     acc_stride, spare);
   }

@@ -79,7 +79,17 @@ BENCHMARK(BM_Attend)
     ->Args({64, 4096, 4, 1})
     ->Args({128, 4096, 3, 1})
     ->Args({128, 4096, 4, 1})
-    ->Args({128, 4096, 3, 4});
+    ->Args({128, 4096, 3, 4})
+    ->Args({64, 4096, 1, 4})
+    ->Args({64, 4096, 1, 8})
+    ->Args({128, 4096, 1, 4})
+    ->Args({64, 4096, 0, 4})
+    ->Args({64, 4096, 1, 2})
+    ->Args({64, 4096, 1, 7})
+    ->Args({128, 512, 0, 4})
+    ->Args({128, 512, 0, 1})
+    ->Args({128, 512, 1, 4})
+    ->Args({128, 512, 1, 1});
 
 // Args: d, storage. Quantize (EncodeRow) then decode a row.
 void BM_QuantizeRow(benchmark::State& state) {

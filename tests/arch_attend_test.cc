@@ -56,11 +56,12 @@ Rows MakeRows(size_t n, size_t d, Storage type, std::mt19937& rng,
 }
 
 TEST_CASE("a group's answers equal each query's alone") {
-  // The grouped kernel (G >= 2: each tile read and converted once, each
-  // query's scores from one reduction tree, each value vector loaded once for
-  // up to 8 queries) against G single-query calls: the same answers up to the
-  // order of the additions. G = 2..16 (Qwen's 7 included; 9 and 10 leave one
-  // and two queries past a pass of 8), every dtype and head dim.
+  // The grouped kernel (G >= 2: blocks of 4 (or 2) queries meet blocks of 4
+  // key rows and of 4 (or 2) value vectors in registers) against G
+  // single-query calls: the same answers up to the order of the additions.
+  // G = 2..16 (Qwen's 7 included: a block of four with a zero-weight query;
+  // 9 and 10 leave one and two queries past the blocks of four), every dtype
+  // and head dim (200: column blocks plus single vectors).
   test::ForEachTarget("AttendGroup", [](const char*) {
     for (Storage type : {Storage::kF32, Storage::kF16, Storage::kBF16}) {
       for (size_t d : {8u, 20u, 64u, 128u, 200u}) {
