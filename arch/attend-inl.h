@@ -1219,7 +1219,9 @@ void AttendGroupT(DK dk, DV dv, const KR& K, const VR& V, size_t n,
                   float* HWY_RESTRICT z, float* HWY_RESTRICT acc,
                   size_t acc_stride, size_t acc_cols,
                   float* HWY_RESTRICT scores) {
-  HWY_ALIGN float s[kMaxGroup * kTile];
+  // Two score buffers: the next tile's scores are computed before this
+  // tile's softmax and values (independent FMAs beside the exp chains).
+  HWY_ALIGN float sbuf[2][kMaxGroup * kTile];
   HWY_ALIGN float P[kMaxGroup * kTile];
   HWY_ALIGN float zl[kMaxGroup * kTile];  // per-lane sums of the weights
   for (size_t i = 0; i < G * kTile; ++i) zl[i] = 0.0f;
@@ -1234,22 +1236,30 @@ void AttendGroupT(DK dk, DV dv, const KR& K, const VR& V, size_t n,
   HWY_ALIGN float kbuf[kQuantK ? kTile * kMaxHeadDim : 1];
   HWY_ALIGN float vbuf[kQuantV ? kTile * kMaxHeadDim : 1];
   const size_t pf_rows = PrefetchRows(K);
-  for (size_t r0 = 0; r0 < n; r0 += kTile) {
+  const auto score = [&](size_t r0, float* HWY_RESTRICT s) {
     const size_t rows = HWY_MIN(kTile, n - r0);
-    const bool pf = r0 + kTile + pf_rows <= n;
-    if (pf) PrefetchTile(K, r0 + pf_rows);
+    // The keys of the tile after this one (V's prefetch: before values).
+    if (r0 + kTile + pf_rows <= n) PrefetchTile(K, r0 + pf_rows);
     ScoreGroup(dk, KeyTile(dk, K, r0, rows, kbuf), rows, qs, q_stride, G,
                logw ? logw + r0 : nullptr, s);
-    for (size_t g = 0; g < G; ++g) {
-      if (scores) {
+    if (scores) {
+      for (size_t g = 0; g < G; ++g) {
         for (size_t r = 0; r < rows; ++r) {
           scores[g * n + r0 + r] = s[g * kTile + r];
         }
       }
+    }
+  };
+  if (n != 0) score(0, sbuf[0]);
+  for (size_t r0 = 0, t = 0; r0 < n; r0 += kTile, ++t) {
+    const size_t rows = HWY_MIN(kTile, n - r0);
+    if (r0 + kTile < n) score(r0 + kTile, sbuf[(t + 1) & 1]);
+    float* HWY_RESTRICT s = sbuf[t & 1];
+    for (size_t g = 0; g < G; ++g) {
       SoftmaxTile(s + g * kTile, rows, m + g, zl + g * kTile,
                   acc + g * acc_stride, acc_cols, P + g * kTile);
     }
-    if (pf) PrefetchTile(V, r0 + pf_rows);
+    if (r0 + kTile + pf_rows <= n) PrefetchTile(V, r0 + pf_rows);
     AccumulateGroup(dv, ValueTile(dv, V, r0, rows, vbuf), P, rows, G, acc,
                     acc_stride, spare);
   }
