@@ -762,6 +762,52 @@ static HWY_NOINLINE void SoftmaxTile(float* HWY_RESTRICT s, size_t rows,
   }
 }
 
+// SoftmaxTile for the G queries of a grouped call (scores, lane sums and
+// weights kTile apart, accumulators acc_stride apart): first every query's
+// max (rescaling the rare query whose max grew), then all G x kTile weights
+// in one loop, so the queries' independent exp chains overlap.
+static HWY_NOINLINE void SoftmaxGroupTile(float* HWY_RESTRICT s, size_t rows,
+                                          size_t G, float* HWY_RESTRICT m,
+                                          float* HWY_RESTRICT zl,
+                                          float* HWY_RESTRICT acc,
+                                          size_t acc_stride, size_t acc_cols,
+                                          float* HWY_RESTRICT P) {
+  const hn::CappedTag<float, kTile> d;
+  const size_t L = hn::Lanes(d);
+  for (size_t g = 0; g < G; ++g) {
+    float* HWY_RESTRICT sg = s + g * kTile;
+    for (size_t r = rows; r < kTile; ++r) sg[r] = -INFINITY;
+    auto vmax = hn::LoadU(d, sg);
+    for (size_t i = L; i < kTile; i += L) {
+      vmax = hn::Max(vmax, hn::LoadU(d, sg + i));
+    }
+    if (!hn::AllFalse(d, hn::Gt(vmax, hn::Set(d, m[g])))) {
+      const float mt = hn::GetLane(hn::MaxOfLanes(d, vmax));
+      const float f = std::exp(m[g] - mt);  // 0 on the first tile
+      float* HWY_RESTRICT a = acc + g * acc_stride;
+      for (size_t c = 0; c < acc_cols; ++c) a[c] *= f;  // rare: max grows
+      const auto vfz = hn::Set(d, f);
+      for (size_t i = 0; i < kTile; i += L) {
+        float* HWY_RESTRICT z = zl + g * kTile + i;
+        hn::StoreU(hn::Mul(hn::LoadU(d, z), vfz), d, z);
+      }
+      m[g] = mt;
+    }
+  }
+  const auto ninf = hn::Set(d, -INFINITY);
+  for (size_t g = 0; g < G; ++g) {
+    const auto vm = hn::Set(d, m[g]);
+    for (size_t i = g * kTile; i < (g + 1) * kTile; i += L) {
+      const auto x = hn::LoadU(d, s + i);
+      // Padding rows (-inf) weigh exactly 0.
+      const auto e =
+          hn::IfThenZeroElse(hn::Eq(x, ninf), hn::Exp(d, hn::Sub(x, vm)));
+      hn::StoreU(e, d, P + i);
+      hn::StoreU(hn::Add(hn::LoadU(d, zl + i), e), d, zl + i);
+    }
+  }
+}
+
 // One query (G = 1): scores, online softmax and values per tile, straight
 // from the stored rows (grouped calls: AttendGroupT below).
 template <class DK, class DV, class KR, class VR>
@@ -1255,10 +1301,7 @@ void AttendGroupT(DK dk, DV dv, const KR& K, const VR& V, size_t n,
     const size_t rows = HWY_MIN(kTile, n - r0);
     if (r0 + kTile < n) score(r0 + kTile, sbuf[(t + 1) & 1]);
     float* HWY_RESTRICT s = sbuf[t & 1];
-    for (size_t g = 0; g < G; ++g) {
-      SoftmaxTile(s + g * kTile, rows, m + g, zl + g * kTile,
-                  acc + g * acc_stride, acc_cols, P + g * kTile);
-    }
+    SoftmaxGroupTile(s, rows, G, m, zl, acc, acc_stride, acc_cols, P);
     if (r0 + kTile + pf_rows <= n) PrefetchTile(V, r0 + pf_rows);
     AccumulateGroup(dv, ValueTile(dv, V, r0, rows, vbuf), P, rows, G, acc,
                     acc_stride, spare);
