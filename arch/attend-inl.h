@@ -901,35 +901,69 @@ HWY_NOINLINE FloatRows<float> TileF32(D d, const FloatRows<T>& R, size_t r0,
   return FloatRows<float>{buf, cols, cols};
 }
 // Quantized rows decode to what they store (rotated rows stay rotated), all
-// quantized columns (whole groups).
+// quantized columns (whole groups). The tile's f16 scales (and offsets) are
+// converted first, out of the row loop (which then has no scalar work and
+// no branch on the storage); every group of a row is its codes times a
+// broadcast scale (plus offset).
 template <class D>
 HWY_NOINLINE FloatRows<float> TileF32(D d, const QuantRows& R, size_t r0,
                                       size_t rows, float* HWY_RESTRICT buf) {
   const size_t N = hn::Lanes(d);
   const hn::Rebind<int32_t, D> di;
   const size_t g = R.group, half = g / 2, qcols = R.groups * g;
+  const size_t groups = R.groups, rowb = R.rowb, block = R.block;
+  const size_t co = R.code_offset();
+  const uint8_t* HWY_RESTRICT base = R.p + r0 * rowb;
+  HWY_ALIGN float sc[kMaxQuantGroups * kTile];
+  HWY_ALIGN float off[kMaxQuantGroups * kTile];
+  const hn::CappedTag<float, kTile> dt;
+  const size_t T = hn::Lanes(dt);
+  // Rows past `rows` (never read) repeat the first row's half.
+  const auto convert = [&](size_t src_off, float* HWY_RESTRICT out) {
+    for (size_t j = 0; j < groups; ++j) {
+      for (size_t r = 0; r < rows; ++r) {
+        out[j * kTile + r] = HalfAt(base + r * rowb + j * block + src_off);
+      }
+      for (size_t r = rows; r < kTile; ++r) out[j * kTile + r] = out[j * kTile];
+    }
+  };
+  convert(0, sc);
+  if (R.q8) {
+    for (size_t r = 0; r < rows; ++r) {
+      const uint8_t* HWY_RESTRICT row = base + r * rowb + co;
+      float* HWY_RESTRICT dst = buf + r * qcols;
+      for (size_t j = 0; j < groups; ++j) {
+        const auto s = hn::Set(d, sc[j * kTile + r]);
+        const uint8_t* HWY_RESTRICT codes = row + j * block;
+        for (size_t i = 0; i < g; i += N) {
+          hn::StoreU(hn::Mul(s, LoadQ8(d, codes, i)), d, dst + j * g + i);
+        }
+      }
+    }
+    return FloatRows<float>{buf, qcols, RoundUp(R.cols, N)};
+  }
+  if (R.asym) {
+    convert(2, off);
+  } else {
+    for (size_t i = 0; i < groups * kTile; i += T) {
+      hn::Store(hn::Mul(hn::Load(dt, sc + i), hn::Set(dt, -8.0f)), dt, off + i);
+    }
+  }
   const auto mask = hn::Set(di, 0xF);
   for (size_t r = 0; r < rows; ++r) {
+    const uint8_t* HWY_RESTRICT row = base + r * rowb + co;
     float* HWY_RESTRICT dst = buf + r * qcols;
-    for (size_t j = 0; j < R.groups; ++j) {
-      const uint8_t* HWY_RESTRICT blk = R.Block(r0 + r, j);
-      const uint8_t* HWY_RESTRICT codes = blk + R.code_offset();
-      const auto sc = hn::Set(d, HalfAt(blk));
+    for (size_t j = 0; j < groups; ++j) {
+      const auto s = hn::Set(d, sc[j * kTile + r]);
+      const auto o = hn::Set(d, off[j * kTile + r]);
+      const uint8_t* HWY_RESTRICT codes = row + j * block;
       float* HWY_RESTRICT out = dst + j * g;
-      if (R.q8) {
-        for (size_t i = 0; i < g; i += N) {
-          hn::StoreU(hn::Mul(sc, LoadQ8(d, codes, i)), d, out + i);
-        }
-        continue;
-      }
-      const auto off =
-          hn::Set(d, R.asym ? HalfAt(blk + 2) : -8.0f * HalfAt(blk));
       for (size_t i = 0; i < half; i += N) {
         const auto b = LoadQ4Bytes(d, codes, i);
-        hn::StoreU(hn::MulAdd(sc, hn::ConvertTo(d, hn::And(b, mask)), off), d,
+        hn::StoreU(hn::MulAdd(s, hn::ConvertTo(d, hn::And(b, mask)), o), d,
                    out + i);
-        hn::StoreU(hn::MulAdd(sc, hn::ConvertTo(d, hn::ShiftRight<4>(b)), off),
-                   d, out + half + i);
+        hn::StoreU(hn::MulAdd(s, hn::ConvertTo(d, hn::ShiftRight<4>(b)), o), d,
+                   out + half + i);
       }
     }
   }
