@@ -273,7 +273,8 @@ HWY_INLINE void ScoreTile(D d, const QuantRows& KR, size_t r0,
 }
 
 // acc[0, cols) += sum_r p[r] * V[r0 + r]: the accumulator stays in registers
-// for the whole tile (two vectors at a time), V rows come from L1.
+// for the whole tile (four, two or one vectors at a time), V rows come from
+// L1.
 template <class D, typename TV>
 HWY_INLINE void AccumulateTile(D d, const FloatRows<TV>& VR, size_t r0,
                                const float* HWY_RESTRICT p, size_t rows,
@@ -282,6 +283,25 @@ HWY_INLINE void AccumulateTile(D d, const FloatRows<TV>& VR, size_t r0,
   const size_t v_stride = VR.stride, vcols = VR.cols;
   const TV* HWY_RESTRICT V = VR.p + r0 * v_stride;
   size_t c = 0;
+  // Four column vectors at a time: four independent FMA chains per row.
+  for (; c + 4 * N <= vcols; c += 4 * N) {
+    auto a0 = hn::LoadU(d, acc + c);
+    auto a1 = hn::LoadU(d, acc + c + N);
+    auto a2 = hn::LoadU(d, acc + c + 2 * N);
+    auto a3 = hn::LoadU(d, acc + c + 3 * N);
+    for (size_t r = 0; r < rows; ++r) {
+      const auto pr = hn::Set(d, p[r]);
+      const TV* HWY_RESTRICT v = V + r * v_stride + c;
+      a0 = hn::MulAdd(pr, LoadF32(d, v), a0);
+      a1 = hn::MulAdd(pr, LoadF32(d, v + N), a1);
+      a2 = hn::MulAdd(pr, LoadF32(d, v + 2 * N), a2);
+      a3 = hn::MulAdd(pr, LoadF32(d, v + 3 * N), a3);
+    }
+    hn::StoreU(a0, d, acc + c);
+    hn::StoreU(a1, d, acc + c + N);
+    hn::StoreU(a2, d, acc + c + 2 * N);
+    hn::StoreU(a3, d, acc + c + 3 * N);
+  }
   for (; c + 2 * N <= vcols; c += 2 * N) {
     auto a0 = hn::LoadU(d, acc + c);
     auto a1 = hn::LoadU(d, acc + c + N);
