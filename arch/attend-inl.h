@@ -322,9 +322,10 @@ HWY_INLINE void AccumulateTile(D d, const FloatRows<TV>& VR, size_t r0,
   }
 }
 
-// Quantized values: per group, the weights p[r] * scale (the tile's scales
-// converted as one vector) enter the codes, and sum_r p[r] * offset is added
-// to every element of the group once per tile. p is padded to kTile.
+// Quantized values: per group, the weights p[r] * scale enter the codes, and
+// sum_r p[r] * offset is added to every element of the group once per tile.
+// q8 groups go two at a time (four accumulator chains when a group is two
+// vectors, as at d >= 64 with 16 lanes).
 template <class D>
 HWY_INLINE void AccumulateTile(D d, const QuantRows& VR, size_t r0,
                                const float* HWY_RESTRICT p, size_t rows,
@@ -332,29 +333,72 @@ HWY_INLINE void AccumulateTile(D d, const QuantRows& VR, size_t r0,
   const size_t N = hn::Lanes(d);
   const hn::Rebind<int32_t, D> di;
   const size_t g = VR.group, half = g / 2, rowb = VR.rowb;
-  HWY_ALIGN float w[kTile];
-  for (size_t j = 0; j < VR.groups; ++j) {
+  const size_t groups = VR.groups, co = VR.code_offset();
+  HWY_ALIGN float w[kMaxQuantGroups * kTile];
+  float off[kMaxQuantGroups];
+  for (size_t j = 0; j < groups; ++j) {
     // Scalar conversions on purpose: they run beside the vector work, and
     // a vector load of scales copied one by one would wait for the copies
     // (no store forwarding); AMD's gathers were slower still.
     const uint8_t* HWY_RESTRICT blk = VR.Block(r0, j);
-    float off = 0.0f;
+    float o = 0.0f;
     for (size_t r = 0; r < rows; ++r) {
       const float sc = HalfAt(blk + r * rowb);
-      w[r] = p[r] * sc;
+      w[j * kTile + r] = p[r] * sc;
       if (!VR.q8) {
-        off += p[r] * (VR.asym ? HalfAt(blk + r * rowb + 2) : -8.0f * sc);
+        o += p[r] * (VR.asym ? HalfAt(blk + r * rowb + 2) : -8.0f * sc);
       }
     }
-    const uint8_t* HWY_RESTRICT codes = VR.Block(r0, j) + VR.code_offset();
-    float* HWY_RESTRICT a = acc + j * g;
-    if (VR.q8) {
+    off[j] = o;
+  }
+  if (VR.q8) {
+    size_t j = 0;
+    for (; j + 2 <= groups; j += 2) {
+      const uint8_t* HWY_RESTRICT c0 = VR.Block(r0, j) + co;
+      const uint8_t* HWY_RESTRICT c1 = c0 + VR.block;
+      const float* HWY_RESTRICT w0 = w + j * kTile;
+      const float* HWY_RESTRICT w1 = w0 + kTile;
+      float* HWY_RESTRICT a = acc + j * g;
+      size_t c = 0;
+      for (; c + 2 * N <= g; c += 2 * N) {
+        auto a0 = hn::LoadU(d, a + c);
+        auto a1 = hn::LoadU(d, a + c + N);
+        auto a2 = hn::LoadU(d, a + g + c);
+        auto a3 = hn::LoadU(d, a + g + c + N);
+        for (size_t r = 0; r < rows; ++r) {
+          const auto wr0 = hn::Set(d, w0[r]);
+          const auto wr1 = hn::Set(d, w1[r]);
+          a0 = hn::MulAdd(wr0, LoadQ8(d, c0 + r * rowb, c), a0);
+          a1 = hn::MulAdd(wr0, LoadQ8(d, c0 + r * rowb, c + N), a1);
+          a2 = hn::MulAdd(wr1, LoadQ8(d, c1 + r * rowb, c), a2);
+          a3 = hn::MulAdd(wr1, LoadQ8(d, c1 + r * rowb, c + N), a3);
+        }
+        hn::StoreU(a0, d, a + c);
+        hn::StoreU(a1, d, a + c + N);
+        hn::StoreU(a2, d, a + g + c);
+        hn::StoreU(a3, d, a + g + c + N);
+      }
+      for (; c < g; c += N) {
+        auto a0 = hn::LoadU(d, a + c);
+        auto a2 = hn::LoadU(d, a + g + c);
+        for (size_t r = 0; r < rows; ++r) {
+          a0 = hn::MulAdd(hn::Set(d, w0[r]), LoadQ8(d, c0 + r * rowb, c), a0);
+          a2 = hn::MulAdd(hn::Set(d, w1[r]), LoadQ8(d, c1 + r * rowb, c), a2);
+        }
+        hn::StoreU(a0, d, a + c);
+        hn::StoreU(a2, d, a + g + c);
+      }
+    }
+    if (j < groups) {
+      const uint8_t* HWY_RESTRICT codes = VR.Block(r0, j) + co;
+      const float* HWY_RESTRICT w0 = w + j * kTile;
+      float* HWY_RESTRICT a = acc + j * g;
       size_t c = 0;
       for (; c + 2 * N <= g; c += 2 * N) {
         auto a0 = hn::LoadU(d, a + c);
         auto a1 = hn::LoadU(d, a + c + N);
         for (size_t r = 0; r < rows; ++r) {
-          const auto wr = hn::Set(d, w[r]);
+          const auto wr = hn::Set(d, w0[r]);
           a0 = hn::MulAdd(wr, LoadQ8(d, codes + r * rowb, c), a0);
           a1 = hn::MulAdd(wr, LoadQ8(d, codes + r * rowb, c + N), a1);
         }
@@ -364,19 +408,25 @@ HWY_INLINE void AccumulateTile(D d, const QuantRows& VR, size_t r0,
       if (c < g) {
         auto a0 = hn::LoadU(d, a + c);
         for (size_t r = 0; r < rows; ++r) {
-          a0 = hn::MulAdd(hn::Set(d, w[r]), LoadQ8(d, codes + r * rowb, c), a0);
+          a0 =
+              hn::MulAdd(hn::Set(d, w0[r]), LoadQ8(d, codes + r * rowb, c), a0);
         }
         hn::StoreU(a0, d, a + c);
       }
-      continue;
     }
-    const auto mask = hn::Set(di, 0xF);
-    const auto vo = hn::Set(d, off);
+    return;
+  }
+  const auto mask = hn::Set(di, 0xF);
+  for (size_t j = 0; j < groups; ++j) {
+    const uint8_t* HWY_RESTRICT codes = VR.Block(r0, j) + co;
+    const float* HWY_RESTRICT w0 = w + j * kTile;
+    float* HWY_RESTRICT a = acc + j * g;
+    const auto vo = hn::Set(d, off[j]);
     for (size_t c = 0; c < half; c += N) {
       auto a0 = hn::Add(hn::LoadU(d, a + c), vo);
       auto a1 = hn::Add(hn::LoadU(d, a + half + c), vo);
       for (size_t r = 0; r < rows; ++r) {
-        const auto wr = hn::Set(d, w[r]);
+        const auto wr = hn::Set(d, w0[r]);
         const auto b = LoadQ4Bytes(d, codes + r * rowb, c);
         a0 = hn::MulAdd(wr, hn::ConvertTo(d, hn::And(b, mask)), a0);
         a1 = hn::MulAdd(wr, hn::ConvertTo(d, hn::ShiftRight<4>(b)), a1);
