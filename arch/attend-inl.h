@@ -1240,46 +1240,44 @@ HWY_INLINE void AccumulateBlock(D d, const TV* HWY_RESTRICT V, size_t stride,
   for (size_t r = 0; r < rows; ++r) {
     const TV* HWY_RESTRICT v = V + r * stride + c0;
     const auto v0 = LoadF32(d, v);
+    auto v1 = v0, v2 = v0, v3 = v0;
+    if constexpr (kC > 1) v1 = LoadF32(d, v + N);
+    if constexpr (kC > 2) {
+      v2 = LoadF32(d, v + 2 * N);
+      v3 = LoadF32(d, v + 3 * N);
+    }
     const auto w0 = hn::Set(d, P[r]);
     const auto w1 = hn::Set(d, P[kTile + r]);
+    auto w2 = w0, w3 = w0;
+    if constexpr (kQ > 2) {
+      w2 = hn::Set(d, P[2 * kTile + r]);
+      w3 = hn::Set(d, P[3 * kTile + r]);
+    }
     a00 = hn::MulAdd(w0, v0, a00);
     a10 = hn::MulAdd(w1, v0, a10);
-    if constexpr (kC > 1) {
-      const auto v1 = LoadF32(d, v + N);
-      a01 = hn::MulAdd(w0, v1, a01);
-      a11 = hn::MulAdd(w1, v1, a11);
-      if constexpr (kC > 2) {
-        const auto v2 = LoadF32(d, v + 2 * N);
-        const auto v3 = LoadF32(d, v + 3 * N);
-        a02 = hn::MulAdd(w0, v2, a02);
-        a03 = hn::MulAdd(w0, v3, a03);
-        a12 = hn::MulAdd(w1, v2, a12);
-        a13 = hn::MulAdd(w1, v3, a13);
-        if constexpr (kQ > 2) {
-          const auto w2 = hn::Set(d, P[2 * kTile + r]);
-          const auto w3 = hn::Set(d, P[3 * kTile + r]);
-          a20 = hn::MulAdd(w2, v0, a20);
-          a21 = hn::MulAdd(w2, v1, a21);
-          a22 = hn::MulAdd(w2, v2, a22);
-          a23 = hn::MulAdd(w2, v3, a23);
-          a30 = hn::MulAdd(w3, v0, a30);
-          a31 = hn::MulAdd(w3, v1, a31);
-          a32 = hn::MulAdd(w3, v2, a32);
-          a33 = hn::MulAdd(w3, v3, a33);
-        }
-      } else if constexpr (kQ > 2) {
-        const auto w2 = hn::Set(d, P[2 * kTile + r]);
-        const auto w3 = hn::Set(d, P[3 * kTile + r]);
-        a20 = hn::MulAdd(w2, v0, a20);
-        a21 = hn::MulAdd(w2, v1, a21);
-        a30 = hn::MulAdd(w3, v0, a30);
-        a31 = hn::MulAdd(w3, v1, a31);
-      }
-    } else if constexpr (kQ > 2) {
-      const auto w2 = hn::Set(d, P[2 * kTile + r]);
-      const auto w3 = hn::Set(d, P[3 * kTile + r]);
+    if constexpr (kQ > 2) {
       a20 = hn::MulAdd(w2, v0, a20);
       a30 = hn::MulAdd(w3, v0, a30);
+    }
+    if constexpr (kC > 1) {
+      a01 = hn::MulAdd(w0, v1, a01);
+      a11 = hn::MulAdd(w1, v1, a11);
+      if constexpr (kQ > 2) {
+        a21 = hn::MulAdd(w2, v1, a21);
+        a31 = hn::MulAdd(w3, v1, a31);
+      }
+    }
+    if constexpr (kC > 2) {
+      a02 = hn::MulAdd(w0, v2, a02);
+      a03 = hn::MulAdd(w0, v3, a03);
+      a12 = hn::MulAdd(w1, v2, a12);
+      a13 = hn::MulAdd(w1, v3, a13);
+      if constexpr (kQ > 2) {
+        a22 = hn::MulAdd(w2, v2, a22);
+        a23 = hn::MulAdd(w2, v3, a23);
+        a32 = hn::MulAdd(w3, v2, a32);
+        a33 = hn::MulAdd(w3, v3, a33);
+      }
     }
   }
   hn::StoreU(a00, d, p0);
