@@ -792,50 +792,14 @@ HWY_NOINLINE void ScoreTileTreeQI(D d, const QuantRows& KR, size_t r0,
   return with_groups(std::integral_constant<size_t, 4>());
 }
 
-// Online softmax of one query's tile scores s[0, rows) (s padded to kTile):
-// rescales the query's accumulator and lane sums zl[0, kTile) when its max
-// grows (the lane-wise max is compared with m; the reduction to one max only
-// runs then), writes the weights exp(s - m) to p[0, kTile) (zero beyond rows)
-// and adds them to zl lane by lane.
+// Online softmax of a tile for G queries (G = 1 for one-query calls): scores
+// s, lane sums zl and weights P kTile apart per query (s[0, rows) valid, padded
+// to kTile), accumulators acc_stride apart. First every query's max: when a
+// lane exceeds m (the reduction to one max only runs then) the query's
+// accumulator and lane sums are rescaled; then all G x kTile weights
+// exp(s - m) (zero beyond rows) in one loop, so the queries' independent exp
+// chains overlap, each added to zl lane by lane.
 // One copy per target (not per tag pair of the callers).
-static HWY_NOINLINE void SoftmaxTile(float* HWY_RESTRICT s, size_t rows,
-                                     float* HWY_RESTRICT m,
-                                     float* HWY_RESTRICT zl,
-                                     float* HWY_RESTRICT a, size_t acc_cols,
-                                     float* HWY_RESTRICT p) {
-  const hn::CappedTag<float, kTile> d;
-  const size_t L = hn::Lanes(d);
-  for (size_t r = rows; r < kTile; ++r) s[r] = -INFINITY;
-  auto vmax = hn::LoadU(d, s);
-  for (size_t i = L; i < kTile; i += L) {
-    vmax = hn::Max(vmax, hn::LoadU(d, s + i));
-  }
-  if (!hn::AllFalse(d, hn::Gt(vmax, hn::Set(d, *m)))) {
-    const float mt = hn::GetLane(hn::MaxOfLanes(d, vmax));
-    const float f = std::exp(*m - mt);                // 0 on the first tile
-    for (size_t c = 0; c < acc_cols; ++c) a[c] *= f;  // rare: max grows
-    const auto vfz = hn::Set(d, f);
-    for (size_t i = 0; i < kTile; i += L) {
-      hn::StoreU(hn::Mul(hn::LoadU(d, zl + i), vfz), d, zl + i);
-    }
-    *m = mt;
-  }
-  const auto vm = hn::Set(d, *m);
-  const auto ninf = hn::Set(d, -INFINITY);
-  for (size_t i = 0; i < kTile; i += L) {
-    const auto x = hn::LoadU(d, s + i);
-    // Padding rows (-inf) weigh exactly 0.
-    const auto e =
-        hn::IfThenZeroElse(hn::Eq(x, ninf), hn::Exp(d, hn::Sub(x, vm)));
-    hn::StoreU(e, d, p + i);
-    hn::StoreU(hn::Add(hn::LoadU(d, zl + i), e), d, zl + i);
-  }
-}
-
-// SoftmaxTile for the G queries of a grouped call (scores, lane sums and
-// weights kTile apart, accumulators acc_stride apart): first every query's
-// max (rescaling the rare query whose max grew), then all G x kTile weights
-// in one loop, so the queries' independent exp chains overlap.
 static HWY_NOINLINE void SoftmaxGroupTile(float* HWY_RESTRICT s, size_t rows,
                                           size_t G, float* HWY_RESTRICT m,
                                           float* HWY_RESTRICT zl,
@@ -941,7 +905,7 @@ void AttendT(DK dk, DV dv, const KR& K, const VR& V, size_t n,
     PrefetchAhead(K, V, r0, n, pf_rows);
     if (r0 + kTile < n) score(r0 + kTile, sbuf[(t + 1) & 1]);
     float* HWY_RESTRICT s = sbuf[t & 1];
-    SoftmaxTile(s, rows, m, zl, acc, acc_cols, p);
+    SoftmaxGroupTile(s, rows, 1, m, zl, acc, acc_cols, acc_cols, p);
     AccumulateTile(dv, V, r0, p, rows, acc);
   }
   float sum = 0.0f;
@@ -949,26 +913,13 @@ void AttendT(DK dk, DV dv, const KR& K, const VR& V, size_t n,
   *z += sum;
 }
 
-// Rows [r0, r0 + rows) as f32: f32 rows in place, others converted into
-// `buf` ([rows][stride], stride = the columns the kernels touch).
-template <class D>
-HWY_INLINE FloatRows<float> TileF32(D /*d*/, const FloatRows<float>& R,
-                                    size_t r0, size_t /*rows*/,
-                                    float* HWY_RESTRICT /*buf*/) {
-  return FloatRows<float>{R.p + r0 * R.stride, R.stride, R.cols};
-}
+// Rows [r0, r0 + rows) as the grouped kernels read them: float rows in
+// place (converted in registers by the kernels), quantized rows decoded to f32
+// into `buf` ([rows][stride]).
 template <class D, typename T>
-HWY_NOINLINE FloatRows<float> TileF32(D d, const FloatRows<T>& R, size_t r0,
-                                      size_t rows, float* HWY_RESTRICT buf) {
-  const size_t N = hn::Lanes(d), cols = R.cols;
-  for (size_t r = 0; r < rows; ++r) {
-    const T* HWY_RESTRICT src = R.p + (r0 + r) * R.stride;
-    float* HWY_RESTRICT dst = buf + r * cols;
-    for (size_t c = 0; c < cols; c += N) {
-      hn::StoreU(LoadF32(d, src + c), d, dst + c);
-    }
-  }
-  return FloatRows<float>{buf, cols, cols};
+HWY_INLINE FloatRows<T> TileRows(D /*d*/, const FloatRows<T>& R, size_t r0,
+                                 size_t /*rows*/, float* HWY_RESTRICT /*buf*/) {
+  return FloatRows<T>{R.p + r0 * R.stride, R.stride, R.cols};
 }
 // Quantized rows decode to what they store (rotated rows stay rotated), all
 // quantized columns (whole groups). The tile's f16 scales (and offsets) are
@@ -976,8 +927,8 @@ HWY_NOINLINE FloatRows<float> TileF32(D d, const FloatRows<T>& R, size_t r0,
 // no branch on the storage); every group of a row is its codes times a
 // broadcast scale (plus offset).
 template <class D>
-HWY_NOINLINE FloatRows<float> TileF32(D d, const QuantRows& R, size_t r0,
-                                      size_t rows, float* HWY_RESTRICT buf) {
+HWY_NOINLINE FloatRows<float> TileRows(D d, const QuantRows& R, size_t r0,
+                                       size_t rows, float* HWY_RESTRICT buf) {
   const size_t N = hn::Lanes(d);
   const hn::Rebind<int32_t, D> di;
   const size_t g = R.group, half = g / 2, qcols = R.groups * g;
@@ -1038,22 +989,6 @@ HWY_NOINLINE FloatRows<float> TileF32(D d, const QuantRows& R, size_t r0,
     }
   }
   return FloatRows<float>{buf, qcols, RoundUp(R.cols, N)};
-}
-
-// Value rows the grouped accumulation reads: float rows in place (converted
-// in registers), quantized rows decoded into `buf` first.
-template <class D, typename T>
-HWY_INLINE FloatRows<T> ValueTile(D /*d*/, const FloatRows<T>& R, size_t r0,
-                                  size_t /*rows*/,
-                                  float* HWY_RESTRICT /*buf*/) {
-  return FloatRows<T>{R.p + r0 * R.stride, R.stride, R.cols};
-}
-template <class D>
-HWY_INLINE FloatRows<float> ValueTile(D d, const QuantRows& R, size_t r0,
-                                      size_t rows, float* HWY_RESTRICT buf) {
-  FloatRows<float> t = TileF32(d, R, r0, rows, buf);
-  t.cols = t.stride;  // the accumulator spans whole groups
-  return t;
 }
 
 // Queries per register block of the grouped kernels: 4 where the target has
@@ -1138,19 +1073,6 @@ HWY_NOINLINE void ScoreGroupTile(D d, const T* HWY_RESTRICT K, size_t stride,
   }
 }
 #endif
-
-// Key rows the grouped scores read: float rows in place (converted in
-// registers by each block of queries), quantized rows decoded into `buf`.
-template <class D, typename T>
-HWY_INLINE FloatRows<T> KeyTile(D /*d*/, const FloatRows<T>& R, size_t r0,
-                                size_t /*rows*/, float* HWY_RESTRICT /*buf*/) {
-  return FloatRows<T>{R.p + r0 * R.stride, R.stride, R.cols};
-}
-template <class D>
-HWY_INLINE FloatRows<float> KeyTile(D d, const QuantRows& R, size_t r0,
-                                    size_t rows, float* HWY_RESTRICT buf) {
-  return TileF32(d, R, r0, rows, buf);
-}
 
 // The tile's scores for all G queries into s[g * kTile + r] (tile-relative
 // rows; log-weights added): full tiles in blocks of kBlockQ (then 2) queries,
@@ -1388,7 +1310,7 @@ void AttendGroupT(DK dk, DV dv, const KR& K, const VR& V, size_t n,
     const size_t rows = HWY_MIN(kTile, n - r0);
     // The keys of the tile after this one (V's prefetch: before values).
     if (r0 + kTile + pf_rows <= n) PrefetchTile(K, r0 + pf_rows);
-    ScoreGroup(dk, KeyTile(dk, K, r0, rows, kbuf), rows, qs, q_stride, G,
+    ScoreGroup(dk, TileRows(dk, K, r0, rows, kbuf), rows, qs, q_stride, G,
                logw ? logw + r0 : nullptr, s);
     if (scores) {
       for (size_t g = 0; g < G; ++g) {
@@ -1405,8 +1327,10 @@ void AttendGroupT(DK dk, DV dv, const KR& K, const VR& V, size_t n,
     float* HWY_RESTRICT s = sbuf[t & 1];
     SoftmaxGroupTile(s, rows, G, m, zl, acc, acc_stride, acc_cols, P);
     if (r0 + kTile + pf_rows <= n) PrefetchTile(V, r0 + pf_rows);
-    AccumulateGroup(dv, ValueTile(dv, V, r0, rows, vbuf), P, rows, G, acc,
-                    acc_stride, spare);
+    auto VT = TileRows(dv, V, r0, rows, vbuf);
+    if constexpr (kQuantV)
+      VT.cols = VT.stride;  // the accumulator: whole groups
+    AccumulateGroup(dv, VT, P, rows, G, acc, acc_stride, spare);
   }
   for (size_t g = 0; g < G; ++g) {
     float sum = 0.0f;
