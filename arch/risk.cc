@@ -1,6 +1,8 @@
 #include "arch/risk.h"
 
+#include <algorithm>
 #include <cmath>
+#include <utility>
 
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "arch/risk.cc"
@@ -33,15 +35,15 @@ HWY_INLINE void Axpy(float a, const float* HWY_RESTRICT x,
   for (; i < n; ++i) y[i] += a * x[i];
 }
 
-// col[j] -= sum_{t < rank} L_t[p] L_t[j] for j < m: each block of columns
-// stays in registers across the rank updates (one load and one FMA per
+// col[j] -= sum_{t < rank} L_t[p] L_t[j] for j in [from, m): each block of
+// columns stays in registers across the rank updates (one load and one FMA per
 // vector and update; no stores in between).
 HWY_INLINE void UpdateColumn(const float* HWY_RESTRICT L, size_t lstride,
-                             size_t rank, size_t p, size_t m,
+                             size_t rank, size_t p, size_t from, size_t m,
                              float* HWY_RESTRICT col) {
   const hn::CappedTag<float, 16> d;
   const size_t N = hn::Lanes(d);
-  size_t j = 0;
+  size_t j = from;
   for (; j + 4 * N <= m; j += 4 * N) {
     auto c0 = hn::LoadU(d, col + j), c1 = hn::LoadU(d, col + j + N),
          c2 = hn::LoadU(d, col + j + 2 * N), c3 = hn::LoadU(d, col + j + 3 * N);
@@ -58,12 +60,25 @@ HWY_INLINE void UpdateColumn(const float* HWY_RESTRICT L, size_t lstride,
     hn::StoreU(c2, d, col + j + 2 * N);
     hn::StoreU(c3, d, col + j + 3 * N);
   }
+  // Fewer than 4 vectors left: four chains over t for each (one chain
+  // would wait on the multiply-add latency at every update).
   for (; j + N <= m; j += N) {
     auto c0 = hn::LoadU(d, col + j);
+    auto c1 = hn::Zero(d), c2 = hn::Zero(d), c3 = hn::Zero(d);
     const float* lt = L + j;
-    for (size_t t = 0; t < rank; ++t, lt += lstride)
+    size_t t = 0;
+    for (; t + 4 <= rank; t += 4, lt += 4 * lstride) {
       c0 = hn::MulAdd(hn::Set(d, -L[t * lstride + p]), hn::LoadU(d, lt), c0);
-    hn::StoreU(c0, d, col + j);
+      c1 = hn::MulAdd(hn::Set(d, -L[(t + 1) * lstride + p]),
+                      hn::LoadU(d, lt + lstride), c1);
+      c2 = hn::MulAdd(hn::Set(d, -L[(t + 2) * lstride + p]),
+                      hn::LoadU(d, lt + 2 * lstride), c2);
+      c3 = hn::MulAdd(hn::Set(d, -L[(t + 3) * lstride + p]),
+                      hn::LoadU(d, lt + 3 * lstride), c3);
+    }
+    for (; t < rank; ++t, lt += lstride)
+      c0 = hn::MulAdd(hn::Set(d, -L[t * lstride + p]), hn::LoadU(d, lt), c0);
+    hn::StoreU(hn::Add(hn::Add(c0, c1), hn::Add(c2, c3)), d, col + j);
   }
   for (; j < m; ++j) {
     float c = col[j];
@@ -73,14 +88,15 @@ HWY_INLINE void UpdateColumn(const float* HWY_RESTRICT L, size_t lstride,
   }
 }
 
-// col *= inv; diag = max(diag - col^2, 0) over [0, m).
-HWY_INLINE void ScaleAndDeflate(float inv, size_t m, float* HWY_RESTRICT col,
+// col *= inv; diag = max(diag - col^2, 0) over [from, m).
+HWY_INLINE void ScaleAndDeflate(float inv, size_t from, size_t m,
+                                float* HWY_RESTRICT col,
                                 float* HWY_RESTRICT diag) {
   const hn::CappedTag<float, 16> d;
   const size_t N = hn::Lanes(d);
   const auto vinv = hn::Set(d, inv);
   const auto zero = hn::Zero(d);
-  size_t j = 0;
+  size_t j = from;
   for (; j + N <= m; j += N) {
     const auto c = hn::Mul(hn::LoadU(d, col + j), vinv);
     hn::StoreU(c, d, col + j);
@@ -94,48 +110,127 @@ HWY_INLINE void ScaleAndDeflate(float inv, size_t m, float* HWY_RESTRICT col,
   }
 }
 
+// The position in [r, m) of the largest residual diag (ties: the lowest
+// item index perm[j]); m when there is none (NaN). *best: its value.
+HWY_INLINE size_t ArgMaxResidual(const float* HWY_RESTRICT diag,
+                                 const uint32_t* HWY_RESTRICT perm, size_t r,
+                                 size_t m, float* best) {
+  const hn::CappedTag<float, 16> d;
+  const size_t N = hn::Lanes(d);
+  auto vmax = hn::Set(d, -1.0f);
+  size_t j = r;
+  for (; j + N <= m; j += N) vmax = hn::Max(vmax, hn::LoadU(d, diag + j));
+  float b = hn::GetLane(hn::MaxOfLanes(d, vmax));
+  for (; j < m; ++j)
+    if (diag[j] > b) b = diag[j];
+  // Where it is: whole vectors without it are skipped.
+  const auto vb = hn::Set(d, b);
+  size_t p = m;
+  for (j = r; j < m; j += N) {
+    const size_t end = j + N <= m ? j + N : m;
+    if (j + N <= m && hn::AllFalse(d, hn::Eq(hn::LoadU(d, diag + j), vb)))
+      continue;
+    for (size_t i = j; i < end; ++i)
+      if (diag[i] == b && (p == m || perm[i] < perm[p])) p = i;
+  }
+  *best = b;
+  return p;
+}
+
+// Works in pivoted order, as LAPACK's pstrf: position r holds the r-th
+// pivot once chosen, so step r updates only the m - r items not yet chosen
+// (about a third of the multiply-adds of updating all m at every step). The
+// pivots' order, the factor and the residuals are those of the unpermuted
+// algorithm (ties go to the lowest original index); the factor is permuted
+// back at the end when asked for.
 size_t PivotedCholeskyImpl(const float* HWY_RESTRICT G, size_t m, size_t stride,
                            size_t max_rank, float tol, float* HWY_RESTRICT L,
                            size_t lstride, float* HWY_RESTRICT diag,
                            uint32_t* HWY_RESTRICT piv,
-                           float* HWY_RESTRICT residual) {
+                           float* HWY_RESTRICT residual, bool factor) {
+  uint32_t* perm = piv;  // perm[j]: the item at position j
+  const size_t N = hn::Lanes(hn::CappedTag<float, 16>());
   double trace = 0;
   for (size_t i = 0; i < m; ++i) {
+    perm[i] = uint32_t(i);
     diag[i] = G[i * stride + i];
     trace += diag[i];
   }
   const double stop = double(tol) * trace;
-  double left = trace;
   size_t rank = 0;
   if (max_rank > m) max_rank = m;
+  float* gcol = diag + m;  // one column of G in the items' order
   while (rank < max_rank) {
-    size_t p = 0;
-    float best = -1.0f;
-    for (size_t i = 0; i < m; ++i) {
-      if (diag[i] > best) {
-        best = diag[i];
-        p = i;
-      }
+    const size_t r = rank;
+    float best;
+    const size_t p = ArgMaxResidual(diag, perm, r, m, &best);
+    if (p == m || !(best > 0.0f) || double(best) <= stop) break;
+    if (p != r) {
+      std::swap(perm[p], perm[r]);
+      std::swap(diag[p], diag[r]);
+      for (size_t t = 0; t < r; ++t)
+        std::swap(L[t * lstride + p], L[t * lstride + r]);
     }
-    if (!(best > 0.0f) || double(best) <= stop) break;
-    float* col = L + rank * lstride;
-    // col_j = G(j, p) - sum_{t<rank} L_t[j] L_t[p], then / sqrt(d_p).
-    for (size_t j = 0; j < m; ++j) {
-      col[j] = j <= p ? G[p * stride + j] : G[j * stride + p];
-    }
-    UpdateColumn(L, lstride, rank, p, m, col);
+    float* col = L + r * lstride;
+    // col_j = G(j, p) - sum_{t<rank} L_t[j] L_t[p], then / sqrt(d_p), for
+    // the items not chosen yet (j >= r). The column of G is read in the
+    // items' order (its first part is a row of the lower triangle) and then
+    // permuted in cache. The vectors start at a multiple of the lanes below
+    // r: the entries before r are computed but never read (their diag stays
+    // 0).
+    const size_t pr = perm[r], from = r / N * N;
+    std::copy(G + pr * stride, G + pr * stride + pr + 1, gcol);
+    for (size_t i = pr + 1; i < m; ++i) gcol[i] = G[i * stride + pr];
+    for (size_t j = from; j < r; ++j) col[j] = 0.0f;
+    for (size_t j = r; j < m; ++j) col[j] = gcol[perm[j]];
+    UpdateColumn(L, lstride, r, r, from, m, col);
     const float inv = 1.0f / std::sqrt(best);
-    ScaleAndDeflate(inv, m, col, diag);
-    diag[p] = 0.0f;
-    piv[rank] = uint32_t(p);
+    ScaleAndDeflate(inv, from, m, col, diag);
+    diag[r] = 0.0f;
     if (residual) {
-      left = 0;
-      for (size_t j = 0; j < m; ++j) left += diag[j];
-      residual[rank] = float(left);
+      double left = 0;
+      for (size_t j = r + 1; j < m; ++j) left += diag[j];
+      residual[r] = float(left);
     }
     ++rank;
   }
+  if (factor) {
+    // Back to the items' order; a column is zero at the items chosen before
+    // it. diag is free now.
+    for (size_t t = 0; t < rank; ++t) {
+      float* col = L + t * lstride;
+      for (size_t j = 0; j < m; ++j) diag[perm[j]] = j < t ? 0.0f : col[j];
+      std::copy(diag, diag + m, col);
+    }
+  }
   return rank;
+}
+
+size_t CompressColumnsImpl(float* HWY_RESTRICT rows, size_t nrows,
+                           size_t stride, const float* HWY_RESTRICT keep,
+                           size_t n) {
+  const hn::CappedTag<float, 16> d;
+  const size_t N = hn::Lanes(d);
+  const auto zero = hn::Zero(d);
+  // Chunk by chunk across the rows: a chunk's compressed lanes land before
+  // its start (at most N lanes from the kept count so far), so no row's
+  // later chunk is overwritten before it is read.
+  size_t out = 0;
+  for (size_t j = 0; j < n; j += N) {
+    const auto m = hn::Ne(hn::LoadU(d, keep + j), zero);
+    const size_t c = hn::CountTrue(d, m);
+    if (c == N && out == j) {
+      out += N;  // nothing to move
+      continue;
+    }
+    if (c) {
+      float* r = rows;
+      for (size_t i = 0; i < nrows; ++i, r += stride)
+        hn::CompressStore(hn::LoadU(d, r + j), m, d, r + out);
+    }
+    out += c;
+  }
+  return out;
 }
 
 float NonNegativeLeastSquaresImpl(const float* HWY_RESTRICT H, size_t s,
@@ -185,12 +280,19 @@ HWY_AFTER_NAMESPACE();
 namespace kvsketch {
 HWY_EXPORT(PivotedCholeskyImpl);
 HWY_EXPORT(NonNegativeLeastSquaresImpl);
+HWY_EXPORT(CompressColumnsImpl);
+
+size_t CompressColumns(float* rows, size_t nrows, size_t stride,
+                       const float* keep, size_t n) {
+  return HWY_DYNAMIC_DISPATCH(CompressColumnsImpl)(rows, nrows, stride, keep,
+                                                   n);
+}
 
 size_t PivotedCholesky(const float* G, size_t m, size_t stride, size_t max_rank,
                        float tol, float* L, size_t lstride, float* diag,
-                       uint32_t* piv, float* residual) {
+                       uint32_t* piv, float* residual, bool factor) {
   return HWY_DYNAMIC_DISPATCH(PivotedCholeskyImpl)(
-      G, m, stride, max_rank, tol, L, lstride, diag, piv, residual);
+      G, m, stride, max_rank, tol, L, lstride, diag, piv, residual, factor);
 }
 
 float NonNegativeLeastSquares(const float* H, size_t s, size_t stride,

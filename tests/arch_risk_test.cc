@@ -33,7 +33,7 @@ TEST_CASE("PivotedCholesky finds the rank and matches the reference") {
     for (size_t m : {1u, 7u, 40u, 97u}) {
       const size_t r = std::min<size_t>(m, 6);
       const std::vector<float> G = LowRankGram(m, r, 0.0f, uint32_t(m));
-      std::vector<float> L(m * m), diag(m), residual(m);
+      std::vector<float> L(m * m), diag(2 * m), residual(m);
       std::vector<uint32_t> piv(m);
       const size_t rank =
           PivotedCholesky(G.data(), m, m, m, 1e-5f, L.data(), m, diag.data(),
@@ -62,11 +62,51 @@ TEST_CASE("PivotedCholesky finds the rank and matches the reference") {
     // max_rank caps the factor; residual trace decreases.
     const size_t m = 50;
     const std::vector<float> G = LowRankGram(m, 20, 1e-3f, 5);
-    std::vector<float> L(m * m), diag(m), residual(m);
+    std::vector<float> L(m * m), diag(2 * m), residual(m);
     std::vector<uint32_t> piv(m);
     CHECK(PivotedCholesky(G.data(), m, m, 8, 0.0f, L.data(), m, diag.data(),
                           piv.data(), residual.data()) == 8);
     for (size_t k = 1; k < 8; ++k) CHECK(residual[k] <= residual[k - 1]);
+  });
+}
+
+TEST_CASE("CompressColumns keeps the marked columns in order") {
+  test::ForEachTarget("CompressColumns", [](const char*) {
+    for (size_t n : {1u, 5u, 16u, 17u, 40u, 128u}) {
+      const size_t padded = (n + 15) / 16 * 16, stride = padded + 16;
+      for (int pattern = 0; pattern < 4; ++pattern) {
+        std::mt19937 rng(uint32_t(n * 7 + pattern));
+        std::vector<float> keep(padded, 0.0f);
+        for (size_t j = 0; j < n; ++j) {
+          // all kept, one in two, a few dropped, random
+          keep[j] = pattern == 0   ? 1.0f
+                    : pattern == 1 ? float(j % 2)
+                    : pattern == 2 ? float(j % 9 != 4)
+                                   : float(rng() % 3 != 0);
+        }
+        const size_t rowsn = 3;
+        std::vector<float> rows(rowsn * stride);
+        for (size_t i = 0; i < rows.size(); ++i) rows[i] = float(i) + 0.5f;
+        const std::vector<float> before = rows;
+        const size_t count =
+            CompressColumns(rows.data(), rowsn, stride, keep.data(), n);
+        INFO("n=" << n << " pattern=" << pattern);
+        size_t expect = 0;
+        for (size_t r = 0; r < rowsn; ++r) {
+          size_t out = 0;
+          for (size_t j = 0; j < n; ++j) {
+            if (keep[j] == 0.0f) continue;
+            CHECK(rows[r * stride + out] == before[r * stride + j]);
+            ++out;
+          }
+          expect = out;
+          // Nothing past the padded width is touched.
+          for (size_t j = padded; j < stride; ++j)
+            CHECK(rows[r * stride + j] == before[r * stride + j]);
+        }
+        CHECK(count == expect);
+      }
+    }
   });
 }
 

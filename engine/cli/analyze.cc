@@ -120,8 +120,8 @@ HeadDiagnostic Diagnose(const Unit& u, const std::vector<size_t>& budgets,
   std::vector<float> phi(n * Ds), gram(GramRows(n) * gs),
       scratch(GramScratchFloats(n, Ds));
   const size_t rank_cap = std::min(max_rank, n);
-  std::vector<float> L(rank_cap * n + 1), diagv(n), resid(rank_cap + 1);
-  std::vector<uint32_t> piv(rank_cap + 1);
+  std::vector<float> L(rank_cap * n + 1), diagv(2 * n), resid(rank_cap + 1);
+  std::vector<uint32_t> piv(n);
   for (size_t b = 0; b < budgets.size(); ++b) {
     const size_t w = budgets[b] > sinks ? (budgets[b] - sinks) / 2 : 0;
     d.window.push_back(w);
@@ -145,7 +145,8 @@ HeadDiagnostic Diagnose(const Unit& u, const std::vector<size_t>& budgets,
     for (size_t i = 0; i < n; ++i) total += gram[i * gs + i];
     const size_t rank =
         PivotedCholesky(gram.data(), n, gs, rank_cap, 0.0f, L.data(), n,
-                        diagv.data(), piv.data(), resid.data());
+                        diagv.data(), piv.data(), resid.data(),
+                        /*factor=*/false);
     std::vector<double> r{total};
     for (size_t s2 = 0; s2 < rank; ++s2) r.push_back(resid[s2]);
     if (rank < rank_cap) r.push_back(0.0);  // nothing left beyond the rank
