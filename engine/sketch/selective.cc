@@ -144,9 +144,9 @@ struct CompactScratch {
   float* a;        // [P][Cs] attention of probe p to candidate c
   float* vo;       // [P][Cs] <v_c, o_p>
   float* onorm;    // [P] sqrt(|o_p|^2 + lambda^2)
-  float* Y;        // [P][Cs] a <v, o>
-  float* YA;       // [P][Cs] Y + a
-  float* Dm;       // [P][Cs] a * onorm
+  float* cp;       // [P] c_p of B1, B2 (fixed for an epoch)
+  float* B1;       // [P][Cs] (U + c A) / sqrt(2 c), U = a (<v, o> - w / 2)
+  float* B2;       // [P][Cs] (U - c A) / sqrt(2 c)
   float* gram;     // [GramRows(C)][GramStride(C)]
   float* tmp;      // the same: a second Gram, then the factor L, then H
   float* rowsum;   // [Cs] row sums of the response Gram
@@ -190,9 +190,9 @@ struct CompactScratch {
     a = take(P * Cs);
     vo = take(P * Cs);
     onorm = take(P);
-    Y = take(P * Cs);
-    YA = take(P * Cs);
-    Dm = take(P * Cs);
+    cp = take(P);
+    B1 = take(P * Cs);
+    B2 = take(P * Cs);
     gram = take(GramRows(C) * Cs);
     tmp = take(GramRows(C) * Cs);
     rowsum = take(Cs);
@@ -732,10 +732,10 @@ class SelectiveSketch final : public Sketch {
       }
     }
     // Fixed for the epoch: the stride of the candidate arrays (later rounds
-    // have at most as many candidates as the first) and lambda (from the
-    // first round's candidates). A later round's candidates are the
+    // have at most as many candidates as the first) and lambda and c_p (from
+    // the first round's candidates). A later round's candidates are the
     // previous round's survivors (columns [0, carried), whose features and
-    // Gram entries are unchanged: same probes, partials and lambda) and
+    // Gram entries are unchanged: same probes, partials, lambda, c_p) and
     // the next oldest items, whose columns and Gram rows are computed new.
     const size_t Cs = GramStride(C);
     const size_t gs = Cs;
@@ -829,23 +829,33 @@ class SelectiveSketch final : public Sketch {
         }
         std::fill(ar + C, ar + Cs, 0.0f);
         std::fill(vr + C, vr + Cs, 0.0f);
-        // Y = a <v, o>, Y + a, a * sqrt(|o|^2 + lambda^2).
-        float* y = s.Y + p * Cs;
-        float* ya = s.YA + p * Cs;
-        float* dm = s.Dm + p * Cs;
-        const float on = s.onorm[p];
+        // U = a (<v, o> - w / 2) with w = |o|^2 + lambda^2; B1, B2 (see
+        // below). c_p balances U and A (the norms' ratio over the first
+        // round's candidates), so B1 B1' - B2 B2' cancels least.
+        const float hw = 0.5f * s.onorm[p] * s.onorm[p];
+        float* b1 = s.B1 + p * Cs;
+        float* b2 = s.B2 + p * Cs;
+        for (size_t ci = c0; ci < Cs; ++ci) b1[ci] = ar[ci] * (vr[ci] - hw);
+        if (carried == 0) {
+          const double uu = Dot(b1, b1, C), aa = Dot(ar, ar, C);
+          const double c = aa > 0 && uu > 0 ? std::sqrt(uu / aa) : 1.0;
+          s.cp[p] = float(std::min(1e30, std::max(1e-30, c)));
+        }
+        const float c = s.cp[p], sc = 1.0f / std::sqrt(2.0f * c);
         for (size_t ci = c0; ci < Cs; ++ci) {
-          y[ci] = ar[ci] * vr[ci];
-          ya[ci] = y[ci] + ar[ci];
-          dm[ci] = ar[ci] * on;
+          const float u = b1[ci], ca = c * ar[ci];
+          b1[ci] = (u + ca) * sc;
+          b2[ci] = (u - ca) * sc;
         }
       }
       // Response Gram of the candidates without materialising the features
       // f_i = [a_pi (v_i - o_p), lambda a_pi]_p (P * (dv + 1) floats each):
       //   G_ij = <v_i, v_j> S_ij - (X_ij + X_ji) + sum_p a_pi a_pj (|o_p|^2 +
-      //   lambda^2),  S = A A', X_ij = sum_p a_pi <v_i, o_p> a_pj,
-      // each term a Gram of C x P rows (X + X' = (Y+A)(Y+A)' - Y Y' - A A'
-      // with Y_ip = a_pi <v_i, o_p>), built transposed ([P][Cs]).
+      //   lambda^2),  S = A A', X_ij = sum_p a_pi <v_i, o_p> a_pj;
+      // with w_p = |o_p|^2 + lambda^2 and U_pi = a_pi (<v_i, o_p> - w_p / 2)
+      // the last two terms are -(U A' + A U') = B2 B2' - B1 B1', where
+      // B1, B2 = (U +- c_p A) / sqrt(2 c_p): three Grams of C x P rows (S,
+      // B1, B2) and one of C x dv, built transposed ([P][Cs]).
       if (carried == 0) {
         auto add = [&](float sign) {
           for (size_t i = 0; i < C; ++i)
@@ -857,14 +867,12 @@ class SelectiveSketch final : public Sketch {
         for (size_t i = 0; i < C; ++i)
           for (size_t j = 0; j <= i; ++j) {
             const float sij = gram[i * gs + j];
-            gram[i * gs + j] = tmp[i * gs + j] * sij + sij;  // + S for X + X'
+            gram[i * gs + j] = tmp[i * gs + j] * sij;
           }
-        GramLowerTransposed(s.YA, C, P, tmp);
+        GramLowerTransposed(s.B2, C, P, tmp);
+        add(1.0f);
+        GramLowerTransposed(s.B1, C, P, tmp);
         add(-1.0f);
-        GramLowerTransposed(s.Y, C, P, tmp);
-        add(1.0f);
-        GramLowerTransposed(s.Dm, C, P, tmp);
-        add(1.0f);
       } else {
         // Only the new rows [c0, C) of each term: (new columns)' x (all).
         const size_t rs = s.xr_stride;
@@ -879,11 +887,11 @@ class SelectiveSketch final : public Sketch {
         for (size_t i = 0; i < cn; ++i)
           for (size_t j = 0; j <= c0 + i; ++j) {
             const float sij = s.o1[i * Cs + j];
-            gram[(c0 + i) * gs + j] = s.o2[i * Cs + j] * sij + sij;
+            gram[(c0 + i) * gs + j] = s.o2[i * Cs + j] * sij;
           }
-        const float* terms[3] = {s.YA, s.Y, s.Dm};
-        const float signs[3] = {-1.0f, 1.0f, 1.0f};
-        for (size_t t = 0; t < 3; ++t) {
+        const float* terms[2] = {s.B2, s.B1};
+        const float signs[2] = {1.0f, -1.0f};
+        for (size_t t = 0; t < 2; ++t) {
           new_rows(terms[t], P, s.o1);
           for (size_t i = 0; i < cn; ++i)
             for (size_t j = 0; j <= c0 + i; ++j)
@@ -996,9 +1004,8 @@ class SelectiveSketch final : public Sketch {
         CompressColumns(Kt, dk, Cs, keepc, C);
         CompressColumns(Vt, dv, Cs, keepc, C);
         CompressColumns(a, P, Cs, keepc, C);
-        CompressColumns(s.Y, P, Cs, keepc, C);
-        CompressColumns(s.YA, P, Cs, keepc, C);
-        CompressColumns(s.Dm, P, Cs, keepc, C);
+        CompressColumns(s.B1, P, Cs, keepc, C);
+        CompressColumns(s.B2, P, Cs, keepc, C);
         CompressColumns(s.lwc, 1, Cs, keepc, C);
         // The Gram: each row's kept columns, then the kept rows up (row
         // kept[t] holds row t's entries t2 <= t).
