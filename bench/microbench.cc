@@ -11,6 +11,7 @@
 #include "arch/hash.h"
 #include "arch/poly.h"
 #include "arch/quant.h"
+#include "arch/risk.h"
 #include "arch/targets.h"
 #include "benchmark/benchmark.h"
 
@@ -134,6 +135,29 @@ void BM_GramLower(benchmark::State& state) {
                          benchmark::Counter::kIsRate);
 }
 BENCHMARK(BM_GramLower)->Args({64, 128})->Args({128, 128})->Args({256, 128});
+
+// risk's selection: m candidates (Gram of rank min(m, d)), m - m / 16
+// pivots (one compaction round); the factor's rows m rounded up to 16 plus
+// the third argument floats apart.
+void BM_PivotedCholesky(benchmark::State& state) {
+  const size_t m = state.range(0), d = state.range(1);
+  const auto A = Random(m * d);
+  const size_t gs = GramStride(m);
+  std::vector<float> G(GramRows(m) * gs), scratch(GramScratchFloats(m, d));
+  GramLower(A.data(), m, d, d, G.data(), scratch.data());
+  const size_t keep = m - m / 16, ls = (m + 15) / 16 * 16 + state.range(2);
+  std::vector<float> L(keep * ls), diag(2 * m);
+  std::vector<uint32_t> piv(m);
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(PivotedCholesky(G.data(), m, gs, keep, 1e-7f,
+                                             L.data(), ls, diag.data(),
+                                             piv.data(), nullptr, false));
+  }
+}
+BENCHMARK(BM_PivotedCholesky)
+    ->Args({128, 256, 0})
+    ->Args({128, 256, 16})
+    ->Args({256, 256, 16});
 
 void BM_Balance(benchmark::State& state) {
   const size_t m = state.range(0), d = state.range(1);

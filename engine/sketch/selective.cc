@@ -108,6 +108,10 @@ void RotateForward(float* q, const SketchConfig& c, const double* ac,
 }
 
 size_t RoundUp16(size_t x) { return (x + 15) / 16 * 16; }
+// Rows of the Cholesky factor: 16 floats past whole vectors, so the rows
+// (read as columns at every step) do not share a few cache sets as rows a
+// power of two of bytes apart do (measured 8 % faster at 128 candidates).
+size_t CholeskyStride(size_t C) { return RoundUp16(C) + 16; }
 
 // risk: the summary's share of the pool follows the attention share the
 // queries pay it (a running mean over about kShareWindow queries), within
@@ -148,7 +152,7 @@ struct CompactScratch {
   float* B1;       // [P][Cs] (U + c A) / sqrt(2 c), U = a (<v, o> - w / 2)
   float* B2;       // [P][Cs] (U - c A) / sqrt(2 c)
   float* gram;     // [GramRows(C)][GramStride(C)]
-  float* tmp;      // the same: a second Gram, then the factor L, then H
+  float* tmp;      // a second Gram, then the factor L, then H
   float* rowsum;   // [Cs] row sums of the response Gram
   float* diag;     // [2 Cs] (PivotedCholesky scratch)
   uint32_t* piv;   // [Cs]
@@ -194,7 +198,7 @@ struct CompactScratch {
     B1 = take(P * Cs);
     B2 = take(P * Cs);
     gram = take(GramRows(C) * Cs);
-    tmp = take(GramRows(C) * Cs);
+    tmp = take(std::max(GramRows(C) * Cs, C * CholeskyStride(C)));
     rowsum = take(Cs);
     diag = take(2 * Cs);
     piv = reinterpret_cast<uint32_t*>(take(Cs));
@@ -898,10 +902,11 @@ class SelectiveSketch final : public Sketch {
               gram[(c0 + i) * gs + j] += signs[t] * s.o1[i * Cs + j];
         }
       }
-      float* L = tmp;  // keep * RoundUp(C, 16) <= GramRows(C) * gs
+      float* L = tmp;  // keep * CholeskyStride(C) floats
       uint32_t* piv = s.piv;
-      size_t rank = PivotedCholesky(gram, C, gs, keep, 1e-7f, L, RoundUp(C, 16),
-                                    s.diag, piv, nullptr, /*factor=*/false);
+      size_t rank =
+          PivotedCholesky(gram, C, gs, keep, 1e-7f, L, CholeskyStride(C),
+                          s.diag, piv, nullptr, /*factor=*/false);
       if (rank > 0 && rank < keep) {
         // The probes are explained by fewer items: keep the newest of the
         // others too (free only what is needed; future queries differ).
