@@ -41,6 +41,9 @@ namespace {
 // pool is free.
 constexpr size_t kDropDiv = 16;
 constexpr size_t kEpochDiv = 32;
+// Epochs of at least this many items (pools of kGridMin * kEpochDiv items
+// and more) run on a grid of tokens (see Evict).
+constexpr size_t kGridMin = 16;
 // Half of the probes sample all older queries (a reservoir), half are the
 // most recent: the selection serves queries that recur, not only the last.
 constexpr bool kOldProbes = true;
@@ -301,13 +304,28 @@ class SelectiveSketch final : public Sketch {
 
  protected:
   void Evict(const float* k, const float* v, float* ws) override {
-    if (pool_.rows().cap == 0) return;
-    if (pool_.count() < pool_.rows().cap) {
+    const size_t cap = pool_.rows().cap;
+    if (cap == 0) return;
+    if (mode_ == Method::kRisk) {
+      // Compactions free K = cap / kEpochDiv items per epoch and run on a
+      // grid of K tokens (when fewer than K slots are free), so every head
+      // of a layer compacts on the same tokens and a layer's heads split
+      // evenly across threads. (Triggered only by a full pool, each head's
+      // epochs drift to tokens of their own after the first: one head in
+      // eight compacted per token and a second thread sped appends up
+      // 1.05x.) A pool that fills between grid points compacts at once.
+      const size_t K = std::max<size_t>(1, cap / kEpochDiv);
+      const size_t free = cap - pool_.count();
+      if (free == 0) {
+        if (probe_count_ == 0 || !Compact(ws, K)) DropOldest(ws);
+      } else if (K >= kGridMin && free < K && probe_count_ &&
+                 tokens_ % K == 0) {
+        Compact(ws, K - free);
+      }
       Put(pool_.Push(), k, v, ws);
       return;
     }
-    if (mode_ == Method::kRisk) {
-      if (probe_count_ == 0 || !Compact(ws)) DropOldest(ws);
+    if (pool_.count() < cap) {
       Put(pool_.Push(), k, v, ws);
       return;
     }
@@ -651,8 +669,9 @@ class SelectiveSketch final : public Sketch {
     return best == SIZE_MAX ? oldest : best;
   }
 
-  // Risk-guided compaction of the old items; false when nothing is old.
-  bool Compact(float* ws) {
+  // Risk-guided compaction of the old items, an epoch of rounds that frees
+  // about `goal` items; false when nothing is old.
+  bool Compact(float* ws, size_t goal_items) {
     const size_t vs = vs_, n = pool_.count(), dk = cfg_.dk, dv = cfg_.dv;
     // Each stored probe is used at kHorizons future offsets (with RoPE).
     const size_t H = cfg_.rope_theta > 0.0f ? kHorizonCount : 1;
@@ -681,7 +700,7 @@ class SelectiveSketch final : public Sketch {
     // pass costs about what a round does, and several small rounds with the
     // same probes select worse: measured 14 % more error on the synthetic
     // workload at 64 tokens).
-    const size_t goal = C == cmax ? std::max<size_t>(1, n / kEpochDiv) : 1;
+    const size_t goal = C == cmax ? std::max<size_t>(1, goal_items) : 1;
     size_t merged_total = 0;
 
     // Probe queries, rotated to a future position when RoPE is known.
