@@ -447,20 +447,15 @@ HWY_INLINE void PrefetchTile(const KR& rows, size_t r_ahead) {
 
 // Rows a tile is prefetched ahead, and the prefetch of tile r0 + that (K and
 // V, every cache line) when it exists.
-template <class KR>
-HWY_INLINE size_t PrefetchRows(const KR& K) {
-  return RoundUp(HWY_MAX(size_t{1}, kPrefetchBytes / K.row_bytes()), kTile);
-}
-// One query over quantized rows: twice the distance. Its q8 tiles take
+// `bytes`: the distance in bytes (rounded up to whole tiles). One query
+// over quantized rows takes twice kPrefetchBytes (AttendT): its q8 tiles take
 // about as long as f16 tiles of the same head dimension but hold half the
 // bytes, so the same rows ahead keep too few bytes in flight (q8 G = 1, 64K
 // rows: d = 128 8-15 % faster, d = 64 0-9 %; q4 unchanged; grouped calls,
 // whose tiles take longer, measured 11-16 % slower with it).
 template <class KR>
-HWY_INLINE size_t PrefetchRowsOne(const KR& K) {
-  constexpr size_t kMul = std::is_same<KR, QuantRows>::value ? 2 : 1;
-  return RoundUp(HWY_MAX(size_t{1}, kMul * kPrefetchBytes / K.row_bytes()),
-                 kTile);
+HWY_INLINE size_t PrefetchRows(const KR& K, size_t bytes = kPrefetchBytes) {
+  return RoundUp(HWY_MAX(size_t{1}, bytes / K.row_bytes()), kTile);
 }
 template <class KR, class VR>
 HWY_INLINE void PrefetchAhead(const KR& K, const VR& V, size_t r0, size_t n,
@@ -869,7 +864,9 @@ void AttendT(DK dk, DV dv, const KR& K, const VR& V, size_t n,
   HWY_ALIGN float p[kTile];
   HWY_ALIGN float zl[kTile] = {};  // per-lane sums of the weights
   const bool tree = TreeLanes(dk);
-  const size_t pf_rows = PrefetchRowsOne(K);
+  const size_t pf_rows =
+      PrefetchRows(K, std::is_same<KR, QuantRows>::value ? 2 * kPrefetchBytes
+                                                         : kPrefetchBytes);
   // Integer scores when the query has codes and the lanes fit the groups;
   // q4 reads the codes in its nibble order.
   const QueryCodes* qi = nullptr;

@@ -1021,7 +1021,7 @@ class SelectiveSketch final : public Sketch {
         for (size_t ci = 0; ci < C; ++ci)
           if (!drop[cand[ci]]) kept[carried++] = uint32_t(ci);
         // (<v, o> of the survivors is not needed again: only the new
-        // columns' Y comes from it.)
+        // columns' B1, B2 come from it.)
         float* keepc = s.keepc;
         for (size_t ci = 0; ci < Cs; ++ci)
           keepc[ci] = ci < C && !drop[cand[ci]] ? 1.0f : 0.0f;
