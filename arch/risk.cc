@@ -143,16 +143,83 @@ HWY_INLINE size_t ArgMaxResidual(const float* HWY_RESTRICT diag,
 // pivots' order, the factor and the residuals are those of the unpermuted
 // algorithm (ties go to the lowest original index); the factor is permuted
 // back at the end when asked for.
+// diag[0..n) -= row[0..n)^2 (no clamp).
+HWY_INLINE void Deflate(const float* HWY_RESTRICT row, size_t n,
+                        float* HWY_RESTRICT diag) {
+  const hn::CappedTag<float, 16> d;
+  const size_t N = hn::Lanes(d);
+  size_t j = 0;
+  for (; j + N <= n; j += N) {
+    const auto c = hn::LoadU(d, row + j);
+    hn::StoreU(hn::NegMulAdd(c, c, hn::LoadU(d, diag + j)), d, diag + j);
+  }
+  for (; j < n; ++j) diag[j] -= row[j] * row[j];
+}
+
+// Resumes a previous factorization (see PivotedCholesky in risk.h): replays
+// its pivots while none of the new items (positions [known, m)) has a larger
+// residual, computing only the new items' entries of each column. Returns
+// how many pivots were replayed (s); L, diag and perm are then as the loop
+// of PivotedCholeskyImpl leaves them after s steps.
+HWY_INLINE size_t ResumePivots(const float* HWY_RESTRICT G, size_t m,
+                               size_t stride, size_t max_rank, double stop,
+                               size_t resume, size_t known,
+                               float* HWY_RESTRICT L, size_t lstride,
+                               float* HWY_RESTRICT diag,
+                               uint32_t* HWY_RESTRICT perm) {
+  const size_t N = hn::Lanes(hn::CappedTag<float, 16>());
+  // Positions [known, m): the items not listed yet, in index order.
+  float* gcol = diag + m;  // scratch [m]
+  std::fill(gcol, gcol + m, 0.0f);
+  for (size_t j = 0; j < known; ++j) gcol[perm[j]] = 1.0f;
+  size_t k = known;
+  for (size_t i = 0; i < m; ++i)
+    if (gcol[i] == 0.0f) perm[k++] = uint32_t(i);
+  for (size_t j = 0; j < m; ++j) diag[j] = G[perm[j] * stride + perm[j]];
+  auto g = [&](size_t i, size_t j) {
+    return i >= j ? G[i * stride + j] : G[j * stride + i];
+  };
+  const size_t lim = std::min(resume, max_rank);
+  size_t s = 0;
+  for (; s < lim; ++s) {
+    // The previous factor's diagonal entry is the root of the pivot's
+    // residual.
+    const float fp = L[s * lstride + s];
+    const float best = fp * fp;
+    if (!(best > 0.0f) || double(best) <= stop) break;
+    float bn = -1.0f;  // the new items' largest residual (a tie keeps s)
+    for (size_t j = known; j < m; ++j) bn = std::max(bn, diag[j]);
+    if (bn > best) break;
+    if (known == m) continue;
+    // The new entries, whole vectors from a multiple of the lanes below
+    // `known` (the known entries computed on the way are put back).
+    float* row = L + s * lstride;
+    const size_t from = known / N * N, p = perm[s];
+    std::copy(row + from, row + known, gcol);
+    for (size_t j = from; j < m; ++j) row[j] = g(perm[j], p);
+    UpdateColumn(L, lstride, s, s, from, m, row);
+    std::copy(gcol, gcol + (known - from), row + from);
+    ScaleAndDeflate(1.0f / fp, known, m, row, diag);
+  }
+  // The known items' residuals: their diagonal minus their squared entries.
+  for (size_t t = 0; t < s; ++t) Deflate(L + t * lstride, known, diag);
+  for (size_t j = 0; j < known; ++j)
+    diag[j] = j < s ? 0.0f : std::max(diag[j], 0.0f);
+  return s;
+}
+
 size_t PivotedCholeskyImpl(const float* HWY_RESTRICT G, size_t m, size_t stride,
                            size_t max_rank, float tol, float* HWY_RESTRICT L,
                            size_t lstride, float* HWY_RESTRICT diag,
                            uint32_t* HWY_RESTRICT piv,
-                           float* HWY_RESTRICT residual, bool factor) {
+                           float* HWY_RESTRICT residual, bool factor,
+                           size_t resume, size_t known) {
   uint32_t* perm = piv;  // perm[j]: the item at position j
   const size_t N = hn::Lanes(hn::CappedTag<float, 16>());
   double trace = 0;
+  const bool resuming = resume && !factor && residual == nullptr && known <= m;
   for (size_t i = 0; i < m; ++i) {
-    perm[i] = uint32_t(i);
+    if (!resuming) perm[i] = uint32_t(i);  // else it lists the known items
     diag[i] = G[i * stride + i];
     trace += diag[i];
   }
@@ -160,6 +227,9 @@ size_t PivotedCholeskyImpl(const float* HWY_RESTRICT G, size_t m, size_t stride,
   size_t rank = 0;
   if (max_rank > m) max_rank = m;
   float* gcol = diag + m;  // one column of G in the items' order
+  if (resuming)
+    rank = ResumePivots(G, m, stride, max_rank, stop, resume, known, L, lstride,
+                        diag, perm);
   while (rank < max_rank) {
     const size_t r = rank;
     float best;
@@ -290,9 +360,11 @@ size_t CompressColumns(float* rows, size_t nrows, size_t stride,
 
 size_t PivotedCholesky(const float* G, size_t m, size_t stride, size_t max_rank,
                        float tol, float* L, size_t lstride, float* diag,
-                       uint32_t* piv, float* residual, bool factor) {
+                       uint32_t* piv, float* residual, bool factor,
+                       size_t resume, size_t known) {
   return HWY_DYNAMIC_DISPATCH(PivotedCholeskyImpl)(
-      G, m, stride, max_rank, tol, L, lstride, diag, piv, residual, factor);
+      G, m, stride, max_rank, tol, L, lstride, diag, piv, residual, factor,
+      resume, known);
 }
 
 float NonNegativeLeastSquares(const float* H, size_t s, size_t stride,

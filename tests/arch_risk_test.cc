@@ -70,6 +70,91 @@ TEST_CASE("PivotedCholesky finds the rank and matches the reference") {
   });
 }
 
+// A later round of risk's selection: the survivors of a factorization of m0
+// items (its pivots plus `extra` others) and `fresh` new items, renumbered
+// (survivors in index order, then the new ones). Resuming the first call's
+// state gives the pivots of a fresh factorization (reference) and a factor
+// that reproduces the Gram on the pivots' columns.
+TEST_CASE("PivotedCholesky resumes a previous factorization") {
+  test::ForEachTarget("PivotedCholesky resume", [](const char*) {
+    struct Case {
+      size_t m0, keep0, extra, fresh;
+      float fresh_scale;  // the new items' scale: small ones win no pivot
+    };
+    for (const Case& c :
+         {Case{40, 36, 0, 4, 1.0f}, Case{40, 36, 0, 4, 0.05f},
+          Case{128, 120, 0, 8, 1.0f}, Case{128, 120, 0, 8, 0.1f},
+          Case{128, 120, 0, 8, 4.0f}, Case{128, 100, 12, 16, 1.0f},
+          Case{33, 30, 0, 0, 1.0f}, Case{20, 12, 3, 17, 1.0f}}) {
+      const size_t m0 = c.m0, total = m0 + c.fresh;
+      std::vector<float> A =
+          LowRankGram(total, total, 1e-2f, uint32_t(total + c.extra));
+      for (size_t i = 0; i < total; ++i)
+        for (size_t j = 0; j < total; ++j) {
+          if (i >= m0) A[i * total + j] *= c.fresh_scale;
+          if (j >= m0) A[i * total + j] *= c.fresh_scale;
+        }
+      const size_t ls = (std::max(m0, total) + 15) / 16 * 16 + 16;
+      std::vector<float> L(total * ls), diag(2 * total);
+      std::vector<uint32_t> piv(total);
+      const size_t rank0 =
+          PivotedCholesky(A.data(), m0, total, c.keep0, 1e-7f, L.data(), ls,
+                          diag.data(), piv.data(), nullptr, false);
+      REQUIRE(rank0 == c.keep0);
+      // Survivors: the pivots and the first `extra` others (by position).
+      std::vector<bool> kept(m0, false);
+      for (size_t j = 0; j < rank0 + c.extra; ++j) kept[piv[j]] = true;
+      std::vector<uint32_t> remap(m0), items;
+      for (size_t i = 0; i < m0; ++i)
+        if (kept[i]) remap[i] = uint32_t(items.size()), items.push_back(i);
+      const size_t known = items.size();
+      for (size_t i = m0; i < total; ++i) items.push_back(uint32_t(i));
+      const size_t m = items.size();
+      std::vector<float> G(m * m);
+      for (size_t i = 0; i < m; ++i)
+        for (size_t j = 0; j < m; ++j)
+          G[i * m + j] = A[items[i] * total + items[j]];
+      // The state restricted to the survivors, by position.
+      std::vector<float> keep_pos((m0 + 15) / 16 * 16, 0.0f);
+      size_t k = 0;
+      for (size_t j = 0; j < m0; ++j) {
+        keep_pos[j] = kept[piv[j]] ? 1.0f : 0.0f;
+        if (kept[piv[j]]) piv[k++] = remap[piv[j]];
+      }
+      REQUIRE(k == known);
+      REQUIRE(CompressColumns(L.data(), rank0, ls, keep_pos.data(), m0) ==
+              known);
+      const size_t keep = m - std::max<size_t>(1, m / 16);
+      const size_t rank = PivotedCholesky(G.data(), m, m, keep, 1e-7f, L.data(),
+                                          ls, diag.data(), piv.data(), nullptr,
+                                          false, rank0, known);
+      const auto ref_piv =
+          ref::PivotedCholesky(G.data(), m, m, keep, 1e-7, nullptr);
+      INFO("m0=" << m0 << " extra=" << c.extra << " fresh=" << c.fresh
+                 << " scale=" << c.fresh_scale);
+      REQUIRE(rank == ref_piv.size());
+      for (size_t r = 0; r < rank; ++r) CHECK(piv[r] == ref_piv[r]);
+      // Every item is listed once.
+      std::vector<uint32_t> all(piv.begin(), piv.begin() + m);
+      std::sort(all.begin(), all.end());
+      for (size_t i = 0; i < m; ++i) CHECK(all[i] == i);
+      double trace = 0;
+      for (size_t i = 0; i < m; ++i) trace += G[i * m + i];
+      // Pivoted order: G(piv[j], piv[a]) = sum_{t <= a} L_t[a] L_t[j], j >= a.
+      for (size_t a = 0; a < rank; ++a)
+        for (size_t j = a; j < m; ++j) {
+          double sum = 0;
+          for (size_t t = 0; t <= a; ++t)
+            sum += double(L[t * ls + a]) * L[t * ls + j];
+          const size_t i0 = std::max(piv[a], piv[j]),
+                       i1 = std::min(piv[a], piv[j]);
+          CHECK(
+              test::Near(sum, G[i0 * m + i1], 1e-3, 1e-4 * trace / double(m)));
+        }
+    }
+  });
+}
+
 TEST_CASE("CompressColumns keeps the marked columns in order") {
   test::ForEachTarget("CompressColumns", [](const char*) {
     for (size_t n : {1u, 5u, 16u, 17u, 40u, 128u}) {

@@ -175,6 +175,10 @@ struct CompactScratch {
   float* o2;           // [N][Cs]
   uint32_t* kept_pos;  // [Cs] pool indices of the survivors
   float* keepc;        // [Cs] 1 for a surviving candidate column, else 0
+  // The factorization's items by position (PivotedCholesky's piv) for the
+  // next round to resume; remap: a candidate's column in the next round.
+  uint32_t* prev_piv;  // [Cs]
+  uint32_t* remap;     // [Cs]
   size_t xr_stride;
 
   CompactScratch(ScratchCarver& sc, size_t cap, size_t P, size_t C, size_t dk,
@@ -220,6 +224,8 @@ struct CompactScratch {
     o2 = take(N * Cs);
     kept_pos = reinterpret_cast<uint32_t*>(take(Cs));
     keepc = take(Cs);
+    prev_piv = reinterpret_cast<uint32_t*>(take(Cs));
+    remap = reinterpret_cast<uint32_t*>(take(Cs));
   }
 };
 
@@ -769,6 +775,10 @@ class SelectiveSketch final : public Sketch {
     float* gram = s.gram;
     float* tmp = s.tmp;
     size_t carried = 0;
+    // The factorization (in tmp, rows ls apart for the epoch) and how many
+    // of its pivots the next round may resume (see below).
+    const size_t ls = CholeskyStride(C);
+    size_t resume = 0;
     // The summary's keys in f32, loaded once per compaction: merges keep
     // them current (in f32, before the stored rows round them), only new
     // slots make them stale. (Re-reading the rounded key after every merge
@@ -921,11 +931,20 @@ class SelectiveSketch final : public Sketch {
               gram[(c0 + i) * gs + j] += signs[t] * s.o1[i * Cs + j];
         }
       }
-      float* L = tmp;  // keep * CholeskyStride(C) floats
+      // A later round resumes the previous round's factorization: the
+      // survivors' Gram entries are unchanged, so its pivots stay the greedy
+      // ones until a new candidate's residual is larger (same pivots as a
+      // fresh factorization, up to rounding; on the synthetic workload
+      // about half of a round's pivots are replayed, at a fraction of
+      // their cost).
       uint32_t* piv = s.piv;
+      float* L = tmp;
+      if (carried) std::copy(s.prev_piv, s.prev_piv + carried, piv);
       size_t rank =
-          PivotedCholesky(gram, C, gs, keep, 1e-7f, L, CholeskyStride(C),
-                          s.diag, piv, nullptr, /*factor=*/false);
+          PivotedCholesky(gram, C, gs, keep, 1e-7f, L, ls, s.diag, piv, nullptr,
+                          /*factor=*/false, carried ? resume : 0, carried);
+      const size_t greedy = rank;
+      std::copy(piv, piv + C, s.prev_piv);
       if (rank > 0 && rank < keep) {
         // The probes are explained by fewer items: keep the newest of the
         // others too (free only what is needed; future queries differ).
@@ -1025,6 +1044,20 @@ class SelectiveSketch final : public Sketch {
         float* keepc = s.keepc;
         for (size_t ci = 0; ci < Cs; ++ci)
           keepc[ci] = ci < C && !drop[cand[ci]] ? 1.0f : 0.0f;
+        // The factorization restricted to the survivors, for the next round:
+        // positions of dropped candidates leave L's rows and the item list,
+        // the others are renumbered (every greedy pivot survives, so the
+        // pivots keep the first positions).
+        for (size_t t = 0; t < carried; ++t) s.remap[kept[t]] = uint32_t(t);
+        float* keep_pos = s.rowsum;  // [Cs], unused with a summary
+        size_t known = 0;
+        for (size_t j = 0; j < Cs; ++j) {
+          const bool k = j < C && !drop[cand[s.prev_piv[j]]];
+          keep_pos[j] = k ? 1.0f : 0.0f;
+          if (k) s.prev_piv[known++] = s.remap[s.prev_piv[j]];
+        }
+        CompressColumns(L, greedy, ls, keep_pos, C);
+        resume = known == carried ? greedy : 0;
         CompressColumns(Kt, dk, Cs, keepc, C);
         CompressColumns(Vt, dv, Cs, keepc, C);
         CompressColumns(a, P, Cs, keepc, C);
