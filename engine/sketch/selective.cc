@@ -159,7 +159,10 @@ struct CompactScratch {
   float* rowsum;   // [Cs] row sums of the response Gram
   float* diag;     // [2 Cs] (PivotedCholesky scratch)
   uint32_t* piv;   // [Cs]
-  float* nnls;     // [4][RoundUp(C, 16)] b, w, w0, grad
+  float* nnls;     // [4][RoundUp(C, 16)] b, w, w0, grad (no summary); with
+                   // a summary, the factorization's items by position
+                   // (PivotedCholesky's piv) for the next round to resume,
+                   // then each candidate's column in the next round
   uint8_t* drop;   // [cap]
   float* sk;       // [S][ks] keys of the summary slots (f32), [S] masses,
                    // [S] squared key norms, [S] dot products (SummaryKeys)
@@ -175,10 +178,6 @@ struct CompactScratch {
   float* o2;           // [N][Cs]
   uint32_t* kept_pos;  // [Cs] pool indices of the survivors
   float* keepc;        // [Cs] 1 for a surviving candidate column, else 0
-  // The factorization's items by position (PivotedCholesky's piv) for the
-  // next round to resume; remap: a candidate's column in the next round.
-  uint32_t* prev_piv;  // [Cs]
-  uint32_t* remap;     // [Cs]
   size_t xr_stride;
 
   CompactScratch(ScratchCarver& sc, size_t cap, size_t P, size_t C, size_t dk,
@@ -224,8 +223,6 @@ struct CompactScratch {
     o2 = take(N * Cs);
     kept_pos = reinterpret_cast<uint32_t*>(take(Cs));
     keepc = take(Cs);
-    prev_piv = reinterpret_cast<uint32_t*>(take(Cs));
-    remap = reinterpret_cast<uint32_t*>(take(Cs));
   }
 };
 
@@ -779,6 +776,9 @@ class SelectiveSketch final : public Sketch {
     // of its pivots the next round may resume (see below).
     const size_t ls = CholeskyStride(C);
     size_t resume = 0;
+    // (In the NNLS scratch: with a summary, rounds never reach the NNLS.)
+    uint32_t* prev_piv = reinterpret_cast<uint32_t*>(s.nnls);
+    uint32_t* remap = prev_piv + RoundUp16(C);
     // The summary's keys in f32, loaded once per compaction: merges keep
     // them current (in f32, before the stored rows round them), only new
     // slots make them stale. (Re-reading the rounded key after every merge
@@ -939,12 +939,12 @@ class SelectiveSketch final : public Sketch {
       // their cost).
       uint32_t* piv = s.piv;
       float* L = tmp;
-      if (carried) std::copy(s.prev_piv, s.prev_piv + carried, piv);
+      if (carried) std::copy(prev_piv, prev_piv + carried, piv);
       size_t rank =
           PivotedCholesky(gram, C, gs, keep, 1e-7f, L, ls, s.diag, piv, nullptr,
                           /*factor=*/false, carried ? resume : 0, carried);
       const size_t greedy = rank;
-      std::copy(piv, piv + C, s.prev_piv);
+      std::copy(piv, piv + C, prev_piv);
       if (rank > 0 && rank < keep) {
         // The probes are explained by fewer items: keep the newest of the
         // others too (free only what is needed; future queries differ).
@@ -1048,13 +1048,13 @@ class SelectiveSketch final : public Sketch {
         // positions of dropped candidates leave L's rows and the item list,
         // the others are renumbered (every greedy pivot survives, so the
         // pivots keep the first positions).
-        for (size_t t = 0; t < carried; ++t) s.remap[kept[t]] = uint32_t(t);
+        for (size_t t = 0; t < carried; ++t) remap[kept[t]] = uint32_t(t);
         float* keep_pos = s.rowsum;  // [Cs], unused with a summary
         size_t known = 0;
         for (size_t j = 0; j < Cs; ++j) {
-          const bool k = j < C && !drop[cand[s.prev_piv[j]]];
+          const bool k = j < C && !drop[cand[prev_piv[j]]];
           keep_pos[j] = k ? 1.0f : 0.0f;
-          if (k) s.prev_piv[known++] = s.remap[s.prev_piv[j]];
+          if (k) prev_piv[known++] = remap[prev_piv[j]];
         }
         CompressColumns(L, greedy, ls, keep_pos, C);
         resume = known == carried ? greedy : 0;
