@@ -137,12 +137,6 @@ HWY_INLINE size_t ArgMaxResidual(const float* HWY_RESTRICT diag,
   return p;
 }
 
-// Works in pivoted order, as LAPACK's pstrf: position r holds the r-th
-// pivot once chosen, so step r updates only the m - r items not yet chosen
-// (about a third of the multiply-adds of updating all m at every step). The
-// pivots' order, the factor and the residuals are those of the unpermuted
-// algorithm (ties go to the lowest original index); the factor is permuted
-// back at the end when asked for.
 // diag[0..n) -= row[0..n)^2 (no clamp).
 HWY_INLINE void Deflate(const float* HWY_RESTRICT row, size_t n,
                         float* HWY_RESTRICT diag) {
@@ -208,6 +202,12 @@ HWY_INLINE size_t ResumePivots(const float* HWY_RESTRICT G, size_t m,
   return s;
 }
 
+// Works in pivoted order, as LAPACK's pstrf: position r holds the r-th
+// pivot once chosen, so step r updates only the m - r items not yet chosen
+// (about a third of the multiply-adds of updating all m at every step). The
+// pivots' order, the factor and the residuals are those of the unpermuted
+// algorithm (ties go to the lowest original index); the factor is permuted
+// back at the end when asked for.
 size_t PivotedCholeskyImpl(const float* HWY_RESTRICT G, size_t m, size_t stride,
                            size_t max_rank, float tol, float* HWY_RESTRICT L,
                            size_t lstride, float* HWY_RESTRICT diag,
