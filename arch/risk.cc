@@ -80,11 +80,19 @@ HWY_INLINE void UpdateColumn(const float* HWY_RESTRICT L, size_t lstride,
       c0 = hn::MulAdd(hn::Set(d, -L[t * lstride + p]), hn::LoadU(d, lt), c0);
     hn::StoreU(hn::Add(hn::Add(c0, c1), hn::Add(c2, c3)), d, col + j);
   }
-  for (; j < m; ++j) {
-    float c = col[j];
-    for (size_t t = 0; t < rank; ++t)
-      c -= L[t * lstride + p] * L[t * lstride + j];
-    col[j] = c;
+  // The last m - j < N entries: t outer, so their chains interleave (one
+  // entry at a time waited on the multiply-add latency at every t: 38 % of
+  // the factorization at 235 candidates). Same operations per entry.
+  if (j < m) {
+    const size_t rem = m - j;
+    float c[hn::MaxLanes(d)];
+    for (size_t i = 0; i < rem; ++i) c[i] = col[j + i];
+    for (size_t t = 0; t < rank; ++t) {
+      const float s = L[t * lstride + p];
+      const float* HWY_RESTRICT lt = L + t * lstride + j;
+      for (size_t i = 0; i < rem; ++i) c[i] -= s * lt[i];
+    }
+    for (size_t i = 0; i < rem; ++i) col[j + i] = c[i];
   }
 }
 
