@@ -127,18 +127,7 @@ HWY_INLINE void WithTagFor(const FloatRows<T>& /*rows*/, const RowsView& v,
 template <class F>
 HWY_INLINE void WithTagFor(const QuantRows& rows, const RowsView& /*v*/,
                            const F& f) {
-  const size_t step = rows.q8 ? rows.group : rows.group / 2;
-  const hn::CappedTag<float, 16> d16;
-  const hn::CappedTag<float, 8> d8;
-  const hn::CappedTag<float, 4> d4;
-  HWY_DASSERT(step % 4 == 0);
-  if (step % hn::Lanes(d16) == 0) {
-    f(d16);
-  } else if (step % hn::Lanes(d8) == 0) {
-    f(d8);
-  } else {
-    f(d4);
-  }
+  WithRowTag</*kMultipleOf4=*/true>(rows.q8 ? rows.group : rows.group / 2, f);
 }
 
 template <class D, typename TK>

@@ -20,18 +20,21 @@ namespace hn = hwy::HWY_NAMESPACE;
 
 // Calls f(tag) with the widest float tag (<= 16 lanes) whose lane count
 // divides `stride`, so whole-vector loads of a padded row never leave it.
-template <class F>
+// kMultipleOf4: the caller guarantees stride % 4 == 0, so the 1-lane tag is
+// never chosen and f is not instantiated for it.
+template <bool kMultipleOf4 = false, class F>
 HWY_INLINE void WithRowTag(size_t stride, const F& f) {
   const hn::CappedTag<float, 16> d16;
   const hn::CappedTag<float, 8> d8;
   const hn::CappedTag<float, 4> d4;
+  HWY_DASSERT(!kMultipleOf4 || stride % 4 == 0);
   if (stride % hn::Lanes(d16) == 0) {
     f(d16);
   } else if (stride % hn::Lanes(d8) == 0) {
     f(d8);
-  } else if (stride % hn::Lanes(d4) == 0) {
+  } else if (kMultipleOf4 || stride % hn::Lanes(d4) == 0) {
     f(d4);
-  } else {
+  } else if constexpr (!kMultipleOf4) {
     f(hn::CappedTag<float, 1>());
   }
 }
