@@ -175,8 +175,13 @@ TEST_CASE("crafted states: one scalar copied over another") {
     const std::string good = a.SaveBytes(), before = b.SaveBytes();
     const Layout L = Sections(good);
     const size_t fields = (L.end - L.scalars) / 8;
+    // Every field is overwritten by its neighbours within `reach` (related
+    // fields sit together); under QEMU fewer neighbours per field, since the
+    // loader's checks are the same code on every platform.
+    const size_t reach = test::kEmulated ? 2 : 8;
     for (size_t j = 0; j < fields; ++j) {
-      for (size_t i = j >= 8 ? j - 8 : 0; i < std::min(fields, j + 9); ++i) {
+      for (size_t i = j >= reach ? j - reach : 0;
+           i < std::min(fields, j + reach + 1); ++i) {
         if (i == j) continue;
         std::string bad = good;
         std::memcpy(&bad[L.scalars + 8 * j], &good[L.scalars + 8 * i], 8);
