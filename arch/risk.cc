@@ -96,26 +96,52 @@ HWY_INLINE void UpdateColumn(const float* HWY_RESTRICT L, size_t lstride,
   }
 }
 
-// col *= inv; diag = max(diag - col^2, 0) over [from, m).
-HWY_INLINE void ScaleAndDeflate(float inv, size_t from, size_t m,
-                                float* HWY_RESTRICT col,
-                                float* HWY_RESTRICT diag) {
+// col *= inv; diag = max(diag - col^2, 0) over [from, m). Returns the
+// largest new diag (0 when none is larger; NaN may pass through).
+HWY_INLINE float ScaleAndDeflate(float inv, size_t from, size_t m,
+                                 float* HWY_RESTRICT col,
+                                 float* HWY_RESTRICT diag) {
   const hn::CappedTag<float, 16> d;
   const size_t N = hn::Lanes(d);
   const auto vinv = hn::Set(d, inv);
   const auto zero = hn::Zero(d);
+  auto vmax = zero;
   size_t j = from;
   for (; j + N <= m; j += N) {
     const auto c = hn::Mul(hn::LoadU(d, col + j), vinv);
     hn::StoreU(c, d, col + j);
-    const auto r = hn::NegMulAdd(c, c, hn::LoadU(d, diag + j));
-    hn::StoreU(hn::Max(r, zero), d, diag + j);
+    const auto r = hn::Max(hn::NegMulAdd(c, c, hn::LoadU(d, diag + j)), zero);
+    hn::StoreU(r, d, diag + j);
+    vmax = hn::Max(vmax, r);
   }
+  float b = hn::GetLane(hn::MaxOfLanes(d, vmax));
   for (; j < m; ++j) {
     col[j] *= inv;
     diag[j] -= col[j] * col[j];
     if (diag[j] < 0.0f) diag[j] = 0.0f;
+    if (!(diag[j] <= b)) b = diag[j];
   }
+  return b;
+}
+
+// The position in [r, m) of residual b (ties: the lowest item index
+// perm[j]); m when there is none.
+HWY_INLINE size_t FindResidual(const float* HWY_RESTRICT diag,
+                               const uint32_t* HWY_RESTRICT perm, size_t r,
+                               size_t m, float b) {
+  const hn::CappedTag<float, 16> d;
+  const size_t N = hn::Lanes(d);
+  // Whole vectors without it are skipped.
+  const auto vb = hn::Set(d, b);
+  size_t p = m;
+  for (size_t j = r; j < m; j += N) {
+    const size_t end = j + N <= m ? j + N : m;
+    if (j + N <= m && hn::AllFalse(d, hn::Eq(hn::LoadU(d, diag + j), vb)))
+      continue;
+    for (size_t i = j; i < end; ++i)
+      if (diag[i] == b && (p == m || perm[i] < perm[p])) p = i;
+  }
+  return p;
 }
 
 // The position in [r, m) of the largest residual diag (ties: the lowest
@@ -131,18 +157,8 @@ HWY_INLINE size_t ArgMaxResidual(const float* HWY_RESTRICT diag,
   float b = hn::GetLane(hn::MaxOfLanes(d, vmax));
   for (; j < m; ++j)
     if (diag[j] > b) b = diag[j];
-  // Where it is: whole vectors without it are skipped.
-  const auto vb = hn::Set(d, b);
-  size_t p = m;
-  for (j = r; j < m; j += N) {
-    const size_t end = j + N <= m ? j + N : m;
-    if (j + N <= m && hn::AllFalse(d, hn::Eq(hn::LoadU(d, diag + j), vb)))
-      continue;
-    for (size_t i = j; i < end; ++i)
-      if (diag[i] == b && (p == m || perm[i] < perm[p])) p = i;
-  }
   *best = b;
-  return p;
+  return FindResidual(diag, perm, r, m, b);
 }
 
 // diag[0..n) -= row[0..n)^2 (no clamp).
@@ -238,10 +254,19 @@ size_t PivotedCholeskyImpl(const float* HWY_RESTRICT G, size_t m, size_t stride,
   if (resuming)
     rank = ResumePivots(G, m, stride, max_rank, stop, resume, known, L, lstride,
                         diag, perm);
+  // The largest residual after a step, from its deflation pass (the same
+  // maximum as a pass of its own; NaN: that pass decides).
+  float next = -1.0f;
+  bool have_next = false;
   while (rank < max_rank) {
     const size_t r = rank;
-    float best;
-    const size_t p = ArgMaxResidual(diag, perm, r, m, &best);
+    float best = next;
+    size_t p = m;
+    if (have_next && next == next) {
+      if (best > 0.0f) p = FindResidual(diag, perm, r, m, best);
+    } else {
+      p = ArgMaxResidual(diag, perm, r, m, &best);
+    }
     if (p == m || !(best > 0.0f) || double(best) <= stop) break;
     if (p != r) {
       std::swap(perm[p], perm[r]);
@@ -263,8 +288,10 @@ size_t PivotedCholeskyImpl(const float* HWY_RESTRICT G, size_t m, size_t stride,
     for (size_t j = r; j < m; ++j) col[j] = gcol[perm[j]];
     UpdateColumn(L, lstride, r, r, from, m, col);
     const float inv = 1.0f / std::sqrt(best);
-    ScaleAndDeflate(inv, from, m, col, diag);
+    diag[r] = 0.0f;  // (and stays 0: 0 - col_r^2 is clamped)
+    next = ScaleAndDeflate(inv, from, m, col, diag);
     diag[r] = 0.0f;
+    have_next = true;
     if (residual) {
       double left = 0;
       for (size_t j = r + 1; j < m; ++j) left += diag[j];
