@@ -184,7 +184,7 @@ HWY_INLINE size_t ResumePivots(const float* HWY_RESTRICT G, size_t m,
                                size_t resume, size_t known,
                                float* HWY_RESTRICT L, size_t lstride,
                                float* HWY_RESTRICT diag,
-                               uint32_t* HWY_RESTRICT perm) {
+                               uint32_t* HWY_RESTRICT perm, bool full) {
   const size_t N = hn::Lanes(hn::CappedTag<float, 16>());
   // Positions [known, m): the items not listed yet, in index order.
   float* gcol = diag + m;  // scratch [m]
@@ -195,7 +195,7 @@ HWY_INLINE size_t ResumePivots(const float* HWY_RESTRICT G, size_t m,
     if (gcol[i] == 0.0f) perm[k++] = uint32_t(i);
   for (size_t j = 0; j < m; ++j) diag[j] = G[perm[j] * stride + perm[j]];
   auto g = [&](size_t i, size_t j) {
-    return i >= j ? G[i * stride + j] : G[j * stride + i];
+    return full || i >= j ? G[i * stride + j] : G[j * stride + i];
   };
   const size_t lim = std::min(resume, max_rank);
   size_t s = 0;
@@ -237,7 +237,7 @@ size_t PivotedCholeskyImpl(const float* HWY_RESTRICT G, size_t m, size_t stride,
                            size_t lstride, float* HWY_RESTRICT diag,
                            uint32_t* HWY_RESTRICT piv,
                            float* HWY_RESTRICT residual, bool factor,
-                           size_t resume, size_t known) {
+                           size_t resume, size_t known, bool full) {
   uint32_t* perm = piv;  // perm[j]: the item at position j
   const size_t N = hn::Lanes(hn::CappedTag<float, 16>());
   double trace = 0;
@@ -253,7 +253,7 @@ size_t PivotedCholeskyImpl(const float* HWY_RESTRICT G, size_t m, size_t stride,
   float* gcol = diag + m;  // one column of G in the items' order
   if (resuming)
     rank = ResumePivots(G, m, stride, max_rank, stop, resume, known, L, lstride,
-                        diag, perm);
+                        diag, perm, full);
   // The largest residual after a step, from its deflation pass (the same
   // maximum as a pass of its own; NaN: that pass decides).
   float next = -1.0f;
@@ -277,15 +277,19 @@ size_t PivotedCholeskyImpl(const float* HWY_RESTRICT G, size_t m, size_t stride,
     float* col = L + r * lstride;
     // col_j = G(j, p) - sum_{t<rank} L_t[j] L_t[p], then / sqrt(d_p), for
     // the items not chosen yet (j >= r). The column of G is read in the
-    // items' order (its first part is a row of the lower triangle) and then
-    // permuted in cache. The vectors start at a multiple of the lanes below
-    // r: the entries before r are computed but never read (their diag stays
-    // 0).
+    // items' order (its first part is a row of the lower triangle; with
+    // `full`, all of it is the pivot's row) and then permuted in cache. The
+    // vectors start at a multiple of the lanes below r: the entries before r
+    // are computed but never read (their diag stays 0).
     const size_t pr = perm[r], from = r / N * N;
-    std::copy(G + pr * stride, G + pr * stride + pr + 1, gcol);
-    for (size_t i = pr + 1; i < m; ++i) gcol[i] = G[i * stride + pr];
+    const float* HWY_RESTRICT grow = G + pr * stride;
+    if (!full) {
+      std::copy(grow, grow + pr + 1, gcol);
+      for (size_t i = pr + 1; i < m; ++i) gcol[i] = G[i * stride + pr];
+      grow = gcol;
+    }
     for (size_t j = from; j < r; ++j) col[j] = 0.0f;
-    for (size_t j = r; j < m; ++j) col[j] = gcol[perm[j]];
+    for (size_t j = r; j < m; ++j) col[j] = grow[perm[j]];
     UpdateColumn(L, lstride, r, r, from, m, col);
     const float inv = 1.0f / std::sqrt(best);
     diag[r] = 0.0f;  // (and stays 0: 0 - col_r^2 is clamped)
@@ -396,10 +400,10 @@ size_t CompressColumns(float* rows, size_t nrows, size_t stride,
 size_t PivotedCholesky(const float* G, size_t m, size_t stride, size_t max_rank,
                        float tol, float* L, size_t lstride, float* diag,
                        uint32_t* piv, float* residual, bool factor,
-                       size_t resume, size_t known) {
+                       size_t resume, size_t known, bool full) {
   return HWY_DYNAMIC_DISPATCH(PivotedCholeskyImpl)(
       G, m, stride, max_rank, tol, L, lstride, diag, piv, residual, factor,
-      resume, known);
+      resume, known, full);
 }
 
 float NonNegativeLeastSquares(const float* H, size_t s, size_t stride,

@@ -9,7 +9,9 @@
 namespace kvsketch {
 
 // Greedy pivoted Cholesky of the symmetric PSD matrix G (m x m, lower
-// triangle read: G[i * stride + j] for j <= i). Picks up to `max_rank`
+// triangle read: G[i * stride + j] for j <= i; with `full`, both triangles
+// are there and each pivot's column is read as its row, without striding
+// down the lower triangle: same results). Picks up to `max_rank`
 // pivots, each time the index with the largest residual diagonal, and stops
 // early when that residual is <= tol * (initial trace); ties go to the
 // lowest index. Writes the pivots to piv ([m]: the first `rank` entries are
@@ -34,7 +36,7 @@ namespace kvsketch {
 size_t PivotedCholesky(const float* G, size_t m, size_t stride, size_t max_rank,
                        float tol, float* L, size_t lstride, float* diag,
                        uint32_t* piv, float* residual, bool factor = true,
-                       size_t resume = 0, size_t known = 0);
+                       size_t resume = 0, size_t known = 0, bool full = false);
 
 // Non-negative least squares in normal form by projected coordinate descent:
 //   minimise 1/2 w'Hw - b'w + ridge/2 |w - w0|^2 over w >= 0,

@@ -1,5 +1,6 @@
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <random>
 #include <vector>
 
@@ -58,6 +59,29 @@ TEST_CASE("PivotedCholesky finds the rank and matches the reference") {
             s += double(L[k * m + i]) * L[k * m + j];
           CHECK(test::Near(s, G[i * m + j], 1e-3, 1e-4 * trace / double(m)));
         }
+    }
+    // Both triangles read (`full`) or the lower one alone (the upper one
+    // NaN): the same pivots and factor, bit for bit.
+    for (size_t m : {7u, 40u, 97u, 130u}) {
+      std::vector<float> G = LowRankGram(m, m, 1e-2f, uint32_t(m + 1));
+      const size_t keep = m - std::max<size_t>(1, m / 16);
+      std::vector<float> L0(m * m), L1(m * m), d0(2 * m), d1(2 * m);
+      std::vector<uint32_t> p0(m), p1(m);
+      const size_t r1 =
+          PivotedCholesky(G.data(), m, m, keep, 1e-7f, L1.data(), m, d1.data(),
+                          p1.data(), nullptr, false, 0, 0, /*full=*/true);
+      for (size_t i = 0; i < m; ++i)
+        for (size_t j = i + 1; j < m; ++j)
+          G[i * m + j] = std::numeric_limits<float>::quiet_NaN();
+      const size_t r0 =
+          PivotedCholesky(G.data(), m, m, keep, 1e-7f, L0.data(), m, d0.data(),
+                          p0.data(), nullptr, false);
+      INFO("m=" << m);
+      CHECK(r0 == keep);
+      CHECK(r1 == r0);
+      CHECK(p0 == p1);
+      for (size_t t = 0; t < r0; ++t)
+        for (size_t j = t; j < m; ++j) CHECK(L0[t * m + j] == L1[t * m + j]);
     }
     // max_rank caps the factor; residual trace decreases.
     const size_t m = 50;
@@ -125,9 +149,26 @@ TEST_CASE("PivotedCholesky resumes a previous factorization") {
       REQUIRE(CompressColumns(L.data(), rank0, ls, keep_pos.data(), m0) ==
               known);
       const size_t keep = m - std::max<size_t>(1, m / 16);
+      // The same resumed call reading both triangles (`full`), on a copy.
+      std::vector<float> L_full = L, diag_full = diag;
+      std::vector<uint32_t> piv_full = piv;
+      const size_t rank_full = PivotedCholesky(
+          G.data(), m, m, keep, 1e-7f, L_full.data(), ls, diag_full.data(),
+          piv_full.data(), nullptr, false, rank0, known, /*full=*/true);
+      // Without `full` only the lower triangle is read.
+      for (size_t i = 0; i < m; ++i)
+        for (size_t j = i + 1; j < m; ++j)
+          G[i * m + j] = std::numeric_limits<float>::quiet_NaN();
       const size_t rank = PivotedCholesky(G.data(), m, m, keep, 1e-7f, L.data(),
                                           ls, diag.data(), piv.data(), nullptr,
                                           false, rank0, known);
+      for (size_t i = 0; i < m; ++i)
+        for (size_t j = i + 1; j < m; ++j) G[i * m + j] = G[j * m + i];
+      CHECK(rank_full == rank);
+      CHECK(std::equal(piv.begin(), piv.begin() + m, piv_full.begin()));
+      for (size_t t = 0; t < rank; ++t)
+        for (size_t j = t; j < m; ++j)
+          CHECK(L[t * ls + j] == L_full[t * ls + j]);
       const auto ref_piv =
           ref::PivotedCholesky(G.data(), m, m, keep, 1e-7, nullptr);
       INFO("m0=" << m0 << " extra=" << c.extra << " fresh=" << c.fresh

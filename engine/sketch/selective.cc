@@ -68,6 +68,17 @@ double SumSquares(const float* x, size_t n) {
   return (a0 + a1) + (a2 + a3);
 }
 
+// The upper triangle of an n x n matrix (rows `stride` apart) from its
+// lower one, in 16 x 16 tiles (each tile's stores stay in a few lines).
+void MirrorLower(float* g, size_t n, size_t stride) {
+  constexpr size_t kB = 16;
+  for (size_t i0 = 0; i0 < n; i0 += kB)
+    for (size_t j0 = 0; j0 <= i0; j0 += kB)
+      for (size_t i = i0; i < std::min(i0 + kB, n); ++i)
+        for (size_t j = j0; j < std::min(j0 + kB, i); ++j)
+          g[j * stride + i] = g[i * stride + j];
+}
+
 size_t ProbeCount(const SketchConfig& c, size_t rows) {
   if (c.method != Method::kRisk) return 0;
   if (c.probes) return c.probes;
@@ -958,6 +969,16 @@ class SelectiveSketch final : public Sketch {
               gram[(c0 + i) * gs + j] += signs[t] * s.o1[i * Cs + j];
         }
       }
+      // Both triangles, so that the factorization reads each pivot's column
+      // as a row (striding down the lower triangle was 15 % of it): the
+      // whole Gram in the first round, the new rows' entries later.
+      if (carried == 0) {
+        MirrorLower(gram, C, gs);
+      } else {
+        for (size_t j = 0; j < C; ++j)
+          for (size_t i = std::max(c0, j + 1); i < C; ++i)
+            gram[j * gs + i] = gram[i * gs + j];
+      }
       // A later round resumes the previous round's factorization: the
       // survivors' Gram entries are unchanged, so its pivots stay the greedy
       // ones until a new candidate's residual is larger (same pivots as a
@@ -969,7 +990,8 @@ class SelectiveSketch final : public Sketch {
       if (carried) std::copy(prev_piv, prev_piv + carried, piv);
       size_t rank =
           PivotedCholesky(gram, C, gs, keep, 1e-7f, L, ls, s.diag, piv, nullptr,
-                          /*factor=*/false, carried ? resume : 0, carried);
+                          /*factor=*/false, carried ? resume : 0, carried,
+                          /*full=*/true);
       const size_t greedy = rank;
       std::copy(piv, piv + C, prev_piv);
       if (rank > 0 && rank < keep) {
@@ -1091,13 +1113,13 @@ class SelectiveSketch final : public Sketch {
         CompressColumns(s.B1, P, Cs, keepc, C);
         CompressColumns(s.B2, P, Cs, keepc, C);
         CompressColumns(s.lwc, 1, Cs, keepc, C);
-        // The Gram: each row's kept columns, then the kept rows up (row
-        // kept[t] holds row t's entries t2 <= t).
+        // The Gram (both triangles): each row's kept columns, then the kept
+        // rows up (row kept[t] holds row t's entries).
         CompressColumns(gram, C, gs, keepc, C);
         for (size_t t = 0; t < carried; ++t)
           if (kept[t] != t)
             std::memcpy(gram + t * gs, gram + kept[t] * gs,
-                        (t + 1) * sizeof(float));
+                        carried * sizeof(float));
         // The next candidates start with the survivors (the oldest items
         // not dropped; checked: otherwise the epoch ends here).
         for (size_t t = 0; t < carried; ++t) s.kept_pos[t] = cand[kept[t]];
