@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <string>
 #include <thread>
@@ -23,12 +24,13 @@ using Clock = std::chrono::steady_clock;
 struct Shape {
   const char* name;
   size_t layers, heads, kv_heads, head_dim;
+  float rope_theta;  // the model's config.json rope_theta
 };
 
 constexpr Shape kPresets[] = {
-    {"llama-3.2-1b", 16, 32, 8, 64},
-    {"qwen2.5-0.5b", 24, 14, 2, 64},
-    {"llama-3.1-8b", 32, 32, 8, 128},
+    {"llama-3.2-1b", 16, 32, 8, 64, 500000.0f},
+    {"qwen2.5-0.5b", 24, 14, 2, 64, 1000000.0f},
+    {"llama-3.1-8b", 32, 32, 8, 128, 500000.0f},
 };
 
 Shape ResolveShape(const DecodeOptions& opt) {
@@ -45,6 +47,12 @@ Shape ResolveShape(const DecodeOptions& opt) {
   if (opt.heads) s.heads = opt.heads;
   if (opt.kv_heads) s.kv_heads = opt.kv_heads;
   if (opt.head_dim) s.head_dim = opt.head_dim;
+  if (opt.rope_theta_given) s.rope_theta = opt.rope_theta;
+  if (!std::isfinite(s.rope_theta) || s.rope_theta < 0.0f) {
+    throw Error(fmt::format(
+        "decode: --rope-theta {} must be finite and >= 0 (0: no RoPE)",
+        s.rope_theta));
+  }
   if (s.heads % s.kv_heads != 0) {
     throw Error(
         fmt::format("decode: --heads {} is not a multiple of --kv-heads {}",
@@ -121,7 +129,7 @@ int RunDecode(const DecodeOptions& opt) {
     fmt::print(
         "## kvsketch decode\n\nmachine: {} | SIMD target: {} | cores: {}\n"
         "shape: {} | layers {} | heads {}/{} (q/kv) | head_dim {} | storage "
-        "{}\n"
+        "{} | rope theta {}\n"
         "K/V/Q: synthetic (period {} tokens, cycled). Compressed methods "
         "decode every token (append + attend, every run layer) and report "
         "the mean over all tokens since the previous checkpoint (every "
@@ -131,8 +139,8 @@ int RunDecode(const DecodeOptions& opt) {
         "state (its whole budget) for compressed methods, the rows held for "
         "exact.\n\n",
         CpuModel(), ChosenTargetName(), cores, opt.preset, shape.layers,
-        shape.heads, shape.kv_heads, d, opt.storage, period, opt.steps,
-        run_layers, shape.layers);
+        shape.heads, shape.kv_heads, d, opt.storage, shape.rope_theta, period,
+        opt.steps, run_layers, shape.layers);
     fmt::print(
         "| method | budget | threads | context | us/token | append us/head | "
         "vs exact | state MiB | held/head |\n"
@@ -168,6 +176,7 @@ int RunDecode(const DecodeOptions& opt) {
         cfg.storage = opt.storage;
         cfg.threads = nthreads;
         cfg.seed = opt.seed;
+        cfg.rope_theta = shape.rope_theta;
         // `exact` holds the whole context (f32-token units: room to spare).
         cfg.budget_tokens_per_head = exact ? max_ctx + 64 : budget;
         Session session(cfg);
@@ -229,14 +238,16 @@ int RunDecode(const DecodeOptions& opt) {
           if (opt.json) {
             fmt::print(
                 "{{\"preset\":\"{}\",\"layers\":{},\"heads\":{},\"kv_heads\":"
-                "{},\"head_dim\":{},\"storage\":\"{}\",\"method\":\"{}\","
+                "{},\"head_dim\":{},\"storage\":\"{}\",\"rope_theta\":{},"
+                "\"method\":\"{}\","
                 "\"budget_tokens\":{},\"threads\":{},\"context\":{},"
                 "\"us_per_token\":{:.3f},\"append_us_per_head\":{:.3f},\"vs_"
                 "exact\":{:.4f},\"state_bytes\":"
                 "{},\"retained_per_head\":{},\"history\":\"{}\"}}\n",
                 opt.preset, shape.layers, shape.heads, shape.kv_heads, d,
-                opt.storage, method, budget, nthreads, target, row.us_per_token,
-                row.append_us, vs, row.state_bytes, row.retained, row.how);
+                opt.storage, shape.rope_theta, method, budget, nthreads, target,
+                row.us_per_token, row.append_us, vs, row.state_bytes,
+                row.retained, row.how);
           } else if (opt.csv) {
             fmt::print("{},{},{},{},{:.3f},{:.3f},{:.4f},{},{}\n", method,
                        budget, nthreads, target, row.us_per_token,

@@ -13,6 +13,11 @@ struct DecodeOptions {
   // override the preset's when non-zero.
   std::string preset = "llama-3.2-1b";
   size_t layers = 0, heads = 0, kv_heads = 0, head_dim = 0;
+  // The RoPE theta the sessions are given (risk rotates its probe queries
+  // to future positions with it, as it would serving that model): the
+  // preset's unless given; 0: none.
+  float rope_theta = 0.0f;
+  bool rope_theta_given = false;
   std::vector<std::string> methods = {"exact", "window", "risk"};
   std::vector<size_t> budgets = {512};  // f32-token units per KV head
   std::vector<size_t> contexts = {1024, 4096, 16384, 65536, 131072};

@@ -168,6 +168,11 @@ int main(int argc, char** argv) {
                      "KV heads (default: preset)");
   decode->add_option("--head-dim", dec_opt.head_dim,
                      "head dimension (default: preset)");
+  auto* dec_rope = decode->add_option(
+      "--rope-theta", dec_opt.rope_theta,
+      "RoPE theta given to the sessions, as serving the model would (risk "
+      "rotates its probes to future positions with it; default: the "
+      "preset's, 0 = none)");
   decode->add_option("--method", dec_opt.methods, "methods (comma-separated)")
       ->delimiter(',')
       ->capture_default_str();
@@ -390,7 +395,10 @@ int main(int argc, char** argv) {
     }
     if (targets->parsed()) return kvsketch::RunTargets();
     if (speed->parsed()) return kvsketch::RunSpeed(speed_opt);
-    if (decode->parsed()) return kvsketch::RunDecode(dec_opt);
+    if (decode->parsed()) {
+      dec_opt.rope_theta_given = dec_rope->count() > 0;
+      return kvsketch::RunDecode(dec_opt);
+    }
   } catch (const kvsketch::Error& e) {
     std::fprintf(stderr, "kvsketch: %s\n", e.what());
     return 2;
