@@ -292,7 +292,9 @@ size_t PivotedCholeskyImpl(const float* HWY_RESTRICT G, size_t m, size_t stride,
     for (size_t j = r; j < m; ++j) col[j] = grow[perm[j]];
     UpdateColumn(L, lstride, r, r, from, m, col);
     const float inv = 1.0f / std::sqrt(best);
-    diag[r] = 0.0f;  // (and stays 0: 0 - col_r^2 is clamped)
+    // The pivot's residual is 0 before the pass (so the maximum it returns
+    // is over the others) and after it (should col_r be NaN).
+    diag[r] = 0.0f;
     next = ScaleAndDeflate(inv, from, m, col, diag);
     diag[r] = 0.0f;
     have_next = true;

@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <chrono>
-#include <cmath>
 #include <cstdio>
 #include <string>
 #include <thread>
@@ -11,6 +10,7 @@
 #include "arch/targets.h"  // ChosenTargetName
 #include "engine/cli/machine.h"
 #include "engine/io/synthetic.h"
+#include "engine/io/trace.h"       // ValidateRope
 #include "engine/sketch/sketch.h"  // ParseStorage
 #include "fmt/core.h"
 #include "kvsketch/error.h"
@@ -48,11 +48,7 @@ Shape ResolveShape(const DecodeOptions& opt) {
   if (opt.kv_heads) s.kv_heads = opt.kv_heads;
   if (opt.head_dim) s.head_dim = opt.head_dim;
   if (opt.rope_theta_given) s.rope_theta = opt.rope_theta;
-  if (!std::isfinite(s.rope_theta) || s.rope_theta < 0.0f) {
-    throw Error(fmt::format(
-        "decode: --rope-theta {} must be finite and >= 0 (0: no RoPE)",
-        s.rope_theta));
-  }
+  ValidateRope(s.rope_theta, 0, s.head_dim, "decode --rope-theta");
   if (s.heads % s.kv_heads != 0) {
     throw Error(
         fmt::format("decode: --heads {} is not a multiple of --kv-heads {}",

@@ -68,11 +68,12 @@ double SumSquares(const float* x, size_t n) {
   return (a0 + a1) + (a2 + a3);
 }
 
-// The upper triangle of an n x n matrix (rows `stride` apart) from its
-// lower one, in 16 x 16 tiles (each tile's stores stay in a few lines).
-void MirrorLower(float* g, size_t n, size_t stride) {
+// Copies rows [from, n) of the lower triangle of an n x n matrix (rows
+// `stride` apart) into the upper triangle, in 16 x 16 tiles (each tile's
+// stores stay in a few lines).
+void MirrorLower(float* g, size_t from, size_t n, size_t stride) {
   constexpr size_t kB = 16;
-  for (size_t i0 = 0; i0 < n; i0 += kB)
+  for (size_t i0 = from; i0 < n; i0 += kB)
     for (size_t j0 = 0; j0 <= i0; j0 += kB)
       for (size_t i = i0; i < std::min(i0 + kB, n); ++i)
         for (size_t j = j0; j < std::min(j0 + kB, i); ++j)
@@ -972,13 +973,7 @@ class SelectiveSketch final : public Sketch {
       // Both triangles, so that the factorization reads each pivot's column
       // as a row (striding down the lower triangle was 15 % of it): the
       // whole Gram in the first round, the new rows' entries later.
-      if (carried == 0) {
-        MirrorLower(gram, C, gs);
-      } else {
-        for (size_t j = 0; j < C; ++j)
-          for (size_t i = std::max(c0, j + 1); i < C; ++i)
-            gram[j * gs + i] = gram[i * gs + j];
-      }
+      MirrorLower(gram, c0, C, gs);
       // A later round resumes the previous round's factorization: the
       // survivors' Gram entries are unchanged, so its pivots stay the greedy
       // ones until a new candidate's residual is larger (same pivots as a

@@ -132,7 +132,7 @@ expect_ok '"method":"exact".*"context":192' $dec --json
 expect_ok "^window,32,1,192," $dec --csv
 expect_ok "qwen2.5-0.5b \| layers 3 \| heads 14/2 .* rope theta 1000000" decode --preset qwen2.5-0.5b --layers 3 --contexts 32 --steps 2 --method window --budget-tokens 8 --threads 1
 expect_ok '"rope_theta":0,' $dec --json --rope-theta 0
-expect_err "rope-theta -1 must be finite" decode --rope-theta -1
+expect_err "decode --rope-theta: rope theta -1 must be 0" decode --rope-theta -1
 expect_err "unknown --preset 'nope'" decode --preset nope
 expect_err "not a multiple of --kv-heads" decode --heads 6 --kv-heads 4
 expect_err "steps" decode --contexts 8 --steps 8
