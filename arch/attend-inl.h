@@ -34,10 +34,21 @@ constexpr size_t kTile = 16;
 constexpr size_t kPrefetchBytes = 2048;
 
 // f16 bits -> f32 for the finite values a validated row holds (normals and
-// subnormals): the bits shifted into place, then rescaled by 2^112 (exact).
+// subnormals), exact on every path: x86 targets with F16C (AVX2 and up) and
+// AArch64 convert in one instruction (a quantized tile's scales and offsets
+// are 16 to 64 of these per side; the bit trick below is ~9 scalar
+// instructions each and was 45 % of a grouped q8 call's tile decoding);
+// elsewhere the bits are shifted into place and rescaled by 2^112.
 HWY_INLINE float HalfAt(const uint8_t* p) {
   uint16_t h;
   std::memcpy(&h, p, 2);
+#if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX2
+  return _cvtsh_ss(h);
+#elif HWY_ARCH_ARM_A64 && HWY_COMPILER_GCC
+  __fp16 f16;
+  std::memcpy(&f16, &h, 2);
+  return static_cast<float>(f16);
+#else
   const uint32_t bits = uint32_t(h & 0x7FFFu) << 13;
   float f;
   std::memcpy(&f, &bits, 4);
@@ -47,6 +58,7 @@ HWY_INLINE float HalfAt(const uint8_t* p) {
   out |= uint32_t(h & 0x8000u) << 16;
   std::memcpy(&f, &out, 4);
   return f;
+#endif
 }
 
 // Float rows: `cols` is the valid columns rounded up to the tag's lanes.
