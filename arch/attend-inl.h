@@ -1024,6 +1024,54 @@ constexpr size_t kBlockQ = 2;
 constexpr size_t kBlockQ = 4;
 #endif
 
+// Row sources of the grouped kernels' register blocks: At(c) names column c
+// (a multiple of the lanes), Next moves it on by the lanes, Load(d, r, col)
+// is row r's vector there as f32. FloatSrc: float rows, converted in
+// registers. Q8Src: a tile's q8 rows, each vector its codes times the row's
+// group scale in registers, the products TileRows would store (so the
+// results are the same), without storing and reloading the decoded tile
+// (which took ~45 % of a grouped q8 call at d = 128 in cache).
+template <typename T>
+struct FloatSrc {
+  const T* HWY_RESTRICT p;
+  size_t stride;
+  struct Col {
+    size_t c;
+  };
+  Col At(size_t c) const { return Col{c}; }
+  void Next(Col& col, size_t lanes) const { col.c += lanes; }
+  template <class D>
+  HWY_INLINE hn::Vec<D> Load(D d, size_t r, const Col& col) const {
+    return LoadF32(d, p + r * stride + col.c);
+  }
+};
+struct Q8Src {
+  const uint8_t* HWY_RESTRICT p;  // the tile's first row, first code
+  size_t rowb, block, group;
+  const float* HWY_RESTRICT sc;  // [groups][kTile] scales
+  struct Col {
+    size_t off, i;  // byte offset in a row, column in the group
+    const float* HWY_RESTRICT sc;
+  };
+  Col At(size_t c) const {
+    const size_t j = c / group, i = c - j * group;
+    return Col{j * block + i, i, sc + j * kTile};
+  }
+  void Next(Col& col, size_t lanes) const {
+    col.off += lanes;
+    col.i += lanes;
+    if (col.i == group) {
+      col.i = 0;
+      col.off += block - group;
+      col.sc += kTile;
+    }
+  }
+  template <class D>
+  HWY_INLINE hn::Vec<D> Load(D d, size_t r, const Col& col) const {
+    return hn::Mul(hn::Set(d, col.sc[r]), LoadQ8(d, p + r * rowb + col.off, 0));
+  }
+};
+
 #if HWY_TARGET != HWY_SCALAR
 // Scores of a full tile (kTile rows `stride` apart; kcols a multiple of the
 // lanes, queries zero beyond the valid columns) against kQ queries q_stride
@@ -1031,10 +1079,10 @@ constexpr size_t kBlockQ = 4;
 // every key vector loaded (and converted) serves kQ FMAs and every query
 // vector 4, with 4 x kQ independent chains. Each query's four row sums fold
 // into one vector, then FoldParts as in ScoreTileTree. Requires TreeLanes(d).
-template <size_t kQ, class D, typename T>
-HWY_NOINLINE void ScoreGroupTile(D d, const T* HWY_RESTRICT K, size_t stride,
-                                 size_t kcols, const float* HWY_RESTRICT q,
-                                 size_t q_stride, float* HWY_RESTRICT s) {
+template <size_t kQ, class D, class Src>
+HWY_NOINLINE void ScoreGroupTile(D d, const Src& K, size_t kcols,
+                                 const float* HWY_RESTRICT q, size_t q_stride,
+                                 float* HWY_RESTRICT s) {
   static_assert(kQ == 2 || kQ == 4, "queries per block");
   const size_t N = hn::Lanes(d);
   HWY_ALIGN float part[kQ * kTile * kTile / 4];  // [kQ][kTile / 4][N]
@@ -1044,20 +1092,18 @@ HWY_NOINLINE void ScoreGroupTile(D d, const T* HWY_RESTRICT K, size_t stride,
   const float* HWY_RESTRICT q2p = q + (kQ > 2 ? 2 * q_stride : 0);
   const float* HWY_RESTRICT q3p = q + (kQ > 2 ? 3 * q_stride : 0);
   for (size_t j = 0; j < kTile / 4; ++j) {
-    const T* HWY_RESTRICT k0 = K + 4 * j * stride;
-    const T* HWY_RESTRICT k1 = k0 + stride;
-    const T* HWY_RESTRICT k2 = k1 + stride;
-    const T* HWY_RESTRICT k3 = k2 + stride;
+    const size_t r0 = 4 * j;
     // a<query><row>
     auto a00 = hn::Zero(d), a01 = a00, a02 = a00, a03 = a00;
     auto a10 = a00, a11 = a00, a12 = a00, a13 = a00;
     auto a20 = a00, a21 = a00, a22 = a00, a23 = a00;
     auto a30 = a00, a31 = a00, a32 = a00, a33 = a00;
-    for (size_t c = 0; c < kcols; c += N) {
-      const auto x0 = LoadF32(d, k0 + c);
-      const auto x1 = LoadF32(d, k1 + c);
-      const auto x2 = LoadF32(d, k2 + c);
-      const auto x3 = LoadF32(d, k3 + c);
+    auto col = K.At(0);
+    for (size_t c = 0; c < kcols; c += N, K.Next(col, N)) {
+      const auto x0 = K.Load(d, r0, col);
+      const auto x1 = K.Load(d, r0 + 1, col);
+      const auto x2 = K.Load(d, r0 + 2, col);
+      const auto x3 = K.Load(d, r0 + 3, col);
       const auto q0 = hn::LoadU(d, q0p + c);
       a00 = hn::MulAdd(x0, q0, a00);
       a01 = hn::MulAdd(x1, q0, a01);
@@ -1113,13 +1159,13 @@ HWY_INLINE void ScoreGroup(D d, const FloatRows<T>& KT, size_t rows,
     if (rows == kTile && TreeLanes(d)) {
       if constexpr (kBlockQ == 4) {
         for (; g + 4 <= G; g += 4) {
-          ScoreGroupTile<4>(d, KT.p, KT.stride, KT.cols, qs + g * q_stride,
-                            q_stride, s + g * kTile);
+          ScoreGroupTile<4>(d, FloatSrc<T>{KT.p, KT.stride}, KT.cols,
+                            qs + g * q_stride, q_stride, s + g * kTile);
         }
       }
       for (; g + 2 <= G; g += 2) {
-        ScoreGroupTile<2>(d, KT.p, KT.stride, KT.cols, qs + g * q_stride,
-                          q_stride, s + g * kTile);
+        ScoreGroupTile<2>(d, FloatSrc<T>{KT.p, KT.stride}, KT.cols,
+                          qs + g * q_stride, q_stride, s + g * kTile);
       }
       if (g < G) {
         ScoreTileTree(d, KT.p, KT.stride, KT.cols, qs + g * q_stride,
@@ -1143,10 +1189,10 @@ HWY_INLINE void ScoreGroup(D d, const FloatRows<T>& KT, size_t rows,
 // kTile apart, accumulators at acc[i]): kQ x kC accumulators in registers
 // for the whole tile; each row costs kC value loads (converted) and kQ
 // broadcasts for kQ x kC independent FMAs.
-template <size_t kQ, size_t kC, class D, typename TV>
-HWY_INLINE void AccumulateBlock(D d, const TV* HWY_RESTRICT V, size_t stride,
-                                size_t c0, const float* HWY_RESTRICT P,
-                                size_t rows, float* const* acc) {
+template <size_t kQ, size_t kC, class D, class Src>
+HWY_INLINE void AccumulateBlock(D d, const Src& V, size_t c0,
+                                const float* HWY_RESTRICT P, size_t rows,
+                                float* const* acc) {
   static_assert((kQ == 2 || kQ == 4) && (kC == 1 || kC == 2 || kC == 4),
                 "block shape");
   const size_t N = hn::Lanes(d);
@@ -1183,14 +1229,19 @@ HWY_INLINE void AccumulateBlock(D d, const TV* HWY_RESTRICT V, size_t stride,
       a33 = hn::LoadU(d, p3 + 3 * N);
     }
   }
+  auto col0 = V.At(c0), col1 = col0, col2 = col0, col3 = col0;
+  if constexpr (kC > 1) V.Next(col1 = col0, N);
+  if constexpr (kC > 2) {
+    V.Next(col2 = col1, N);
+    V.Next(col3 = col2, N);
+  }
   for (size_t r = 0; r < rows; ++r) {
-    const TV* HWY_RESTRICT v = V + r * stride + c0;
-    const auto v0 = LoadF32(d, v);
+    const auto v0 = V.Load(d, r, col0);
     auto v1 = v0, v2 = v0, v3 = v0;
-    if constexpr (kC > 1) v1 = LoadF32(d, v + N);
+    if constexpr (kC > 1) v1 = V.Load(d, r, col1);
     if constexpr (kC > 2) {
-      v2 = LoadF32(d, v + 2 * N);
-      v3 = LoadF32(d, v + 3 * N);
+      v2 = V.Load(d, r, col2);
+      v3 = V.Load(d, r, col3);
     }
     const auto w0 = hn::Set(d, P[r]);
     const auto w1 = hn::Set(d, P[kTile + r]);
@@ -1257,35 +1308,36 @@ HWY_INLINE void AccumulateBlock(D d, const TV* HWY_RESTRICT V, size_t stride,
 // kQ queries' values for one tile: column blocks of kMaxC vectors (16
 // accumulators with kQ = 4 on 32-register targets, 8 otherwise), the
 // remaining columns one vector at a time.
-template <size_t kQ, class D, typename TV>
-HWY_INLINE void AccumulateQueries(D d, const FloatRows<TV>& VR,
+template <size_t kQ, class D, class Src>
+HWY_INLINE void AccumulateQueries(D d, const Src& V, size_t cols,
                                   const float* HWY_RESTRICT P, size_t rows,
                                   float* const* acc) {
   constexpr size_t kMaxC = kBlockQ * 4 / kQ;
   const size_t N = hn::Lanes(d);
   size_t c = 0;
   if constexpr (kMaxC >= 4) {
-    for (; c + 4 * N <= VR.cols; c += 4 * N) {
-      AccumulateBlock<kQ, 4>(d, VR.p, VR.stride, c, P, rows, acc);
+    for (; c + 4 * N <= cols; c += 4 * N) {
+      AccumulateBlock<kQ, 4>(d, V, c, P, rows, acc);
     }
   }
-  for (; c + 2 * N <= VR.cols; c += 2 * N) {
-    AccumulateBlock<kQ, 2>(d, VR.p, VR.stride, c, P, rows, acc);
+  for (; c + 2 * N <= cols; c += 2 * N) {
+    AccumulateBlock<kQ, 2>(d, V, c, P, rows, acc);
   }
-  for (; c < VR.cols; c += N) {
-    AccumulateBlock<kQ, 1>(d, VR.p, VR.stride, c, P, rows, acc);
+  for (; c < cols; c += N) {
+    AccumulateBlock<kQ, 1>(d, V, c, P, rows, acc);
   }
 }
 
 // The whole group's values for one tile: blocks of kBlockQ queries (a block
 // with fewer queries left runs on zero weights into `spare`), then a pair,
-// then a last query on its own. P: [kMaxGroup][kTile], rows >= G zero.
-template <class D, typename TV>
-HWY_NOINLINE void AccumulateGroup(D d, const FloatRows<TV>& VR,
-                                  const float* HWY_RESTRICT P, size_t rows,
-                                  size_t G, float* HWY_RESTRICT acc,
-                                  size_t acc_stride,
-                                  float* HWY_RESTRICT spare) {
+// then a last query on its own (single(g)). P: [kMaxGroup][kTile], rows >= G
+// zero.
+template <class D, class Src, class Single>
+HWY_INLINE void AccumulateBlocks(D d, const Src& V, size_t cols,
+                                 const float* HWY_RESTRICT P, size_t rows,
+                                 size_t G, float* HWY_RESTRICT acc,
+                                 size_t acc_stride, float* HWY_RESTRICT spare,
+                                 const Single& single) {
   size_t g0 = 0;
   if constexpr (kBlockQ == 4) {
     // Three queries left: a block of four with one zero-weight query.
@@ -1294,17 +1346,88 @@ HWY_NOINLINE void AccumulateGroup(D d, const FloatRows<TV>& VR,
       for (size_t i = 0; i < 4; ++i) {
         accp[i] = g0 + i < G ? acc + (g0 + i) * acc_stride : spare;
       }
-      AccumulateQueries<4>(d, VR, P + g0 * kTile, rows, accp);
+      AccumulateQueries<4>(d, V, cols, P + g0 * kTile, rows, accp);
     }
   }
   for (; g0 + 2 <= G; g0 += 2) {
     float* accp[2] = {acc + g0 * acc_stride, acc + (g0 + 1) * acc_stride};
-    AccumulateQueries<2>(d, VR, P + g0 * kTile, rows, accp);
+    AccumulateQueries<2>(d, V, cols, P + g0 * kTile, rows, accp);
   }
-  if (g0 < G) {
-    AccumulateTile(d, VR, 0, P + g0 * kTile, rows, acc + g0 * acc_stride);
+  if (g0 < G) single(g0);
+}
+template <class D, typename TV>
+HWY_NOINLINE void AccumulateGroup(D d, const FloatRows<TV>& VR,
+                                  const float* HWY_RESTRICT P, size_t rows,
+                                  size_t G, float* HWY_RESTRICT acc,
+                                  size_t acc_stride,
+                                  float* HWY_RESTRICT spare) {
+  AccumulateBlocks(d, FloatSrc<TV>{VR.p, VR.stride}, VR.cols, P, rows, G, acc,
+                   acc_stride, spare, [&](size_t g) {
+                     AccumulateTile(d, VR, 0, P + g * kTile, rows,
+                                    acc + g * acc_stride);
+                   });
+}
+// q8 values (all quantized columns, `cols`): a last query pairs with a
+// zero-weight one (P's row G) into `spare`.
+template <class D>
+HWY_NOINLINE void AccumulateGroupQ8(D d, const Q8Src& V, size_t cols,
+                                    const float* HWY_RESTRICT P, size_t rows,
+                                    size_t G, float* HWY_RESTRICT acc,
+                                    size_t acc_stride,
+                                    float* HWY_RESTRICT spare) {
+  AccumulateBlocks(
+      d, V, cols, P, rows, G, acc, acc_stride, spare, [&](size_t g) {
+        float* accp[2] = {acc + g * acc_stride, spare};
+        AccumulateQueries<2>(d, V, cols, P + g * kTile, rows, accp);
+      });
+}
+
+// A tile of q8 rows as a Q8Src; sc: [groups][kTile] for the scales (rows
+// past `rows` are never read).
+inline Q8Src MakeQ8Src(const QuantRows& R, size_t r0, size_t rows,
+                       float* HWY_RESTRICT sc) {
+  const uint8_t* HWY_RESTRICT base = R.p + r0 * R.rowb;
+  for (size_t j = 0; j < R.groups; ++j) {
+    for (size_t r = 0; r < rows; ++r) {
+      sc[j * kTile + r] = HalfAt(base + r * R.rowb + j * R.block);
+    }
+  }
+  return Q8Src{base + R.code_offset(), R.rowb, R.block, R.group, sc};
+}
+
+#if HWY_TARGET != HWY_SCALAR
+// ScoreGroup's full-tile path over q8 keys (kcols: all quantized columns); a
+// last query goes through a pair with itself. Requires TreeLanes(d).
+template <class D>
+HWY_NOINLINE void ScoreGroupQ8(D d, const Q8Src& K, size_t kcols,
+                               const float* HWY_RESTRICT qs, size_t q_stride,
+                               size_t G, const float* HWY_RESTRICT logw,
+                               float* HWY_RESTRICT s) {
+  size_t g = 0;
+  if constexpr (hn::MaxLanes(D()) >= 4) {
+    if constexpr (kBlockQ == 4) {
+      for (; g + 4 <= G; g += 4) {
+        ScoreGroupTile<4>(d, K, kcols, qs + g * q_stride, q_stride,
+                          s + g * kTile);
+      }
+    }
+    for (; g + 2 <= G; g += 2) {
+      ScoreGroupTile<2>(d, K, kcols, qs + g * q_stride, q_stride,
+                        s + g * kTile);
+    }
+    if (g < G) {
+      HWY_ALIGN float pair[2 * kTile];
+      ScoreGroupTile<2>(d, K, kcols, qs + g * q_stride, 0, pair);
+      std::memcpy(s + g * kTile, pair, kTile * sizeof(float));
+    }
+    if (logw) {
+      for (size_t i = 0; i < G; ++i) {
+        for (size_t r = 0; r < kTile; ++r) s[i * kTile + r] += logw[r];
+      }
+    }
   }
 }
+#endif
 
 template <class DK, class DV, class KR, class VR>
 void AttendGroupT(DK dk, DV dv, const KR& K, const VR& V, size_t n,
@@ -1329,13 +1452,35 @@ void AttendGroupT(DK dk, DV dv, const KR& K, const VR& V, size_t n,
   constexpr bool kQuantV = std::is_same<VR, QuantRows>::value;
   HWY_ALIGN float kbuf[kQuantK ? kTile * kMaxHeadDim : 1];
   HWY_ALIGN float vbuf[kQuantV ? kTile * kMaxHeadDim : 1];
+  // q8 tiles' scales, when their rows are read in registers (Q8Src): for one
+  // register block of queries. With more, each block would widen and scale
+  // the codes again; decoding the tile once measured faster there
+  // (kvsketch_microbench in cache: at G = 4 registers 7-13 % faster, at
+  // G = 8 3-10 % slower).
+  const bool fuse_q8 = G <= kBlockQ;
+  HWY_ALIGN float ksc[kQuantK ? kMaxQuantGroups * kTile : 1];
+  HWY_ALIGN float vsc[kQuantV ? kMaxQuantGroups * kTile : 1];
+  (void)ksc;  // unused on HWY_SCALAR
   const size_t pf_rows = PrefetchRows(K);
   const auto score = [&](size_t r0, float* HWY_RESTRICT s) {
     const size_t rows = HWY_MIN(kTile, n - r0);
     // The keys of the tile after this one (V's prefetch: before values).
     if (r0 + kTile + pf_rows <= n) PrefetchTile(K, r0 + pf_rows);
-    ScoreGroup(dk, TileRows(dk, K, r0, rows, kbuf), rows, qs, q_stride, G,
-               logw ? logw + r0 : nullptr, s);
+    const float* HWY_RESTRICT lw = logw ? logw + r0 : nullptr;
+    bool scored = false;
+#if HWY_TARGET != HWY_SCALAR
+    if constexpr (kQuantK) {
+      if (fuse_q8 && K.q8 && rows == kTile && TreeLanes(dk)) {
+        ScoreGroupQ8(dk, MakeQ8Src(K, r0, rows, ksc), K.groups * K.group, qs,
+                     q_stride, G, lw, s);
+        scored = true;
+      }
+    }
+#endif
+    if (!scored) {
+      ScoreGroup(dk, TileRows(dk, K, r0, rows, kbuf), rows, qs, q_stride, G, lw,
+                 s);
+    }
     if (scores) {
       for (size_t g = 0; g < G; ++g) {
         for (size_t r = 0; r < rows; ++r) {
@@ -1351,6 +1496,13 @@ void AttendGroupT(DK dk, DV dv, const KR& K, const VR& V, size_t n,
     float* HWY_RESTRICT s = sbuf[t & 1];
     SoftmaxGroupTile(s, rows, G, m, zl, acc, acc_stride, acc_cols, P);
     if (r0 + kTile + pf_rows <= n) PrefetchTile(V, r0 + pf_rows);
+    if constexpr (kQuantV) {
+      if (fuse_q8 && V.q8) {
+        AccumulateGroupQ8(dv, MakeQ8Src(V, r0, rows, vsc), V.groups * V.group,
+                          P, rows, G, acc, acc_stride, spare);
+        continue;
+      }
+    }
     auto VT = TileRows(dv, V, r0, rows, vbuf);
     if constexpr (kQuantV)
       VT.cols = VT.stride;  // the accumulator: whole groups

@@ -256,7 +256,10 @@ TEST_CASE("attend over quantized rows equals the reference on every target") {
         for (size_t d : {8u, 20u, 64u, 128u}) {
           for (bool rotate : {false, true}) {
             if (rotate && !IsPowerOfTwo(d)) continue;
-            for (size_t G : {1u, 3u, 7u, 10u}) {
+            // G <= 4: q8 rows read in registers (one register block of
+            // queries; 3: a last query paired with itself); 7, 10: decoded
+            // tiles.
+            for (size_t G : {1u, 2u, 3u, 4u, 7u, 10u}) {
               const size_t n = 53;
               std::mt19937 rng(
                   unsigned(d * 13 + G + 7 * size_t(tk) + size_t(tv)));
