@@ -945,6 +945,20 @@ HWY_INLINE FloatRows<T> TileRows(D /*d*/, const FloatRows<T>& R, size_t r0,
                                  size_t /*rows*/, float* HWY_RESTRICT /*buf*/) {
   return FloatRows<T>{R.p + r0 * R.stride, R.stride, R.cols};
 }
+// The f16 at byte `src_off` of each group of a tile's rows (0: the scales,
+// 2: q4a's offsets) as f32, out[group * kTile + row]; rows past `rows` (never
+// read) repeat the first row's.
+inline void TileHalves(const QuantRows& R, size_t r0, size_t rows,
+                       size_t src_off, float* HWY_RESTRICT out) {
+  const uint8_t* HWY_RESTRICT base = R.p + r0 * R.rowb + src_off;
+  for (size_t j = 0; j < R.groups; ++j) {
+    for (size_t r = 0; r < rows; ++r) {
+      out[j * kTile + r] = HalfAt(base + r * R.rowb + j * R.block);
+    }
+    for (size_t r = rows; r < kTile; ++r) out[j * kTile + r] = out[j * kTile];
+  }
+}
+
 // Quantized rows decode to what they store (rotated rows stay rotated), all
 // quantized columns (whole groups). The tile's f16 scales (and offsets) are
 // converted first, out of the row loop (which then has no scalar work and
@@ -964,15 +978,7 @@ HWY_NOINLINE FloatRows<float> TileRows(D d, const QuantRows& R, size_t r0,
   const hn::CappedTag<float, kTile> dt;
   const size_t T = hn::Lanes(dt);
   // Rows past `rows` (never read) repeat the first row's half.
-  const auto convert = [&](size_t src_off, float* HWY_RESTRICT out) {
-    for (size_t j = 0; j < groups; ++j) {
-      for (size_t r = 0; r < rows; ++r) {
-        out[j * kTile + r] = HalfAt(base + r * rowb + j * block + src_off);
-      }
-      for (size_t r = rows; r < kTile; ++r) out[j * kTile + r] = out[j * kTile];
-    }
-  };
-  convert(0, sc);
+  TileHalves(R, r0, rows, 0, sc);
   if (R.q8) {
     for (size_t r = 0; r < rows; ++r) {
       const uint8_t* HWY_RESTRICT row = base + r * rowb + co;
@@ -988,7 +994,7 @@ HWY_NOINLINE FloatRows<float> TileRows(D d, const QuantRows& R, size_t r0,
     return FloatRows<float>{buf, qcols, RoundUp(R.cols, N)};
   }
   if (R.asym) {
-    convert(2, off);
+    TileHalves(R, r0, rows, 2, off);
   } else {
     for (size_t i = 0; i < groups * kTile; i += T) {
       hn::Store(hn::Mul(hn::Load(dt, sc + i), hn::Set(dt, -8.0f)), dt, off + i);
@@ -1144,6 +1150,34 @@ HWY_NOINLINE void ScoreGroupTile(D d, const Src& K, size_t kcols,
 }
 #endif
 
+#if HWY_TARGET != HWY_SCALAR
+// A full tile's scores for all G queries into s[g * kTile + r], log-weights
+// added: blocks of kBlockQ (then 2) queries, a last query through single(g).
+// Requires TreeLanes(d).
+template <class D, class Src, class Single>
+HWY_INLINE void ScoreBlocks(D d, const Src& K, size_t kcols,
+                            const float* HWY_RESTRICT qs, size_t q_stride,
+                            size_t G, const float* HWY_RESTRICT logw,
+                            float* HWY_RESTRICT s, const Single& single) {
+  size_t g = 0;
+  if constexpr (kBlockQ == 4) {
+    for (; g + 4 <= G; g += 4) {
+      ScoreGroupTile<4>(d, K, kcols, qs + g * q_stride, q_stride,
+                        s + g * kTile);
+    }
+  }
+  for (; g + 2 <= G; g += 2) {
+    ScoreGroupTile<2>(d, K, kcols, qs + g * q_stride, q_stride, s + g * kTile);
+  }
+  if (g < G) single(g);
+  if (logw) {
+    for (size_t i = 0; i < G; ++i) {
+      for (size_t r = 0; r < kTile; ++r) s[i * kTile + r] += logw[r];
+    }
+  }
+}
+#endif
+
 // The tile's scores for all G queries into s[g * kTile + r] (tile-relative
 // rows; log-weights added): full tiles in blocks of kBlockQ (then 2) queries,
 // a last single query through ScoreTileTree; partial tiles (and targets
@@ -1153,34 +1187,19 @@ HWY_INLINE void ScoreGroup(D d, const FloatRows<T>& KT, size_t rows,
                            const float* HWY_RESTRICT qs, size_t q_stride,
                            size_t G, const float* HWY_RESTRICT logw,
                            float* HWY_RESTRICT s) {
-  size_t g = 0;
 #if HWY_TARGET != HWY_SCALAR
   if constexpr (hn::MaxLanes(D()) >= 4) {
     if (rows == kTile && TreeLanes(d)) {
-      if constexpr (kBlockQ == 4) {
-        for (; g + 4 <= G; g += 4) {
-          ScoreGroupTile<4>(d, FloatSrc<T>{KT.p, KT.stride}, KT.cols,
-                            qs + g * q_stride, q_stride, s + g * kTile);
-        }
-      }
-      for (; g + 2 <= G; g += 2) {
-        ScoreGroupTile<2>(d, FloatSrc<T>{KT.p, KT.stride}, KT.cols,
-                          qs + g * q_stride, q_stride, s + g * kTile);
-      }
-      if (g < G) {
-        ScoreTileTree(d, KT.p, KT.stride, KT.cols, qs + g * q_stride,
-                      s + g * kTile);
-      }
-      if (logw) {
-        for (size_t i = 0; i < G; ++i) {
-          for (size_t r = 0; r < kTile; ++r) s[i * kTile + r] += logw[r];
-        }
-      }
+      ScoreBlocks(d, FloatSrc<T>{KT.p, KT.stride}, KT.cols, qs, q_stride, G,
+                  logw, s, [&](size_t g) {
+                    ScoreTileTree(d, KT.p, KT.stride, KT.cols,
+                                  qs + g * q_stride, s + g * kTile);
+                  });
       return;
     }
   }
 #endif
-  for (; g < G; ++g) {
+  for (size_t g = 0; g < G; ++g) {
     ScoreTile(d, KT, 0, qs + g * q_stride, nullptr, logw, rows, s + g * kTile);
   }
 }
@@ -1330,14 +1349,15 @@ HWY_INLINE void AccumulateQueries(D d, const Src& V, size_t cols,
 
 // The whole group's values for one tile: blocks of kBlockQ queries (a block
 // with fewer queries left runs on zero weights into `spare`), then a pair,
-// then a last query on its own (single(g)). P: [kMaxGroup][kTile], rows >= G
-// zero.
-template <class D, class Src, class Single>
-HWY_INLINE void AccumulateBlocks(D d, const Src& V, size_t cols,
-                                 const float* HWY_RESTRICT P, size_t rows,
-                                 size_t G, float* HWY_RESTRICT acc,
-                                 size_t acc_stride, float* HWY_RESTRICT spare,
-                                 const Single& single) {
+// then a last query on its own. P: [kMaxGroup][kTile], rows >= G zero.
+template <class D, typename TV>
+HWY_NOINLINE void AccumulateGroup(D d, const FloatRows<TV>& VR,
+                                  const float* HWY_RESTRICT P, size_t rows,
+                                  size_t G, float* HWY_RESTRICT acc,
+                                  size_t acc_stride,
+                                  float* HWY_RESTRICT spare) {
+  const FloatSrc<TV> V{VR.p, VR.stride};
+  const size_t cols = VR.cols;
   size_t g0 = 0;
   if constexpr (kBlockQ == 4) {
     // Three queries left: a block of four with one zero-weight query.
@@ -1353,46 +1373,36 @@ HWY_INLINE void AccumulateBlocks(D d, const Src& V, size_t cols,
     float* accp[2] = {acc + g0 * acc_stride, acc + (g0 + 1) * acc_stride};
     AccumulateQueries<2>(d, V, cols, P + g0 * kTile, rows, accp);
   }
-  if (g0 < G) single(g0);
+  if (g0 < G) {
+    AccumulateTile(d, VR, 0, P + g0 * kTile, rows, acc + g0 * acc_stride);
+  }
 }
-template <class D, typename TV>
-HWY_NOINLINE void AccumulateGroup(D d, const FloatRows<TV>& VR,
-                                  const float* HWY_RESTRICT P, size_t rows,
-                                  size_t G, float* HWY_RESTRICT acc,
-                                  size_t acc_stride,
-                                  float* HWY_RESTRICT spare) {
-  AccumulateBlocks(d, FloatSrc<TV>{VR.p, VR.stride}, VR.cols, P, rows, G, acc,
-                   acc_stride, spare, [&](size_t g) {
-                     AccumulateTile(d, VR, 0, P + g * kTile, rows,
-                                    acc + g * acc_stride);
-                   });
-}
-// q8 values (all quantized columns, `cols`): a last query pairs with a
-// zero-weight one (P's row G) into `spare`.
+// q8 values (all quantized columns, `cols`) of a group that fits one register
+// block (2 <= G <= kBlockQ): one block of 2 or 4 queries, those past G on zero
+// weights (P's rows >= G) into `spare`.
 template <class D>
 HWY_NOINLINE void AccumulateGroupQ8(D d, const Q8Src& V, size_t cols,
                                     const float* HWY_RESTRICT P, size_t rows,
                                     size_t G, float* HWY_RESTRICT acc,
                                     size_t acc_stride,
                                     float* HWY_RESTRICT spare) {
-  AccumulateBlocks(
-      d, V, cols, P, rows, G, acc, acc_stride, spare, [&](size_t g) {
-        float* accp[2] = {acc + g * acc_stride, spare};
-        AccumulateQueries<2>(d, V, cols, P + g * kTile, rows, accp);
-      });
+  HWY_DASSERT(G >= 2 && G <= kBlockQ);
+  float* accp[kBlockQ];
+  for (size_t i = 0; i < kBlockQ; ++i) {
+    accp[i] = i < G ? acc + i * acc_stride : spare;
+  }
+  if constexpr (kBlockQ == 4) {
+    if (G > 2) return AccumulateQueries<4>(d, V, cols, P, rows, accp);
+  }
+  AccumulateQueries<2>(d, V, cols, P, rows, accp);
 }
 
-// A tile of q8 rows as a Q8Src; sc: [groups][kTile] for the scales (rows
-// past `rows` are never read).
+// A tile of q8 rows as a Q8Src; sc: [groups][kTile] for the scales.
 inline Q8Src MakeQ8Src(const QuantRows& R, size_t r0, size_t rows,
                        float* HWY_RESTRICT sc) {
-  const uint8_t* HWY_RESTRICT base = R.p + r0 * R.rowb;
-  for (size_t j = 0; j < R.groups; ++j) {
-    for (size_t r = 0; r < rows; ++r) {
-      sc[j * kTile + r] = HalfAt(base + r * R.rowb + j * R.block);
-    }
-  }
-  return Q8Src{base + R.code_offset(), R.rowb, R.block, R.group, sc};
+  TileHalves(R, r0, rows, 0, sc);
+  return Q8Src{R.p + r0 * R.rowb + R.code_offset(), R.rowb, R.block, R.group,
+               sc};
 }
 
 #if HWY_TARGET != HWY_SCALAR
@@ -1403,28 +1413,12 @@ HWY_NOINLINE void ScoreGroupQ8(D d, const Q8Src& K, size_t kcols,
                                const float* HWY_RESTRICT qs, size_t q_stride,
                                size_t G, const float* HWY_RESTRICT logw,
                                float* HWY_RESTRICT s) {
-  size_t g = 0;
   if constexpr (hn::MaxLanes(D()) >= 4) {
-    if constexpr (kBlockQ == 4) {
-      for (; g + 4 <= G; g += 4) {
-        ScoreGroupTile<4>(d, K, kcols, qs + g * q_stride, q_stride,
-                          s + g * kTile);
-      }
-    }
-    for (; g + 2 <= G; g += 2) {
-      ScoreGroupTile<2>(d, K, kcols, qs + g * q_stride, q_stride,
-                        s + g * kTile);
-    }
-    if (g < G) {
+    ScoreBlocks(d, K, kcols, qs, q_stride, G, logw, s, [&](size_t g) {
       HWY_ALIGN float pair[2 * kTile];
       ScoreGroupTile<2>(d, K, kcols, qs + g * q_stride, 0, pair);
       std::memcpy(s + g * kTile, pair, kTile * sizeof(float));
-    }
-    if (logw) {
-      for (size_t i = 0; i < G; ++i) {
-        for (size_t r = 0; r < kTile; ++r) s[i * kTile + r] += logw[r];
-      }
-    }
+    });
   }
 }
 #endif
