@@ -1661,6 +1661,392 @@ void AttendRows(const KR& kr, const VR& vr, const RowsView& K,
   if (!direct) FinishOutputs(V, G, acc, acc_stride, N);
 }
 
+// ------------------------------------------------ many queries (AttendMany)
+//
+// P queries over the same rows (risk's probes: up to 96 per pass over its
+// pool) with the queries in vector lanes: qt [cols][Pp] holds them
+// transposed (scaled, rotated like the keys, zero past P), each tile's rows
+// are decoded to f32 once for all queries, a score block is 4 rows x kQB
+// query vectors (each key element broadcast against kQB query vectors) and a
+// value block kC columns x kQB query vectors (each value element broadcast
+// against the rows' weights). No per-query reduction tree and no per-block
+// row conversion: ~d / lanes FMAs per row and query for the scores and as
+// many for the values.
+
+// Scores of rows k0, k0 + kst, .. (4 rows) against query vectors qt[x][0,
+// kQB lanes) into out[i * Pp + j * N] (row i, query vector j), plus lw[i].
+template <size_t kQB, class D>
+HWY_INLINE void ManyScoreBlock(D d, const float* HWY_RESTRICT k0, size_t kst,
+                               size_t dk, const float* HWY_RESTRICT qt,
+                               size_t Pp, const float* lw,
+                               float* HWY_RESTRICT out) {
+  static_assert(kQB == 1 || kQB == 2 || kQB == 4, "query vectors per block");
+  const size_t N = hn::Lanes(d);
+  const float* HWY_RESTRICT k1 = k0 + kst;
+  const float* HWY_RESTRICT k2 = k1 + kst;
+  const float* HWY_RESTRICT k3 = k2 + kst;
+  // a<query vector><row>
+  auto a00 = hn::Zero(d), a01 = a00, a02 = a00, a03 = a00;
+  auto a10 = a00, a11 = a00, a12 = a00, a13 = a00;
+  auto a20 = a00, a21 = a00, a22 = a00, a23 = a00;
+  auto a30 = a00, a31 = a00, a32 = a00, a33 = a00;
+  for (size_t x = 0; x < dk; ++x) {
+    const float* HWY_RESTRICT qx = qt + x * Pp;
+    const auto b0 = hn::Set(d, k0[x]);
+    const auto b1 = hn::Set(d, k1[x]);
+    const auto b2 = hn::Set(d, k2[x]);
+    const auto b3 = hn::Set(d, k3[x]);
+    const auto q0 = hn::LoadU(d, qx);
+    a00 = hn::MulAdd(q0, b0, a00);
+    a01 = hn::MulAdd(q0, b1, a01);
+    a02 = hn::MulAdd(q0, b2, a02);
+    a03 = hn::MulAdd(q0, b3, a03);
+    if constexpr (kQB > 1) {
+      const auto q1 = hn::LoadU(d, qx + N);
+      a10 = hn::MulAdd(q1, b0, a10);
+      a11 = hn::MulAdd(q1, b1, a11);
+      a12 = hn::MulAdd(q1, b2, a12);
+      a13 = hn::MulAdd(q1, b3, a13);
+    }
+    if constexpr (kQB > 2) {
+      const auto q2 = hn::LoadU(d, qx + 2 * N);
+      a20 = hn::MulAdd(q2, b0, a20);
+      a21 = hn::MulAdd(q2, b1, a21);
+      a22 = hn::MulAdd(q2, b2, a22);
+      a23 = hn::MulAdd(q2, b3, a23);
+      const auto q3 = hn::LoadU(d, qx + 3 * N);
+      a30 = hn::MulAdd(q3, b0, a30);
+      a31 = hn::MulAdd(q3, b1, a31);
+      a32 = hn::MulAdd(q3, b2, a32);
+      a33 = hn::MulAdd(q3, b3, a33);
+    }
+  }
+  const auto l0 = hn::Set(d, lw[0]), l1 = hn::Set(d, lw[1]);
+  const auto l2 = hn::Set(d, lw[2]), l3 = hn::Set(d, lw[3]);
+  hn::StoreU(hn::Add(a00, l0), d, out);
+  hn::StoreU(hn::Add(a01, l1), d, out + Pp);
+  hn::StoreU(hn::Add(a02, l2), d, out + 2 * Pp);
+  hn::StoreU(hn::Add(a03, l3), d, out + 3 * Pp);
+  if constexpr (kQB > 1) {
+    hn::StoreU(hn::Add(a10, l0), d, out + N);
+    hn::StoreU(hn::Add(a11, l1), d, out + Pp + N);
+    hn::StoreU(hn::Add(a12, l2), d, out + 2 * Pp + N);
+    hn::StoreU(hn::Add(a13, l3), d, out + 3 * Pp + N);
+  }
+  if constexpr (kQB > 2) {
+    hn::StoreU(hn::Add(a20, l0), d, out + 2 * N);
+    hn::StoreU(hn::Add(a21, l1), d, out + Pp + 2 * N);
+    hn::StoreU(hn::Add(a22, l2), d, out + 2 * Pp + 2 * N);
+    hn::StoreU(hn::Add(a23, l3), d, out + 3 * Pp + 2 * N);
+    hn::StoreU(hn::Add(a30, l0), d, out + 3 * N);
+    hn::StoreU(hn::Add(a31, l1), d, out + Pp + 3 * N);
+    hn::StoreU(hn::Add(a32, l2), d, out + 2 * Pp + 3 * N);
+    hn::StoreU(hn::Add(a33, l3), d, out + 3 * Pp + 3 * N);
+  }
+}
+
+// acc[c * Pp + j * N] (kC columns, kQB query vectors) times alpha[j], plus
+// sum_r W[r][j] * v[r][c] over the tile's rows (v0: the tile at column c0).
+template <size_t kC, size_t kQB, class D>
+HWY_INLINE void ManyValueBlock(D d, const float* HWY_RESTRICT v0, size_t vst,
+                               size_t rows, const float* HWY_RESTRICT W,
+                               size_t Pp, const float* HWY_RESTRICT alpha,
+                               float* HWY_RESTRICT acc) {
+  static_assert(kQB == 1 || kQB == 2 || kQB == 4, "query vectors per block");
+  static_assert(kC == 1 || kC == 4, "columns per block");
+  const size_t N = hn::Lanes(d);
+  const auto f0 = hn::LoadU(d, alpha);
+  auto f1 = f0, f2 = f0, f3 = f0;
+  if constexpr (kQB > 1) f1 = hn::LoadU(d, alpha + N);
+  if constexpr (kQB > 2) {
+    f2 = hn::LoadU(d, alpha + 2 * N);
+    f3 = hn::LoadU(d, alpha + 3 * N);
+  }
+  // a<query vector><column>
+  const auto a_at = [&](size_t c, size_t j, hn::Vec<D> f) {
+    return hn::Mul(hn::LoadU(d, acc + c * Pp + j * N), f);
+  };
+  auto a00 = a_at(0, 0, f0), a01 = a00, a02 = a00, a03 = a00;
+  auto a10 = a00, a11 = a00, a12 = a00, a13 = a00;
+  auto a20 = a00, a21 = a00, a22 = a00, a23 = a00;
+  auto a30 = a00, a31 = a00, a32 = a00, a33 = a00;
+  if constexpr (kC > 1) {
+    a01 = a_at(1, 0, f0);
+    a02 = a_at(2, 0, f0);
+    a03 = a_at(3, 0, f0);
+  }
+  if constexpr (kQB > 1) {
+    a10 = a_at(0, 1, f1);
+    if constexpr (kC > 1) {
+      a11 = a_at(1, 1, f1);
+      a12 = a_at(2, 1, f1);
+      a13 = a_at(3, 1, f1);
+    }
+  }
+  if constexpr (kQB > 2) {
+    a20 = a_at(0, 2, f2);
+    a30 = a_at(0, 3, f3);
+    if constexpr (kC > 1) {
+      a21 = a_at(1, 2, f2);
+      a22 = a_at(2, 2, f2);
+      a23 = a_at(3, 2, f2);
+      a31 = a_at(1, 3, f3);
+      a32 = a_at(2, 3, f3);
+      a33 = a_at(3, 3, f3);
+    }
+  }
+  for (size_t r = 0; r < rows; ++r) {
+    const float* HWY_RESTRICT vr = v0 + r * vst;
+    const float* HWY_RESTRICT wr = W + r * Pp;
+    const auto b0 = hn::Set(d, vr[0]);
+    auto b1 = b0, b2 = b0, b3 = b0;
+    if constexpr (kC > 1) {
+      b1 = hn::Set(d, vr[1]);
+      b2 = hn::Set(d, vr[2]);
+      b3 = hn::Set(d, vr[3]);
+    }
+    const auto w0 = hn::LoadU(d, wr);
+    a00 = hn::MulAdd(w0, b0, a00);
+    if constexpr (kC > 1) {
+      a01 = hn::MulAdd(w0, b1, a01);
+      a02 = hn::MulAdd(w0, b2, a02);
+      a03 = hn::MulAdd(w0, b3, a03);
+    }
+    if constexpr (kQB > 1) {
+      const auto w1 = hn::LoadU(d, wr + N);
+      a10 = hn::MulAdd(w1, b0, a10);
+      if constexpr (kC > 1) {
+        a11 = hn::MulAdd(w1, b1, a11);
+        a12 = hn::MulAdd(w1, b2, a12);
+        a13 = hn::MulAdd(w1, b3, a13);
+      }
+    }
+    if constexpr (kQB > 2) {
+      const auto w2 = hn::LoadU(d, wr + 2 * N);
+      const auto w3 = hn::LoadU(d, wr + 3 * N);
+      a20 = hn::MulAdd(w2, b0, a20);
+      a30 = hn::MulAdd(w3, b0, a30);
+      if constexpr (kC > 1) {
+        a21 = hn::MulAdd(w2, b1, a21);
+        a22 = hn::MulAdd(w2, b2, a22);
+        a23 = hn::MulAdd(w2, b3, a23);
+        a31 = hn::MulAdd(w3, b1, a31);
+        a32 = hn::MulAdd(w3, b2, a32);
+        a33 = hn::MulAdd(w3, b3, a33);
+      }
+    }
+  }
+  const auto put = [&](hn::Vec<D> a, size_t c, size_t j) {
+    hn::StoreU(a, d, acc + c * Pp + j * N);
+  };
+  put(a00, 0, 0);
+  if constexpr (kC > 1) put(a01, 1, 0), put(a02, 2, 0), put(a03, 3, 0);
+  if constexpr (kQB > 1) {
+    put(a10, 0, 1);
+    if constexpr (kC > 1) put(a11, 1, 1), put(a12, 2, 1), put(a13, 3, 1);
+  }
+  if constexpr (kQB > 2) {
+    put(a20, 0, 2);
+    put(a30, 0, 3);
+    if constexpr (kC > 1) {
+      put(a21, 1, 2), put(a22, 2, 2), put(a23, 3, 2);
+      put(a31, 1, 3), put(a32, 2, 3), put(a33, 3, 3);
+    }
+  }
+}
+
+// Online softmax of a tile's scores S [rows][Pp] (in place: the weights
+// exp(s - m), exactly 0 for s = -inf) per query lane; mv, zv: the running
+// maxima and sums; alpha: the factor exp(m_old - m_new) the accumulators
+// take (0 before the first finite score).
+template <class D>
+HWY_INLINE void ManySoftmax(D d, float* HWY_RESTRICT S, size_t rows, size_t Pp,
+                            float* HWY_RESTRICT mv, float* HWY_RESTRICT zv,
+                            float* HWY_RESTRICT alpha) {
+  const size_t N = hn::Lanes(d);
+  const auto ninf = hn::Set(d, -INFINITY);
+  for (size_t j = 0; j < Pp; j += N) {
+    auto mx = ninf;
+    for (size_t r = 0; r < rows; ++r) {
+      mx = hn::Max(mx, hn::LoadU(d, S + r * Pp + j));
+    }
+    const auto mo = hn::LoadU(d, mv + j);
+    const auto mn = hn::Max(mo, mx);
+    const auto f =
+        hn::IfThenZeroElse(hn::Eq(mo, ninf), hn::Exp(d, hn::Sub(mo, mn)));
+    auto z0 = hn::Mul(hn::LoadU(d, zv + j), f), z1 = hn::Zero(d);
+    size_t r = 0;
+    for (; r + 2 <= rows; r += 2) {
+      const auto x0 = hn::LoadU(d, S + r * Pp + j);
+      const auto x1 = hn::LoadU(d, S + (r + 1) * Pp + j);
+      const auto e0 =
+          hn::IfThenZeroElse(hn::Eq(x0, ninf), hn::Exp(d, hn::Sub(x0, mn)));
+      const auto e1 =
+          hn::IfThenZeroElse(hn::Eq(x1, ninf), hn::Exp(d, hn::Sub(x1, mn)));
+      hn::StoreU(e0, d, S + r * Pp + j);
+      hn::StoreU(e1, d, S + (r + 1) * Pp + j);
+      z0 = hn::Add(z0, e0);
+      z1 = hn::Add(z1, e1);
+    }
+    if (r < rows) {
+      const auto x0 = hn::LoadU(d, S + r * Pp + j);
+      const auto e0 =
+          hn::IfThenZeroElse(hn::Eq(x0, ninf), hn::Exp(d, hn::Sub(x0, mn)));
+      hn::StoreU(e0, d, S + r * Pp + j);
+      z0 = hn::Add(z0, e0);
+    }
+    hn::StoreU(mn, d, mv + j);
+    hn::StoreU(hn::Add(z0, z1), d, zv + j);
+    hn::StoreU(f, d, alpha + j);
+  }
+}
+
+// A tile's rows as f32 [rows][stride] for AttendManyT: float rows converted
+// into buf (f32 full tiles in place), quantized rows decoded (TileRows).
+template <class D, typename T>
+HWY_INLINE FloatRows<float> ManyTile(D d, const FloatRows<T>& R, size_t r0,
+                                     size_t rows, float* HWY_RESTRICT buf) {
+  if constexpr (std::is_same<T, float>::value) {
+    if (rows == kTile)
+      return FloatRows<float>{R.p + r0 * R.stride, R.stride, R.cols};
+  }
+  const size_t N = hn::Lanes(d);
+  for (size_t r = 0; r < rows; ++r) {
+    const T* HWY_RESTRICT src = R.p + (r0 + r) * R.stride;
+    for (size_t c = 0; c < R.cols; c += N) {
+      hn::StoreU(LoadF32(d, src + c), d, buf + r * R.cols + c);
+    }
+  }
+  return FloatRows<float>{buf, R.cols, R.cols};
+}
+template <class D>
+HWY_INLINE FloatRows<float> ManyTile(D d, const QuantRows& R, size_t r0,
+                                     size_t rows, float* HWY_RESTRICT buf) {
+  return TileRows(d, R, r0, rows, buf);
+}
+
+// Score blocks of kQB query vectors for one tile's 4-row blocks.
+template <size_t kQB, class D>
+HWY_INLINE void ManyScores(D d, const FloatRows<float>& KT, size_t rows,
+                           size_t kc, const float* HWY_RESTRICT qt, size_t Pp,
+                           size_t j, const float* HWY_RESTRICT lw,
+                           float* HWY_RESTRICT S) {
+  for (size_t r = 0; r < rows; r += 4) {
+    ManyScoreBlock<kQB>(d, KT.p + r * KT.stride, KT.stride, kc, qt + j, Pp,
+                        lw + r, S + r * Pp + j);
+  }
+}
+template <size_t kQB, class D>
+HWY_INLINE void ManyValues(D d, const FloatRows<float>& VT, size_t rows,
+                           size_t vc, const float* HWY_RESTRICT S, size_t Pp,
+                           size_t j, const float* HWY_RESTRICT alpha,
+                           float* HWY_RESTRICT acc) {
+  size_t c = 0;
+  for (; c + 4 <= vc; c += 4) {
+    ManyValueBlock<4, kQB>(d, VT.p + c, VT.stride, rows, S + j, Pp, alpha + j,
+                           acc + c * Pp + j);
+  }
+  for (; c < vc; ++c) {
+    ManyValueBlock<1, kQB>(d, VT.p + c, VT.stride, rows, S + j, Pp, alpha + j,
+                           acc + c * Pp + j);
+  }
+}
+
+// Calls f(kQB-constant, j) for the query vectors' blocks: kBlockQ, then 2,
+// then 1 vectors.
+template <class D, class F>
+HWY_INLINE void ForQueryBlocks(D d, size_t Pp, const F& f) {
+  const size_t N = hn::Lanes(d), PV = Pp / N;
+  size_t v = 0;
+  if constexpr (kBlockQ == 4) {
+    for (; v + 4 <= PV; v += 4) f(std::integral_constant<size_t, 4>(), v * N);
+  }
+  for (; v + 2 <= PV; v += 2) f(std::integral_constant<size_t, 2>(), v * N);
+  for (; v < PV; ++v) f(std::integral_constant<size_t, 1>(), v * N);
+}
+
+template <class DK, class DV, class KR, class VR>
+void AttendManyT(DK dk, DV dv, const KR& K, const VR& V, size_t n, size_t kc,
+                 size_t vc, const float* HWY_RESTRICT logw,
+                 const float* HWY_RESTRICT qt, size_t Pp,
+                 float* HWY_RESTRICT mv, float* HWY_RESTRICT zv,
+                 float* HWY_RESTRICT acc, float* HWY_RESTRICT S,
+                 float* HWY_RESTRICT alpha, float* HWY_RESTRICT kt,
+                 float* HWY_RESTRICT vt) {
+  const hn::CappedTag<float, kTile> d;
+  for (size_t r0 = 0; r0 < n; r0 += kTile) {
+    const size_t rows = HWY_MIN(kTile, n - r0);
+    const FloatRows<float> KT = ManyTile(dk, K, r0, rows, kt);
+    const FloatRows<float> VT = ManyTile(dv, V, r0, rows, vt);
+    // Score blocks are 4 rows: rows past the tile's are zero (their scores
+    // are computed and never read).
+    const size_t rows4 = RoundUp(rows, size_t{4});
+    for (size_t r = rows; r < rows4; ++r) {
+      for (size_t x = 0; x < kc; ++x) kt[r * KT.stride + x] = 0.0f;
+    }
+    HWY_ALIGN float lw[kTile];
+    for (size_t r = 0; r < kTile; ++r) {
+      lw[r] = logw && r < rows ? logw[r0 + r] : 0.0f;
+    }
+    ForQueryBlocks(d, Pp, [&](auto qb, size_t j) {
+      ManyScores<decltype(qb)::value>(d, KT, rows, kc, qt, Pp, j, lw, S);
+    });
+    ManySoftmax(d, S, rows, Pp, mv, zv, alpha);
+    ForQueryBlocks(d, Pp, [&](auto qb, size_t j) {
+      ManyValues<decltype(qb)::value>(d, VT, rows, vc, S, Pp, j, alpha, acc);
+    });
+  }
+}
+
+// Sizes of AttendManyRows' scratch (floats, each part a multiple of kTile).
+inline size_t ManyTileCols(size_t cols, size_t stride) {
+  return RoundUp(HWY_MAX(stride, QuantCols(cols)), kTile);
+}
+
+template <class KR, class VR>
+void AttendManyRows(const KR& kr, const VR& vr, const RowsView& K,
+                    const RowsView& V, const float* logw, const float* q,
+                    size_t P, float scale, float* m, float* z, float* N,
+                    float* HWY_RESTRICT ws) {
+  const size_t Pp = RoundUp(P, kTile), kc = K.cols, vc = V.cols;
+  float* HWY_RESTRICT qt = ws;
+  float* HWY_RESTRICT acc = qt + RoundUp(kc * Pp, kTile);
+  float* HWY_RESTRICT S = acc + RoundUp(vc * Pp, kTile);
+  float* HWY_RESTRICT mv = S + kTile * Pp;
+  float* HWY_RESTRICT zv = mv + Pp;
+  float* HWY_RESTRICT alpha = zv + Pp;
+  float* HWY_RESTRICT kt = alpha + Pp;
+  float* HWY_RESTRICT vt = kt + kTile * ManyTileCols(K.cols, K.stride);
+  // The queries scaled (and rotated like the keys), transposed.
+  HWY_ALIGN float row[kMaxHeadDim];
+  for (size_t p = 0; p < Pp; ++p) {
+    for (size_t c = 0; c < kc; ++c) {
+      row[c] = p < P ? q[p * K.stride + c] * scale : 0.0f;
+    }
+    if (K.rotated && p < P) HadamardInPlace(row, kc);
+    for (size_t c = 0; c < kc; ++c) qt[c * Pp + p] = row[c];
+  }
+  for (size_t p = 0; p < Pp; ++p) {
+    mv[p] = -std::numeric_limits<float>::infinity();
+    zv[p] = 0.0f;
+  }
+  for (size_t i = 0; i < vc * Pp; ++i) acc[i] = 0.0f;
+  WithSides(kr, vr, K, V,
+            [&](auto dk, auto dv, const auto& k2, const auto& v2) {
+              AttendManyT(dk, dv, k2, v2, K.rows, kc, vc, logw, qt, Pp, mv, zv,
+                          acc, S, alpha, kt, vt);
+            });
+  for (size_t p = 0; p < P; ++p) {
+    m[p] = mv[p];
+    z[p] = zv[p];
+    for (size_t c = 0; c < vc; ++c) row[c] = acc[c * Pp + p];
+    if (V.rotated) HadamardInPlace(row, vc);
+    float* out = N + p * V.stride;
+    for (size_t c = 0; c < vc; ++c) out[c] = row[c];
+    for (size_t c = vc; c < V.stride; ++c) out[c] = 0.0f;
+  }
+}
+
 template <class KR, class VR>
 void ResidualRows(const KR& kr, const VR& vr, const RowsView& K,
                   const RowsView& V, const float* logw, const float* q,

@@ -1,5 +1,6 @@
 #include "arch/attend.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -68,6 +69,24 @@ void AttendGroupImpl(const RowsView& K, const RowsView& V, const float* logw,
   }
 }
 
+void AttendManyImpl(const RowsView& K, const RowsView& V, const float* logw,
+                    const float* q, size_t P, float scale, float* m, float* z,
+                    float* N, float* ws) {
+  using F16 = hwy::float16_t;
+  using BF16 = hwy::bfloat16_t;
+  switch (K.type) {
+    case Storage::kF16:
+      return AttendManyRows(MakeFloatRows<F16>(K), MakeFloatRows<F16>(V), K, V,
+                            logw, q, P, scale, m, z, N, ws);
+    case Storage::kBF16:
+      return AttendManyRows(MakeFloatRows<BF16>(K), MakeFloatRows<BF16>(V), K,
+                            V, logw, q, P, scale, m, z, N, ws);
+    default:
+      return AttendManyRows(MakeFloatRows<float>(K), MakeFloatRows<float>(V), K,
+                            V, logw, q, P, scale, m, z, N, ws);
+  }
+}
+
 void ExpArrayImpl(const float* HWY_RESTRICT x, float* HWY_RESTRICT y,
                   size_t n) {
   const hn::CappedTag<float, 16> d;
@@ -87,6 +106,7 @@ HWY_AFTER_NAMESPACE();
 namespace kvsketch {
 HWY_EXPORT(AttendGroupImpl);
 HWY_EXPORT(ExpArrayImpl);
+HWY_EXPORT(AttendManyImpl);
 HWY_EXPORT(ResidualAccumulateImpl);
 
 bool SupportedViewPair(Storage k, Storage v) {
@@ -136,6 +156,29 @@ void AttendGroup(const RowsView& K, const RowsView& V, const float* logw,
   }
   HWY_DYNAMIC_DISPATCH(AttendGroupImpl)
   (K, V, logw, q, G, scale, m, z, N, scores);
+}
+
+size_t AttendManyScratchFloats(size_t P, size_t dk, size_t dv, size_t kstride,
+                               size_t vstride) {
+  // As AttendManyRows carves it: qt, the accumulators, the scores, m, z,
+  // alpha, the key and value tiles.
+  const size_t Pp = RoundUp(P, size_t{16});
+  const auto tile = [](size_t cols, size_t stride) {
+    return 16 * RoundUp(std::max(stride, QuantCols(cols)), size_t{16});
+  };
+  return RoundUp(dk * Pp, size_t{16}) + RoundUp(dv * Pp, size_t{16}) + 16 * Pp +
+         3 * Pp + tile(dk, kstride) + tile(dv, vstride);
+}
+
+void AttendMany(const RowsView& K, const RowsView& V, const float* logw,
+                const float* q, size_t P, float scale, float* m, float* z,
+                float* N, float* ws) {
+  CheckViews(K, V);
+  if (P == 0) return;
+  if (HasQuantizedSide(K, V)) {
+    return AttendManyQuant(K, V, logw, q, P, scale, m, z, N, ws);
+  }
+  HWY_DYNAMIC_DISPATCH(AttendManyImpl)(K, V, logw, q, P, scale, m, z, N, ws);
 }
 
 void ExpArray(const float* x, float* y, size_t n) {

@@ -38,6 +38,21 @@ inline void Attend(const RowsView& K, const RowsView& V, const float* logw,
   AttendGroup(K, V, logw, q, 1, scale, m, z, N, scores);
 }
 
+// P queries over the same rows, any P (risk's probes, up to 96 per pass over
+// its pool): the partials AttendGroup gives for each query (up to rounding),
+// with the queries in vector lanes, so each tile's rows are read and decoded
+// once for all P and the scores and weighted values are outer products
+// (broadcast row element x query vector), without the per-query reduction
+// and per-block row conversion of the grouped kernel.
+//  K, V, logw, scale: as AttendGroup; q: [P][K.stride]; m, z: [P];
+//  N: [P][V.stride]; ws: AttendManyScratchFloats(P, K.cols, V.cols,
+//  K.stride, V.stride) floats, 64-byte aligned. Never allocates.
+size_t AttendManyScratchFloats(size_t P, size_t dk, size_t dv, size_t kstride,
+                               size_t vstride);
+void AttendMany(const RowsView& K, const RowsView& V, const float* logw,
+                const float* q, size_t P, float scale, float* m, float* z,
+                float* N, float* ws);
+
 // Residual part of a Taylor-split attention: for rows j with
 //   x_j = scale * <k_j, q> - shift_j   (shift_j = shifts[j], or `shift`),
 //   w_j = exp(logw_j + shift_j - ref) * (exp(x_j) - sum_{l<=degree} x_j^l/l!)
@@ -54,6 +69,9 @@ void ResidualAccumulate(const RowsView& K, const RowsView& V, const float* logw,
 void AttendGroupQuant(const RowsView& K, const RowsView& V, const float* logw,
                       const float* q, size_t G, float scale, float* m, float* z,
                       float* N, float* scores);
+void AttendManyQuant(const RowsView& K, const RowsView& V, const float* logw,
+                     const float* q, size_t P, float scale, float* m, float* z,
+                     float* N, float* ws);
 void ResidualAccumulateQuant(const RowsView& K, const RowsView& V,
                              const float* logw, const float* q, float scale,
                              float shift, const float* shifts, float ref,

@@ -50,6 +50,14 @@ void AttendGroupQuantImpl(const RowsView& K, const RowsView& V,
   });
 }
 
+void AttendManyQuantImpl(const RowsView& K, const RowsView& V,
+                         const float* logw, const float* q, size_t P,
+                         float scale, float* m, float* z, float* N, float* ws) {
+  WithQuantPair(K, V, [&](const auto& kr, const auto& vr) {
+    AttendManyRows(kr, vr, K, V, logw, q, P, scale, m, z, N, ws);
+  });
+}
+
 void ResidualAccumulateQuantImpl(const RowsView& K, const RowsView& V,
                                  const float* logw, const float* q, float scale,
                                  float shift, const float* shifts, float ref,
@@ -68,6 +76,14 @@ HWY_AFTER_NAMESPACE();
 namespace kvsketch {
 HWY_EXPORT(AttendGroupQuantImpl);
 HWY_EXPORT(ResidualAccumulateQuantImpl);
+HWY_EXPORT(AttendManyQuantImpl);
+
+void AttendManyQuant(const RowsView& K, const RowsView& V, const float* logw,
+                     const float* q, size_t P, float scale, float* m, float* z,
+                     float* N, float* ws) {
+  HWY_DYNAMIC_DISPATCH(AttendManyQuantImpl)
+  (K, V, logw, q, P, scale, m, z, N, ws);
+}
 
 void AttendGroupQuant(const RowsView& K, const RowsView& V, const float* logw,
                       const float* q, size_t G, float scale, float* m, float* z,

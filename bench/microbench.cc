@@ -95,6 +95,57 @@ BENCHMARK(BM_Attend)
     ->Args({128, 512, 1, 4})
     ->Args({128, 512, 1, 1});
 
+// Args: d, rows, storage, queries P, 1 = AttendMany (0 = AttendGroup in
+// groups of 16): risk's probe pass over its pool (P = 96 with RoPE).
+void BM_AttendMany(benchmark::State& state) {
+  const size_t d = state.range(0), n = state.range(1), P = state.range(3);
+  const Storage type = Storage(state.range(2));
+  const bool many = state.range(4) != 0;
+  const auto f = Random(2 * n * d);
+  const size_t rb = StorageRowBytes(type, d);
+  std::vector<uint8_t> kv(2 * n * rb);
+  for (size_t r = 0; r < 2 * n; ++r) {
+    EncodeRow(f.data() + r * d, d, type, kv.data() + r * rb);
+  }
+  RowsView K, V;
+  K.data = kv.data();
+  V.data = kv.data() + n * rb;
+  K.rows = V.rows = n;
+  K.cols = V.cols = K.stride = V.stride = d;
+  K.type = V.type = type;
+  K.rotated = V.rotated = RotatedSide(type, d, true);
+  const auto q = Random(P * d, 7);
+  std::vector<float> m(P), z(P), N(P * d);
+  std::vector<float> ws(AttendManyScratchFloats(P, d, d, d, d) + 16);
+  float* wsa = reinterpret_cast<float*>(
+      (reinterpret_cast<uintptr_t>(ws.data()) + 63) & ~uintptr_t{63});
+  for (auto _ : state) {
+    if (many) {
+      AttendMany(K, V, nullptr, q.data(), P, 0.125f, m.data(), z.data(),
+                 N.data(), wsa);
+    } else {
+      for (size_t p0 = 0; p0 < P; p0 += kMaxGroup) {
+        const size_t g = std::min(kMaxGroup, P - p0);
+        AttendGroup(K, V, nullptr, q.data() + p0 * d, g, 0.125f, m.data() + p0,
+                    z.data() + p0, N.data() + p0 * d);
+      }
+    }
+    benchmark::DoNotOptimize(N.data());
+  }
+  state.SetItemsProcessed(int64_t(state.iterations()) * int64_t(n * P));
+  state.SetLabel(std::string(ChosenTargetName()) + " " + StorageName(type) +
+                 (many ? " many" : " groups of 16"));
+}
+BENCHMARK(BM_AttendMany)
+    ->Args({64, 1024, 1, 96, 0})
+    ->Args({64, 1024, 1, 96, 1})
+    ->Args({64, 1024, 1, 32, 0})
+    ->Args({64, 1024, 1, 32, 1})
+    ->Args({128, 1024, 1, 96, 0})
+    ->Args({128, 1024, 1, 96, 1})
+    ->Args({8, 256, 1, 96, 0})
+    ->Args({8, 256, 1, 96, 1});
+
 // Args: d, storage. Quantize (EncodeRow) then decode a row.
 void BM_QuantizeRow(benchmark::State& state) {
   const size_t d = state.range(0);

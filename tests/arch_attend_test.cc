@@ -1,11 +1,14 @@
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include "arch/attend.h"
 #include "arch/convert.h"
 #include "arch/prefill.h"
+#include "arch/quant.h"
 #include "arch/reference.h"
 #include "arch/targets.h"
 #include "doctest/doctest.h"
@@ -274,6 +277,93 @@ TEST_CASE("CausalBlockAttend equals the causal reference on every target") {
           }
           CHECK(test::Near(N[i * n_stride + c] / z[i],
                            rN[i * sh.dv + c] / rz[i], 0, 2e-5));
+        }
+      }
+    }
+  });
+}
+
+TEST_CASE("AttendMany equals each query's AttendGroup (every storage pair)") {
+  // The many-query kernel (queries in vector lanes: score blocks of 4 rows x
+  // 1/2/4 query vectors, value blocks of 4 or 1 columns) against one
+  // AttendGroup call per query over the same stored rows: equal up to the
+  // order of the additions (as the grouped kernel: quantized rows decoded
+  // to f32 per tile). P from 1 to 100 (past one, two and several
+  // blocks of query vectors), partial tiles and 4-row blocks (n = 1, 5, 17,
+  // 70), head dims with column tails (13, 20) and rotated quantized rows.
+  test::ForEachTarget("AttendMany", [](const char*) {
+    const std::pair<Storage, Storage> pairs[] = {
+        {Storage::kF32, Storage::kF32},   {Storage::kF16, Storage::kF16},
+        {Storage::kBF16, Storage::kBF16}, {Storage::kQ8, Storage::kQ8},
+        {Storage::kQ4, Storage::kF16},    {Storage::kF16, Storage::kQ4A}};
+    for (const auto& kv : pairs) {
+      for (size_t d : {8u, 13u, 20u, 64u, 128u}) {
+        for (size_t n : {1u, 5u, 17u, 70u}) {
+          for (size_t P : {1u, 3u, 16u, 17u, 40u, 100u}) {
+            std::mt19937 rng(unsigned(d * 7919 + n * 31 + P));
+            std::normal_distribution<float> g(0.0f, 1.0f);
+            RowsView views[2];
+            std::vector<uint8_t> bytes[2];
+            const Storage types[2] = {kv.first, kv.second};
+            for (int side = 0; side < 2; ++side) {
+              const Storage t = types[side];
+              const size_t rb = StorageRowBytes(t, d);
+              bytes[side].assign(n * rb, 0);
+              std::vector<float> row(d);
+              for (size_t i = 0; i < n; ++i) {
+                for (auto& x : row) x = g(rng) * (side ? 2.0f : 1.0f);
+                EncodeRow(row.data(), d, t, bytes[side].data() + i * rb);
+              }
+              RowsView& v = views[side];
+              v.data = bytes[side].data();
+              v.rows = n;
+              v.cols = d;
+              v.stride = PaddedCols(d);
+              v.type = t;
+              v.rotated = RotatedSide(t, d, true);
+            }
+            const RowsView &K = views[0], &V = views[1];
+            std::vector<float> q(P * K.stride, 0.0f);
+            for (size_t p = 0; p < P; ++p)
+              for (size_t c = 0; c < d; ++c) q[p * K.stride + c] = g(rng);
+            std::vector<float> logw(n);
+            for (size_t i = 0; i < n; ++i) logw[i] = float(i % 7) * -0.4f;
+            const float scale = 1.0f / std::sqrt(float(d));
+            std::vector<float> m(P), z(P), N(P * V.stride, -1.0f);
+            std::vector<float> ws(
+                AttendManyScratchFloats(P, d, d, K.stride, V.stride) + 16);
+            float* wsa = reinterpret_cast<float*>(
+                (reinterpret_cast<uintptr_t>(ws.data()) + 63) & ~uintptr_t{63});
+            AttendMany(K, V, logw.data(), q.data(), P, scale, m.data(),
+                       z.data(), N.data(), wsa);
+            for (size_t p = 0; p < P; ++p) {
+              // Two copies of the query: the grouped kernel's f32 scores (a
+              // lone query over quantized keys takes integer scores).
+              float m2[2], z2[2];
+              std::vector<float> q2(2 * K.stride), N2(2 * V.stride);
+              for (size_t c = 0; c < K.stride; ++c)
+                q2[c] = q2[K.stride + c] = q[p * K.stride + c];
+              AttendGroup(K, V, logw.data(), q2.data(), 2, scale, m2, z2,
+                          N2.data());
+              const float m1 = m2[0], z1 = z2[0];
+              const float* N1 = N2.data();
+              INFO(std::string(StorageName(K.type))
+                   << "/" << StorageName(V.type) << " d=" << d << " n=" << n
+                   << " P=" << P << " p=" << p);
+              CHECK(test::Near(m[p], m1, 1e-5, 1e-5));
+              const double shift = std::exp(double(m[p]) - double(m1));
+              CHECK(test::Near(double(z[p]) * shift, z1, 1e-5, 0));
+              double norm = 0;
+              for (size_t c = 0; c < d; ++c) norm += double(N1[c]) * N1[c];
+              for (size_t c = 0; c < d; ++c) {
+                CHECK(test::Near(double(N[p * V.stride + c]) * shift, N1[c], 0,
+                                 3e-6 * std::sqrt(norm) + 1e-6));
+              }
+              for (size_t c = d; c < V.stride; ++c) {
+                CHECK(N[p * V.stride + c] == 0.0f);  // padding zero
+              }
+            }
+          }
         }
       }
     }
