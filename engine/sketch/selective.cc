@@ -170,32 +170,33 @@ struct CompactScratch {
   float* pm;       // [P] probe partials over everything retained
   float* pz;       // [P]
   float* pN;       // [P][vs] -> o_p
-  float* tm;       // [P] the probes' partials over the pool (first the
-  float* tz;       // [P]  sinks' scratch, 16 probes at a time)
-  float* tN;       // [P][vs]
-  float* many;     // AttendMany's scratch
-  float* row;      // [ks + vs] one candidate's rows
-  float* Kt;       // [dk][Cs] candidate keys, transposed
-  float* Vt;       // [dv][Cs] candidate values, transposed
-  float* a;        // [P][Cs] attention of probe p to candidate c
-  float* vo;       // [P][Cs] <v_c, o_p>
-  float* onorm;    // [P] sqrt(|o_p|^2 + lambda^2)
-  float* cp;       // [P] c_p of B1, B2 (fixed for an epoch)
-  float* B1;       // [P][Cs] (U + c A) / sqrt(2 c), U = a (<v, o> - w / 2)
-  float* B2;       // [P][Cs] (U - c A) / sqrt(2 c)
-  float* gram;     // [GramRows(C)][GramStride(C)]
-  float* tmp;      // a second Gram, then the factor L, then H
-  float* rowsum;   // [Cs] row sums of the response Gram
-  float* diag;     // [2 Cs] (PivotedCholesky scratch)
-  uint32_t* piv;   // [Cs]
-  float* nnls;     // [4][RoundUp(C, 16)] b, w, w0, grad (no summary); with
-                   // a summary, the factorization's items by position
-                   // (PivotedCholesky's piv) for the next round to resume,
-                   // then each candidate's column in the next round
-  uint8_t* drop;   // [cap]
-  float* sk;       // [S][ks] keys of the summary slots (f32), [S] masses,
-                   // [S] squared key norms, [S] dot products (SummaryKeys)
-  float* mrow;     // [ks + vs] a slot being merged
+  // The probes' pass (the same bytes as Kt .. tmp below):
+  float* tm;      // [P] the probes' partials over the pool (first the
+  float* tz;      // [P]  sinks' scratch, 16 probes at a time)
+  float* tN;      // [P][vs]
+  float* many;    // AttendMany's scratch
+  float* row;     // [ks + vs] one candidate's rows
+  float* Kt;      // [dk][Cs] candidate keys, transposed
+  float* Vt;      // [dv][Cs] candidate values, transposed
+  float* a;       // [P][Cs] attention of probe p to candidate c
+  float* vo;      // [P][Cs] <v_c, o_p>
+  float* onorm;   // [P] sqrt(|o_p|^2 + lambda^2)
+  float* cp;      // [P] c_p of B1, B2 (fixed for an epoch)
+  float* B1;      // [P][Cs] (U + c A) / sqrt(2 c), U = a (<v, o> - w / 2)
+  float* B2;      // [P][Cs] (U - c A) / sqrt(2 c)
+  float* gram;    // [GramRows(C)][GramStride(C)]
+  float* tmp;     // a second Gram, then the factor L, then H
+  float* rowsum;  // [Cs] row sums of the response Gram
+  float* diag;    // [2 Cs] (PivotedCholesky scratch)
+  uint32_t* piv;  // [Cs]
+  float* nnls;    // [4][RoundUp(C, 16)] b, w, w0, grad (no summary); with
+                  // a summary, the factorization's items by position
+                  // (PivotedCholesky's piv) for the next round to resume,
+                  // then each candidate's column in the next round
+  uint8_t* drop;  // [cap]
+  float* sk;      // [S][ks] keys of the summary slots (f32), [S] masses,
+                  // [S] squared key norms, [S] dot products (SummaryKeys)
+  float* mrow;    // [ks + vs] a slot being merged
   // Later rounds of an epoch: the new candidates (at most N = the most one
   // round drops, padded to 16).
   float* xk;           // [dk][N] keys, transposed
@@ -220,21 +221,27 @@ struct CompactScratch {
     pm = take(P);
     pz = take(P);
     pN = take(P * vs);
-    tm = take(P);
-    tz = take(P);
-    tN = take(P * vs);
-    many = take(AttendManyScratchFloats(P, dk, dv, ks, vs));
     row = take(ks + vs);
-    Kt = take(dk * Cs);
-    Vt = take(dv * Cs);
-    a = take(P * Cs);
-    vo = take(P * Cs);
-    onorm = take(P);
-    cp = take(P);
-    B1 = take(P * Cs);
-    B2 = take(P * Cs);
-    gram = take(GramRows(C) * Cs);
-    tmp = take(std::max(GramRows(C) * Cs, C * CholeskyStride(C)));
+    // The probes' pass (tm .. many) is over before the rounds' arrays (Kt ..
+    // tmp) are first written: one region holds either.
+    float* region = sc.Rest();
+    ScratchCarver pass(region);
+    tm = pass.Take(P);
+    tz = pass.Take(P);
+    tN = pass.Take(P * vs);
+    many = pass.Take(AttendManyScratchFloats(P, dk, dv, ks, vs));
+    ScratchCarver rounds(region);
+    Kt = rounds.Take(dk * Cs);
+    Vt = rounds.Take(dv * Cs);
+    a = rounds.Take(P * Cs);
+    vo = rounds.Take(P * Cs);
+    onorm = rounds.Take(P);
+    cp = rounds.Take(P);
+    B1 = rounds.Take(P * Cs);
+    B2 = rounds.Take(P * Cs);
+    gram = rounds.Take(GramRows(C) * Cs);
+    tmp = rounds.Take(std::max(GramRows(C) * Cs, C * CholeskyStride(C)));
+    take(std::max(pass.floats(), rounds.floats()));
     rowsum = take(Cs);
     diag = take(2 * Cs);
     piv = reinterpret_cast<uint32_t*>(take(Cs));
