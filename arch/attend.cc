@@ -32,59 +32,45 @@ FloatRows<T> MakeFloatRows(const RowsView& v) {
   return FloatRows<T>{static_cast<const T*>(v.data), v.stride, v.cols};
 }
 
+// Calls f(keys, values) with the row sources of a float pair (one type).
+template <class F>
+void WithFloatPair(const RowsView& K, const RowsView& V, const F& f) {
+  switch (K.type) {
+    case Storage::kF16:
+      return f(MakeFloatRows<hwy::float16_t>(K),
+               MakeFloatRows<hwy::float16_t>(V));
+    case Storage::kBF16:
+      return f(MakeFloatRows<hwy::bfloat16_t>(K),
+               MakeFloatRows<hwy::bfloat16_t>(V));
+    default:
+      return f(MakeFloatRows<float>(K), MakeFloatRows<float>(V));
+  }
+}
+
 void ResidualAccumulateImpl(const RowsView& K, const RowsView& V,
                             const float* logw, const float* q, float scale,
                             float shift, const float* shifts, float ref,
                             int degree, float* N, float* Z) {
-  using F16 = hwy::float16_t;
-  using BF16 = hwy::bfloat16_t;
-  switch (K.type) {
-    case Storage::kF16:
-      return ResidualRows(MakeFloatRows<F16>(K), MakeFloatRows<F16>(V), K, V,
-                          logw, q, scale, shift, shifts, ref, degree, N, Z);
-    case Storage::kBF16:
-      return ResidualRows(MakeFloatRows<BF16>(K), MakeFloatRows<BF16>(V), K, V,
-                          logw, q, scale, shift, shifts, ref, degree, N, Z);
-    default:
-      return ResidualRows(MakeFloatRows<float>(K), MakeFloatRows<float>(V), K,
-                          V, logw, q, scale, shift, shifts, ref, degree, N, Z);
-  }
+  WithFloatPair(K, V, [&](const auto& kr, const auto& vr) {
+    ResidualRows(kr, vr, K, V, logw, q, scale, shift, shifts, ref, degree, N,
+                 Z);
+  });
 }
 
 void AttendGroupImpl(const RowsView& K, const RowsView& V, const float* logw,
                      const float* q, size_t G, float scale, float* m, float* z,
                      float* N, float* scores) {
-  using F16 = hwy::float16_t;
-  using BF16 = hwy::bfloat16_t;
-  switch (K.type) {
-    case Storage::kF16:
-      return AttendRows(MakeFloatRows<F16>(K), MakeFloatRows<F16>(V), K, V,
-                        logw, q, G, scale, m, z, N, scores);
-    case Storage::kBF16:
-      return AttendRows(MakeFloatRows<BF16>(K), MakeFloatRows<BF16>(V), K, V,
-                        logw, q, G, scale, m, z, N, scores);
-    default:
-      return AttendRows(MakeFloatRows<float>(K), MakeFloatRows<float>(V), K, V,
-                        logw, q, G, scale, m, z, N, scores);
-  }
+  WithFloatPair(K, V, [&](const auto& kr, const auto& vr) {
+    AttendRows(kr, vr, K, V, logw, q, G, scale, m, z, N, scores);
+  });
 }
 
 void AttendManyImpl(const RowsView& K, const RowsView& V, const float* logw,
                     const float* q, size_t P, float scale, float* m, float* z,
                     float* N, float* ws) {
-  using F16 = hwy::float16_t;
-  using BF16 = hwy::bfloat16_t;
-  switch (K.type) {
-    case Storage::kF16:
-      return AttendManyRows(MakeFloatRows<F16>(K), MakeFloatRows<F16>(V), K, V,
-                            logw, q, P, scale, m, z, N, ws);
-    case Storage::kBF16:
-      return AttendManyRows(MakeFloatRows<BF16>(K), MakeFloatRows<BF16>(V), K,
-                            V, logw, q, P, scale, m, z, N, ws);
-    default:
-      return AttendManyRows(MakeFloatRows<float>(K), MakeFloatRows<float>(V), K,
-                            V, logw, q, P, scale, m, z, N, ws);
-  }
+  WithFloatPair(K, V, [&](const auto& kr, const auto& vr) {
+    AttendManyRows(kr, vr, K, V, logw, q, P, scale, m, z, N, ws);
+  });
 }
 
 void ExpArrayImpl(const float* HWY_RESTRICT x, float* HWY_RESTRICT y,

@@ -41,24 +41,34 @@ void BM_MatVec(benchmark::State& state) {
 }
 BENCHMARK(BM_MatVec)->Args({64, 4096})->Args({128, 4096});
 
+// n random K and V rows of width d in `type` (quantized rows rotated as the
+// engine stores them by default).
+struct KVRows {
+  std::vector<uint8_t> bytes;
+  RowsView K, V;
+  KVRows(size_t d, size_t n, Storage type) {
+    const auto f = Random(2 * n * d);
+    const size_t rb = StorageRowBytes(type, d);
+    bytes.resize(2 * n * rb);
+    for (size_t r = 0; r < 2 * n; ++r) {
+      EncodeRow(f.data() + r * d, d, type, bytes.data() + r * rb);
+    }
+    K.data = bytes.data();
+    V.data = bytes.data() + n * rb;
+    K.rows = V.rows = n;
+    K.cols = V.cols = K.stride = V.stride = d;
+    K.type = V.type = type;
+    K.rotated = V.rotated = RotatedSide(type, d, true);
+  }
+};
+
 // Args: d, rows, storage (0 f32, 1 f16, 2 bf16, 3 q8, 4 q4, 5 q4a), group
 // size. Quantized rows are rotated as the engine stores them by default.
 void BM_Attend(benchmark::State& state) {
   const size_t d = state.range(0), n = state.range(1), G = state.range(3);
   const Storage type = Storage(state.range(2));
-  const auto f = Random(2 * n * d);
-  const size_t rb = StorageRowBytes(type, d);
-  std::vector<uint8_t> kv(2 * n * rb);
-  for (size_t r = 0; r < 2 * n; ++r) {
-    EncodeRow(f.data() + r * d, d, type, kv.data() + r * rb);
-  }
-  RowsView K, V;
-  K.data = kv.data();
-  V.data = kv.data() + n * rb;
-  K.rows = V.rows = n;
-  K.cols = V.cols = K.stride = V.stride = d;
-  K.type = V.type = type;
-  K.rotated = V.rotated = RotatedSide(type, d, true);
+  const KVRows kv(d, n, type);
+  const RowsView &K = kv.K, &V = kv.V;
   const auto q = Random(G * d, 7);
   std::vector<float> m(G), z(G), N(G * d);
   for (auto _ : state) {
@@ -66,7 +76,8 @@ void BM_Attend(benchmark::State& state) {
                 N.data());
     benchmark::DoNotOptimize(N.data());
   }
-  state.SetBytesProcessed(int64_t(state.iterations()) * kv.size());
+  state.SetBytesProcessed(int64_t(state.iterations()) *
+                          int64_t(kv.bytes.size()));
   state.SetLabel(std::string(ChosenTargetName()) + " " + StorageName(type));
 }
 BENCHMARK(BM_Attend)
@@ -101,19 +112,8 @@ void BM_AttendMany(benchmark::State& state) {
   const size_t d = state.range(0), n = state.range(1), P = state.range(3);
   const Storage type = Storage(state.range(2));
   const bool many = state.range(4) != 0;
-  const auto f = Random(2 * n * d);
-  const size_t rb = StorageRowBytes(type, d);
-  std::vector<uint8_t> kv(2 * n * rb);
-  for (size_t r = 0; r < 2 * n; ++r) {
-    EncodeRow(f.data() + r * d, d, type, kv.data() + r * rb);
-  }
-  RowsView K, V;
-  K.data = kv.data();
-  V.data = kv.data() + n * rb;
-  K.rows = V.rows = n;
-  K.cols = V.cols = K.stride = V.stride = d;
-  K.type = V.type = type;
-  K.rotated = V.rotated = RotatedSide(type, d, true);
+  const KVRows kv(d, n, type);
+  const RowsView &K = kv.K, &V = kv.V;
   const auto q = Random(P * d, 7);
   std::vector<float> m(P), z(P), N(P * d);
   std::vector<float> ws(AttendManyScratchFloats(P, d, d, d, d) + 16);
