@@ -1965,15 +1965,41 @@ HWY_INLINE void ForQueryBlocks(D d, size_t Pp, const F& f) {
   for (; v < PV; ++v) f(std::integral_constant<size_t, 1>(), v * N);
 }
 
+// AttendManyT's queries, running softmax and accumulators.
+struct ManyState {
+  size_t kc, vc, Pp;
+  const float* HWY_RESTRICT qt;
+  float* HWY_RESTRICT mv;
+  float* HWY_RESTRICT zv;
+  float* HWY_RESTRICT acc;
+  float* HWY_RESTRICT S;
+  float* HWY_RESTRICT alpha;
+};
+// The math of one decoded tile (f32 rows, whatever the storage). Not
+// inlined, so each target compiles it once rather than once per pair of row
+// tags (WithSides), which had made attend_quant.cc and attend.cc the build's
+// slowest files by far; one call per tile of kTile rows x P queries costs
+// nothing measurable (kvsketch_microbench BM_AttendMany within noise).
+template <class D>
+HWY_NOINLINE void ManyTileMath(D d, const ManyState& st,
+                               const FloatRows<float>& KT,
+                               const FloatRows<float>& VT, size_t rows,
+                               const float* HWY_RESTRICT lw) {
+  const size_t Pp = st.Pp;
+  ForQueryBlocks(d, Pp, [&](auto qb, size_t j) {
+    ManyScores<decltype(qb)::value>(d, KT, rows, st.kc, st.qt, Pp, j, lw, st.S);
+  });
+  ManySoftmax(d, st.S, rows, Pp, st.mv, st.zv, st.alpha);
+  ForQueryBlocks(d, Pp, [&](auto qb, size_t j) {
+    ManyValues<decltype(qb)::value>(d, VT, rows, st.vc, st.S, Pp, j, st.alpha,
+                                    st.acc);
+  });
+}
+
 template <class DK, class DV, class KR, class VR>
-void AttendManyT(DK dk, DV dv, const KR& K, const VR& V, size_t n, size_t kc,
-                 size_t vc, const float* HWY_RESTRICT logw,
-                 const float* HWY_RESTRICT qt, size_t Pp,
-                 float* HWY_RESTRICT mv, float* HWY_RESTRICT zv,
-                 float* HWY_RESTRICT acc, float* HWY_RESTRICT S,
-                 float* HWY_RESTRICT alpha, float* HWY_RESTRICT kt,
-                 float* HWY_RESTRICT vt) {
-  const hn::CappedTag<float, kTile> d;
+void AttendManyT(DK dk, DV dv, const KR& K, const VR& V, size_t n,
+                 const float* HWY_RESTRICT logw, const ManyState& st,
+                 float* HWY_RESTRICT kt, float* HWY_RESTRICT vt) {
   for (size_t r0 = 0; r0 < n; r0 += kTile) {
     const size_t rows = HWY_MIN(kTile, n - r0);
     const FloatRows<float> KT = ManyTile(dk, K, r0, rows, kt);
@@ -1982,19 +2008,13 @@ void AttendManyT(DK dk, DV dv, const KR& K, const VR& V, size_t n, size_t kc,
     // are computed and never read).
     const size_t rows4 = RoundUp(rows, size_t{4});
     for (size_t r = rows; r < rows4; ++r) {
-      for (size_t x = 0; x < kc; ++x) kt[r * KT.stride + x] = 0.0f;
+      for (size_t x = 0; x < st.kc; ++x) kt[r * KT.stride + x] = 0.0f;
     }
     HWY_ALIGN float lw[kTile];
     for (size_t r = 0; r < kTile; ++r) {
       lw[r] = logw && r < rows ? logw[r0 + r] : 0.0f;
     }
-    ForQueryBlocks(d, Pp, [&](auto qb, size_t j) {
-      ManyScores<decltype(qb)::value>(d, KT, rows, kc, qt, Pp, j, lw, S);
-    });
-    ManySoftmax(d, S, rows, Pp, mv, zv, alpha);
-    ForQueryBlocks(d, Pp, [&](auto qb, size_t j) {
-      ManyValues<decltype(qb)::value>(d, VT, rows, vc, S, Pp, j, alpha, acc);
-    });
+    ManyTileMath(hn::CappedTag<float, kTile>(), st, KT, VT, rows, lw);
   }
 }
 
@@ -2031,10 +2051,10 @@ void AttendManyRows(const KR& kr, const VR& vr, const RowsView& K,
     zv[p] = 0.0f;
   }
   for (size_t i = 0; i < vc * Pp; ++i) acc[i] = 0.0f;
+  const ManyState st{kc, vc, Pp, qt, mv, zv, acc, S, alpha};
   WithSides(kr, vr, K, V,
             [&](auto dk, auto dv, const auto& k2, const auto& v2) {
-              AttendManyT(dk, dv, k2, v2, K.rows, kc, vc, logw, qt, Pp, mv, zv,
-                          acc, S, alpha, kt, vt);
+              AttendManyT(dk, dv, k2, v2, K.rows, logw, st, kt, vt);
             });
   for (size_t p = 0; p < P; ++p) {
     m[p] = mv[p];
