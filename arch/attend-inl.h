@@ -692,6 +692,20 @@ HWY_INLINE void ScoreTileTreeQIT(D d, const QuantRows& KR, size_t r0,
     HWY_ALIGN int32_t sums[kMaxQuantGroups * kTile];
     HWY_ALIGN hwy::float16_t scales[kMaxQuantGroups * kTile];
     HWY_ALIGN hwy::float16_t offs[kMaxQuantGroups * kTile];
+    // The tile's f16 scales (and offsets) gathered first: the epilogue reads
+    // them as vectors, and a vector load right after the scalar stores that
+    // wrote it cannot be forwarded from them (it waits for them to retire).
+    for (size_t j = 0; j < groups; ++j) {
+      const uint8_t* HWY_RESTRICT blk = base + j * block;
+      for (size_t r = 0; r < kTile; ++r) {
+        std::memcpy(&scales[j * kTile + r], blk + r * rowb, 2);
+      }
+      if (asym) {
+        for (size_t r = 0; r < kTile; ++r) {
+          std::memcpy(&offs[j * kTile + r], blk + r * rowb + 2, 2);
+        }
+      }
+    }
     for (size_t j = 0; j < groups; ++j) {
       const uint8_t* HWY_RESTRICT blk = base + j * block;
       const int16_t* HWY_RESTRICT qg = qc.codes + j * kSteps * N16;
@@ -727,18 +741,6 @@ HWY_INLINE void ScoreTileTreeQIT(D d, const QuantRows& KR, size_t r0,
           return hn::Add(p0, p1);
         };
         TreeScores(d32, row_vec, sums + j * kTile);
-        if (!asym) {
-          const int32_t shift = 8 * qc.sum[j];
-          for (size_t r = 0; r < kTile; ++r) sums[j * kTile + r] -= shift;
-        }
-      }
-      for (size_t r = 0; r < kTile; ++r) {
-        std::memcpy(&scales[j * kTile + r], blk + r * rowb, 2);
-      }
-      if (asym) {
-        for (size_t r = 0; r < kTile; ++r) {
-          std::memcpy(&offs[j * kTile + r], blk + r * rowb + 2, 2);
-        }
       }
     }
     const hn::CappedTag<float, kTile> dt;
@@ -748,8 +750,11 @@ HWY_INLINE void ScoreTileTreeQIT(D d, const QuantRows& KR, size_t r0,
     for (size_t i = 0; i < kTile; i += hn::Lanes(dt)) {
       auto acc = hn::Zero(dt);
       for (size_t j = 0; j < groups; ++j) {
+        auto sum = hn::Load(dti, sums + j * kTile + i);
+        // q4 codes are offset by 8 (exact in integers).
+        if (!q8 && !asym) sum = hn::Sub(sum, hn::Set(dti, 8 * qc.sum[j]));
         acc = hn::MulAdd(
-            hn::ConvertTo(dt, hn::Load(dti, sums + j * kTile + i)),
+            hn::ConvertTo(dt, sum),
             hn::PromoteTo(dt, hn::Load(dth, scales + j * kTile + i)), acc);
       }
       // q4a: offset x the group's query-code sum (so a score is exactly
