@@ -439,16 +439,30 @@ HWY_INLINE void AccumulateTile(D d, const QuantRows& VR, size_t r0,
     float* HWY_RESTRICT a = acc + j * g;
     const auto vo = hn::Set(d, off[j]);
     for (size_t c = 0; c < half; c += N) {
+      // Even and odd rows in separate accumulators: four FMA chains.
       auto a0 = hn::Add(hn::LoadU(d, a + c), vo);
       auto a1 = hn::Add(hn::LoadU(d, a + half + c), vo);
-      for (size_t r = 0; r < rows; ++r) {
-        const auto wr = hn::Set(d, w0[r]);
-        const auto b = LoadQ4Bytes(d, codes + r * rowb, c);
-        a0 = hn::MulAdd(wr, hn::ConvertTo(d, hn::And(b, mask)), a0);
-        a1 = hn::MulAdd(wr, hn::ConvertTo(d, hn::ShiftRight<4>(b)), a1);
+      auto b0 = hn::Zero(d);
+      auto b1 = hn::Zero(d);
+      size_t r = 0;
+      for (; r + 2 <= rows; r += 2) {
+        const auto we = hn::Set(d, w0[r]);
+        const auto wo = hn::Set(d, w0[r + 1]);
+        const auto e = LoadQ4Bytes(d, codes + r * rowb, c);
+        const auto o = LoadQ4Bytes(d, codes + (r + 1) * rowb, c);
+        a0 = hn::MulAdd(we, hn::ConvertTo(d, hn::And(e, mask)), a0);
+        a1 = hn::MulAdd(we, hn::ConvertTo(d, hn::ShiftRight<4>(e)), a1);
+        b0 = hn::MulAdd(wo, hn::ConvertTo(d, hn::And(o, mask)), b0);
+        b1 = hn::MulAdd(wo, hn::ConvertTo(d, hn::ShiftRight<4>(o)), b1);
       }
-      hn::StoreU(a0, d, a + c);
-      hn::StoreU(a1, d, a + half + c);
+      if (r < rows) {
+        const auto we = hn::Set(d, w0[r]);
+        const auto e = LoadQ4Bytes(d, codes + r * rowb, c);
+        a0 = hn::MulAdd(we, hn::ConvertTo(d, hn::And(e, mask)), a0);
+        a1 = hn::MulAdd(we, hn::ConvertTo(d, hn::ShiftRight<4>(e)), a1);
+      }
+      hn::StoreU(hn::Add(a0, b0), d, a + c);
+      hn::StoreU(hn::Add(a1, b1), d, a + half + c);
     }
   }
 }
