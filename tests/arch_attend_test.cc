@@ -283,7 +283,32 @@ TEST_CASE("CausalBlockAttend equals the causal reference on every target") {
   });
 }
 
-TEST_CASE("AttendMany equals each query's AttendGroup (every storage pair)") {
+// A stored row (any storage) as the f32 row it stands for, decoded by the
+// scalar definitions (a rotated row rotated back: the transform is its own
+// inverse).
+void RefDecodeRow(Storage type, bool rotated, const uint8_t* src, size_t d,
+                  float* dst) {
+  if (IsQuantized(type)) {
+    std::vector<double> x(d), y(d);
+    ref::DequantizeRow(src, d, type, x.data());
+    if (rotated) ref::Hadamard(x.data(), d, y.data());
+    for (size_t c = 0; c < d; ++c) dst[c] = float(rotated ? y[c] : x[c]);
+    return;
+  }
+  for (size_t c = 0; c < d; ++c) {
+    if (type == Storage::kF32) {
+      std::memcpy(dst + c, src + 4 * c, 4);
+    } else {
+      uint16_t h;
+      std::memcpy(&h, src + 2 * c, 2);
+      dst[c] = type == Storage::kF16 ? F16BitsToF32(h) : BF16BitsToF32(h);
+    }
+  }
+}
+
+TEST_CASE(
+    "AttendMany equals each query's AttendGroup and the double reference "
+    "(every storage pair)") {
   // The many-query kernel (queries in vector lanes: score blocks of 4 rows x
   // 1/2/4 query vectors, value blocks of 4 or 1 columns) against one
   // AttendGroup call per query over the same stored rows: equal up to the
@@ -291,6 +316,8 @@ TEST_CASE("AttendMany equals each query's AttendGroup (every storage pair)") {
   // to f32 per tile). P from 1 to 100 (past one, two and several
   // blocks of query vectors), partial tiles and 4-row blocks (n = 1, 5, 17,
   // 70), head dims with column tails (13, 20) and rotated quantized rows.
+  // Each query's answer is also checked against the double reference on the
+  // rows as stored (decoded by the scalar definitions).
   test::ForEachTarget("AttendMany", [](const char*) {
     const std::pair<Storage, Storage> pairs[] = {
         {Storage::kF32, Storage::kF32},   {Storage::kF16, Storage::kF16},
@@ -323,6 +350,17 @@ TEST_CASE("AttendMany equals each query's AttendGroup (every storage pair)") {
               v.rotated = RotatedSide(t, d, true);
             }
             const RowsView &K = views[0], &V = views[1];
+            // The rows as the double reference reads them.
+            std::vector<float> ref_rows[2];
+            for (int side = 0; side < 2; ++side) {
+              ref_rows[side].assign(n * views[side].stride, 0.0f);
+              const size_t rb = StorageRowBytes(types[side], d);
+              for (size_t i = 0; i < n; ++i) {
+                RefDecodeRow(types[side], views[side].rotated,
+                             bytes[side].data() + i * rb, d,
+                             ref_rows[side].data() + i * views[side].stride);
+              }
+            }
             std::vector<float> q(P * K.stride, 0.0f);
             for (size_t p = 0; p < P; ++p)
               for (size_t c = 0; c < d; ++c) q[p * K.stride + c] = g(rng);
@@ -361,6 +399,22 @@ TEST_CASE("AttendMany equals each query's AttendGroup (every storage pair)") {
               }
               for (size_t c = d; c < V.stride; ++c) {
                 CHECK(N[p * V.stride + c] == 0.0f);  // padding zero
+              }
+              // And against the double reference directly: the denominator
+              // e^m Z in log space, the output N / Z.
+              double rm, rz;
+              std::vector<double> rn(d);
+              ref::Attend(ref_rows[0].data(), K.stride, d, ref_rows[1].data(),
+                          V.stride, d, n, logw.data(), q.data() + p * K.stride,
+                          scale, &rm, &rz, rn.data());
+              CHECK(test::Near(m[p] + std::log(z[p]), rm + std::log(rz), 0,
+                               1e-5 * (1 + std::fabs(rm))));
+              double rnorm = 0;
+              for (size_t c = 0; c < d; ++c) rnorm += rn[c] * rn[c];
+              rnorm = std::sqrt(rnorm) / rz;
+              for (size_t c = 0; c < d; ++c) {
+                CHECK(test::Near(double(N[p * V.stride + c]) / z[p], rn[c] / rz,
+                                 0, 1e-5 * rnorm + 1e-6));
               }
             }
           }
