@@ -9,6 +9,7 @@
 #include "engine/budget/arena.h"
 #include "engine/io/synthetic.h"
 #include "engine/io/trace.h"
+#include "engine/sketch/rope_angles.h"
 #include "engine/sketch/sketch.h"
 #include "kvsketch/error.h"
 #include "tests/emulated.h"
@@ -429,6 +430,89 @@ TEST_CASE("risk on a large pool: compaction epochs free 1/32 of it at once") {
   // without epochs, one per ~pool/32 tokens with them.
   CHECK(events * ((pool - 4) / 32) <= 2 * (seq - pool));
   CHECK(risk < 0.5 * window);
+}
+
+TEST_CASE("risk's probe angles: powers of two equal cos and sin of the age") {
+  // The frequencies of RoPE pairs (theta 10000 and 500000, 64 dims), every
+  // age from 0 to 2^32 - 1 that a position difference modulo 2^32 can be.
+  for (double theta : {10000.0, 500000.0}) {
+    const size_t pairs = 32;
+    std::vector<double> freq(pairs);
+    for (size_t i = 0; i < pairs; ++i)
+      freq[i] = std::pow(theta, -2.0 * double(i) / 64.0);
+    const uint32_t ages[] = {0u,       1u,          2u,          3u,
+                             7u,       100u,        4095u,       65537u,
+                             1000003u, 0x7FFFFFFFu, 0x80000000u, 0xFFFFFFFFu};
+    std::vector<double> pw(2 * 32 * pairs), ac(pairs), as(pairs);
+    AnglePowers(freq.data(), pairs, 32, pw.data());
+    CHECK(AngleLevels(0) == 0);
+    CHECK(AngleLevels(1) == 1);
+    CHECK(AngleLevels(4095) == 12);
+    CHECK(AngleLevels(0xFFFFFFFFu) == 32);
+    for (uint32_t age : ages) {
+      // Only the levels this age needs (as a compaction builds them).
+      std::vector<double> few(2 * 32 * pairs, NAN);
+      AnglePowers(freq.data(), pairs, AngleLevels(age), few.data());
+      AgeAngles(age, few.data(), pairs, ac.data(), as.data());
+      for (size_t i = 0; i < pairs; ++i) {
+        const double x = double(age) * freq[i];
+        // Both sides round the angle: ~2^-52 |x| each, doubled per level.
+        const double tol = 1e-12 + 4e-16 * 33.0 * x;
+        INFO("theta " << theta << " age " << age << " pair " << i);
+        CHECK(std::fabs(ac[i] - std::cos(x)) <= tol);
+        CHECK(std::fabs(as[i] - std::sin(x)) <= tol);
+      }
+    }
+  }
+}
+
+// A pool of a few hundred items whose summary holds most of it (the stream
+// keeps the summary's attention share high), with RoPE: compactions see few
+// candidates and use fewer probes (kFewCandidates in selective.cc). They
+// hold the budget, are deterministic and keep more of the queried token than
+// the window does.
+TEST_CASE("risk: few candidates in a large pool (RoPE) hold budget and token") {
+  const size_t d = 16, seq = 3000, target = 20;
+  const Trace t = QueriedToken(seq, d, target, 5);
+  const size_t from = 1500;
+  auto run = [&](Method m, std::string* describe) {
+    SketchConfig c = Config(m, t, 320);
+    c.max_group = 2;
+    c.rope_theta = 10000.0f;
+    Run r(c);
+    std::vector<float> q(2 * d), out(2 * d), all;
+    for (size_t j = 0; j < seq; ++j) {
+      r.sketch->Append(t.K(0, 0, j), t.V(0, 0, j), r.ws.data());
+      REQUIRE(r.sketch->bytes() <= c.budget_bytes);
+      for (size_t h = 0; h < 2; ++h)
+        std::memcpy(q.data() + h * d, t.Q(0, h, j), d * sizeof(float));
+      r.sketch->Attend(q.data(), 2, out.data(), r.ws.data());
+      if (j >= from) all.insert(all.end(), out.begin(), out.end());
+    }
+    if (describe) *describe = r.sketch->Describe();
+    return all;
+  };
+  std::string describe;
+  const auto a = run(Method::kRisk, &describe);
+  MESSAGE("risk: " << describe);
+  // pool=N window=W probes=P summary=S/cap: the old items outside the
+  // summary and the window are fewer than kFewCandidates (32).
+  auto field = [&](const char* key) {
+    const size_t at = describe.find(key, describe.find(" pool="));
+    REQUIRE(at != std::string::npos);
+    return size_t(std::stoul(describe.substr(at + std::strlen(key))));
+  };
+  const size_t pool = field(" pool="), window = field(" window="),
+               summary = field(" summary=");
+  REQUIRE(pool >= 256);
+  CHECK(pool - window - summary < 32);
+  CHECK(run(Method::kRisk, nullptr) == a);  // deterministic
+  const double risk = MeanError(a, t, from);
+  const double win = MeanError(run(Method::kWindow, nullptr), t, from);
+  // (The stream's keys and queries carry no RoPE of their own, so probes
+  // rotated to future positions see it less well than without RoPE: ~0.5.)
+  MESSAGE("error " << risk << " vs window " << win);
+  CHECK(risk < 0.75 * win);
 }
 
 // A topic seen early and then not again for a long gap, queried at the end:

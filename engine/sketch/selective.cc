@@ -31,6 +31,7 @@
 #include "arch/targets.h"  // PaddedCols
 #include "engine/sketch/methods.h"
 #include "engine/sketch/pool.h"
+#include "engine/sketch/rope_angles.h"
 #include "engine/sketch/scratch.h"
 
 namespace kvsketch {
@@ -47,6 +48,15 @@ constexpr size_t kGridMin = 16;
 // Half of the probes sample all older queries (a reservoir), half are the
 // most recent: the selection serves queries that recur, not only the last.
 constexpr bool kOldProbes = true;
+// Compactions with fewer candidates than kFewCandidates in a pool of at
+// least kFewProbesPool items use max(kFewProbesMin, candidates) of the stored
+// probes (evenly spaced over the ring and the reservoir). There the summary
+// holds most of the pool, a compaction frees one item and its probes' pass
+// over the whole pool (n x P row-queries, P up to 96 with RoPE) is paid about
+// once per token; the selection among C candidates is a C x C Gram.
+constexpr size_t kFewCandidates = 32;
+constexpr size_t kFewProbesPool = 256;
+constexpr size_t kFewProbesMin = 8;
 // Future offsets (in units of the protected window) at which probes are
 // evaluated when the RoPE is known: now, one window ahead, four windows ahead.
 constexpr double kHorizons[] = {0.0, 1.0, 4.0};
@@ -171,32 +181,34 @@ struct CompactScratch {
   float* pz;       // [P]
   float* pN;       // [P][vs] -> o_p
   // The probes' pass (the same bytes as Kt .. tmp below):
-  float* tm;      // [P] the probes' partials over the pool (first the
-  float* tz;      // [P]  sinks' scratch, 16 probes at a time)
-  float* tN;      // [P][vs]
-  float* many;    // AttendMany's scratch
-  float* row;     // [ks + vs] one candidate's rows
-  float* Kt;      // [dk][Cs] candidate keys, transposed
-  float* Vt;      // [dv][Cs] candidate values, transposed
-  float* a;       // [P][Cs] attention of probe p to candidate c
-  float* vo;      // [P][Cs] <v_c, o_p>
-  float* onorm;   // [P] sqrt(|o_p|^2 + lambda^2)
-  float* cp;      // [P] c_p of B1, B2 (fixed for an epoch)
-  float* B1;      // [P][Cs] (U + c A) / sqrt(2 c), U = a (<v, o> - w / 2)
-  float* B2;      // [P][Cs] (U - c A) / sqrt(2 c)
-  float* gram;    // [GramRows(C)][GramStride(C)]
-  float* tmp;     // a second Gram, then the factor L, then H
-  float* rowsum;  // [Cs] row sums of the response Gram
-  float* diag;    // [2 Cs] (PivotedCholesky scratch)
-  uint32_t* piv;  // [Cs]
-  float* nnls;    // [4][RoundUp(C, 16)] b, w, w0, grad (no summary); with
-                  // a summary, the factorization's items by position
-                  // (PivotedCholesky's piv) for the next round to resume,
-                  // then each candidate's column in the next round
-  uint8_t* drop;  // [cap]
-  float* sk;      // [S][ks] keys of the summary slots (f32), [S] masses,
-                  // [S] squared key norms, [S] dot products (SummaryKeys)
-  float* mrow;    // [ks + vs] a slot being merged
+  float* tm;       // [P] the probes' partials over the pool (first the
+  float* tz;       // [P]  sinks' scratch, 16 probes at a time)
+  float* tN;       // [P][vs]
+  float* many;     // AttendMany's scratch
+  double* powers;  // [32][2][dk / 2] AnglePowers (before the pass: the same
+                   // bytes as tm .. many)
+  float* row;      // [ks + vs] one candidate's rows
+  float* Kt;       // [dk][Cs] candidate keys, transposed
+  float* Vt;       // [dv][Cs] candidate values, transposed
+  float* a;        // [P][Cs] attention of probe p to candidate c
+  float* vo;       // [P][Cs] <v_c, o_p>
+  float* onorm;    // [P] sqrt(|o_p|^2 + lambda^2)
+  float* cp;       // [P] c_p of B1, B2 (fixed for an epoch)
+  float* B1;       // [P][Cs] (U + c A) / sqrt(2 c), U = a (<v, o> - w / 2)
+  float* B2;       // [P][Cs] (U - c A) / sqrt(2 c)
+  float* gram;     // [GramRows(C)][GramStride(C)]
+  float* tmp;      // a second Gram, then the factor L, then H
+  float* rowsum;   // [Cs] row sums of the response Gram
+  float* diag;     // [2 Cs] (PivotedCholesky scratch)
+  uint32_t* piv;   // [Cs]
+  float* nnls;     // [4][RoundUp(C, 16)] b, w, w0, grad (no summary); with
+                   // a summary, the factorization's items by position
+                   // (PivotedCholesky's piv) for the next round to resume,
+                   // then each candidate's column in the next round
+  uint8_t* drop;   // [cap]
+  float* sk;       // [S][ks] keys of the summary slots (f32), [S] masses,
+                   // [S] squared key norms, [S] dot products (SummaryKeys)
+  float* mrow;     // [ks + vs] a slot being merged
   // Later rounds of an epoch: the new candidates (at most N = the most one
   // round drops, padded to 16).
   float* xk;           // [dk][N] keys, transposed
@@ -222,14 +234,17 @@ struct CompactScratch {
     pz = take(P);
     pN = take(P * vs);
     row = take(ks + vs);
-    // The probes' pass (tm .. many) is over before the rounds' arrays (Kt ..
-    // tmp) are first written: one region holds either.
+    // The probe rotations' powers are done with before the probes' pass
+    // (tm .. many), which is over before the rounds' arrays (Kt .. tmp) are
+    // first written: one region holds each in turn.
     float* region = sc.Rest();
     ScratchCarver pass(region);
     tm = pass.Take(P);
     tz = pass.Take(P);
     tN = pass.Take(P * vs);
     many = pass.Take(AttendManyScratchFloats(P, dk, dv, ks, vs));
+    ScratchCarver rotation(region);
+    powers = rotation.Take<double>(32 * dk);
     ScratchCarver rounds(region);
     Kt = rounds.Take(dk * Cs);
     Vt = rounds.Take(dv * Cs);
@@ -241,7 +256,7 @@ struct CompactScratch {
     B2 = rounds.Take(P * Cs);
     gram = rounds.Take(GramRows(C) * Cs);
     tmp = rounds.Take(std::max(GramRows(C) * Cs, C * CholeskyStride(C)));
-    take(std::max(pass.floats(), rounds.floats()));
+    take(std::max({pass.floats(), rounds.floats(), rotation.floats()}));
     rowsum = take(Cs);
     diag = take(2 * Cs);
     piv = reinterpret_cast<uint32_t*>(take(Cs));
@@ -714,13 +729,17 @@ class SelectiveSketch final : public Sketch {
     const size_t vs = vs_, n = pool_.count(), dk = cfg_.dk, dv = cfg_.dv;
     // Each stored probe is used at kHorizons future offsets (with RoPE).
     const size_t H = cfg_.rope_theta > 0.0f ? kHorizonCount : 1;
-    const size_t P = probe_count_ * H;
     // Candidates: the oldest old items (at most MaxCandidates; the pool is
     // in insertion order).
     const size_t cmax = std::min(pool_.rows().cap, MaxCandidates(cfg_));
     size_t C = 0;
     for (size_t i = summary_; i < n && C < cmax; ++i) C += !Protected(i);
     if (C == 0) return false;
+    // The stored probes used (see kFewCandidates), P probe queries.
+    const size_t used = C < kFewCandidates && n >= kFewProbesPool
+                            ? std::min(probe_count_, std::max(kFewProbesMin, C))
+                            : probe_count_;
+    const size_t P = used * H;
     // Later rounds have at most as many candidates as the first.
     ScratchCarver carver(ws);
     const CompactScratch s(carver, pool_.rows().cap, P, C, dk, dv, ks_, vs,
@@ -760,18 +779,23 @@ class SelectiveSketch final : public Sketch {
         hs[h][i] = std::sin(horizon * freq[i]);
       }
     }
+    // The stored probe of probe query p: p / H of the `used`, evenly spaced.
+    auto source = [&](size_t p) { return p / H * probe_count_ / used; };
+    // Positions are kept modulo 2^32: a probe's age is their difference,
+    // and its angles come from the powers of two of the frequencies.
+    if (pairs) {
+      uint32_t oldest = 0;
+      for (size_t p = 0; p < P; p += H)
+        oldest = std::max(oldest, uint32_t(now32 - probe_pos_[source(p)]));
+      AnglePowers(freq, pairs, AngleLevels(oldest), s.powers);
+    }
     for (size_t p = 0; p < P; ++p) {
-      const size_t src = p / H, h = p % H;
+      const size_t src = source(p), h = p % H;
       ConvertRowToF32(Storage::kF16, probe_q_ + src * dk, q + p * ks_, dk);
       for (size_t x = dk; x < ks_; ++x) q[p * ks_ + x] = 0.0f;
       if (pairs == 0) continue;
       if (h == 0) {
-        // Positions are kept modulo 2^32: the age is their difference.
-        const double age = double(uint32_t(now32 - probe_pos_[src]));
-        for (size_t i = 0; i < pairs; ++i) {
-          ac[i] = std::cos(age * freq[i]);
-          as[i] = std::sin(age * freq[i]);
-        }
+        AgeAngles(uint32_t(now32 - probe_pos_[src]), s.powers, pairs, ac, as);
       }
       RotateForward(q + p * ks_, cfg_, ac, as, hc[h], hs[h], pairs);
     }
