@@ -28,13 +28,17 @@ inline void AnglePowers(const double* freq, size_t pairs, size_t levels,
   for (size_t j = 0; j < levels; ++j) {
     double* c = pw + 2 * j * pairs;
     double* s = c + pairs;
-    for (size_t i = 0; i < pairs; ++i) {
-      if (j == 0) {
+    if (j == 0) {
+      for (size_t i = 0; i < pairs; ++i) {
         c[i] = std::cos(freq[i]);
         s[i] = std::sin(freq[i]);
-        continue;
       }
-      const double pc = c[i - 2 * pairs], ps = s[i - 2 * pairs];
+      continue;
+    }
+    const double* prev_c = c - 2 * pairs;  // level j - 1
+    const double* prev_s = prev_c + pairs;
+    for (size_t i = 0; i < pairs; ++i) {
+      const double pc = prev_c[i], ps = prev_s[i];
       const double x = pc * pc - ps * ps, y = 2.0 * pc * ps;
       const double r = 1.0 / std::sqrt(x * x + y * y);
       c[i] = x * r;
